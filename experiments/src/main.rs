@@ -6,13 +6,31 @@
 
 /// The experiments, by name, as the report will order them.
 const EXPERIMENTS: [(&str, &str); 8] = [
-    ("federated-vs-centralized", "accuracy against wall time and rounds, both setups"),
-    ("scalability", "2..64 nodes: round time, bytes per node, time to target accuracy"),
-    ("communication", "bytes per round against the minimum, with and without int8 updates"),
-    ("fault-tolerance", "0..50% of nodes failing, and the aggregator failing mid-round"),
+    (
+        "federated-vs-centralized",
+        "accuracy against wall time and rounds, both setups",
+    ),
+    (
+        "scalability",
+        "2..64 nodes: round time, bytes per node, time to target accuracy",
+    ),
+    (
+        "communication",
+        "bytes per round against the minimum, with and without int8 updates",
+    ),
+    (
+        "fault-tolerance",
+        "0..50% of nodes failing, and the aggregator failing mid-round",
+    ),
     ("privacy", "accuracy at epsilon 1, 3, 8 and without DP"),
-    ("non-iid", "Dirichlet alpha 0.1, 0.5, 100 with FedAvg and FedProx"),
-    ("inference-latency", "local model against fetching it by CID first"),
+    (
+        "non-iid",
+        "Dirichlet alpha 0.1, 0.5, 100 with FedAvg and FedProx",
+    ),
+    (
+        "inference-latency",
+        "local model against fetching it by CID first",
+    ),
     ("resources", "CPU, memory and GPU per node"),
 ];
 

@@ -8,7 +8,9 @@ use fl_core::content::unixfs::{self, ImportOptions};
 use fl_core::content::{Blockstore, MemBlockstore};
 
 fn shared(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared")
+        .join(path)
 }
 
 /// The generated files' content: byte i is (i*31 + 7) % 251.
@@ -21,13 +23,21 @@ fn content(entry: &serde_json::Value) -> Vec<u8> {
     if let Some(text) = entry["content_utf8"].as_str() {
         return text.as_bytes().to_vec();
     }
-    assert_eq!(entry["formula"], "byte[i] = (i*31+7) % 251", "unknown formula");
+    assert_eq!(
+        entry["formula"], "byte[i] = (i*31+7) % 251",
+        "unknown formula"
+    );
     formula(size)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
     use multihash_codetable::{Code, MultihashDigest};
-    Code::Sha2_256.digest(data).digest().iter().map(|b| format!("{b:02x}")).collect()
+    Code::Sha2_256
+        .digest(data)
+        .digest()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn cid_of(data: &[u8], options: &ImportOptions) -> String {
@@ -42,14 +52,22 @@ fn cid_of(data: &[u8], options: &ImportOptions) -> String {
 #[test]
 fn cids_match_kubo_and_helia_for_every_conformance_file() {
     let path = shared("conformance/unixfs_cids.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (the shared conformance data must sit beside the repo)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared conformance data must sit beside the repo)",
+            path.display()
+        )
+    });
     let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert!(entries.len() >= 8);
     for entry in &entries {
         let name = entry["name"].as_str().unwrap();
         let data = content(entry);
-        assert_eq!(sha256_hex(&data), entry["sha256"], "{name}: generator disagrees with the file's sha256");
+        assert_eq!(
+            sha256_hex(&data),
+            entry["sha256"],
+            "{name}: generator disagrees with the file's sha256"
+        );
         let v1 = cid_of(&data, &ImportOptions::default());
         assert_eq!(v1, entry["cidv1_raw"], "{name}: CIDv1 raw leaves");
         let v0 = cid_of(&data, &ImportOptions::kubo_v0());
@@ -63,7 +81,8 @@ fn cids_match_kubo_and_helia_for_every_conformance_file() {
 #[test]
 fn balanced_layout_matches_the_js_importer_at_every_depth() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/balanced_layout.json");
-    let vectors: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let vectors: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(vectors.len() > 20);
     for v in &vectors {
         let size = v["size"].as_u64().unwrap() as usize;
@@ -75,12 +94,20 @@ fn balanced_layout_matches_the_js_importer_at_every_depth() {
             max_links,
             ..ImportOptions::default()
         };
-        assert_eq!(cid_of(&data, &v1), v["cidv1_raw"], "size {size} chunk {chunk_size} links {max_links} (v1)");
+        assert_eq!(
+            cid_of(&data, &v1),
+            v["cidv1_raw"],
+            "size {size} chunk {chunk_size} links {max_links} (v1)"
+        );
         let v0 = ImportOptions {
             chunk_size,
             max_links,
             ..ImportOptions::kubo_v0()
         };
-        assert_eq!(cid_of(&data, &v0), v["cidv0"], "size {size} chunk {chunk_size} links {max_links} (v0)");
+        assert_eq!(
+            cid_of(&data, &v0),
+            v["cidv0"],
+            "size {size} chunk {chunk_size} links {max_links} (v0)"
+        );
     }
 }

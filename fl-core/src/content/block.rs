@@ -31,7 +31,9 @@ pub enum BlockError {
         actual: Cid,
     },
     /// The CID uses a hash function we do not verify.
-    #[error("block {cid} uses multihash code {code:#x}, which this node cannot verify (supported: sha2-256, sha2-512, identity)")]
+    #[error(
+        "block {cid} uses multihash code {code:#x}, which this node cannot verify (supported: sha2-256, sha2-512, identity)"
+    )]
     UnsupportedHash {
         /// The CID in question.
         cid: Cid,
@@ -190,6 +192,9 @@ mod tests {
     fn oversized_block_is_refused() {
         let data = vec![0u8; MAX_BLOCK_SIZE + 1];
         let cid = Block::hashed(RAW, data.clone()).cid().to_owned();
-        assert!(matches!(verify(&cid, &data), Err(BlockError::TooLarge { .. })));
+        assert!(matches!(
+            verify(&cid, &data),
+            Err(BlockError::TooLarge { .. })
+        ));
     }
 }

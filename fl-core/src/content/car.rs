@@ -22,7 +22,9 @@ pub const MAX_HEADER_SIZE: usize = 1024 * 1024;
 pub const MAX_SECTION_SIZE: usize = MAX_BLOCK_SIZE + 256;
 
 /// The first bytes of a CARv2 file (its fixed pragma).
-const CARV2_PRAGMA: [u8; 11] = [0x0a, 0xa1, 0x67, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x02];
+const CARV2_PRAGMA: [u8; 11] = [
+    0x0a, 0xa1, 0x67, 0x76, 0x65, 0x72, 0x73, 0x69, 0x6f, 0x6e, 0x02,
+];
 
 /// A CAR v1 header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,13 +113,22 @@ pub struct Exported {
 }
 
 /// Writes the DAGs under `roots` from `store` as a CAR v1 to `out`.
-pub fn export<S: Blockstore, W: Write>(store: &S, roots: &[Cid], out: W) -> Result<Exported, CarError> {
-    let mut out = Counting { inner: out, count: 0 };
+pub fn export<S: Blockstore, W: Write>(
+    store: &S,
+    roots: &[Cid],
+    out: W,
+) -> Result<Exported, CarError> {
+    let mut out = Counting {
+        inner: out,
+        count: 0,
+    };
     let header = serde_ipld_dagcbor::to_vec(&CarHeader {
         roots: roots.to_vec(),
         version: 1,
     })
-    .map_err(|e| CarError::BadHeader { reason: e.to_string() })?;
+    .map_err(|e| CarError::BadHeader {
+        reason: e.to_string(),
+    })?;
     write_section(&mut out, &[&header])?;
     let mut blocks = 0;
     walk(store, roots, |block| {
@@ -157,7 +168,8 @@ fn write_section<W: Write>(out: &mut Counting<W>, parts: &[&[u8]]) -> Result<(),
     let io = |source| CarError::Io { offset, source };
     out.write_all(prefix).map_err(io)?;
     for part in parts {
-        out.write_all(part).map_err(|source| CarError::Io { offset, source })?;
+        out.write_all(part)
+            .map_err(|source| CarError::Io { offset, source })?;
     }
     Ok(())
 }
@@ -203,12 +215,14 @@ impl<R: Read> CarReader<R> {
         read_exact(&mut reader, &mut bytes, &mut offset, "header")?;
         if len == 10 && bytes[..] == CARV2_PRAGMA[1..] {
             return Err(CarError::BadHeader {
-                reason: "this is a CARv2 file; export it as CARv1 (`ipfs dag export` writes v1)".into(),
+                reason: "this is a CARv2 file; export it as CARv1 (`ipfs dag export` writes v1)"
+                    .into(),
             });
         }
-        let header: CarHeader = serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| CarError::BadHeader {
-            reason: format!("not a DAG-CBOR {{roots, version}} map: {e}"),
-        })?;
+        let header: CarHeader =
+            serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| CarError::BadHeader {
+                reason: format!("not a DAG-CBOR {{roots, version}} map: {e}"),
+            })?;
         if header.version != 1 {
             return Err(CarError::BadHeader {
                 reason: format!("version {} (only CAR v1 is read)", header.version),
@@ -241,11 +255,22 @@ impl<R: Read> CarReader<R> {
             });
         }
         self.buf.resize(len as usize, 0);
-        read_exact(&mut self.reader, &mut self.buf, &mut self.offset, "block section")?;
+        read_exact(
+            &mut self.reader,
+            &mut self.buf,
+            &mut self.offset,
+            "block section",
+        )?;
         let mut cursor = std::io::Cursor::new(&self.buf[..]);
-        let cid = Cid::read_bytes(&mut cursor).map_err(|source| CarError::BadCid { offset: start, source })?;
+        let cid = Cid::read_bytes(&mut cursor).map_err(|source| CarError::BadCid {
+            offset: start,
+            source,
+        })?;
         let data = self.buf[cursor.position() as usize..].to_vec();
-        let block = Block::new(cid, data).map_err(|source| CarError::BadBlock { offset: start, source })?;
+        let block = Block::new(cid, data).map_err(|source| CarError::BadBlock {
+            offset: start,
+            source,
+        })?;
         Ok(Some(block))
     }
 }
@@ -274,7 +299,12 @@ fn read_varint(reader: &mut impl Read, offset: &mut u64) -> Result<Option<u64>, 
                 }
                 Ok(_) => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(source) => return Err(CarError::Io { offset: *offset, source }),
+                Err(source) => {
+                    return Err(CarError::Io {
+                        offset: *offset,
+                        source,
+                    });
+                }
             }
         }
         *offset += 1;
@@ -288,7 +318,12 @@ fn read_varint(reader: &mut impl Read, offset: &mut u64) -> Result<Option<u64>, 
     Err(CarError::BadVarint { offset: start })
 }
 
-fn read_exact(reader: &mut impl Read, buf: &mut [u8], offset: &mut u64, what: &'static str) -> Result<(), CarError> {
+fn read_exact(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    offset: &mut u64,
+    what: &'static str,
+) -> Result<(), CarError> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -320,7 +355,10 @@ mod tests {
     fn sample() -> (MemBlockstore, Cid, Vec<u8>) {
         let store = MemBlockstore::default();
         let data: Vec<u8> = (0..700_000u32).map(|i| (i * 31 + 7) as u8).collect();
-        let added = unixfs::import(&data[..], &unixfs::ImportOptions::default(), |b| store.put(b)).unwrap();
+        let added = unixfs::import(&data[..], &unixfs::ImportOptions::default(), |b| {
+            store.put(b)
+        })
+        .unwrap();
         (store, added.root, data)
     }
 
@@ -349,7 +387,10 @@ mod tests {
         for cut in [1, 5, 40, 60, 1000, car.len() - 1] {
             let result: Result<Vec<_>, _> = CarReader::new(&car[..cut]).and_then(|r| r.collect());
             let err = result.unwrap_err();
-            assert!(matches!(err, CarError::Truncated { .. }), "cut {cut}: {err}");
+            assert!(
+                matches!(err, CarError::Truncated { .. }),
+                "cut {cut}: {err}"
+            );
         }
     }
 
@@ -366,10 +407,25 @@ mod tests {
 
     #[test]
     fn garbage_header_is_refused() {
-        assert!(matches!(CarReader::new(&[3, 1, 2, 3][..]), Err(CarError::BadHeader { .. })));
-        assert!(matches!(CarReader::new(&b"hello world"[..]), Err(CarError::Truncated { .. })));
-        assert!(matches!(CarReader::new(&[0xff; 12][..]), Err(CarError::BadVarint { .. })));
-        assert!(matches!(CarReader::new(&CARV2_PRAGMA[..]), Err(CarError::BadHeader { .. })));
-        assert!(matches!(CarReader::new(&[][..]), Err(CarError::Truncated { .. })));
+        assert!(matches!(
+            CarReader::new(&[3, 1, 2, 3][..]),
+            Err(CarError::BadHeader { .. })
+        ));
+        assert!(matches!(
+            CarReader::new(&b"hello world"[..]),
+            Err(CarError::Truncated { .. })
+        ));
+        assert!(matches!(
+            CarReader::new(&[0xff; 12][..]),
+            Err(CarError::BadVarint { .. })
+        ));
+        assert!(matches!(
+            CarReader::new(&CARV2_PRAGMA[..]),
+            Err(CarError::BadHeader { .. })
+        ));
+        assert!(matches!(
+            CarReader::new(&[][..]),
+            Err(CarError::Truncated { .. })
+        ));
     }
 }

@@ -24,7 +24,8 @@ pub enum DagCborError {
 
 /// Encodes `value` as a DAG-CBOR block (canonical: map keys sorted, shortest integers).
 pub fn encode<T: Serialize>(value: &T) -> Result<Block, DagCborError> {
-    let bytes = serde_ipld_dagcbor::to_vec(value).map_err(|e| DagCborError::Encode(e.to_string()))?;
+    let bytes =
+        serde_ipld_dagcbor::to_vec(value).map_err(|e| DagCborError::Encode(e.to_string()))?;
     Ok(Block::hashed(DAG_CBOR, bytes))
 }
 

@@ -29,7 +29,8 @@ pub fn links(block: &Block) -> Result<Vec<Cid>, LinksError> {
             Ok(out)
         }
         DAG_CBOR => {
-            let ipld: Ipld = serde_ipld_dagcbor::from_slice(block.data()).map_err(|e| err(e.to_string()))?;
+            let ipld: Ipld =
+                serde_ipld_dagcbor::from_slice(block.data()).map_err(|e| err(e.to_string()))?;
             let mut out = Vec::new();
             collect(&ipld, &mut out);
             Ok(out)

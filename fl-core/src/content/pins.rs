@@ -84,7 +84,9 @@ impl PinSet {
         let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(PinError::Locked { path: path.to_owned() });
+                return Err(PinError::Locked {
+                    path: path.to_owned(),
+                });
             }
             Err(e) => return Err(db_error(path, e)),
         };
@@ -127,7 +129,11 @@ impl PinSet {
             .map_err(|e| db_error(&self.path, e))?
             .map(|v| v.value());
         value
-            .map(|b| PinMode::from_byte(b).ok_or(PinError::Corrupt { path: self.path.clone() }))
+            .map(|b| {
+                PinMode::from_byte(b).ok_or(PinError::Corrupt {
+                    path: self.path.clone(),
+                })
+            })
             .transpose()
     }
 
@@ -138,7 +144,9 @@ impl PinSet {
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| db_error(&self.path, e))? {
             let (key, value) = entry.map_err(|e| db_error(&self.path, e))?;
-            let corrupt = || PinError::Corrupt { path: self.path.clone() };
+            let corrupt = || PinError::Corrupt {
+                path: self.path.clone(),
+            };
             let cid = Cid::try_from(key.value()).map_err(|_| corrupt())?;
             let mode = PinMode::from_byte(value.value()).ok_or_else(corrupt)?;
             out.push((cid, mode));

@@ -211,7 +211,9 @@ impl Repo {
                 };
                 match super::links::links(&block) {
                     Ok(links) => stack.extend(links),
-                    Err(e) => tracing::warn!(%cid, error = %e, "cannot read links of a pinned block"),
+                    Err(e) => {
+                        tracing::warn!(%cid, error = %e, "cannot read links of a pinned block")
+                    }
                 }
             }
         }

@@ -150,7 +150,8 @@ impl Blockstore for FsBlockstore {
 
     fn hashes(&self) -> Result<Vec<Multihash<64>>, StoreError> {
         let mut out = Vec::new();
-        let shards = fs::read_dir(&self.root).map_err(|source| io("listing", &self.root, source))?;
+        let shards =
+            fs::read_dir(&self.root).map_err(|source| io("listing", &self.root, source))?;
         for shard in shards {
             let shard = shard.map_err(|source| io("listing", &self.root, source))?;
             if !shard.file_type().is_ok_and(|t| t.is_dir()) {
@@ -192,7 +193,13 @@ mod tests {
         let path = store.path_of(block.cid().hash());
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         assert!(name.starts_with("CIQ") && name.ends_with(".data"), "{name}");
-        let shard = path.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        let shard = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert_eq!(shard, &name[name.len() - 8..name.len() - 6]);
     }
 

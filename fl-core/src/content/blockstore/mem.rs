@@ -18,7 +18,10 @@ pub struct MemBlockstore {
 impl MemBlockstore {
     /// Number of blocks held.
     pub fn len(&self) -> usize {
-        self.blocks.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no block is held.

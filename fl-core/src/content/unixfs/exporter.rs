@@ -42,11 +42,20 @@ pub enum ExportError {
 }
 
 /// Writes the file `root` names to `out`; returns its length.
-pub fn export<S: Blockstore, W: Write>(store: &S, root: &Cid, out: &mut W) -> Result<u64, ExportError> {
+pub fn export<S: Blockstore, W: Write>(
+    store: &S,
+    root: &Cid,
+    out: &mut W,
+) -> Result<u64, ExportError> {
     write_node(store, root, out, 0)
 }
 
-fn write_node<S: Blockstore, W: Write>(store: &S, cid: &Cid, out: &mut W, depth: usize) -> Result<u64, ExportError> {
+fn write_node<S: Blockstore, W: Write>(
+    store: &S,
+    cid: &Cid,
+    out: &mut W,
+    depth: usize,
+) -> Result<u64, ExportError> {
     if depth > MAX_DEPTH {
         return Err(ExportError::Malformed {
             cid: *cid,
@@ -68,12 +77,14 @@ fn write_node<S: Blockstore, W: Write>(store: &S, cid: &Cid, out: &mut W, depth:
         }
     }
     let malformed = |reason: String| ExportError::Malformed { cid: *cid, reason };
-    let node = PbNode::from_bytes(block.data().clone()).map_err(|e| malformed(format!("bad dag-pb: {e}")))?;
+    let node = PbNode::from_bytes(block.data().clone())
+        .map_err(|e| malformed(format!("bad dag-pb: {e}")))?;
     let data = node
         .data
         .as_ref()
         .ok_or_else(|| malformed("dag-pb node without UnixFS data".into()))?;
-    let unixfs = Data::decode(data.as_ref()).map_err(|e| malformed(format!("bad UnixFS data: {e}")))?;
+    let unixfs =
+        Data::decode(data.as_ref()).map_err(|e| malformed(format!("bad UnixFS data: {e}")))?;
     match DataType::try_from(unixfs.r#type) {
         Ok(DataType::File | DataType::Raw) => {}
         Ok(other) => {
@@ -99,14 +110,19 @@ fn write_node<S: Blockstore, W: Write>(store: &S, cid: &Cid, out: &mut W, depth:
     for (link, expected) in node.links.iter().zip(&unixfs.blocksizes) {
         let got = write_node(store, &link.cid, out, depth + 1)?;
         if got != *expected {
-            return Err(malformed(format!("child {} holds {got} bytes, the node says {expected}", link.cid)));
+            return Err(malformed(format!(
+                "child {} holds {got} bytes, the node says {expected}",
+                link.cid
+            )));
         }
         written += got;
     }
     if let Some(filesize) = unixfs.filesize
         && filesize != written
     {
-        return Err(malformed(format!("file size {filesize} but its blocks hold {written} bytes")));
+        return Err(malformed(format!(
+            "file size {filesize} but its blocks hold {written} bytes"
+        )));
     }
     Ok(written)
 }

@@ -1,7 +1,7 @@
 //! Bytes to a UnixFS DAG, streaming: memory stays at one chunk plus at most
 //! `max_links` links per tree level, whatever the file's size.
 
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -98,16 +98,24 @@ struct Link {
 
 /// Imports everything `reader` yields as one UnixFS file, handing each block to `sink`
 /// as soon as it is made (children before parents).
-pub fn import<R, F>(mut reader: R, options: &ImportOptions, mut sink: F) -> Result<Added, ImportError>
+pub fn import<R, F>(
+    mut reader: R,
+    options: &ImportOptions,
+    mut sink: F,
+) -> Result<Added, ImportError>
 where
     R: Read,
     F: FnMut(Block) -> Result<(), StoreError>,
 {
     if options.chunk_size == 0 || options.chunk_size > MAX_BLOCK_SIZE / 2 {
-        return Err(ImportError::Options("chunk size must be between 1 byte and 1 MiB"));
+        return Err(ImportError::Options(
+            "chunk size must be between 1 byte and 1 MiB",
+        ));
     }
     if options.max_links < 2 {
-        return Err(ImportError::Options("a node needs room for at least 2 links"));
+        return Err(ImportError::Options(
+            "a node needs room for at least 2 links",
+        ));
     }
     if options.cid_version == cid::Version::V0 && options.raw_leaves {
         // Kubo allows it, but the result mixes versions; keep one way per version.
@@ -118,16 +126,23 @@ where
         levels: Vec::new(),
         blocks: 0,
     };
-    let mut chunk = vec![0u8; options.chunk_size];
     let mut size = 0u64;
     loop {
-        let filled = fill(&mut reader, &mut chunk).map_err(|source| ImportError::Read { offset: size, source })?;
+        // Each chunk is read straight into the buffer its block will own: no copy.
+        let mut chunk = Vec::with_capacity(options.chunk_size);
+        let filled = (&mut reader)
+            .take(options.chunk_size as u64)
+            .read_to_end(&mut chunk)
+            .map_err(|source| ImportError::Read {
+                offset: size,
+                source,
+            })?;
         // An empty file is one empty leaf, as in Kubo and Helia.
         if filled == 0 && size > 0 {
             break;
         }
         size += filled as u64;
-        let leaf = builder.leaf(&chunk[..filled]);
+        let leaf = builder.leaf(chunk);
         let link = Link {
             cid: *leaf.cid(),
             tsize: leaf.len() as u64,
@@ -135,7 +150,7 @@ where
         };
         builder.emit(leaf, &mut sink)?;
         builder.push(0, link, &mut sink)?;
-        if filled < chunk.len() {
+        if filled < options.chunk_size {
             break;
         }
     }
@@ -145,20 +160,6 @@ where
         size,
         blocks: builder.blocks,
     })
-}
-
-/// Reads until `buf` is full or the input ends; returns how much was read.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// The balanced layout, built bottom-up: `levels[0]` holds leaves not yet given a
@@ -171,14 +172,14 @@ struct Balanced<'a> {
 }
 
 impl Balanced<'_> {
-    fn leaf(&self, bytes: &[u8]) -> Block {
+    fn leaf(&self, bytes: Vec<u8>) -> Block {
         if self.options.raw_leaves {
-            return Block::hashed(RAW, Bytes::copy_from_slice(bytes));
+            return Block::hashed(RAW, Bytes::from(bytes));
         }
         let data = Data {
             r#type: DataType::File as i32,
-            data: (!bytes.is_empty()).then(|| bytes.to_vec()),
             filesize: Some(bytes.len() as u64),
+            data: (!bytes.is_empty()).then_some(bytes),
             ..Data::default()
         };
         self.dag_pb(PbNode {

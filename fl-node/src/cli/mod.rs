@@ -1,0 +1,106 @@
+//! The commands of `fl`: each turns flags into typed values and calls a library function.
+
+mod car;
+mod ipfs;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fl_core::content::Repo;
+
+/// Federated learning on IPFS and libp2p.
+#[derive(Debug, Parser)]
+#[command(name = "fl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The node's repo (blocks, pins, keys); default: FL_REPO, else `fl` under the user's data directory.
+    #[arg(long, global = true, env = "FL_REPO", value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on standard error.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Files on IPFS: add, cat, get, pin, unpin, gc.
+    #[command(subcommand)]
+    Ipfs(ipfs::Ipfs),
+    /// CAR archives, as `ipfs dag export/import`.
+    #[command(subcommand)]
+    Car(car::Car),
+}
+
+impl Cli {
+    /// Parses the process's arguments.
+    pub fn parse_args() -> Result<Self, clap::Error> {
+        Self::try_parse()
+    }
+}
+
+/// Sets up tracing on standard error; `RUST_LOG` overrides the level.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the chosen command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let repo = RepoPath(cli.repo);
+    match cli.command {
+        Command::Ipfs(cmd) => ipfs::run(cmd, &repo),
+        Command::Car(cmd) => car::run(cmd, &repo),
+    }
+}
+
+/// Whether the error is the reader of our standard output going away (`fl ipfs cat | head`).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Where the repo is, resolved lazily so that commands that need none do not create one.
+struct RepoPath(Option<PathBuf>);
+
+impl RepoPath {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.0 {
+            return Ok(p.clone());
+        }
+        let base = dirs::data_dir()
+            .context("no user data directory on this system; pass --repo DIR or set FL_REPO")?;
+        Ok(base.join("fl"))
+    }
+
+    fn open(&self) -> anyhow::Result<Repo> {
+        let path = self.path()?;
+        Repo::open(&path).with_context(|| format!("opening repo {}", path.display()))
+    }
+}
+
+/// Parses a CID argument.
+fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
+    fl_core::content::parse_cid(text).map_err(|e| {
+        let mut msg = e.to_string();
+        msg.push_str(&format!(" ({})", e.source));
+        msg
+    })
+}
