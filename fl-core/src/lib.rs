@@ -13,6 +13,8 @@
 //! | [`content::car`] | CAR v1 import and export, as `ipfs dag import/export` |
 //! | [`content::pins`] | pins that protect DAGs from garbage collection |
 //! | [`content::repo`] | a node's store on disk: blocks, pins, garbage collection |
+//! | [`tensors`] | models and updates as named float32 tensors in safetensors files |
+//! | `model` | reference models, local training, evaluation and inference (feature `train`) |
 //!
 //! Tensors, models, privacy and round records follow in later modules; this crate knows
 //! nothing of networking or async runtimes.
@@ -30,3 +32,6 @@
 //! ```
 
 pub mod content;
+#[cfg(feature = "train")]
+pub mod model;
+pub mod tensors;

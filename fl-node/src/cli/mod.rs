@@ -1,6 +1,7 @@
 //! The commands of `fl`: each turns flags into typed values and calls a library function.
 
 mod car;
+mod data;
 mod ipfs;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     /// CAR archives, as `ipfs dag export/import`.
     #[command(subcommand)]
     Car(car::Car),
+    /// Datasets: fetch CIFAR-10, partition it, publish shards as CIDs.
+    #[command(subcommand)]
+    Data(data::Data),
 }
 
 impl Cli {
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ipfs(cmd) => ipfs::run(cmd, &repo),
         Command::Car(cmd) => car::run(cmd, &repo),
+        Command::Data(cmd) => data::run(cmd, &repo),
     }
 }
 

@@ -1,0 +1,155 @@
+//! `fl data` on the real images in ../shared/datasets/cifar10.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn cifar() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/cifar10")
+}
+
+fn fl(repo: &std::path::Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_fl"))
+        .args(args)
+        .env("FL_REPO", repo)
+        .env("FL_DATA", cifar())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    out
+}
+
+#[test]
+fn partition_table_png_publish_and_shard_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let png = dir.path().join("split.png");
+    let out = fl(
+        &repo,
+        &[
+            "data",
+            "partition",
+            "--clients",
+            "6",
+            "--scheme",
+            "shards:2",
+            "--seed",
+            "3",
+            "--png",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(table.lines().count(), 7, "{table}");
+    let totals: u64 = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(totals, 12_000);
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+
+    let out = fl(
+        &repo,
+        &[
+            "data",
+            "publish",
+            "--clients",
+            "6",
+            "--scheme",
+            "dirichlet:0.5",
+            "--seed",
+            "3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(manifest.starts_with("bafyrei"), "{manifest}");
+    let shard = dir.path().join("shard.bin");
+    let out = fl(
+        &repo,
+        &[
+            "data",
+            "shard",
+            &manifest,
+            "--node",
+            "2",
+            "-o",
+            shard.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::metadata(&shard).unwrap().len() % 3073, 0);
+    // gc keeps what the manifest pins.
+    let out = fl(&repo, &["ipfs", "gc"]);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("removed 0 blocks")
+    );
+}
+
+#[test]
+fn bad_data_requests_fail_with_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    for (args, expect) in [
+        (vec!["data", "partition", "--clients", "0"], "0 nodes"),
+        (
+            vec!["data", "partition", "--clients", "20000"],
+            "20000 nodes",
+        ),
+        (
+            vec![
+                "data",
+                "partition",
+                "--clients",
+                "4",
+                "--scheme",
+                "dirichlet:-2",
+            ],
+            "not a partition scheme",
+        ),
+        (
+            vec![
+                "data",
+                "partition",
+                "--clients",
+                "4",
+                "--data",
+                "/nonexistent-dir",
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["data", "publish", "--clients", "2000", "--min-size", "10"],
+            "at least 10",
+        ),
+    ] {
+        let out = fl(&repo, &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    // Nothing was published by the failed publish.
+    let out = fl(&repo, &["ipfs", "pins"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "");
+}
