@@ -13,6 +13,7 @@
 //! | [`content::car`] | CAR v1 import and export, as `ipfs dag import/export` |
 //! | [`content::pins`] | pins that protect DAGs from garbage collection |
 //! | [`content::repo`] | a node's store on disk: blocks, pins, garbage collection |
+//! | [`privacy`] | the Rényi-DP accountant; clipping and noise (feature `dp`) |
 //! | [`tensors`] | models and updates as named float32 tensors in safetensors files |
 //! | `model` | reference models, local training, evaluation and inference (feature `train`) |
 //!
@@ -34,4 +35,5 @@
 pub mod content;
 #[cfg(feature = "train")]
 pub mod model;
+pub mod privacy;
 pub mod tensors;

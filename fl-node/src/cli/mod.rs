@@ -3,6 +3,7 @@
 mod car;
 mod data;
 mod ipfs;
+mod privacy;
 
 use std::path::PathBuf;
 
@@ -38,6 +39,8 @@ enum Command {
     /// Datasets: fetch CIFAR-10, partition it, publish shards as CIDs.
     #[command(subcommand)]
     Data(data::Data),
+    /// Epsilon spent by DP-FedAvg, or the noise a target epsilon needs.
+    Privacy(privacy::Privacy),
 }
 
 impl Cli {
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ipfs(cmd) => ipfs::run(cmd, &repo),
         Command::Car(cmd) => car::run(cmd, &repo),
         Command::Data(cmd) => data::run(cmd, &repo),
+        Command::Privacy(cmd) => privacy::run(cmd),
     }
 }
 
