@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, SafeTensors};
 
 /// Why tensors do not fit together or a file is not a valid bundle.
 #[derive(Debug, thiserror::Error)]
@@ -219,16 +219,45 @@ impl Bundle {
         self.with_flat(&diff)
     }
 
-    /// The safetensors bytes of this bundle (float32, little-endian, metadata in the header).
+    /// The safetensors bytes of this bundle (float32, little-endian, metadata in the
+    /// header). Written here rather than by `safetensors::serialize`, whose header takes
+    /// metadata from a `HashMap` and so orders its keys differently from run to run: the
+    /// same bundle must always give the same bytes, hence the same CID. Keys are sorted;
+    /// the layout is the format's own (`__metadata__` first, then tensors in name order,
+    /// header padded with spaces to 8 bytes), so every safetensors reader accepts it.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, TensorError> {
-        let views: Vec<(String, F32View<'_>)> = self
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), F32View(t)))
-            .collect();
-        let metadata =
-            (!self.metadata.is_empty()).then(|| self.metadata.clone().into_iter().collect());
-        safetensors::serialize(views, metadata).map_err(|e| TensorError::Format(e.to_string()))
+        let mut header = serde_json::Map::new();
+        if !self.metadata.is_empty() {
+            let meta: serde_json::Map<String, serde_json::Value> = self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+        }
+        let mut offset = 0usize;
+        for (name, t) in &self.tensors {
+            let len = t.data.len() * 4;
+            header.insert(
+                name.clone(),
+                serde_json::json!({ "dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len] }),
+            );
+            offset += len;
+        }
+        let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+            .map_err(|e| TensorError::Format(e.to_string()))?;
+        while json.len() % 8 != 0 {
+            json.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + json.len() + offset);
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for t in self.tensors.values() {
+            for v in &t.data {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Ok(out)
     }
 
     /// Reads a safetensors file of float32 tensors.
@@ -259,28 +288,6 @@ impl Bundle {
     }
 }
 
-/// A tensor seen by the safetensors serializer.
-struct F32View<'a>(&'a Tensor);
-
-impl View for F32View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.0.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        let mut out = Vec::with_capacity(self.0.data.len() * 4);
-        for v in &self.0.data {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.into()
-    }
-    fn data_len(&self) -> usize {
-        self.0.data.len() * 4
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +306,21 @@ mod tests {
         let b = sample();
         let bytes = b.to_safetensors().unwrap();
         assert_eq!(Bundle::from_safetensors(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn the_same_bundle_always_gives_the_same_bytes() {
+        let mut b = sample();
+        for k in ["round", "base", "samples", "format", "zeta"] {
+            b.set_metadata(k, k.to_uppercase());
+        }
+        let first = b.to_safetensors().unwrap();
+        for _ in 0..20 {
+            assert_eq!(b.clone().to_safetensors().unwrap(), first);
+        }
+        // The format's own reader accepts it.
+        let parsed = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(parsed.tensors().len(), 2);
     }
 
     #[test]
