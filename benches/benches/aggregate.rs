@@ -8,7 +8,6 @@
 //! all-in-memory path, which reads every update's tile in turn, hit the cache for repeats.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use aggregator::{
@@ -128,24 +127,6 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// Reads criterion's mean time (ns) for one function of a group.
-fn mean_ns(group: &str, function: &str) -> Option<f64> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("criterion")
-        .join(group)
-        .join(function)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let pe = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let end = rest[pe..].find([',', '}'])?;
-    rest[pe..pe + end].trim().parse().ok()
-}
-
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
@@ -157,7 +138,7 @@ fn main() {
     );
     for n in COUNTS {
         let group = group_name(n);
-        let Some(copy) = mean_ns(&group, "memcpy") else {
+        let Some(copy) = benches::mean_ns(&group, "memcpy") else {
             continue;
         };
         let bytes = (n * PARAMS * 4) as f64;
@@ -170,7 +151,7 @@ fn main() {
             "fedavg_streaming",
             "fedavg_streaming_validated",
         ] {
-            if let Some(ns) = mean_ns(&group, f) {
+            if let Some(ns) = benches::mean_ns(&group, f) {
                 println!("    {f:<28} {:>7.2} GB/s  ratio {:.3}", gb_s(ns), copy / ns);
             }
         }

@@ -8,7 +8,6 @@
 //! opendp's own exact `make_gaussian` is timed on 10,000 values and scaled to one update.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput};
@@ -119,24 +118,6 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Reads criterion's mean time (ns) for one function of the group.
-fn mean_ns(function: &str) -> Option<f64> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("criterion")
-        .join(GROUP)
-        .join(function)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let pe = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let end = rest[pe..].find([',', '}'])?;
-    rest[pe..pe + end].trim().parse().ok()
-}
-
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
@@ -162,11 +143,11 @@ fn main() {
         "clip_and_noise",
         "clip_and_noise_bundle",
     ] {
-        if let Some(ns) = mean_ns(f) {
+        if let Some(ns) = benches::mean_ns(GROUP, f) {
             line(f, ns);
         }
     }
-    if let Some(ns) = mean_ns("opendp_make_gaussian_10000") {
+    if let Some(ns) = benches::mean_ns(GROUP, "opendp_make_gaussian_10000") {
         line(
             "opendp_make_gaussian (scaled from 10k)",
             ns * PARAMS as f64 / OPENDP_VALUES as f64,
@@ -175,7 +156,7 @@ fn main() {
     // Budget: clip_and_noise must stay under 5% of one local training epoch on the same
     // machine: one epoch of the reference CNN over a node's shard (1,280 synthetic
     // CIFAR-shaped images, batch 32, the CPU default backend), timed in this run.
-    if let Some(ns) = mean_ns("clip_and_noise") {
+    if let Some(ns) = benches::mean_ns(GROUP, "clip_and_noise") {
         match local_epoch_seconds(1280) {
             Some(epoch) => println!(
                 "  one local epoch (1,280 images): {epoch:.2} s; clip + noise is {:.2}% of it (target < 5%)",

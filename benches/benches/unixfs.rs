@@ -4,7 +4,6 @@
 //!     cargo bench -p benches --bench unixfs
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput};
 use fl_core::content::unixfs::{self, ImportOptions};
@@ -64,29 +63,11 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Reads criterion's mean time (ns) for one function of the group.
-fn mean_ns(function: &str) -> Option<f64> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target
-        .join("criterion")
-        .join(GROUP)
-        .join(function)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let pe = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let end = rest[pe..].find([',', '}'])?;
-    rest[pe..pe + end].trim().parse().ok()
-}
-
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();
-    let Some(plain) = mean_ns("sha256_plain") else {
+    let Some(plain) = benches::mean_ns(GROUP, "sha256_plain") else {
         return;
     };
     let mb_s = |ns: f64| SIZE as f64 / 1e6 / (ns / 1e9);
@@ -96,7 +77,7 @@ fn main() {
     );
     println!("  {:<30} {:>9.1} MB/s", "sha256_plain", mb_s(plain));
     for f in ["import_v1", "import_v1_into_memory_store", "import_v0"] {
-        if let Some(ns) = mean_ns(f) {
+        if let Some(ns) = benches::mean_ns(GROUP, f) {
             println!("  {f:<30} {:>9.1} MB/s  ratio {:.3}", mb_s(ns), plain / ns);
         }
     }
