@@ -5,10 +5,11 @@ Generated with Google's dp-accounting, pinned: dp-accounting==0.6.0
 (with numpy 2.4.6, scipy 1.17.1, mpmath 1.4.1 on CPython 3.11).
 
 Exact command (from the repository root):
-    python3 -m venv /root/.cache/fl-ci/py-dp
-    /root/.cache/fl-ci/py-dp/bin/pip install dp-accounting==0.6.0 numpy==2.4.6 \
+    VENV=$(mktemp -d)/dp   # any directory outside the repository
+    python3 -m venv "$VENV"
+    "$VENV"/bin/pip install dp-accounting==0.6.0 numpy==2.4.6 \
         scipy==1.17.1 mpmath==1.4.1
-    /root/.cache/fl-ci/py-dp/bin/python fl-core/tests/vectors/make_rdp_vectors.py \
+    "$VENV"/bin/python fl-core/tests/vectors/make_rdp_vectors.py \
         > fl-core/tests/vectors/rdp_vectors.json
 
 It takes about 40 s (the PLD accountant dominates). absl warnings on stderr that
