@@ -18,19 +18,6 @@ use criterion::{Criterion, Throughput};
 use fl_core::content::Block;
 use fl_core::tensors::Bundle;
 
-/// The reference CNN's tensors (../shared/REFERENCE_CNN.md).
-const LAYOUT: &[(&str, &[usize])] = &[
-    ("conv1.weight", &[64, 3, 5, 5]),
-    ("conv1.bias", &[64]),
-    ("conv2.weight", &[64, 64, 5, 5]),
-    ("conv2.bias", &[64]),
-    ("fc1.weight", &[384, 4096]),
-    ("fc1.bias", &[384]),
-    ("fc2.weight", &[192, 384]),
-    ("fc2.bias", &[192]),
-    ("fc3.weight", &[10, 192]),
-    ("fc3.bias", &[10]),
-];
 const PARAMS: usize = 1_756_426;
 const COUNTS: [usize; 2] = [10, 100];
 
@@ -38,30 +25,19 @@ fn group_name(n: usize) -> String {
     format!("fedavg_{n}x{PARAMS}")
 }
 
-fn bundle(seed: u64) -> Bundle {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut b = Bundle::new();
-    for (name, shape) in LAYOUT {
-        let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 1e-2
-            })
-            .collect();
-        b.insert(*name, shape.to_vec(), data).expect("layout");
-    }
-    b
+fn bundle(layout: &Bundle, seed: u64) -> Bundle {
+    layout
+        .with_flat(&benches::pseudo_random(PARAMS, seed, 1e-2))
+        .expect("PARAMS is the layout's size")
 }
 
 fn bench(c: &mut Criterion) {
-    let global = bundle(0);
+    let layout = benches::reference_layout();
+    let global = bundle(&layout, 0);
     assert_eq!(global.num_values(), PARAMS);
     let model = *Block::hashed(0x55, b"model".to_vec()).cid();
     let pool: Vec<Arc<Bundle>> = (1..=COUNTS[1] as u64)
-        .map(|s| Arc::new(bundle(s)))
+        .map(|s| Arc::new(bundle(&layout, s)))
         .collect();
     let one_thread = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

@@ -13,21 +13,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput};
 use fl_core::privacy::clip;
 use fl_core::privacy::{GaussianNoise, NoiseConfig, privatize, privatize_flat};
-use fl_core::tensors::Bundle;
 
-/// The reference CNN's tensors (../shared/REFERENCE_CNN.md).
-const LAYOUT: &[(&str, &[usize])] = &[
-    ("conv1.weight", &[64, 3, 5, 5]),
-    ("conv1.bias", &[64]),
-    ("conv2.weight", &[64, 64, 5, 5]),
-    ("conv2.bias", &[64]),
-    ("fc1.weight", &[384, 4096]),
-    ("fc1.bias", &[384]),
-    ("fc2.weight", &[192, 384]),
-    ("fc2.bias", &[192]),
-    ("fc3.weight", &[10, 192]),
-    ("fc3.bias", &[10]),
-];
 const PARAMS: usize = 1_756_426;
 const GROUP: &str = "privacy_1756426";
 /// Values given to opendp's exact path (its cost is linear in them).
@@ -40,32 +26,14 @@ fn config() -> NoiseConfig {
 
 /// An update of the reference size whose norm (about 5.9) is above C, so clipping scales it.
 fn update() -> Vec<f32> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..PARAMS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.016
-        })
-        .collect()
-}
-
-fn bundle(flat: &[f32]) -> Bundle {
-    let mut b = Bundle::new();
-    let mut at = 0;
-    for (name, shape) in LAYOUT {
-        let n: usize = shape.iter().product();
-        b.insert(*name, shape.to_vec(), flat[at..at + n].to_vec())
-            .expect("layout sizes add up to PARAMS");
-        at += n;
-    }
-    b
+    benches::pseudo_random(PARAMS, 1, 0.016)
 }
 
 fn bench(c: &mut Criterion) {
     let flat = update();
-    let tensors = bundle(&flat);
+    let tensors = benches::reference_layout()
+        .with_flat(&flat)
+        .expect("PARAMS is the layout's size");
     let config = config();
     let noise = GaussianNoise::from_config(&config).expect("valid config");
     let mut group = c.benchmark_group(GROUP);
