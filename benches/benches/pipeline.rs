@@ -6,7 +6,7 @@
 //!     cargo bench -p benches --bench pipeline
 //!
 //! On a GPU, compare the pipeline figure with the training figures of
-//! `cargo test --release -p fl-core --features train,wgpu --test model_throughput -- --ignored --nocapture`.
+//! `cargo test --release -p fl-core --features train,wgpu --test model throughput -- --ignored --nocapture`.
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training throughput of the reference CNN in PyTorch on this machine's CPU, measured the
-way fl-core's `training_throughput_at_batch_64` test measures burn: SGD (momentum 0.9),
+way fl-core's `training_throughput` test measures burn: SGD (momentum 0.9),
 cross-entropy, synthetic normalised images, the loss read back every step.
 
     python experiments/pytorch/bench_train.py [--batch 64] [--steps 20] [--warmup 3]

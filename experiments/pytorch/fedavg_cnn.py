@@ -8,14 +8,19 @@ Reads a model file that `fl_core::model` saved (safetensors, PyTorch names and l
   logits    writes the logits of the first N images as JSON ({"logits": [[...], ...]})
   train     runs full-batch SGD steps (PyTorch SGD, dampening 0, weight decay, FedProx term)
             on the first N images and saves the resulting model as safetensors
+  baseline  centralized training on a CIFAR-10 directory from a given initial model, with
+            the hyper-parameters and augmentation of `fl baseline`; a JSON line per epoch
 
 Needs torch and safetensors (pip install torch safetensors). Used by
-fl-core/tests/model_parity.rs; see experiments/pytorch/README.md.
+fl-core/tests/model/parity.rs; see experiments/pytorch/README.md.
 """
 
 import argparse
 import json
+import math
+import os
 import sys
+import time
 
 import torch
 import torch.nn as nn
@@ -115,6 +120,108 @@ def cmd_train(args):
               metadata={"format": "pt"})
 
 
+def load_raw(path):
+    """Raw uint8 images [N, 3, 32, 32] and labels [N] of a CIFAR-10 binary file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) % RECORD:
+        sys.exit(f"{path}: {len(raw)} bytes are not a whole number of {RECORD}-byte records")
+    records = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, RECORD)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].long()
+
+
+def normalise(raw):
+    mean = torch.tensor(MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(STD).reshape(1, 3, 1, 1)
+    return (raw.float() / 255.0 - mean) / std
+
+
+def augment(raw, gen):
+    """torchvision's RandomCrop(32, padding=4) and RandomHorizontalFlip() on a uint8 batch."""
+    n = raw.shape[0]
+    padded = F.pad(raw, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(raw)
+    for i in range(n):
+        crop = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        out[i] = crop.flip(2) if flip[i] else crop
+    return out
+
+
+def learning_rate(schedule, base, epoch, step, total_steps):
+    """The rate of `fl baseline --schedule` (constant, cosine[:MIN], step:EVERY:GAMMA)."""
+    parts = schedule.split(":")
+    if parts[0] == "constant":
+        return base
+    if parts[0] == "cosine":
+        low = float(parts[1]) if len(parts) > 1 else 0.0
+        return low + (base - low) * (1 + math.cos(math.pi * step / max(total_steps, 1))) / 2
+    if parts[0] == "step":
+        return base * float(parts[2]) ** (epoch // int(parts[1]))
+    sys.exit(f"unknown schedule {schedule}")
+
+
+def cmd_baseline(args):
+    model = load_model(args.model).train()
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)]
+    parts = [load_raw(os.path.join(args.data, n)) for n in names]
+    train_raw = torch.cat([p[0] for p in parts])
+    train_labels = torch.cat([p[1] for p in parts])
+    test_raw, test_labels = load_raw(os.path.join(args.data, "test_batch.bin"))
+    test_images = normalise(test_raw)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                          dampening=0.0, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    n = len(train_labels)
+    steps = (n + args.batch - 1) // args.batch
+    started = time.perf_counter()
+    for epoch in range(args.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        loss_sum, correct = 0.0, 0
+        for step in range(steps):
+            idx = order[step * args.batch:(step + 1) * args.batch]
+            raw = train_raw[idx]
+            if not args.no_augment:
+                raw = augment(raw, gen)
+            images, labels = normalise(raw), train_labels[idx]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(args.schedule, args.lr, epoch, epoch * steps + step,
+                                            steps * args.epochs)
+            opt.zero_grad()
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+        seconds = time.perf_counter() - t0
+        test_loss, test_accuracy = evaluate(model, test_images, test_labels)
+        print(json.dumps({"event": "epoch", "epoch": epoch + 1, "loss": loss_sum / n,
+                          "accuracy": correct / n, "images_per_sec": n / seconds,
+                          "seconds": seconds, "test_loss": test_loss,
+                          "test_accuracy": test_accuracy}), flush=True)
+    test_loss, test_accuracy = evaluate(model, test_images, test_labels)
+    print(json.dumps({"event": "done", "test_accuracy": test_accuracy, "test_loss": test_loss,
+                      "seconds": time.perf_counter() - started,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
+def evaluate(model, images, labels):
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(labels), 256):
+            logits = model(images[start:start + 256])
+            target = labels[start:start + 256]
+            loss += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(1) == target).sum().item()
+    return loss / len(labels), correct / len(labels)
+
+
 def main():
     torch.use_deterministic_algorithms(True)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +251,19 @@ def main():
     t.add_argument("--mu", type=float, default=0.0, help="FedProx proximal term")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("baseline", help="centralized training, as `fl baseline`")
+    b.add_argument("model", help="initial model (safetensors), e.g. `fl ipfs get` of the init CID")
+    b.add_argument("data", help="CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin)")
+    b.add_argument("--epochs", type=int, default=10)
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--lr", type=float, default=0.05)
+    b.add_argument("--schedule", default="constant")
+    b.add_argument("--momentum", type=float, default=0.9)
+    b.add_argument("--weight-decay", type=float, default=5e-4)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-augment", action="store_true")
+    b.set_defaults(func=cmd_baseline)
 
     args = p.parse_args()
     args.func(args)

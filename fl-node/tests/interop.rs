@@ -160,3 +160,125 @@ fn we_read_a_car_the_helia_stack_writes() {
     assert!(out.status.success());
     assert!(out.stdout == data, "cat after importing their CAR differs");
 }
+
+/// A running child process, killed on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads lines of `child`'s stdout on a thread until one satisfies `pick`, within 60 s.
+fn first_line<T: Send + 'static>(
+    child: &mut std::process::Child,
+    pick: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> T {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(v) = pick(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("no expected line in time")
+}
+
+/// `fl node run` on 127.0.0.1 serving `repo`; its multiaddr.
+fn fl_node(repo: &Path) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fl"))
+        .args([
+            "node",
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .env("FL_REPO", repo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = first_line(&mut child, |l| {
+        l.strip_prefix("listening on ").map(str::to_string)
+    });
+    (Running(child), addr)
+}
+
+#[test]
+fn kubo_fetches_a_10_mb_file_from_our_node_over_bitswap() {
+    let Some(python) = peer("FL_INTEROP_PYTHON") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let bytes = random(10 << 20, 21);
+    let file = dir.path().join("model.bin");
+    fs::write(&file, &bytes).unwrap();
+    let cid = fl(&repo, &["ipfs", "add", file.to_str().unwrap()]);
+    let (_node, addr) = fl_node(&repo);
+    let out = dir.path().join("kubo-got.bin");
+    let report = run(Command::new(&python)
+        .current_dir(dir.path())
+        .arg(interop_dir().join("kubo.py"))
+        .args(["fetch", &addr, &cid, out.to_str().unwrap()]));
+    eprintln!(
+        "Kubo fetched {cid} from us: {}",
+        report.lines().last().unwrap_or("")
+    );
+    assert!(fs::read(&out).unwrap() == bytes, "Kubo got different bytes");
+}
+
+#[test]
+fn we_fetch_a_10_mb_file_that_kubo_added() {
+    let Some(python) = peer("FL_INTEROP_PYTHON") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = random(10 << 20, 22);
+    let file = dir.path().join("kubo.bin");
+    fs::write(&file, &bytes).unwrap();
+    let mut child = Command::new(&python)
+        .current_dir(dir.path())
+        .arg(interop_dir().join("kubo.py"))
+        .args(["serve", file.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served: serde_json::Value = first_line(&mut child, |l| serde_json::from_str(l).ok());
+    let _kubo = Running(child);
+    let cid = served["cid"].as_str().unwrap();
+    let addrs: Vec<String> = serde_json::from_str(served["addrs"].as_str().unwrap()).unwrap();
+    let addr = format!("{}/p2p/{}", addrs[0], served["id"].as_str().unwrap());
+    assert!(cid.starts_with("Qm"), "Kubo's default CIDv0: {cid}");
+    let out = dir.path().join("fl-got.bin");
+    let started = std::time::Instant::now();
+    fl(
+        &dir.path().join("repo"),
+        &[
+            "ipfs",
+            "get",
+            cid,
+            "-o",
+            out.to_str().unwrap(),
+            "--peer",
+            &addr,
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+    );
+    eprintln!("we fetched {cid} from Kubo in {:?}", started.elapsed());
+    assert!(fs::read(&out).unwrap() == bytes, "we got different bytes");
+}

@@ -46,6 +46,54 @@ impl LrSchedule {
     }
 }
 
+/// A schedule written on a command line that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "bad learning-rate schedule {text:?}: expected constant, cosine[:MIN_LR] or step:EVERY_EPOCHS:GAMMA"
+)]
+pub struct BadSchedule {
+    /// The text given.
+    pub text: String,
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = BadSchedule;
+
+    /// `constant`, `cosine`, `cosine:MIN_LR` or `step:EVERY_EPOCHS:GAMMA`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadSchedule {
+            text: s.to_string(),
+        };
+        let mut parts = s.split(':');
+        let schedule = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("constant"), None, None, None) => LrSchedule::Constant,
+            (Some("cosine"), None, None, None) => LrSchedule::Cosine { min_lr: 0.0 },
+            (Some("cosine"), Some(min), None, None) => LrSchedule::Cosine {
+                min_lr: min.parse().map_err(|_| bad())?,
+            },
+            (Some("step"), Some(every), Some(gamma), None) => LrSchedule::Step {
+                every_epochs: every.parse().map_err(|_| bad())?,
+                gamma: gamma.parse().map_err(|_| bad())?,
+            },
+            _ => return Err(bad()),
+        };
+        Ok(schedule)
+    }
+}
+
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LrSchedule::Constant => f.write_str("constant"),
+            LrSchedule::Cosine { min_lr } => write!(f, "cosine:{min_lr}"),
+            LrSchedule::Step {
+                every_epochs,
+                gamma,
+            } => write!(f, "step:{every_epochs}:{gamma}"),
+        }
+    }
+}
+
 /// Hyper-parameters of one local training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,6 +195,20 @@ mod tests {
         let cosine = LrSchedule::Cosine { min_lr: 0.0 };
         assert_eq!(cosine.rate(0.1, 0, 0, 10), 0.1);
         assert!((cosine.rate(0.1, 0, 5, 10) - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn schedules_parse_from_and_print_to_the_command_line_form() {
+        for text in ["constant", "cosine:0.001", "step:2:0.5"] {
+            assert_eq!(text.parse::<LrSchedule>().unwrap().to_string(), text);
+        }
+        assert_eq!(
+            "cosine".parse::<LrSchedule>().unwrap(),
+            LrSchedule::Cosine { min_lr: 0.0 }
+        );
+        for bad in ["", "linear", "step:2", "step:x:0.5", "cosine:1:2"] {
+            assert!(bad.parse::<LrSchedule>().is_err(), "{bad}");
+        }
     }
 
     #[test]

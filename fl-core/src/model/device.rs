@@ -2,7 +2,7 @@
 //!
 //! Training throughput of the reference CNN, batch 64, SGD with momentum, loss read back
 //! every step, release build, on the 2-core x86_64 build machine (AVX-512, shared with other
-//! builds, hence the spread), measured with `fl-core/tests/model_throughput.rs` and
+//! builds, hence the spread), measured with `fl-core/tests/model/throughput.rs` and
 //! `experiments/pytorch/bench_train.py`:
 //!
 //! | backend | images/s |

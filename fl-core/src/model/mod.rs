@@ -53,11 +53,11 @@ pub mod zoo;
 pub use batch::{Batch, BatchError, CIFAR10_NORMALIZATION, IMAGE_LEN, Normalization};
 pub use burn::tensor::Device;
 pub use cnn::{FedAvgCnn, FedAvgCnnConfig};
-pub use config::{LrSchedule, TrainConfig};
+pub use config::{BadSchedule, LrSchedule, TrainConfig};
 pub use device::{Backend, UnknownBackend};
 pub use eval::{ClassCount, Evaluation};
 pub use infer::{ClassScores, Classifier};
-pub use train::{EpochMetrics, TrainError, TrainOutcome, train};
+pub use train::{EpochMetrics, StepProgress, TrainError, TrainOutcome, Trainer, train};
 pub use zoo::{Architecture, Network};
 
 #[cfg(doc)]

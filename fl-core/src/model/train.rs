@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
@@ -26,7 +26,6 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use super::ModelError;
 use super::batch::{Batch, BatchError, IMAGE_LEN};
 use super::config::TrainConfig;
-use super::eval::argmax;
 use super::infer::{images_tensor, labels_tensor};
 use super::params::{INIT_STREAM, values};
 use super::zoo::{Architecture, Network};
@@ -95,9 +94,10 @@ pub enum TrainError {
     NonFinite {
         /// Epoch, from 0.
         epoch: usize,
-        /// Step within the epoch, from 0.
+        /// Step within the epoch, from 0, at which the divergence was read (the loss is read
+        /// at step 0 and then every [`LOSS_READ_EVERY`] steps).
         step: usize,
-        /// The loss value (NaN or infinite).
+        /// The summed loss since the previous read (NaN or infinite).
         loss: f32,
     },
     /// The trained parameters hold NaN or infinity.
@@ -106,6 +106,9 @@ pub enum TrainError {
         /// The tensor.
         name: String,
     },
+    /// An earlier epoch failed; its parameters are lost.
+    #[error("the trainer stopped on an earlier error; start again from the last good model")]
+    Stopped,
     /// The global model does not fit, or a tensor could not be read from the device.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -131,99 +134,22 @@ pub fn train(
     if examples.len() == 0 {
         return Err(TrainError::NoData);
     }
-
-    let device = device.clone().autodiff();
-    let mut network = architecture.build(global, &device)?;
-    let anchor = (config.proximal_mu > 0.0).then(|| Anchor::of(&network));
-    let mut optimizer = SgdConfig::new()
-        .with_momentum((config.momentum > 0.0).then_some(MomentumConfig {
-            momentum: config.momentum,
-            dampening: 0.0,
-            nesterov: false,
-        }))
-        .with_weight_decay((config.weight_decay > 0.0).then_some(WeightDecayConfig {
-            penalty: config.weight_decay as f32,
-        }))
-        .init();
-
-    let steps_per_epoch = examples.len().div_ceil(config.batch_size);
-    let total_steps = steps_per_epoch * config.epochs;
+    let mut trainer = Trainer::new(
+        architecture,
+        global,
+        config,
+        examples.len().div_ceil(config.batch_size),
+        device,
+    )?;
     let mut epochs = Vec::with_capacity(config.epochs);
     for epoch in 0..config.epochs {
-        let started = Instant::now();
         let order = shuffled(examples.len(), config.seed, epoch);
-        let (mut loss_sum, mut correct, mut lr) = (0.0f64, 0usize, config.learning_rate);
-        for (step, chunk) in order.chunks(config.batch_size).enumerate() {
-            let Batch { images, labels } = examples.gather(chunk);
-            let n = labels.len();
-            let logits = network.forward(images_tensor(architecture, images, &device));
-            let targets = labels_tensor(&labels, &device).reshape([n, 1]);
-            let loss = log_softmax(logits.clone(), 1)
-                .gather(1, targets)
-                .mean()
-                .neg();
-
-            let loss_value = values("training loss", loss.clone().detach())?
-                .first()
-                .copied()
-                .unwrap_or(f32::NAN);
-            if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    epoch,
-                    step,
-                    loss: loss_value,
-                });
-            }
-            let logits = values("logits", logits.detach())?;
-            correct += logits
-                .chunks_exact(classes)
-                .zip(&labels)
-                .filter(|(row, label)| argmax(row) == usize::from(**label))
-                .count();
-            loss_sum += f64::from(loss_value) * n as f64;
-
-            let mut grads = GradientsParams::from_grads(loss.backward(), &network);
-            if let Some(anchor) = &anchor {
-                anchor.pull(&network, &mut grads, config.proximal_mu);
-            }
-            lr = config.schedule.rate(
-                config.learning_rate,
-                epoch,
-                epoch * steps_per_epoch + step,
-                total_steps,
-            );
-            network = optimizer.step(lr, network, grads);
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        let metrics = EpochMetrics {
-            epoch,
-            loss: loss_sum / examples.len() as f64,
-            accuracy: correct as f64 / examples.len() as f64,
-            samples: examples.len(),
-            seconds,
-            images_per_sec: examples.len() as f64 / seconds.max(f64::MIN_POSITIVE),
-            learning_rate: lr,
-        };
-        tracing::debug!(
-            architecture = %architecture,
-            epoch,
-            loss = metrics.loss,
-            accuracy = metrics.accuracy,
-            images_per_sec = metrics.images_per_sec,
-            "local epoch done"
-        );
-        epochs.push(metrics);
+        let batches = order
+            .chunks(config.batch_size)
+            .map(|chunk| examples.gather(chunk));
+        epochs.push(trainer.epoch(batches, |_| {})?);
     }
-
-    let model = network.to_bundle()?;
-    if let Some((name, _)) = model
-        .iter()
-        .find(|(_, t)| t.data.iter().any(|v| !v.is_finite()))
-    {
-        return Err(TrainError::NonFiniteParameter {
-            name: name.to_string(),
-        });
-    }
+    let model = trainer.model()?;
     let mut update = model
         .sub(global)
         .map_err(|source: TensorError| ModelError::Layout {
@@ -237,6 +163,231 @@ pub fn train(
         epochs,
         samples: examples.len(),
     })
+}
+
+/// Steps between two reads of the loss from the device: each read waits for the device to
+/// finish, so a GPU is kept busy by reading rarely. Divergence is noticed at the next read.
+pub const LOSS_READ_EVERY: usize = 8;
+
+/// Where an epoch stands, after each step, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepProgress {
+    /// Epoch, from 0.
+    pub epoch: usize,
+    /// Steps done in this epoch.
+    pub steps: usize,
+    /// Images seen in this epoch.
+    pub images: usize,
+}
+
+/// Training that goes on epoch by epoch over batches the caller supplies (a fresh augmented,
+/// shuffled stream each epoch, say), keeping the optimizer's momentum between epochs.
+///
+/// After an error the trainer's parameters are not to be used: keep the last good
+/// [`Trainer::model`] instead.
+pub struct Trainer {
+    architecture: Architecture,
+    /// None after an error.
+    network: Option<Network>,
+    optimizer: ModuleOptimizer,
+    anchor: Option<Anchor>,
+    config: TrainConfig,
+    device: Device,
+    steps_per_epoch: usize,
+    epochs_done: usize,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("architecture", &self.architecture)
+            .field("config", &self.config)
+            .field("steps_per_epoch", &self.steps_per_epoch)
+            .field("epochs_done", &self.epochs_done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// Starts from `global` on `device` (autodiff is added here). `steps_per_epoch` is what the
+    /// learning-rate schedule counts with; epochs may take fewer or more steps.
+    pub fn new(
+        architecture: Architecture,
+        global: &Bundle,
+        config: &TrainConfig,
+        steps_per_epoch: usize,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        let device = device.clone().autodiff();
+        let network = architecture.build(global, &device)?;
+        let anchor = (config.proximal_mu > 0.0).then(|| Anchor::of(&network));
+        let optimizer = SgdConfig::new()
+            .with_momentum((config.momentum > 0.0).then_some(MomentumConfig {
+                momentum: config.momentum,
+                dampening: 0.0,
+                nesterov: false,
+            }))
+            .with_weight_decay((config.weight_decay > 0.0).then_some(WeightDecayConfig {
+                penalty: config.weight_decay as f32,
+            }))
+            .init();
+        Ok(Trainer {
+            architecture,
+            network: Some(network),
+            optimizer,
+            anchor,
+            config: config.clone(),
+            device,
+            steps_per_epoch: steps_per_epoch.max(1),
+            epochs_done: 0,
+        })
+    }
+
+    /// Epochs trained so far.
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
+    /// Runs one epoch over `batches`, calling `on_step` after every step.
+    pub fn epoch<I>(
+        &mut self,
+        batches: I,
+        mut on_step: impl FnMut(StepProgress),
+    ) -> Result<EpochMetrics, TrainError>
+    where
+        I: IntoIterator<Item = Batch>,
+    {
+        let mut network = self.network.take().ok_or(TrainError::Stopped)?;
+        let started = Instant::now();
+        let epoch = self.epochs_done;
+        let classes = self.architecture.num_classes();
+        let total_steps = self.steps_per_epoch * self.config.epochs.max(epoch + 1);
+        let mut lr = self.config.learning_rate;
+        let (mut loss_sum, mut correct, mut images) = (0.0f64, 0usize, 0usize);
+        // Sums since the last read, kept on the device.
+        let mut pending: Option<(Tensor<1>, Tensor<1>)> = None;
+        let mut step = 0;
+        for (index, batch) in batches.into_iter().enumerate() {
+            batch
+                .check_for(classes)
+                .map_err(|source| TrainError::Batch { index, source })?;
+            let Batch {
+                images: pixels,
+                labels,
+            } = batch;
+            let n = labels.len();
+            if n == 0 {
+                continue;
+            }
+            let logits = network.forward(images_tensor(self.architecture, pixels, &self.device));
+            let targets = labels_tensor(&labels, &self.device).reshape([n, 1]);
+            let loss = log_softmax(logits.clone(), 1)
+                .gather(1, targets.clone())
+                .mean()
+                .neg();
+            let hits = logits.detach().argmax(1).equal(targets).float().sum();
+            let weighted = loss.clone().detach().mul_scalar(n as f32);
+            pending = Some(match pending {
+                None => (weighted, hits),
+                Some((l, c)) => (l + weighted, c + hits),
+            });
+
+            let mut grads = GradientsParams::from_grads(loss.backward(), &network);
+            if let Some(anchor) = &self.anchor {
+                anchor.pull(&network, &mut grads, self.config.proximal_mu);
+            }
+            lr = self.config.schedule.rate(
+                self.config.learning_rate,
+                epoch,
+                epoch * self.steps_per_epoch + step,
+                total_steps,
+            );
+            network = self.optimizer.step(lr, network, grads);
+            images += n;
+
+            if step % LOSS_READ_EVERY == 0 {
+                let (l, c) = read_sums(pending.take(), epoch, step)?;
+                loss_sum += l;
+                correct += c;
+            }
+            step += 1;
+            on_step(StepProgress {
+                epoch,
+                steps: step,
+                images,
+            });
+        }
+        if images == 0 {
+            return Err(TrainError::NoData);
+        }
+        let (l, c) = read_sums(pending.take(), epoch, step - 1)?;
+        loss_sum += l;
+        correct += c;
+        self.network = Some(network);
+        self.epochs_done += 1;
+
+        let seconds = started.elapsed().as_secs_f64();
+        let metrics = EpochMetrics {
+            epoch,
+            loss: loss_sum / images as f64,
+            accuracy: correct as f64 / images as f64,
+            samples: images,
+            seconds,
+            images_per_sec: images as f64 / seconds.max(f64::MIN_POSITIVE),
+            learning_rate: lr,
+        };
+        tracing::debug!(
+            architecture = %self.architecture,
+            epoch,
+            loss = metrics.loss,
+            accuracy = metrics.accuracy,
+            images_per_sec = metrics.images_per_sec,
+            "local epoch done"
+        );
+        Ok(metrics)
+    }
+
+    /// The current parameters, with the architecture's metadata; refuses non-finite ones.
+    pub fn model(&self) -> Result<Bundle, TrainError> {
+        let model = self
+            .network
+            .as_ref()
+            .ok_or(TrainError::Stopped)?
+            .to_bundle()?;
+        if let Some((name, _)) = model
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|v| !v.is_finite()))
+        {
+            return Err(TrainError::NonFiniteParameter {
+                name: name.to_string(),
+            });
+        }
+        Ok(model)
+    }
+}
+
+/// Reads the loss and hit sums kept on the device; a non-finite loss is divergence.
+fn read_sums(
+    pending: Option<(Tensor<1>, Tensor<1>)>,
+    epoch: usize,
+    step: usize,
+) -> Result<(f64, usize), TrainError> {
+    let Some((loss, hits)) = pending else {
+        return Ok((0.0, 0));
+    };
+    let loss = values("training loss", loss)?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN);
+    if !loss.is_finite() {
+        return Err(TrainError::NonFinite { epoch, step, loss });
+    }
+    let hits = values("training hits", hits)?
+        .first()
+        .copied()
+        .unwrap_or(0.0);
+    Ok((f64::from(loss), hits as usize))
 }
 
 /// A permutation of `0..n` for `epoch`, from ChaCha8 seeded with `seed` (stream `epoch + 1`).

@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+mod stored;
+pub use stored::{MAX_BUNDLE_BYTES, StoredError};
+
 use safetensors::{Dtype, SafeTensors};
 
 /// Why tensors do not fit together or a file is not a valid bundle.

@@ -39,6 +39,9 @@ pub(super) enum Ipfs {
         /// Where to write it; default: the CID in the current directory.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Fetch missing blocks from these peers or the DHT (Bitswap) first.
+        #[command(flatten)]
+        network: super::node::FetchArgs,
     },
     /// Pins a DAG (recursively) so that gc keeps it.
     Pin {
@@ -95,10 +98,17 @@ pub(super) fn run(cmd: Ipfs, repo: &RepoPath) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {cid}"))?;
             out.flush().context("writing to standard output")?;
         }
-        Ipfs::Get { cid, output } => {
+        Ipfs::Get {
+            cid,
+            output,
+            network,
+        } => {
             let path = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
+            let repo = repo.open()?;
+            if network.wants_network() {
+                super::node::fetch(&repo, cid, &network)?;
+            }
             let size = repo
-                .open()?
                 .get_to_file(&cid, &path)
                 .with_context(|| format!("getting {cid}"))?;
             eprintln!("saved {cid} ({size} bytes) to {}", path.display());

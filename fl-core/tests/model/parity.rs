@@ -4,7 +4,6 @@
 //!
 //! Runs where `$FL_TORCH_PYTHON` (default `python3`) can import torch and safetensors, and is
 //! skipped with a printed reason elsewhere; `FL_REQUIRE_TORCH=1` turns the skip into a failure.
-#![cfg(feature = "train")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +25,7 @@ const SCRIPT: &str = concat!(
 );
 
 /// The Python that has torch, or `None` after printing why the test is skipped.
-fn torch_python() -> Option<String> {
+pub(crate) fn torch_python() -> Option<String> {
     let python = std::env::var("FL_TORCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let probe = Command::new(&python)
         .args(["-c", "import torch, safetensors"])
@@ -66,7 +65,7 @@ fn pytorch(python: &str, args: &[&str]) -> String {
 }
 
 /// The first `n` CIFAR-10 test images, normalised as the model expects.
-fn test_images(n: usize) -> Batch {
+pub(crate) fn test_images(n: usize) -> Batch {
     let bytes = std::fs::read(TEST_BATCH).expect("read the CIFAR-10 test batch");
     Batch::from_cifar_records(&bytes[..n * CIFAR_RECORD_LEN], &CIFAR10_NORMALIZATION).unwrap()
 }
@@ -77,7 +76,7 @@ fn save(bundle: &Bundle, dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -86,7 +85,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// A model with larger weights than a fresh one, so that logits are far from zero.
-fn sharpened(seed: u64) -> Bundle {
+pub(crate) fn sharpened(seed: u64) -> Bundle {
     let init = ARCH.init(seed).unwrap();
     let flat: Vec<f32> = init.flatten().iter().map(|v| v * 2.0).collect();
     init.with_flat(&flat).unwrap()

@@ -1,0 +1,10 @@
+//! The reference CNN: parameters and model files, parity with PyTorch, local training, and
+//! throughput. One test binary, so that burn is linked once.
+#![cfg(feature = "train")]
+
+mod params;
+mod parity;
+mod throughput;
+mod training;
+#[cfg(feature = "wgpu")]
+mod wgpu;

@@ -1,0 +1,169 @@
+//! `fl node run` (serve this repo's blocks to the network) and the network side of
+//! `fl ipfs get` (fetch what the repo lacks from peers).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use fl_core::content::pins::PinMode;
+use fl_core::content::{Cid, Repo};
+use fl_node::net::{Node, NodeConfig, fetch_dag, keys};
+use libp2p::{Multiaddr, PeerId};
+
+use super::RepoPath;
+
+/// Blocks requested at once when fetching a DAG.
+const FETCH_WINDOW: usize = 64;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum NodeCmd {
+    /// Runs the node: serves the repo's blocks over Bitswap, provides its pins in the DHT.
+    Run(NetArgs),
+}
+
+/// How to reach the network.
+#[derive(Debug, Clone, Args)]
+pub(super) struct NetArgs {
+    /// Address to listen on (repeatable); default: TCP and QUIC on port 4101, all interfaces.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// A peer to connect to at start, `/ip4/.../tcp/.../p2p/PEER_ID` (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+impl NetArgs {
+    fn config(&self, default_listen: &[&str]) -> anyhow::Result<NodeConfig> {
+        let listen = if self.listen.is_empty() {
+            default_listen
+                .iter()
+                .map(|a| a.parse().context("default listen address"))
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            self.listen.clone()
+        };
+        Ok(NodeConfig {
+            listen,
+            bootstrap: self.bootstrap.clone(),
+            mdns: !self.no_mdns,
+            ..NodeConfig::default()
+        })
+    }
+}
+
+/// Options of `fl ipfs get` for fetching from the network.
+#[derive(Debug, Clone, Args)]
+pub(super) struct FetchArgs {
+    /// A peer to fetch from, `/ip4/.../tcp/.../p2p/PEER_ID` (repeatable); others are found
+    /// through the DHT from the bootstrap peers.
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<Multiaddr>,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Seconds each peer gets to send a block before the next is asked.
+    #[arg(long, default_value_t = 10)]
+    block_timeout: u64,
+}
+
+impl FetchArgs {
+    /// Whether any way to reach peers was given.
+    pub(super) fn wants_network(&self) -> bool {
+        !self.peer.is_empty() || !self.net.bootstrap.is_empty()
+    }
+}
+
+pub(super) fn run(cmd: NodeCmd, repo: &RepoPath) -> anyhow::Result<()> {
+    match cmd {
+        NodeCmd::Run(net) => runtime()?.block_on(serve(net, repo)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn start(repo: &Repo, config: NodeConfig) -> anyhow::Result<Node> {
+    let key = keys::load_or_create(repo.root())?;
+    let store = Arc::new(repo.blocks().clone());
+    Ok(Node::start(key, store, config).await?)
+}
+
+async fn serve(net: NetArgs, repo: &RepoPath) -> anyhow::Result<()> {
+    let repo = repo.open()?;
+    let node = start(
+        &repo,
+        net.config(&["/ip4/0.0.0.0/tcp/4101", "/ip4/0.0.0.0/udp/4101/quic-v1"])?,
+    )
+    .await?;
+    let mut out = std::io::stdout();
+    writeln!(out, "peer id {}", node.peer_id())?;
+    for addr in node.listen_addrs().await? {
+        writeln!(out, "listening on {addr}")?;
+    }
+    out.flush()?;
+    for (cid, mode) in repo.pins().list()? {
+        if mode == PinMode::Recursive {
+            node.provide(cid).await?;
+        }
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("stopping; {:?}", node.bitswap().stats());
+    Ok(())
+}
+
+/// Fetches the DAG under `root` into `repo` from the peers `args` names or the DHT finds, and
+/// pins it.
+pub(super) fn fetch(repo: &Repo, root: Cid, args: &FetchArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let node = start(repo, args.net.config(&["/ip4/0.0.0.0/tcp/0"])?).await?;
+        let mut peers: Vec<PeerId> = Vec::new();
+        for addr in &args.peer {
+            match node.dial(addr.clone()).await {
+                Ok(peer) => peers.push(peer),
+                Err(e) => eprintln!("fl: {e}"),
+            }
+        }
+        if !args.net.bootstrap.is_empty() {
+            // Give the bootstrap connections a moment to identify before asking the DHT.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while node.peers().await?.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for provider in node.providers(root).await? {
+                if provider != node.peer_id() && !peers.contains(&provider) {
+                    peers.push(provider);
+                }
+            }
+        }
+        if peers.is_empty() {
+            bail!("no peer to fetch {root} from: none of --peer answered and the DHT found no provider");
+        }
+        tracing::info!(%root, providers = peers.len(), "fetching");
+        let blocks = fetch_dag(
+            node.bitswap(),
+            root,
+            &peers,
+            FETCH_WINDOW,
+            Duration::from_secs(args.block_timeout.max(1)),
+        )
+        .await
+        .with_context(|| format!("fetching {root}"))?;
+        tracing::info!(%root, blocks, "fetched");
+        repo.pin(&root, PinMode::Recursive)
+            .with_context(|| format!("pinning {root}"))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,541 @@
+//! The libp2p swarm of a node: TCP and QUIC, Noise, Yamux, identify, ping, Kademlia on the
+//! IPFS DHT protocol, gossipsub with signed messages and peer scoring, mDNS, and the streams
+//! Bitswap runs on. One task owns the swarm; [`Node`] talks to it through a channel.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cid::Cid;
+use fl_core::content::FsBlockstore;
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, identify, mdns, noise, ping,
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::bitswap::Bitswap;
+
+/// Kademlia protocol of the public IPFS DHT, so Kubo and Helia peers route with us.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
+/// How long a DHT query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (with `/p2p/PEER_ID` for the DHT to learn them).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the local network.
+    pub mdns: bool,
+    /// Connections are closed after this long without streams.
+    pub idle_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("static address"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("static address"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the node could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The transport could not be set up.
+    #[error("setting up the transport: {0}")]
+    Transport(String),
+    /// An address could not be listened on.
+    #[error("listening on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why not.
+        reason: String,
+    },
+    /// A peer could not be dialled.
+    #[error("dialling {addr}: {reason}")]
+    Dial {
+        /// The address.
+        addr: Multiaddr,
+        /// Why not.
+        reason: String,
+    },
+    /// A gossip message could not be published.
+    #[error("publishing on {topic}: {reason}")]
+    Publish {
+        /// The topic.
+        topic: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A stream could not be opened.
+    #[error("opening a stream: {0}")]
+    Stream(String),
+    /// The node's task has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A gossip message that passed signature checks.
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    /// The topic.
+    pub topic: String,
+    /// Its author (the signer).
+    pub source: Option<PeerId>,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    Provide(Cid),
+    Providers(Cid, oneshot::Sender<Vec<PeerId>>),
+    Subscribe(String, oneshot::Sender<bool>),
+    Publish(String, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
+}
+
+/// A running node.
+#[derive(Clone)]
+pub struct Node {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
+    bitswap: Bitswap,
+    gossip: Arc<tokio::sync::broadcast::Sender<Gossip>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts a node with `key` serving `store`; needs a tokio runtime.
+    pub async fn start(
+        key: Keypair,
+        store: Arc<FsBlockstore>,
+        config: NodeConfig,
+    ) -> Result<Node, NodeError> {
+        let peer_id = key.public().to_peer_id();
+        let transport = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+        let mdns_on = config.mdns;
+        let mut swarm = SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport(&e))?
+            .with_quic()
+            .with_behaviour(|key| {
+                let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+                kad_config.set_query_timeout(QUERY_TIMEOUT);
+                let mut kad =
+                    kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+                kad.set_mode(Some(kad::Mode::Server));
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                gossipsub.with_peer_score(
+                    gossipsub::PeerScoreParams::default(),
+                    gossipsub::PeerScoreThresholds::default(),
+                )?;
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(
+                        mdns::Config::default(),
+                        peer_id,
+                    )?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/ipfs/0.1.0".into(), key.public())
+                            .with_agent_version(format!("fl/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::default(),
+                    kad,
+                    gossipsub,
+                    mdns: mdns.into(),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+            })
+            .map_err(|e| transport(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .build();
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let streams = swarm.behaviour().stream.new_control();
+        let bitswap = Bitswap::start(store, streams.clone());
+        let (commands, rx) = mpsc::channel(64);
+        let (gossip, _) = tokio::sync::broadcast::channel(1024);
+        let gossip = Arc::new(gossip);
+        let node = Node {
+            peer_id,
+            commands,
+            streams,
+            bitswap,
+            gossip: gossip.clone(),
+        };
+        // Wait until the listeners have addresses, so callers can print them.
+        let mut driver = Driver {
+            swarm,
+            commands: rx,
+            gossip,
+            pending_dials: Vec::new(),
+            providers: std::collections::HashMap::new(),
+        };
+        driver.await_listeners(config.listen.len()).await;
+        for addr in &config.bootstrap {
+            driver.dial(addr.clone(), None);
+        }
+        tokio::spawn(driver.run());
+        Ok(node)
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Opens a raw stream to `peer` for `protocol` (application protocols beside Bitswap).
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, NodeError> {
+        self.streams
+            .clone()
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| NodeError::Stream(e.to_string()))
+    }
+
+    /// Bitswap on this node's blockstore.
+    pub fn bitswap(&self) -> &Bitswap {
+        &self.bitswap
+    }
+
+    /// The addresses this node listens on, each with `/p2p/PEER_ID`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::ListenAddrs(tx)).await?;
+        let addrs = rx.await.map_err(|_| NodeError::Stopped)?;
+        Ok(addrs
+            .into_iter()
+            .map(|a| a.with_p2p(self.peer_id).unwrap_or_else(|a| a))
+            .collect())
+    }
+
+    /// Dials `addr` and waits for the connection; returns the peer's id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Dial(addr, tx)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Peers(tx)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Announces in the DHT that this node provides `cid`.
+    pub async fn provide(&self, cid: Cid) -> Result<(), NodeError> {
+        self.command(Command::Provide(cid)).await
+    }
+
+    /// Providers of `cid` found in the DHT (and connected to, so Bitswap can ask them).
+    pub async fn providers(&self, cid: Cid) -> Result<Vec<PeerId>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Providers(cid, tx)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Joins a gossip topic; messages arrive on [`Node::gossip`].
+    pub async fn subscribe(&self, topic: &str) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Subscribe(topic.to_string(), tx))
+            .await?;
+        rx.await.map_err(|_| NodeError::Stopped).map(|_| ())
+    }
+
+    /// Publishes `data`, signed with the node's key, on `topic`.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Publish(topic.to_string(), data, tx))
+            .await?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Gossip received from now on.
+    pub fn gossip(&self) -> tokio::sync::broadcast::Receiver<Gossip> {
+        self.gossip.subscribe()
+    }
+
+    async fn command(&self, command: Command) -> Result<(), NodeError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// A dial waiting for its connection: its id, address and who to tell.
+type PendingDial = (
+    libp2p::swarm::ConnectionId,
+    Multiaddr,
+    oneshot::Sender<Result<PeerId, NodeError>>,
+);
+
+/// The task that owns the swarm.
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    gossip: Arc<tokio::sync::broadcast::Sender<Gossip>>,
+    pending_dials: Vec<PendingDial>,
+    providers:
+        std::collections::HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+}
+
+impl Driver {
+    async fn await_listeners(&mut self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = 0;
+        while seen < count {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                    tracing::info!(%address, "listening");
+                    seen += 1;
+                }
+                Ok(event) => self.on_event(event),
+                Err(_) => break,
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: Option<oneshot::Sender<Result<PeerId, NodeError>>>) {
+        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+            .address(addr.clone())
+            .build();
+        let id = opts.connection_id();
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                if let Some(reply) = reply {
+                    self.pending_dials.push((id, addr, reply));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%addr, "dial failed: {e}");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(NodeError::Dial {
+                        addr,
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr, reply) => self.dial(addr, Some(reply)),
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Provide(cid) => {
+                let key = kad::RecordKey::new(&cid.hash().to_bytes());
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    tracing::warn!(%cid, "cannot provide: {e}");
+                }
+            }
+            Command::Providers(cid, reply) => {
+                let key = kad::RecordKey::new(&cid.hash().to_bytes());
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::Subscribe(topic, reply) => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let ok = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&topic)
+                    .is_ok();
+                let _ = reply.send(ok);
+            }
+            Command::Publish(topic, data, reply) => {
+                let ident = gossipsub::IdentTopic::new(topic.clone());
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(ident, data)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::Publish {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if let Some(i) = self
+                    .pending_dials
+                    .iter()
+                    .position(|(id, _, _)| *id == connection_id)
+                {
+                    let (_, _, reply) = self.pending_dials.swap_remove(i);
+                    let _ = reply.send(Ok(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(i) = self
+                    .pending_dials
+                    .iter()
+                    .position(|(id, _, _)| *id == connection_id)
+                {
+                    let (_, addr, reply) = self.pending_dials.swap_remove(i);
+                    let _ = reply.send(Err(NodeError::Dial {
+                        addr,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            // Peers that speak the DHT protocol join the routing table.
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                let _ = self.gossip.send(Gossip {
+                    topic: message.topic.to_string(),
+                    source: message.source,
+                    data: message.data,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                let mut done = step.last;
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &result
+                    && let Some((found, _)) = self.providers.get_mut(&id)
+                {
+                    found.extend(providers.iter().copied());
+                    // The first answer is enough to start fetching; more come with Bitswap.
+                    done |= !found.is_empty();
+                }
+                if done && let Some((found, reply)) = self.providers.remove(&id) {
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                    let _ = reply.send(found.into_iter().collect());
+                }
+            }
+            _ => {}
+        }
+    }
+}
