@@ -299,3 +299,59 @@ fn malformed_bitswap_input_is_refused_and_the_node_keeps_serving() {
     assert!(std::fs::read(&out).unwrap() == bytes);
     server.child.kill().unwrap();
 }
+
+/// Two in-process nodes on loopback: a message published on a topic reaches the other node
+/// with its author, the signer, as source.
+#[test]
+fn a_signed_gossip_message_reaches_a_subscribed_peer() {
+    use fl_node::net::{Node, NodeConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            let store =
+                fl_core::content::FsBlockstore::open(dir.path().join(format!("b{i}"))).unwrap();
+            let config = NodeConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                mdns: false,
+                ..NodeConfig::default()
+            };
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            nodes.push(
+                Node::start(key, std::sync::Arc::new(store), config)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let topic = "fl/test/updates";
+        for node in &nodes {
+            node.subscribe(topic).await.unwrap();
+        }
+        let mut inbox = nodes[1].gossip();
+        let addr = nodes[1].listen_addrs().await.unwrap().remove(0);
+        nodes[0].dial(addr).await.unwrap();
+        // The subscription travels with the first heartbeats; publish until it is known.
+        let mut published = false;
+        for _ in 0..100 {
+            if nodes[0]
+                .publish(topic, b"update bafy...".to_vec())
+                .await
+                .is_ok()
+            {
+                published = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(published, "no peer joined the topic within 10 s");
+        let message = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("no message within 10 s")
+            .unwrap();
+        assert_eq!(message.topic, topic);
+        assert_eq!(message.data, b"update bafy...");
+        assert_eq!(message.source, Some(nodes[0].peer_id()));
+    });
+}

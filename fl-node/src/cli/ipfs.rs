@@ -105,13 +105,18 @@ pub(super) fn run(cmd: Ipfs, repo: &RepoPath) -> anyhow::Result<()> {
         } => {
             let path = output.unwrap_or_else(|| PathBuf::from(cid.to_string()));
             let repo = repo.open()?;
+            let started = std::time::Instant::now();
             if network.wants_network() {
                 super::node::fetch(&repo, cid, &network)?;
             }
             let size = repo
                 .get_to_file(&cid, &path)
                 .with_context(|| format!("getting {cid}"))?;
-            eprintln!("saved {cid} ({size} bytes) to {}", path.display());
+            eprintln!(
+                "saved {cid} ({size} bytes) to {} in {:.3} s",
+                path.display(),
+                started.elapsed().as_secs_f64()
+            );
         }
         Ipfs::Pin { cid, direct } => {
             let mode = if direct {
