@@ -180,7 +180,7 @@ def cmd_baseline(args):
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = torch.arange(n) if args.no_shuffle else torch.randperm(n, generator=gen)
         loss_sum, correct = 0.0, 0
         for step in range(steps):
             idx = order[step * args.batch:(step + 1) * args.batch]
@@ -263,6 +263,7 @@ def main():
     b.add_argument("--weight-decay", type=float, default=5e-4)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-augment", action="store_true")
+    b.add_argument("--no-shuffle", action="store_true")
     b.set_defaults(func=cmd_baseline)
 
     args = p.parse_args()

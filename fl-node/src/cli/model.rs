@@ -88,6 +88,9 @@ pub(super) struct Baseline {
     /// No random crop and flip.
     #[arg(long)]
     no_augment: bool,
+    /// Keep the training set's order every epoch (for exact comparisons).
+    #[arg(long)]
+    no_shuffle: bool,
     /// Write the JSON lines here instead of standard output.
     #[arg(long, value_name = "FILE")]
     jsonl: Option<PathBuf>,
@@ -163,6 +166,7 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
     };
     let mut pipeline_config = PipelineConfig::training(cmd.batch, cmd.seed);
     pipeline_config.augment = !cmd.no_augment;
+    pipeline_config.shuffle = !cmd.no_shuffle;
     pipeline_config.normalization = arch.normalization();
     let (train_len, test_len) = (data.train.len(), data.test.len());
     let pipeline = Pipeline::new(data.train, pipeline_config);
