@@ -278,6 +278,32 @@ mod tests {
     }
 
     #[test]
+    fn a_shuffled_epoch_holds_every_image_once_with_its_own_label() {
+        let images = synthetic_images(500, 4);
+        let mut config = PipelineConfig::training(64, 5);
+        config.augment = false;
+        let key = |batches: Vec<Batch>| {
+            let mut pairs: Vec<(u8, Vec<u32>)> = batches
+                .iter()
+                .flat_map(|b| {
+                    (0..b.len()).map(move |i| {
+                        (
+                            b.labels[i],
+                            b.image(i).iter().map(|v| v.to_bits()).collect(),
+                        )
+                    })
+                })
+                .collect();
+            pairs.sort();
+            pairs
+        };
+        let shuffled = Pipeline::new(images.clone(), config).collect_epoch(2);
+        let in_order = Pipeline::new(images, PipelineConfig::evaluation(64)).collect_epoch(0);
+        assert_ne!(shuffled, in_order);
+        assert_eq!(key(shuffled), key(in_order));
+    }
+
+    #[test]
     fn crop_shifts_and_flip_mirrors() {
         let mut image = vec![0u8; 3 * 1024];
         image[5 * 32 + 7] = 255; // R plane, row 5, column 7
