@@ -22,20 +22,10 @@ use anyhow::{Context, bail};
 use datasets::partition::{Scheme, partition};
 use datasets::pipeline::{Pipeline, PipelineConfig};
 use datasets::{cifar10, shard};
-use fl_core::content::unixfs::{self, ImportOptions};
-use fl_core::content::{Blockstore, Cid, Repo};
+use fl_core::content::Repo;
 use fl_core::model::{Architecture, Backend, Classifier, TrainConfig, train};
-use fl_core::tensors::Bundle;
 
 /// Stores a bundle as a safetensors UnixFS file and returns its CID.
-fn store(repo: &Repo, bundle: &Bundle) -> anyhow::Result<Cid> {
-    let bytes = bundle.to_safetensors()?;
-    Ok(unixfs::import(&bytes[..], &ImportOptions::default(), |b| {
-        repo.blocks().put(b)
-    })?
-    .root)
-}
-
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let nodes: usize = args
@@ -98,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     );
     for round in 1..=rounds {
         let started = Instant::now();
-        let global_cid = store(&repo, &global)?;
+        let global_cid = global.store(&repo)?;
         let mut contributions = Vec::with_capacity(nodes);
         for node in 0..nodes {
             let images = shard::fetch_shard(repo.blocks(), &manifest, node)?;
@@ -111,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             };
             let outcome = train(arch, &global, &batches, &local, &device)
                 .with_context(|| format!("node {node}, round {round}"))?;
-            let update_cid = store(&repo, &outcome.update)?;
+            let update_cid = outcome.update.store(&repo)?;
             contributions.push(Contribution::new(
                 format!("node-{node:03}"),
                 update_cid,
@@ -133,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         global = outcome.model;
         state = outcome.state;
         let eval = Classifier::new(arch, &global, &device)?.evaluate(&test_batches, 256)?;
-        let model_cid = store(&repo, &global)?;
+        let model_cid = global.store(&repo)?;
         println!(
             "{round:>5} {:>12} {:>8.2}% {:>8.4} {:>8.1}  {model_cid}",
             outcome.accepted.len(),
@@ -142,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let final_cid = store(&repo, &global)?;
+    let final_cid = global.store(&repo)?;
     repo.pin(&final_cid, fl_core::content::pins::PinMode::Recursive)?;
     match keep {
         Some(dir) => println!("final model: {final_cid} (kept in repo {})", dir.display()),

@@ -147,11 +147,9 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         Some(cid) => load_model(&repo, cid)?.1,
         None => arch.init(cmd.seed)?,
     };
-    if Architecture::of(&global)? != arch {
-        bail!(
-            "the initial model is a {}, not a {arch}",
-            Architecture::of(&global)?
-        );
+    let init_arch = Architecture::of(&global)?;
+    if init_arch != arch {
+        bail!("the initial model is a {init_arch}, not a {arch}");
     }
     let init_cid = global.store(&repo)?;
     let config = TrainConfig {
