@@ -1,5 +1,6 @@
-//! Real `fl` processes on loopback: Bitswap between two nodes, provider discovery through the
-//! DHT along a chain of ten nodes, and a node that keeps serving after malformed input.
+//! Real `fl` processes and in-process nodes on loopback: Bitswap between two nodes, provider
+//! discovery through the DHT among ten nodes that each know one other, and a node that keeps
+//! serving after malformed input.
 //! Every wait is bounded.
 
 use std::io::{BufRead, BufReader};
@@ -171,6 +172,74 @@ fn a_provider_is_found_through_the_dht_along_a_chain_of_ten_nodes() {
     assert!(std::fs::read(&out).unwrap() == bytes);
 }
 
+/// Ten in-process nodes, each started with one bootstrap address (the previous node's): all
+/// nine that lack the file find node 0 as its provider through the DHT and fetch it at once.
+#[test]
+fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
+    use fl_core::content::Repo;
+    use fl_node::net::{self, Node, NodeConfig};
+
+    let (dir, repos) = dirs(10);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bytes = random_file(&dir.path().join("shard.bin"), 3 << 20, 13);
+        let repos: Vec<Repo> = repos.iter().map(|r| Repo::open(r).unwrap()).collect();
+        let added = repos[0]
+            .add(
+                &bytes[..],
+                &fl_core::content::unixfs::ImportOptions::default(),
+            )
+            .unwrap();
+        let mut nodes: Vec<Node> = Vec::new();
+        for repo in &repos {
+            let bootstrap = match nodes.last() {
+                Some(prev) => vec![prev.listen_addrs().await.unwrap().remove(0)],
+                None => Vec::new(),
+            };
+            let config = NodeConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap,
+                mdns: false,
+                ..NodeConfig::default()
+            };
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let store = std::sync::Arc::new(repo.blocks().clone());
+            nodes.push(Node::start(key, store, config).await.unwrap());
+        }
+        nodes[0].provide(added.root).await.unwrap();
+        let fetches = nodes[1..].iter().map(|node| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_secs(90),
+                    net::fetch(&node, added.root, Vec::new(), true, Duration::from_secs(10)),
+                )
+                .await
+            })
+        });
+        for (i, fetch) in futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let fetched = fetch
+                .unwrap()
+                .unwrap_or_else(|_| panic!("node {} did not finish within 90 s", i + 1))
+                .unwrap_or_else(|e| panic!("node {}: {e}", i + 1));
+            assert_eq!(
+                fetched.providers,
+                vec![nodes[0].peer_id()],
+                "node {}",
+                i + 1
+            );
+            assert_eq!(fetched.blocks, added.blocks, "node {}", i + 1);
+            let mut got = Vec::new();
+            repos[i + 1].cat(&added.root, &mut got).unwrap();
+            assert!(got == bytes, "node {} holds different bytes", i + 1);
+        }
+    });
+}
+
 #[test]
 fn fetching_from_a_peer_without_the_file_fails_clearly() {
     let (dir, repos) = dirs(2);
@@ -266,16 +335,46 @@ fn malformed_bitswap_input_is_refused_and_the_node_keeps_serving() {
             data: b"bad prefix".to_vec(),
         });
         attacks.push(frame(&gifts.encode_frame()));
-        for attack in &attacks {
-            let mut stream = attacker.open_stream(target, PROTOCOL).await.unwrap();
+        let addr: libp2p::Multiaddr = server.addr.parse().unwrap();
+        let mut disconnected = 0;
+        for (i, attack) in attacks.iter().enumerate() {
+            // A peer that broke the protocol is disconnected: come back for the next attack.
+            let mut stream = None;
+            for _ in 0..20 {
+                match attacker.open_stream(target, PROTOCOL).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
+                    Err(_) => {
+                        let _ = attacker.dial(addr.clone()).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            let mut stream = stream.unwrap_or_else(|| panic!("attack {i}: cannot reconnect"));
             let _ = stream.write_all(attack).await;
             let _ = stream.flush().await;
             // The node either closes the stream or waits for more; never longer than 2 s here.
             let mut sink = [0u8; 16];
             let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut sink)).await;
+            // The stream closes first; the connection follows within moments.
+            for _ in 0..20 {
+                if !attacker.peers().await.unwrap().contains(&target) {
+                    disconnected += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
+        // The three malformed frames each cost the attacker its connection.
+        assert!(
+            disconnected >= 3,
+            "disconnected after {disconnected} of the attacks"
+        );
         // Many streams at once: the excess is refused, the node stays up.
         let mut open = Vec::new();
+        let _ = attacker.dial(addr.clone()).await;
         for _ in 0..64 {
             if let Ok(s) = attacker.open_stream(target, PROTOCOL).await {
                 open.push(s);
@@ -353,5 +452,186 @@ fn a_signed_gossip_message_reaches_a_subscribed_peer() {
         assert_eq!(message.topic, topic);
         assert_eq!(message.data, b"update bafy...");
         assert_eq!(message.source, Some(nodes[0].peer_id()));
+    });
+}
+
+/// The gossipsub wire format (rust-libp2p's `rpc.proto`), for a peer that writes its own.
+mod meshsub {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Rpc {
+        #[prost(message, repeated, tag = "1")]
+        pub subscriptions: Vec<SubOpts>,
+        #[prost(message, repeated, tag = "2")]
+        pub publish: Vec<Message>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SubOpts {
+        #[prost(bool, optional, tag = "1")]
+        pub subscribe: Option<bool>,
+        #[prost(string, optional, tag = "2")]
+        pub topic_id: Option<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Message {
+        #[prost(bytes = "vec", optional, tag = "1")]
+        pub from: Option<Vec<u8>>,
+        #[prost(bytes = "vec", optional, tag = "2")]
+        pub data: Option<Vec<u8>>,
+        #[prost(bytes = "vec", optional, tag = "3")]
+        pub seqno: Option<Vec<u8>>,
+        #[prost(string, required, tag = "4")]
+        pub topic: String,
+        #[prost(bytes = "vec", optional, tag = "5")]
+        pub signature: Option<Vec<u8>>,
+        #[prost(bytes = "vec", optional, tag = "6")]
+        pub key: Option<Vec<u8>>,
+    }
+}
+
+/// A message on `topic` from `author`, signed by `signer` as gossipsub signs
+/// ("libp2p-pubsub:" and the message without signature and key).
+fn gossip_message(
+    author: &libp2p::identity::Keypair,
+    signer: Option<&libp2p::identity::Keypair>,
+    topic: &str,
+    data: &[u8],
+    seqno: u64,
+) -> meshsub::Message {
+    use prost::Message as _;
+    let mut message = meshsub::Message {
+        from: Some(author.public().to_peer_id().to_bytes()),
+        data: Some(data.to_vec()),
+        seqno: Some(seqno.to_be_bytes().to_vec()),
+        topic: topic.to_string(),
+        signature: None,
+        key: None,
+    };
+    if let Some(signer) = signer {
+        let mut signed = b"libp2p-pubsub:".to_vec();
+        signed.extend(message.encode_to_vec());
+        message.signature = Some(signer.sign(&signed).unwrap());
+        if signer.public() != author.public() {
+            message.key = Some(signer.public().encode_protobuf());
+        }
+    }
+    message
+}
+
+/// A peer that speaks gossipsub's wire format by hand sends a node forged, impersonating and
+/// unsigned messages, then one honest message: only the honest one is delivered.
+#[test]
+fn forged_impersonating_and_unsigned_gossip_is_dropped() {
+    use fl_node::net::{Node, NodeConfig};
+    use futures::{AsyncWriteExt, StreamExt};
+    use libp2p::identity::Keypair;
+    use prost::Message as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = fl_core::content::FsBlockstore::open(dir.path().join("blocks")).unwrap();
+        let config = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            ..NodeConfig::default()
+        };
+        let victim = Node::start(
+            Keypair::generate_ed25519(),
+            std::sync::Arc::new(store),
+            config,
+        )
+        .await
+        .unwrap();
+        let topic = "fl/test/updates";
+        victim.subscribe(topic).await.unwrap();
+        let mut inbox = victim.gossip();
+
+        // The attacker: a bare swarm with raw streams only, no gossipsub of its own.
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .build();
+        let mut control = swarm.behaviour().new_control();
+        swarm
+            .dial(victim.listen_addrs().await.unwrap().remove(0))
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        let mut stream = None;
+        for _ in 0..50 {
+            match control
+                .open_stream(
+                    victim.peer_id(),
+                    libp2p::StreamProtocol::new("/meshsub/1.1.0"),
+                )
+                .await
+            {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let mut stream = stream.expect("no gossipsub stream to the victim within 5 s");
+
+        let (alice, mallory, nobody) = (
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+        );
+        // Signed by alice, then its data changed.
+        let mut forged = gossip_message(&alice, Some(&alice), topic, b"update A", 1);
+        forged.data = Some(b"update B".to_vec());
+        let rpc = meshsub::Rpc {
+            subscriptions: vec![meshsub::SubOpts {
+                subscribe: Some(true),
+                topic_id: Some(topic.to_string()),
+            }],
+            publish: vec![
+                forged,
+                // Claims to be alice, signed by mallory with mallory's key attached.
+                gossip_message(&alice, Some(&mallory), topic, b"from alice, really", 2),
+                // No signature at all.
+                gossip_message(&nobody, None, topic, b"unsigned", 3),
+                // Garbage in place of a signature.
+                meshsub::Message {
+                    signature: Some(vec![7; 64]),
+                    ..gossip_message(&nobody, None, topic, b"bad signature", 4)
+                },
+                // The control: correctly signed by its author.
+                gossip_message(&alice, Some(&alice), topic, b"honest", 5),
+            ],
+        };
+        let body = rpc.encode_to_vec();
+        let mut len = unsigned_varint::encode::usize_buffer();
+        stream
+            .write_all(unsigned_varint::encode::usize(body.len(), &mut len))
+            .await
+            .unwrap();
+        stream.write_all(&body).await.unwrap();
+        stream.flush().await.unwrap();
+
+        let first = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("not even the honest message arrived within 10 s")
+            .unwrap();
+        assert_eq!(first.data, b"honest", "a bad message was delivered first");
+        assert_eq!(first.source, Some(alice.public().to_peer_id()));
+        // Nothing else follows.
+        let more = tokio::time::timeout(Duration::from_millis(1500), inbox.recv()).await;
+        assert!(more.is_err(), "a bad message was delivered: {more:?}");
     });
 }

@@ -6,6 +6,7 @@ mod ipfs;
 mod model;
 mod node;
 mod privacy;
+mod pubsub;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,9 @@ enum Command {
     /// The node on the network: serves blocks (Bitswap), routes (Kademlia), gossips.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Signed gossip on a topic, as `ipfs pubsub`: publish, or print what arrives.
+    #[command(subcommand)]
+    Pubsub(pubsub::Pubsub),
     /// Centralized training on the whole training set: the federation's point of comparison.
     Baseline(model::Baseline),
     /// Test loss and accuracy of a stored model.
@@ -70,8 +74,13 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, 2) => "debug",
         (false, _) => "trace",
     };
+    // Kademlia warns that it cannot bootstrap whenever a node starts alone: not news.
+    let directives = match verbose {
+        0 => format!("{level},libp2p_kad::behaviour=error"),
+        _ => level.to_string(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -87,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd, &repo),
         Command::Privacy(cmd) => privacy::run(cmd),
         Command::Node(cmd) => node::run(cmd, &repo),
+        Command::Pubsub(cmd) => pubsub::run(cmd, &repo),
         Command::Baseline(cmd) => model::baseline(cmd, &repo),
         Command::Eval(cmd) => model::eval(cmd, &repo),
         Command::Infer(cmd) => model::infer(cmd, &repo),

@@ -5,17 +5,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Cid, Repo};
-use fl_node::net::{Node, NodeConfig, fetch_dag, keys};
+use fl_node::net::{self, Node, NodeConfig, keys};
 use libp2p::{Multiaddr, PeerId};
 
 use super::RepoPath;
-
-/// Blocks requested at once when fetching a DAG.
-const FETCH_WINDOW: usize = 64;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum NodeCmd {
@@ -38,7 +35,7 @@ pub(super) struct NetArgs {
 }
 
 impl NetArgs {
-    fn config(&self, default_listen: &[&str]) -> anyhow::Result<NodeConfig> {
+    pub(super) fn config(&self, default_listen: &[&str]) -> anyhow::Result<NodeConfig> {
         let listen = if self.listen.is_empty() {
             default_listen
                 .iter()
@@ -83,14 +80,14 @@ pub(super) fn run(cmd: NodeCmd, repo: &RepoPath) -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
 
-async fn start(repo: &Repo, config: NodeConfig) -> anyhow::Result<Node> {
+pub(super) async fn start(repo: &Repo, config: NodeConfig) -> anyhow::Result<Node> {
     let key = keys::load_or_create(repo.root())?;
     let store = Arc::new(repo.blocks().clone());
     Ok(Node::start(key, store, config).await?)
@@ -136,32 +133,9 @@ pub(super) fn fetch(repo: &Repo, root: Cid, args: &FetchArgs) -> anyhow::Result<
                 Err(e) => eprintln!("fl: {e}"),
             }
         }
-        if !args.net.bootstrap.is_empty() {
-            // Give the bootstrap connections a moment to identify before asking the DHT.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while node.peers().await?.is_empty() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            for provider in node.providers(root).await? {
-                if provider != node.peer_id() && !peers.contains(&provider) {
-                    peers.push(provider);
-                }
-            }
-        }
-        if peers.is_empty() {
-            bail!("no peer to fetch {root} from: none of --peer answered and the DHT found no provider");
-        }
-        tracing::info!(%root, providers = peers.len(), "fetching");
-        let blocks = fetch_dag(
-            node.bitswap(),
-            root,
-            &peers,
-            FETCH_WINDOW,
-            Duration::from_secs(args.block_timeout.max(1)),
-        )
-        .await
-        .with_context(|| format!("fetching {root}"))?;
-        tracing::info!(%root, blocks, "fetched");
+        let use_dht = !args.net.bootstrap.is_empty();
+        let per_block = Duration::from_secs(args.block_timeout.max(1));
+        net::fetch(&node, root, peers, use_dht, per_block).await?;
         repo.pin(&root, PinMode::Recursive)
             .with_context(|| format!("pinning {root}"))?;
         Ok(())

@@ -1,10 +1,12 @@
 //! Networking that interoperates with IPFS: a libp2p node ([`node`]) that serves and fetches
-//! blocks over Bitswap ([`bitswap`]), finds providers in the DHT and gossips announcements,
+//! blocks over Bitswap ([`bitswap`], whole DAGs with [`fetch`]), finds providers in the DHT and gossips announcements,
 //! with its identity kept in the repo ([`keys`]).
 
 pub mod bitswap;
+pub mod fetch;
 pub mod keys;
 pub mod node;
 
 pub use bitswap::{Bitswap, fetch_dag};
+pub use fetch::{Fetched, NetFetchError, fetch};
 pub use node::{Gossip, Node, NodeConfig, NodeError};

@@ -25,6 +25,8 @@ use super::bitswap::Bitswap;
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 /// How long a DHT query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Misbehaving peers waiting to be disconnected.
+const MISBEHAVING_QUEUE: usize = 64;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -212,7 +214,8 @@ impl Node {
                 })?;
         }
         let streams = swarm.behaviour().stream.new_control();
-        let bitswap = Bitswap::start(store, streams.clone());
+        let (misbehaving_tx, misbehaving) = mpsc::channel(MISBEHAVING_QUEUE);
+        let bitswap = Bitswap::start(store, streams.clone(), misbehaving_tx);
         let (commands, rx) = mpsc::channel(64);
         let (gossip, _) = tokio::sync::broadcast::channel(1024);
         let gossip = Arc::new(gossip);
@@ -227,6 +230,7 @@ impl Node {
         let mut driver = Driver {
             swarm,
             commands: rx,
+            misbehaving,
             gossip,
             pending_dials: Vec::new(),
             providers: std::collections::HashMap::new(),
@@ -339,6 +343,8 @@ type PendingDial = (
 struct Driver {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
+    /// Peers that broke a protocol (Bitswap), to disconnect.
+    misbehaving: mpsc::Receiver<PeerId>,
     gossip: Arc<tokio::sync::broadcast::Sender<Gossip>>,
     pending_dials: Vec<PendingDial>,
     providers:
@@ -369,6 +375,10 @@ impl Driver {
                     Some(command) => self.on_command(command),
                     None => return,
                 },
+                Some(peer) = self.misbehaving.recv() => {
+                    tracing::info!(%peer, "disconnecting a peer that broke the protocol");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
         }
     }

@@ -9,8 +9,9 @@
 //!
 //! Limits: frames up to [`MAX_MESSAGE_BYTES`], blocks up to [`MAX_BLOCK_BYTES`], at most
 //! [`MAX_WANTLIST_ENTRIES`] wants per message, [`MAX_STREAMS_PER_PEER`] inbound streams per
-//! peer, and [`MAX_SERVED_PER_SECOND`] bytes served per peer and second; a peer that sends
-//! malformed frames has its stream closed.
+//! peer, and [`MAX_SERVED_PER_SECOND`] bytes served per peer and second. A peer that sends a
+//! malformed or oversized frame has its stream closed and is reported as misbehaving (the node
+//! disconnects it); wants waiting on a peer that cannot be reached are failed over at once.
 
 pub mod message;
 
@@ -77,6 +78,8 @@ pub struct Bitswap {
 struct Inner {
     store: Arc<FsBlockstore>,
     control: libp2p_stream::Control,
+    /// Where peers that broke the protocol are reported.
+    misbehaving: mpsc::Sender<PeerId>,
     /// Waiters for wanted blocks.
     wants: Mutex<HashMap<Cid, Vec<mpsc::Sender<Arrival>>>>,
     /// Per-peer queues of outgoing messages.
@@ -110,13 +113,19 @@ impl std::fmt::Debug for Bitswap {
 }
 
 impl Bitswap {
-    /// Starts serving `store` on the streams of `control`; needs a tokio runtime.
-    pub fn start(store: Arc<FsBlockstore>, mut control: libp2p_stream::Control) -> Self {
+    /// Starts serving `store` on the streams of `control`, reporting peers that break the
+    /// protocol to `misbehaving`; needs a tokio runtime.
+    pub fn start(
+        store: Arc<FsBlockstore>,
+        mut control: libp2p_stream::Control,
+        misbehaving: mpsc::Sender<PeerId>,
+    ) -> Self {
         let incoming = [PROTOCOL, PROTOCOL_1_1].map(|p| control.accept(p));
         let bitswap = Bitswap {
             inner: Arc::new(Inner {
                 store,
                 control,
+                misbehaving,
                 wants: Mutex::default(),
                 outboxes: Mutex::default(),
                 streams: Mutex::default(),
@@ -263,6 +272,10 @@ impl Bitswap {
                             Ok(s) => stream = Some(s),
                             Err(e) => {
                                 tracing::debug!(%peer, "bitswap: cannot open a stream: {e}");
+                                // Whoever waits on this peer asks the next one now.
+                                if let Some(inner) = inner.upgrade() {
+                                    Bitswap { inner }.peer_gone(peer);
+                                }
                                 break;
                             }
                         }
@@ -306,17 +319,17 @@ impl Bitswap {
                     Ok(Some(frame)) => match Message::decode_frame(&frame) {
                         Ok(message) => self.on_message(peer, message),
                         Err(e) => {
-                            lock(&self.inner.stats).bad_frames += 1;
                             tracing::debug!(%peer, "bitswap: {e}");
+                            self.misbehaved(peer);
                             break;
                         }
                     },
                     Ok(None) => break,
                     Err(e) => {
-                        if e.kind() == std::io::ErrorKind::InvalidData {
-                            lock(&self.inner.stats).bad_frames += 1;
-                        }
                         tracing::debug!(%peer, "bitswap: stream ended: {e}");
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            self.misbehaved(peer);
+                        }
                         break;
                     }
                 }
@@ -330,6 +343,26 @@ impl Bitswap {
                 }
             }
         });
+    }
+
+    /// Counts a protocol violation by `peer` and reports it, so the node disconnects it.
+    fn misbehaved(&self, peer: PeerId) {
+        lock(&self.inner.stats).bad_frames += 1;
+        // A full queue means disconnections are already pending; this one can wait for the
+        // peer's next offence.
+        let _ = self.inner.misbehaving.try_send(peer);
+    }
+
+    /// Fails every want over from `peer`, which cannot be reached, to the next peer.
+    fn peer_gone(&self, peer: PeerId) {
+        let waiters: Vec<_> = lock(&self.inner.wants)
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        for w in waiters {
+            let _ = w.try_send(Arrival::DontHave(peer));
+        }
     }
 
     /// Handles one message from `peer`: blocks and presences for our wants, then its wants.
