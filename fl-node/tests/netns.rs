@@ -327,26 +327,20 @@ fn a_provider_that_vanishes_mid_transfer() {
     let Some(lan) = lan("b", 3) else {
         return;
     };
+    let rate = "tbf rate 40mbit burst 64kb latency 100ms";
     for i in [1, 2] {
-        ip(&[
-            "netns",
-            "exec",
-            &lan.host(i),
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "eth0",
-            "root",
-            "tbf",
-            "rate",
-            "40mbit",
-            "burst",
-            "64kb",
-            "latency",
-            "100ms",
-        ])
-        .unwrap();
+        let host = lan.host(i);
+        let mut args = vec![
+            "netns", "exec", &host, "tc", "qdisc", "add", "dev", "eth0", "root",
+        ];
+        args.extend(rate.split(' '));
+        if let Err(why) = ip(&args) {
+            if std::env::var("FL_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+                panic!("cannot limit a link's rate: {why}");
+            }
+            eprintln!("skipped: cannot limit a link's rate here (tc {rate}): {why}");
+            return;
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let repo = |name: &str| dir.path().join(name);
