@@ -635,3 +635,145 @@ fn forged_impersonating_and_unsigned_gossip_is_dropped() {
         assert!(more.is_err(), "a bad message was delivered: {more:?}");
     });
 }
+
+/// A provider that answers every want with bytes that do not hash to the CID: nothing it
+/// sends is stored, a fetch from it alone fails clearly, and with an honest provider beside
+/// it the fetch completes with the right bytes.
+#[test]
+fn blocks_that_do_not_match_their_cid_are_refused() {
+    use fl_core::content::Repo;
+    use fl_node::net::bitswap::message::{Message, PayloadBlock, prefix_of};
+    use fl_node::net::bitswap::{MAX_MESSAGE_BYTES, PROTOCOL};
+    use fl_node::net::{self, Node, NodeConfig};
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+
+    let (dir, repos) = dirs(3);
+    let file = dir.path().join("model.bin");
+    let bytes = random_file(&file, 1 << 20, 17);
+    let cid = add(&repos[0], &file);
+    let honest = serve(&repos[0], None);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // The liar: a bare swarm that speaks Bitswap by hand.
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default(),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let liar_addr = loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                break address.with_p2p(*swarm.local_peer_id()).unwrap();
+            }
+        };
+        let mut control = swarm.behaviour().new_control();
+        let mut incoming = control.accept(PROTOCOL).unwrap();
+        tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((peer, mut stream)) = incoming.next().await {
+                let mut control = control.clone();
+                tokio::spawn(async move {
+                    while let Ok(len) = unsigned_varint::aio::read_usize(&mut stream).await {
+                        if len > MAX_MESSAGE_BYTES {
+                            return;
+                        }
+                        let mut frame = vec![0; len];
+                        if stream.read_exact(&mut frame).await.is_err() {
+                            return;
+                        }
+                        let Ok(message) = Message::decode_frame(&frame) else {
+                            return;
+                        };
+                        let mut lies = Message::default();
+                        for want in message.wants().into_iter().filter(|w| !w.cancel) {
+                            lies.payload.push(PayloadBlock {
+                                prefix: prefix_of(&want.cid),
+                                data: b"not the block you want".to_vec(),
+                            });
+                        }
+                        if lies.is_empty() {
+                            continue;
+                        }
+                        let Ok(mut out) = control.open_stream(peer, PROTOCOL).await else {
+                            return;
+                        };
+                        let body = lies.encode_frame();
+                        let mut len = unsigned_varint::encode::usize_buffer();
+                        let _ = out
+                            .write_all(unsigned_varint::encode::usize(body.len(), &mut len))
+                            .await;
+                        let _ = out.write_all(&body).await;
+                        let _ = out.flush().await;
+                    }
+                });
+            }
+        });
+
+        let repo = Repo::open(&repos[1]).unwrap();
+        let config = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(
+            libp2p::identity::Keypair::generate_ed25519(),
+            std::sync::Arc::new(repo.blocks().clone()),
+            config,
+        )
+        .await
+        .unwrap();
+        let root: fl_core::content::Cid = cid.parse().unwrap();
+        let liar = node.dial(liar_addr).await.unwrap();
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            net::fetch(&node, root, vec![liar], false, Duration::from_secs(2)),
+        )
+        .await
+        .expect("the fetch from the liar did not end within 30 s");
+        let err = result
+            .expect_err("a fetch from a liar succeeded")
+            .to_string();
+        assert!(err.contains(&format!("fetching {root}")), "{err}");
+        let refused = node.bitswap().stats().blocks_refused;
+        assert!(
+            refused >= 1,
+            "the liar's blocks were not counted as refused"
+        );
+        use fl_core::content::Blockstore as _;
+        assert!(!repo.blocks().has(&root).unwrap(), "a lie was stored");
+
+        let honest_peer = node.dial(honest.addr.parse().unwrap()).await.unwrap();
+        let fetched = tokio::time::timeout(
+            Duration::from_secs(30),
+            net::fetch(
+                &node,
+                root,
+                vec![liar, honest_peer],
+                false,
+                Duration::from_secs(2),
+            ),
+        )
+        .await
+        .expect("the fetch did not end within 30 s")
+        .unwrap();
+        assert!(fetched.blocks >= 1);
+        let mut got = Vec::new();
+        repo.cat(&root, &mut got).unwrap();
+        assert!(got == bytes, "bytes differ");
+    });
+}

@@ -25,7 +25,6 @@ use datasets::{cifar10, shard};
 use fl_core::content::Repo;
 use fl_core::model::{Architecture, Backend, Classifier, TrainConfig, train};
 
-/// Stores a bundle as a safetensors UnixFS file and returns its CID.
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let nodes: usize = args
