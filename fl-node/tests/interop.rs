@@ -5,6 +5,9 @@
 //! and FL_INTEROP_JS (a folder with the npm packages and Node 22); without them these tests
 //! say so and pass, unless FL_REQUIRE_INTEROP=1, as in CI, makes them fail.
 
+mod common;
+use common::random;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,18 +69,6 @@ fn js_script(dir: &Path, script: &str, args: &[&str]) -> Command {
 /// The JS CAR tool's output.
 fn js(dir: &Path, args: &[&str]) -> String {
     run(&mut js_script(dir, "car.mjs", args)).trim().to_owned()
-}
-
-fn random(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn hex_sha256(data: &[u8]) -> String {

@@ -3,6 +3,9 @@
 //! on sharing one host's loopback. Needs root and `ip` (iproute2); where namespaces cannot be
 //! made the tests say why and pass, unless FL_REQUIRE_NETNS=1 makes them fail.
 
+mod common;
+use common::random;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -171,18 +174,6 @@ fn finish(mut cmd: Command) -> Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().unwrap()
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn ok(out: &Output) -> String {

@@ -3,6 +3,8 @@
 //! serving after malformed input.
 //! Every wait is bounded.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,15 +67,7 @@ fn serve(repo: &Path, bootstrap: Option<&str>) -> Server {
 
 /// A file of `len` pseudo-random bytes.
 fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let bytes = common::random(len, seed);
     std::fs::write(path, &bytes).unwrap();
     bytes
 }
