@@ -15,6 +15,7 @@
 //! | [`content::repo`] | a node's store on disk: blocks, pins, garbage collection |
 //! | [`privacy`] | the Rényi-DP accountant; clipping and noise (feature `dp`) |
 //! | [`tensors`] | models and updates as named float32 tensors in safetensors files |
+//! | [`records`] | the task, signed update announcements and round manifests; aggregator ranking |
 //! | `model` | reference models, local training, evaluation and inference (feature `train`) |
 //!
 //! Tensors, models, privacy and round records follow in later modules; this crate knows
@@ -36,4 +37,5 @@ pub mod content;
 #[cfg(feature = "train")]
 pub mod model;
 pub mod privacy;
+pub mod records;
 pub mod tensors;

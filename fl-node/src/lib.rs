@@ -1,4 +1,5 @@
-//! The federation's peer: libp2p networking that interoperates with IPFS. The `fl` program
-//! (src/main.rs) is its command line.
+//! The federation's peer: libp2p networking that interoperates with IPFS ([`net`]) and
+//! federated rounds over it ([`round`]). The `fl` program (src/main.rs) is its command line.
 
 pub mod net;
+pub mod round;

@@ -83,6 +83,22 @@ impl Architecture {
             .sum()
     }
 
+    /// Floating-point operations to train on one example: forward multiply-adds x 2, and
+    /// the backward pass counted as twice the forward (the usual 3x rule). Credits use it.
+    pub fn training_flops_per_sample(self) -> u64 {
+        let forward_macs: u64 = match self {
+            // conv1 at 32x32, conv2 at 16x16 (5x5 kernels), then the three linear layers.
+            Architecture::FedAvgCnn => {
+                32 * 32 * 64 * (3 * 25)
+                    + 16 * 16 * 64 * (64 * 25)
+                    + 4096 * 384
+                    + 384 * 192
+                    + 192 * 10
+            }
+        };
+        3 * 2 * forward_macs
+    }
+
     /// Initial parameters as PyTorch's defaults would draw them, from a portable seeded RNG:
     /// the same seed gives the same bytes everywhere.
     pub fn init(self, seed: u64) -> Result<Bundle, ModelError> {

@@ -7,6 +7,7 @@ mod model;
 mod node;
 mod privacy;
 mod pubsub;
+mod task;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,13 @@ enum Command {
     /// The node on the network: serves blocks (Bitswap), routes (Kademlia), gossips.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Training tasks: `fl task create` writes the genesis record.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
+    /// Recomputes a round from its inputs: confirms or refutes its model and signatures.
+    Verify(task::Verify),
+    /// A task's chain of rounds, next aggregators and credits (from this repo).
+    Status(task::Status),
     /// Signed gossip on a topic, as `ipfs pubsub`: publish, or print what arrives.
     #[command(subcommand)]
     Pubsub(pubsub::Pubsub),
@@ -97,6 +105,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Privacy(cmd) => privacy::run(cmd),
         Command::Node(cmd) => node::run(cmd, &repo),
         Command::Pubsub(cmd) => pubsub::run(cmd, &repo),
+        Command::Task(cmd) => task::run(cmd, &repo),
+        Command::Verify(cmd) => task::verify(cmd, &repo),
+        Command::Status(cmd) => task::status(cmd, &repo),
         Command::Baseline(cmd) => model::baseline(cmd, &repo),
         Command::Eval(cmd) => model::eval(cmd, &repo),
         Command::Infer(cmd) => model::infer(cmd, &repo),

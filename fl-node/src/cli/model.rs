@@ -35,7 +35,7 @@ pub(super) struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    fn backend(&self) -> anyhow::Result<Backend> {
+    pub(super) fn backend(&self) -> anyhow::Result<Backend> {
         let name = match (&self.backend, self.gpu) {
             (Some(name), _) => name.as_str(),
             (None, true) => "wgpu",

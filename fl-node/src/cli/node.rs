@@ -5,19 +5,45 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Cid, Repo};
 use fl_node::net::{self, Node, NodeConfig, keys};
+use fl_node::round::{Event, Participant, ParticipantConfig, RoundStore};
 use libp2p::{Multiaddr, PeerId};
 
 use super::RepoPath;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum NodeCmd {
-    /// Runs the node: serves the repo's blocks over Bitswap, provides its pins in the DHT.
-    Run(NetArgs),
+    /// Runs the node: serves the repo's blocks over Bitswap, provides its pins in the DHT;
+    /// with --task, takes part in that training task round by round (JSON lines on stdout).
+    Run(RunArgs),
+}
+
+/// `fl node run`.
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Take part in this task (`fl task create` prints its CID).
+    #[arg(long, value_name = "CID", value_parser = super::cid_arg)]
+    task: Option<Cid>,
+    /// This node's shard of the task's dataset (0-based).
+    #[arg(long, requires = "task")]
+    shard: Option<usize>,
+    /// This node's own CIFAR-10 directory, for tasks that bring their own data.
+    #[arg(long, value_name = "DIR", requires = "task")]
+    data: Option<std::path::PathBuf>,
+    /// Seconds to keep serving after the task's last round.
+    #[arg(long, default_value_t = 5.0)]
+    linger: f64,
+    /// Seconds each peer gets to send a block before the next is asked.
+    #[arg(long, default_value_t = 10)]
+    block_timeout: u64,
+    #[command(flatten)]
+    device: super::model::DeviceArgs,
 }
 
 /// How to reach the network.
@@ -28,7 +54,7 @@ pub(super) struct NetArgs {
     listen: Vec<Multiaddr>,
     /// A peer to connect to at start, `/ip4/.../tcp/.../p2p/PEER_ID` (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
-    bootstrap: Vec<Multiaddr>,
+    pub(super) bootstrap: Vec<Multiaddr>,
     /// Do not look for peers on the local network (mDNS).
     #[arg(long)]
     no_mdns: bool,
@@ -76,7 +102,7 @@ impl FetchArgs {
 
 pub(super) fn run(cmd: NodeCmd, repo: &RepoPath) -> anyhow::Result<()> {
     match cmd {
-        NodeCmd::Run(net) => runtime()?.block_on(serve(net, repo)),
+        NodeCmd::Run(args) => runtime()?.block_on(serve(args, repo)),
     }
 }
 
@@ -93,13 +119,21 @@ pub(super) async fn start(repo: &Repo, config: NodeConfig) -> anyhow::Result<Nod
     Ok(Node::start(key, store, config).await?)
 }
 
-async fn serve(net: NetArgs, repo: &RepoPath) -> anyhow::Result<()> {
-    let repo = repo.open()?;
-    let node = start(
-        &repo,
-        net.config(&["/ip4/0.0.0.0/tcp/4101", "/ip4/0.0.0.0/udp/4101/quic-v1"])?,
-    )
-    .await?;
+async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
+    let root = repo.path()?;
+    let repo = Arc::new(repo.open()?);
+    // Opened first: it refuses a second node on the same repo.
+    let rounds = match args.task {
+        Some(_) => Some(RoundStore::open(&root)?),
+        None => None,
+    };
+    let backend = args.device.backend()?;
+    let key = keys::load_or_create(repo.root())?;
+    let store = Arc::new(repo.blocks().clone());
+    let config = args
+        .net
+        .config(&["/ip4/0.0.0.0/tcp/4101", "/ip4/0.0.0.0/udp/4101/quic-v1"])?;
+    let node = Node::start(key.clone(), store, config).await?;
     let mut out = std::io::stdout();
     writeln!(out, "peer id {}", node.peer_id())?;
     for addr in node.listen_addrs().await? {
@@ -113,6 +147,41 @@ async fn serve(net: NetArgs, repo: &RepoPath) -> anyhow::Result<()> {
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    if let (Some(task), Some(rounds)) = (args.task, rounds) {
+        let linger = args.linger;
+        if !(linger.is_finite() && linger >= 0.0) {
+            bail!("--linger must be a number of seconds >= 0, got {linger}");
+        }
+        let participant = Participant::new(
+            node.clone(),
+            repo.clone(),
+            key,
+            rounds,
+            ParticipantConfig {
+                task,
+                shard: args.shard,
+                own_data: args.data,
+                backend,
+                block_timeout: Duration::from_secs(args.block_timeout.max(1)),
+                linger: Duration::from_secs_f64(linger),
+            },
+        );
+        let emit = |event: &Event| {
+            if let Ok(line) = serde_json::to_string(event) {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        };
+        tokio::select! {
+            result = participant.run(emit) => {
+                result.with_context(|| format!("task {task}"))?;
+            }
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        return Ok(());
+    }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

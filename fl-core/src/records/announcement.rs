@@ -1,0 +1,29 @@
+//! A node's announcement of its update for a round: small enough to gossip whole, signed, and
+//! stored as a block so a manifest can link to it.
+
+use serde::{Deserialize, Serialize};
+
+use super::signed::Record;
+use crate::content::Cid;
+
+/// "I trained on `samples` examples for `epochs` epochs from `base` and my update is `update`."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The task.
+    pub task: Cid,
+    /// The round (1-based).
+    pub round: u32,
+    /// The model the update was computed from.
+    pub base: Cid,
+    /// The update file (safetensors, local minus global, clipped and noised when the task
+    /// asks for DP).
+    pub update: Cid,
+    /// Training samples behind it (its weight in FedAvg).
+    pub samples: u64,
+    /// Local epochs.
+    pub epochs: u32,
+}
+
+impl Record for Announcement {
+    const DOMAIN: &'static str = "fl/announcement/1:";
+}

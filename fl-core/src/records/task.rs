@@ -1,0 +1,211 @@
+//! The task record (genesis): everything a node needs to join a training run and everything
+//! a verifier needs to recompute it. Its CID names the task; gossip topics hang off it.
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::content::dagcbor::{self, DagCborError};
+use crate::content::{Block, Cid};
+
+/// Version tag written in every task record.
+pub const TASK_FORMAT: &str = "fl-task/1";
+
+/// Where the nodes' training data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// Shards published under a dataset manifest (`fl data publish`): node i trains on shard i.
+    Shards {
+        /// The dataset manifest's CID.
+        manifest: Cid,
+    },
+    /// Each node brings its own data; there is no shared test set.
+    OwnData,
+}
+
+/// Local training settings every node uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    /// Local epochs per round.
+    pub epochs: u32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// FedProx proximal term (0 for FedAvg).
+    pub proximal_mu: f64,
+}
+
+/// Client-level differential privacy: each update clipped to `clip_norm` and noised with
+/// N(0, (noise_multiplier * clip_norm)^2) per coordinate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpParams {
+    /// L2 bound of an update.
+    pub clip_norm: f64,
+    /// Noise standard deviation over the bound.
+    pub noise_multiplier: f64,
+    /// The delta epsilon is reported at.
+    pub delta: f64,
+}
+
+/// A training task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// [`TASK_FORMAT`].
+    pub format: String,
+    /// A name for people.
+    pub name: String,
+    /// The model's architecture by name (`fedavg-cnn`).
+    pub architecture: String,
+    /// The initial model file.
+    pub initial_model: Cid,
+    /// The training data.
+    pub data: DataSource,
+    /// Local training.
+    pub train: TrainParams,
+    /// Rounds to run.
+    pub rounds: u32,
+    /// Fewest updates a round may close with.
+    pub min_participants: u32,
+    /// Milliseconds after a round opens when it closes with whatever arrived.
+    pub round_deadline_ms: u64,
+    /// Milliseconds each next-ranked aggregator waits for the one before it.
+    pub grace_ms: u64,
+    /// DP settings, if any.
+    pub dp: Option<DpParams>,
+    /// The aggregation rule (`fedavg`, `median`, ...: the aggregator's names).
+    pub rule: String,
+    /// Who may join: `None` for anyone, else these peers.
+    #[serde(with = "super::peers_bytes")]
+    pub members: Option<Vec<PeerId>>,
+    /// Training FLOPs per sample of the architecture, for credits.
+    pub flops_per_sample: u64,
+    /// Seed for data order and noise streams.
+    pub seed: u64,
+}
+
+/// What is wrong with a task.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A setting is out of range.
+    #[error("task: {field} = {value}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// The record could not be encoded or decoded.
+    #[error(transparent)]
+    DagCbor(#[from] DagCborError),
+}
+
+fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> TaskError {
+    TaskError::Invalid {
+        field,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+impl Task {
+    /// Checks every setting; a task that passes can be run.
+    pub fn validate(&self) -> Result<(), TaskError> {
+        if self.format != TASK_FORMAT {
+            return Err(invalid("format", &self.format, "unknown task format"));
+        }
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(invalid("epochs", t.epochs, "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(invalid("batch_size", t.batch_size, "must be at least 1"));
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return Err(invalid("learning_rate", t.learning_rate, "must be > 0"));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(invalid("momentum", t.momentum, "must be in [0, 1)"));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(invalid("weight_decay", t.weight_decay, "must be >= 0"));
+        }
+        if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
+            return Err(invalid("proximal_mu", t.proximal_mu, "must be >= 0"));
+        }
+        if self.rounds == 0 {
+            return Err(invalid("rounds", self.rounds, "must be at least 1"));
+        }
+        if self.min_participants == 0 {
+            return Err(invalid("min_participants", 0, "must be at least 1"));
+        }
+        if let Some(members) = &self.members
+            && (members.len() as u64) < u64::from(self.min_participants)
+        {
+            return Err(invalid(
+                "min_participants",
+                self.min_participants,
+                "is more than the task's members",
+            ));
+        }
+        if self.round_deadline_ms == 0 {
+            return Err(invalid("round_deadline_ms", 0, "must be > 0"));
+        }
+        if let Some(dp) = &self.dp {
+            if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {
+                return Err(invalid("dp.clip_norm", dp.clip_norm, "must be > 0"));
+            }
+            if !(dp.noise_multiplier.is_finite() && dp.noise_multiplier >= 0.0) {
+                return Err(invalid(
+                    "dp.noise_multiplier",
+                    dp.noise_multiplier,
+                    "must be >= 0",
+                ));
+            }
+            if !(dp.delta > 0.0 && dp.delta < 1.0) {
+                return Err(invalid("dp.delta", dp.delta, "must be in (0, 1)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `peer` may take part.
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        self.members.as_ref().is_none_or(|m| m.contains(peer))
+    }
+
+    /// The record as a block (its CID names the task).
+    pub fn to_block(&self) -> Result<Block, TaskError> {
+        Ok(dagcbor::encode(self)?)
+    }
+
+    /// Decodes and validates a task from its block.
+    pub fn from_block(block: &Block) -> Result<Task, TaskError> {
+        let task: Task = dagcbor::decode(block)?;
+        task.validate()?;
+        Ok(task)
+    }
+
+    /// The gossip topic of update announcements for the task `cid`.
+    pub fn updates_topic(cid: &Cid) -> String {
+        format!("fl/{cid}/updates")
+    }
+
+    /// The gossip topic of manifests and chain heads for the task `cid`.
+    pub fn manifests_topic(cid: &Cid) -> String {
+        format!("fl/{cid}/manifests")
+    }
+
+    /// Credits of one contribution: samples x epochs x training FLOPs per sample.
+    pub fn credits(&self, samples: u64) -> u64 {
+        samples
+            .saturating_mul(u64::from(self.train.epochs))
+            .saturating_mul(self.flops_per_sample)
+    }
+}

@@ -1,0 +1,452 @@
+//! `fl task create` (the genesis record), `fl verify` (recompute a round from its inputs) and
+//! `fl status` (a task's chain, aggregator ranking and credits).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use fl_core::content::pins::PinMode;
+use fl_core::content::{Blockstore, Cid, Repo};
+use fl_core::model::Architecture;
+use fl_core::records::{
+    Announcement, DataSource, DpParams, Manifest, PeerId, Signed, Task, TrainParams, ranking,
+};
+use fl_core::tensors::Bundle;
+use fl_node::net::{Node, fetch_dag};
+use fl_node::round::compute::{self, RoundBase};
+use fl_node::round::{RoundStore, RoundStoreError};
+
+use super::node::{NetArgs, runtime, start};
+use super::{RepoPath, cid_arg};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TaskCmd {
+    /// Writes a task record (the genesis of a training run), pins it and prints its CID.
+    Create(Create),
+}
+
+/// `fl task create`.
+#[derive(Debug, Args)]
+pub(super) struct Create {
+    /// A name for people.
+    #[arg(long, default_value = "cifar10")]
+    name: String,
+    /// The model's architecture.
+    #[arg(long, default_value = "fedavg-cnn")]
+    arch: String,
+    /// The initial model (a stored model file); default: a fresh one drawn from --init-seed.
+    #[arg(long, value_name = "CID", value_parser = cid_arg)]
+    init: Option<Cid>,
+    /// Seed of the fresh initial model.
+    #[arg(long, default_value_t = 0)]
+    init_seed: u64,
+    /// The dataset manifest (`fl data publish`): node i trains on shard i.
+    #[arg(long, value_name = "CID", value_parser = cid_arg, conflicts_with = "own_data")]
+    data: Option<Cid>,
+    /// Each node brings its own data (`fl node run --data DIR`); no shared test set.
+    #[arg(long)]
+    own_data: bool,
+    /// Rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// FedProx proximal term (0: FedAvg).
+    #[arg(long, default_value_t = 0.0)]
+    mu: f64,
+    /// Fewest updates a round may close with.
+    #[arg(long, default_value_t = 1)]
+    min_participants: u32,
+    /// Seconds after a round opens when it closes with what has arrived.
+    #[arg(long, default_value_t = 600.0)]
+    deadline: f64,
+    /// Seconds each next-ranked aggregator waits for the one before it.
+    #[arg(long, default_value_t = 30.0)]
+    grace: f64,
+    /// The aggregation rule (`fedavg`, `median`, `trimmed-mean:0.1`, `fedadam`, ...).
+    #[arg(long, default_value = "fedavg")]
+    rule: String,
+    /// Only these peers may take part (repeatable); default: anyone.
+    #[arg(long = "member", value_name = "PEER_ID")]
+    members: Vec<PeerId>,
+    /// DP: clip each update to this L2 norm.
+    #[arg(long, requires = "dp_noise")]
+    dp_clip: Option<f64>,
+    /// DP: noise multiplier z (std dev z x clip per coordinate).
+    #[arg(long, requires = "dp_clip")]
+    dp_noise: Option<f64>,
+    /// DP: the delta epsilon is reported at.
+    #[arg(long, default_value_t = 1e-5)]
+    dp_delta: f64,
+    /// Seed for data order and noise streams.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// `fl verify MANIFEST_CID`.
+#[derive(Debug, Args)]
+pub(super) struct Verify {
+    /// The manifest to check.
+    #[arg(value_parser = cid_arg)]
+    manifest: Cid,
+    /// Fetch missing blocks from this peer (repeatable); without peers, the repo must hold them.
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<libp2p::Multiaddr>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// `fl status --task CID`.
+#[derive(Debug, Args)]
+pub(super) struct Status {
+    /// The task.
+    #[arg(long, value_parser = cid_arg)]
+    task: Cid,
+    /// As JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(cmd: TaskCmd, repo: &RepoPath) -> anyhow::Result<()> {
+    match cmd {
+        TaskCmd::Create(c) => create(c, &repo.open()?),
+    }
+}
+
+fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
+    let arch: Architecture = c.arch.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _: aggregator::Rule = c
+        .rule
+        .parse()
+        .with_context(|| format!("--rule {}", c.rule))?;
+    let data = match (c.data, c.own_data) {
+        (Some(manifest), _) => {
+            datasets::shard::manifest(repo.blocks(), &manifest).with_context(|| {
+                format!(
+                    "--data {manifest}: not a dataset manifest in this repo (run `fl data publish`)"
+                )
+            })?;
+            DataSource::Shards { manifest }
+        }
+        (None, true) => DataSource::OwnData,
+        (None, false) => bail!("give --data MANIFEST_CID (from `fl data publish`) or --own-data"),
+    };
+    let initial_model = match c.init {
+        Some(cid) => {
+            let model = Bundle::load(repo, &cid).with_context(|| format!("--init {cid}"))?;
+            arch.check(&model)
+                .with_context(|| format!("--init {cid}"))?;
+            cid
+        }
+        None => arch.init(c.init_seed)?.store(repo)?,
+    };
+    let seconds = |name: &str, s: f64| -> anyhow::Result<u64> {
+        if !(s.is_finite() && s > 0.0) {
+            bail!("--{name} must be a positive number of seconds, got {s}");
+        }
+        Ok((s * 1000.0).round() as u64)
+    };
+    let task = Task {
+        format: fl_core::records::task::TASK_FORMAT.to_string(),
+        name: c.name,
+        architecture: arch.name().to_string(),
+        initial_model,
+        data,
+        train: TrainParams {
+            epochs: c.epochs,
+            batch_size: c.batch,
+            learning_rate: c.lr,
+            momentum: c.momentum,
+            weight_decay: c.weight_decay,
+            proximal_mu: c.mu,
+        },
+        rounds: c.rounds,
+        min_participants: c.min_participants,
+        round_deadline_ms: seconds("deadline", c.deadline)?,
+        grace_ms: seconds("grace", c.grace)?,
+        dp: match (c.dp_clip, c.dp_noise) {
+            (Some(clip_norm), Some(noise_multiplier)) => Some(DpParams {
+                clip_norm,
+                noise_multiplier,
+                delta: c.dp_delta,
+            }),
+            _ => None,
+        },
+        rule: c.rule,
+        members: (!c.members.is_empty()).then_some(c.members),
+        flops_per_sample: arch.training_flops_per_sample(),
+        seed: c.seed,
+    };
+    task.validate()?;
+    let block = task.to_block()?;
+    let cid = *block.cid();
+    repo.blocks().put(block)?;
+    repo.pin(&cid, PinMode::Recursive)?;
+    println!("{cid}");
+    Ok(())
+}
+
+pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
+    let repo = Arc::new(repo.open()?);
+    runtime()?.block_on(async {
+        let online = !v.peer.is_empty() || !v.net.bootstrap.is_empty();
+        let node = if online {
+            let node = start(&repo, v.net.config(&["/ip4/0.0.0.0/tcp/0"])?).await?;
+            for addr in &v.peer {
+                node.dial(addr.clone()).await?;
+            }
+            Some(node)
+        } else {
+            None
+        };
+        let fetcher = Fetcher {
+            node,
+            repo: repo.clone(),
+        };
+        let manifest: Signed<Manifest> = fetcher.record(v.manifest, "the manifest").await?;
+        let m = &manifest.body;
+        let task: Task = {
+            let bytes = fetcher.bytes(m.task, "the task").await?;
+            Task::from_block(&fl_core::content::Block::new(m.task, bytes)?)?
+        };
+        let (base_cid, state) = match m.prev {
+            Some(prev) => {
+                let p: Signed<Manifest> = fetcher.record(prev, "the previous manifest").await?;
+                (p.body.model, p.body.server_state)
+            }
+            None => (task.initial_model, None),
+        };
+        fetcher.dag(base_cid).await?;
+        let state = match state {
+            Some(cid) => {
+                fetcher.dag(cid).await?;
+                aggregator::ServerState::from_bundle(Bundle::load(&repo, &cid)?)
+            }
+            None => aggregator::ServerState::empty(),
+        };
+        let base = RoundBase {
+            round: m.round,
+            prev: m.prev,
+            model: Arc::new(Bundle::load(&repo, &base_cid)?),
+            model_cid: base_cid,
+            state,
+        };
+        let mut announcements = Vec::new();
+        for cid in m
+            .contributions
+            .iter()
+            .map(|c| c.announcement)
+            .chain(m.rejected.iter().map(|r| r.announcement))
+        {
+            let a: Signed<Announcement> = fetcher.record(cid, "an announcement").await?;
+            fetcher.dag(a.body.update).await?;
+            announcements.push((cid, a));
+        }
+        compute::check(
+            &repo,
+            &m.task,
+            &task,
+            &base,
+            m,
+            &manifest.signer,
+            &announcements,
+        )
+        .with_context(|| format!("manifest {}", v.manifest))?;
+        println!(
+            "manifest {} (task {}, round {}): valid. Model {} recomputed from {} updates ({} rejected); signed by {} at rank {}; every announcement's signature checks.",
+            v.manifest,
+            m.task,
+            m.round,
+            m.model,
+            m.contributions.len(),
+            m.rejected.len(),
+            manifest.signer,
+            m.rank
+        );
+        Ok(())
+    })
+}
+
+/// Gets blocks from the repo, or from the network when a node is up.
+struct Fetcher {
+    node: Option<Node>,
+    repo: Arc<Repo>,
+}
+
+impl Fetcher {
+    async fn bytes(&self, cid: Cid, what: &str) -> anyhow::Result<Vec<u8>> {
+        if let Ok(block) = self.repo.blocks().get(&cid) {
+            return Ok(block.data().to_vec());
+        }
+        let Some(node) = &self.node else {
+            bail!("{what} {cid} is not in this repo; pass --peer MULTIADDR to fetch it");
+        };
+        let peers = node.peers().await?;
+        let block = node
+            .bitswap()
+            .fetch(cid, &peers, 0, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("fetching {what} {cid}"))?;
+        Ok(block.data().to_vec())
+    }
+
+    async fn record<T: fl_core::records::Record>(
+        &self,
+        cid: Cid,
+        what: &str,
+    ) -> anyhow::Result<Signed<T>> {
+        let bytes = self.bytes(cid, what).await?;
+        Signed::<T>::from_bytes(&cid, &bytes).with_context(|| format!("{what} {cid}"))
+    }
+
+    async fn dag(&self, cid: Cid) -> anyhow::Result<()> {
+        let peers = match &self.node {
+            Some(node) => node.peers().await?,
+            None => Vec::new(),
+        };
+        fetch_dag(
+            match &self.node {
+                Some(node) => node.bitswap(),
+                None => return local_dag(&self.repo, cid),
+            },
+            cid,
+            &peers,
+            64,
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| format!("fetching {cid}"))?;
+        Ok(())
+    }
+}
+
+fn local_dag(repo: &Repo, cid: Cid) -> anyhow::Result<()> {
+    let mut sink = std::io::sink();
+    repo.cat(&cid, &mut sink)
+        .with_context(|| format!("{cid} is not whole in this repo; pass --peer MULTIADDR"))?;
+    Ok(())
+}
+
+pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
+    let path = repo.path()?;
+    let repo = repo.open()?;
+    let rounds = match RoundStore::open(&path) {
+        Ok(r) => r,
+        Err(RoundStoreError::Locked(_)) => {
+            bail!(
+                "a node is running on this repo; run `fl status` on another repo or after it stops"
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let task_block = repo
+        .blocks()
+        .get(&s.task)
+        .with_context(|| format!("task {} is not in this repo", s.task))?;
+    let task = Task::from_block(&task_block)?;
+    let (head_round, head) = rounds.head(&s.task)?;
+    let mut chain = Vec::new();
+    let mut at = head;
+    while let Some(cid) = at {
+        let bytes = repo.blocks().get(&cid)?.data().to_vec();
+        let m = Signed::<Manifest>::from_bytes(&cid, &bytes)?;
+        at = m.body.prev;
+        chain.push((cid, m));
+    }
+    chain.reverse();
+    let mut credits: BTreeMap<PeerId, u64> = BTreeMap::new();
+    for (_, m) in &chain {
+        for (peer, c) in m.body.credits() {
+            *credits.entry(peer).or_default() += c;
+        }
+    }
+    let total: u64 = credits.values().sum();
+    let next_ranking: Vec<PeerId> = match chain.last() {
+        Some((cid, m)) if head_round < task.rounds => ranking(
+            cid,
+            head_round + 1,
+            m.body.contributions.iter().map(|c| c.peer),
+        ),
+        _ => Vec::new(),
+    };
+    if s.json {
+        let value = serde_json::json!({
+            "task": s.task.to_string(),
+            "name": task.name,
+            "rounds": task.rounds,
+            "round": head_round,
+            "model": chain.last().map(|(_, m)| m.body.model.to_string()),
+            "chain": chain.iter().map(|(cid, m)| serde_json::json!({
+                "round": m.body.round,
+                "manifest": cid.to_string(),
+                "model": m.body.model.to_string(),
+                "aggregator": m.signer.to_string(),
+                "rank": m.body.rank,
+                "participants": m.body.contributions.len(),
+                "accuracy": m.body.metrics.as_ref().map(|x| x.test_accuracy),
+                "epsilon": m.body.epsilon,
+            })).collect::<Vec<_>>(),
+            "next_aggregators": next_ranking.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "credits": credits.iter().map(|(p, c)| serde_json::json!({
+                "peer": p.to_string(),
+                "credits": c,
+                "share": if total == 0 { 0.0 } else { *c as f64 / total as f64 },
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!(
+        "task {} ({}): round {head_round} of {}",
+        s.task, task.name, task.rounds
+    );
+    println!(
+        "{:>5}  {:<54} {:>5} {:>12} {:>9}  aggregator",
+        "round", "manifest", "rank", "participants", "accuracy"
+    );
+    for (cid, m) in &chain {
+        let acc = m.body.metrics.as_ref().map_or("-".to_string(), |x| {
+            format!("{:.2}%", 100.0 * x.test_accuracy)
+        });
+        println!(
+            "{:>5}  {:<54} {:>5} {:>12} {:>9}  {}",
+            m.body.round,
+            cid.to_string(),
+            m.body.rank,
+            m.body.contributions.len(),
+            acc,
+            m.signer
+        );
+    }
+    if !next_ranking.is_empty() {
+        println!("next round's aggregators, in rank order (if the same peers take part):");
+        for (rank, peer) in next_ranking.iter().enumerate() {
+            println!("  {rank}: {peer}");
+        }
+    }
+    println!("credits (samples x epochs x training FLOPs per sample):");
+    for (peer, c) in &credits {
+        let share = if total == 0 {
+            0.0
+        } else {
+            *c as f64 / total as f64
+        };
+        println!("  {peer}  {c:>22}  {:>6.2}%", 100.0 * share);
+    }
+    Ok(())
+}
