@@ -247,6 +247,12 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
             state,
         };
         let mut announcements = Vec::new();
+        let unavailable: std::collections::HashSet<Cid> = m
+            .rejected
+            .iter()
+            .filter(|r| r.reason == compute::UNAVAILABLE)
+            .map(|r| r.announcement)
+            .collect();
         for cid in m
             .contributions
             .iter()
@@ -254,7 +260,9 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
             .chain(m.rejected.iter().map(|r| r.announcement))
         {
             let a: Signed<Announcement> = fetcher.record(cid, "an announcement").await?;
-            fetcher.dag(a.body.update).await?;
+            if !unavailable.contains(&cid) {
+                fetcher.dag(a.body.update).await?;
+            }
             announcements.push((cid, a));
         }
         compute::check(

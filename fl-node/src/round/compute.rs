@@ -1,6 +1,7 @@
 //! A round's aggregation as a pure function of published bytes: the aggregator runs it to
 //! make a manifest, every other node and `fl verify` run it again to check one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use aggregator::{AggregatorConfig, Contribution as Offered, ServerState, aggregate_round};
@@ -38,14 +39,20 @@ pub struct Aggregated {
     pub state: ServerState,
 }
 
+/// The reason recorded for an announced update the aggregator could not fetch.
+pub const UNAVAILABLE: &str = "update unavailable: its author did not serve it in time";
+
 /// Aggregates the updates `announcements` name (all already in `repo`) onto `base`, as
-/// `task` says, storing the new model (and server state) in `repo`.
+/// `task` says, storing the new model (and server state) in `repo`. `unavailable` are
+/// announcements whose updates could not be fetched: listed as rejected, they still count
+/// for the aggregator ranking.
 pub fn aggregate(
     repo: &Repo,
     task_cid: &Cid,
     task: &Task,
     base: &RoundBase,
     announcements: &[(Cid, Signed<Announcement>)],
+    unavailable: &[(Cid, Signed<Announcement>)],
 ) -> Result<Aggregated, RoundError> {
     let rule = task
         .rule
@@ -109,6 +116,12 @@ pub fn aggregate(
                 reason: r.to_string(),
             }
         })
+        .chain(unavailable.iter().map(|(cid, a)| Rejected {
+            peer: a.signer,
+            announcement: *cid,
+            update: a.body.update,
+            reason: UNAVAILABLE.to_string(),
+        }))
         .collect();
     let model_cid = outcome
         .model
@@ -166,8 +179,9 @@ pub fn aggregate(
 }
 
 /// Checks `manifest`, signed by `signer`, against a recomputation from the announcements it
-/// lists (all in `repo`, verified here): same model, same contributions, same rejections,
-/// and the signer holds the rank it claims among the round's announcers.
+/// lists (verified here; the updates of all but those it calls unavailable in `repo`): same
+/// model, same contributions, same rejections, and the signer holds the rank it claims
+/// among the round's announcers.
 pub fn check(
     repo: &Repo,
     task_cid: &Cid,
@@ -216,7 +230,17 @@ pub fn check(
             missing.1.signer
         ));
     }
-    let again = aggregate(repo, task_cid, task, base, announcements)?;
+    let unavailable: HashSet<Cid> = manifest
+        .rejected
+        .iter()
+        .filter(|r| r.reason == UNAVAILABLE)
+        .map(|r| r.announcement)
+        .collect();
+    let (missing, present): (Vec<_>, Vec<_>) = announcements
+        .iter()
+        .cloned()
+        .partition(|(cid, _)| unavailable.contains(cid));
+    let again = aggregate(repo, task_cid, task, base, &present, &missing)?;
     if again.manifest.model != manifest.model {
         return refuted(format!(
             "its model is {}, but its inputs give {}",

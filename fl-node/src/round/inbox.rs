@@ -28,6 +28,9 @@ struct Contents {
     manifests: BTreeMap<u32, HashMap<Cid, Signed<Manifest>>>,
     /// Rounds already decided: their announcements are refused as late.
     closed_through: u32,
+    /// Round -> authors whose announcements came after the round closed: alive, and
+    /// expected in the next round.
+    late: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
 }
 
 /// The task's gossip, sorted by round.
@@ -117,6 +120,7 @@ impl Inbox {
         store.put(block).map_err(|e| e.to_string())?;
         let mut c = lock(&self.contents);
         if a.round <= c.closed_through {
+            c.late.entry(a.round).or_default().insert(signed.signer);
             return Err(format!("late: round {} is closed", a.round));
         }
         let author = signed.signer;
@@ -177,6 +181,15 @@ impl Inbox {
             .manifests
             .get(&round)
             .map(|m| m.iter().map(|(c, s)| (*c, s.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Authors that announced for `round` after it closed.
+    pub fn late(&self, round: u32) -> Vec<PeerId> {
+        lock(&self.contents)
+            .late
+            .get(&round)
+            .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
     }
 

@@ -95,6 +95,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A better-ranked manifest for a round already adopted was checked and is followed now.
+    Switched {
+        /// The round.
+        round: u32,
+        /// The manifest now followed.
+        manifest: String,
+        /// Its aggregator's rank.
+        rank: u32,
+    },
     /// The round's manifest was checked and adopted.
     Adopted {
         /// The round.
@@ -168,6 +177,16 @@ struct Ctx {
     arch: Architecture,
     inbox: Inbox,
     republish: Arc<Mutex<Republish>>,
+    /// Manifests that failed their check: never checked again.
+    refuted: Mutex<HashSet<Cid>>,
+}
+
+/// How a round ended for this node.
+enum Decision {
+    /// The round's manifest.
+    Adopt(Cid, Signed<Manifest>),
+    /// A better-ranked manifest for the previous round, to follow instead.
+    Switch(Cid, Signed<Manifest>),
 }
 
 impl Participant {
@@ -222,9 +241,18 @@ impl Participant {
             arch,
             inbox,
             republish,
+            refuted: Mutex::default(),
         };
         let data = self.local_data(&task).await?;
 
+        // Peers re-publish their latest manifest every second: a node that restarts (or
+        // joins late) hears where the chain is before it decides to train.
+        if !self.node.peers().await?.is_empty() {
+            let listen_until = Instant::now() + REPUBLISH_EVERY * 3;
+            while ctx.inbox.latest_round() == 0 && Instant::now() < listen_until {
+                ctx.inbox.changed(POLL).await;
+            }
+        }
         let (mut done, mut head) = self.rounds.head(&task_cid)?;
         let mut head_manifest = match head {
             Some(cid) => Some(self.load_manifest(&cid)?),
@@ -241,6 +269,9 @@ impl Participant {
             from_round: done + 1,
         });
 
+        // The base of the last adopted round: a better-ranked manifest for that round is
+        // checked against it (fork choice).
+        let mut prev_base: Option<RoundBase> = None;
         while done < task.rounds {
             let round = done + 1;
             let opened = Instant::now();
@@ -258,7 +289,30 @@ impl Participant {
                     train_seconds: seconds,
                 });
             }
-            let (cid, signed) = self.decide(&ctx, &base, &data, opened, &mut emit).await?;
+            let adopted = match (&prev_base, head, &head_manifest) {
+                (Some(b), Some(c), Some(m)) => Some((b, c, m)),
+                _ => None,
+            };
+            let (cid, signed) = match self
+                .decide(&ctx, &base, adopted, &data, opened, &mut emit)
+                .await?
+            {
+                Decision::Adopt(cid, signed) => (cid, signed),
+                Decision::Switch(cid, signed) => {
+                    // A better-ranked manifest for the previous round: follow it and start
+                    // this round again from it.
+                    self.rounds.record_adopted(&task_cid, done, &cid)?;
+                    lock(&ctx.republish).head = Some(self.block_bytes(&cid)?);
+                    emit(&Event::Switched {
+                        round: done,
+                        manifest: cid.to_string(),
+                        rank: signed.body.rank,
+                    });
+                    head = Some(cid);
+                    head_manifest = Some(signed);
+                    continue;
+                }
+            };
             self.rounds.record_adopted(&task_cid, round, &cid)?;
             ctx.inbox.close_through(round);
             {
@@ -284,6 +338,29 @@ impl Participant {
             done = round;
             head = Some(cid);
             head_manifest = Some(signed);
+            prev_base = Some(base);
+        }
+
+        // Keep serving the last blocks (and the head) to peers still finishing, and follow
+        // a better-ranked manifest for the last round if one turns up meanwhile.
+        let settle_until = Instant::now() + self.config.linger;
+        while let (Some(b), Some(c), Some(m)) = (&prev_base, head, &head_manifest) {
+            if Instant::now() >= settle_until {
+                break;
+            }
+            if let Some((cid, signed)) = self.better(&ctx, b, c, m, &mut emit).await {
+                self.rounds.record_adopted(&task_cid, done, &cid)?;
+                lock(&ctx.republish).head = Some(self.block_bytes(&cid)?);
+                emit(&Event::Switched {
+                    round: done,
+                    manifest: cid.to_string(),
+                    rank: signed.body.rank,
+                });
+                head = Some(cid);
+                head_manifest = Some(signed);
+                continue;
+            }
+            ctx.inbox.changed(POLL).await;
         }
 
         let model = match &head_manifest {
@@ -295,8 +372,6 @@ impl Participant {
             model: model.to_string(),
             rounds: task.rounds,
         });
-        // Keep serving the last blocks (and the head) to peers still finishing.
-        tokio::time::sleep(self.config.linger).await;
         Ok(model)
     }
 
@@ -452,35 +527,40 @@ impl Participant {
         &self,
         ctx: &Ctx,
         base: &RoundBase,
+        adopted: Option<(&RoundBase, Cid, &Signed<Manifest>)>,
         data: &LocalData,
         opened: Instant,
         emit: &mut impl FnMut(&Event),
-    ) -> Result<SignedManifest, RoundError> {
+    ) -> Result<Decision, RoundError> {
         let me = self.node.peer_id();
         let round = base.round;
         let task = &ctx.task;
         let deadline = opened + Duration::from_millis(task.round_deadline_ms);
         let grace = Duration::from_millis(task.grace_ms);
-        let expected = self.expected_participants(task, base)?;
+        let expected = self.expected_participants(ctx, task, base)?;
         let min = task.min_participants as usize;
-        let mut refuted: HashSet<Cid> = HashSet::new();
         let mut made: Option<SignedManifest> = None;
         loop {
+            if let Some((prev_base, cid, signed)) = adopted
+                && let Some((cid, signed)) = self.better(ctx, prev_base, cid, signed, emit).await
+            {
+                return Ok(Decision::Switch(cid, signed));
+            }
             let mut candidates: Vec<SignedManifest> = ctx
                 .inbox
                 .manifests(round)
                 .into_iter()
-                .filter(|(c, _)| !refuted.contains(c))
+                .filter(|(c, _)| !lock(&ctx.refuted).contains(c))
                 .collect();
             candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
             for (cid, signed) in candidates {
                 if made.as_ref().is_some_and(|(c, _)| *c == cid) {
-                    return Ok((cid, signed));
+                    return Ok(Decision::Adopt(cid, signed));
                 }
                 match self.check(ctx, base, &signed).await {
-                    Ok(()) => return Ok((cid, signed)),
+                    Ok(()) => return Ok(Decision::Adopt(cid, signed)),
                     Err(e) => {
-                        refuted.insert(cid);
+                        lock(&ctx.refuted).insert(cid);
                         tracing::warn!(round, %cid, "manifest refuted: {e}");
                         emit(&Event::Refuted {
                             round,
@@ -529,16 +609,58 @@ impl Participant {
         }
     }
 
-    /// How many updates close a round early: last round's contributors, else the task's
-    /// members, else its minimum.
-    fn expected_participants(&self, task: &Task, base: &RoundBase) -> Result<usize, RoundError> {
+    /// A valid manifest for the adopted manifest's round that ranks better (lower rank, then
+    /// lower CID): the fork choice every node makes alike.
+    async fn better(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        adopted: Cid,
+        signed: &Signed<Manifest>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Option<SignedManifest> {
+        let key = (signed.body.rank, adopted);
+        let mut rivals: Vec<SignedManifest> = ctx
+            .inbox
+            .manifests(signed.body.round)
+            .into_iter()
+            .filter(|(c, m)| (m.body.rank, *c) < key)
+            .collect();
+        rivals.sort_by_key(|(c, m)| (m.body.rank, *c));
+        for (cid, rival) in rivals {
+            if lock(&ctx.refuted).contains(&cid) {
+                continue;
+            }
+            match self.check(ctx, base, &rival).await {
+                Ok(()) => return Some((cid, rival)),
+                Err(e) => {
+                    lock(&ctx.refuted).insert(cid);
+                    emit(&Event::Refuted {
+                        round: rival.body.round,
+                        manifest: cid.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// How many updates close a round early: last round's contributors and those whose
+    /// updates came too late for it (they are back), else the task's members, else its
+    /// minimum.
+    fn expected_participants(
+        &self,
+        ctx: &Ctx,
+        task: &Task,
+        base: &RoundBase,
+    ) -> Result<usize, RoundError> {
         if let Some(prev) = base.prev {
             let m = self.load_manifest(&prev)?;
-            return Ok(m
-                .body
-                .contributions
-                .len()
-                .max(task.min_participants as usize));
+            let mut alive: HashSet<libp2p::PeerId> =
+                m.body.contributions.iter().map(|c| c.peer).collect();
+            alive.extend(ctx.inbox.late(m.body.round));
+            return Ok(alive.len().max(task.min_participants as usize));
         }
         Ok(task
             .members
@@ -579,11 +701,26 @@ impl Participant {
         announced: &[SignedAnnouncement],
         rank: u32,
     ) -> Result<SignedManifest, RoundError> {
-        for (_, a) in announced {
-            self.ensure(a.body.update, "an update").await?;
+        // An author that vanished after announcing leaves its update out, not the round.
+        let mut present = Vec::new();
+        let mut missing = Vec::new();
+        for entry in announced {
+            match self.ensure(entry.1.body.update, "an update").await {
+                Ok(()) => present.push(entry.clone()),
+                Err(e) => {
+                    tracing::warn!(peer = %entry.1.signer, "leaving out an update: {e}");
+                    missing.push(entry.clone());
+                }
+            }
         }
-        let mut aggregated =
-            compute::aggregate(&self.repo, &ctx.task_cid, &ctx.task, base, announced)?;
+        let mut aggregated = compute::aggregate(
+            &self.repo,
+            &ctx.task_cid,
+            &ctx.task,
+            base,
+            &present,
+            &missing,
+        )?;
         aggregated.manifest.rank = rank;
         if let Some(test) = &data.test {
             let arch = ctx.arch;
@@ -634,10 +771,18 @@ impl Participant {
             .iter()
             .map(|c| c.announcement)
             .chain(m.rejected.iter().map(|r| r.announcement));
+        let unavailable: HashSet<Cid> = m
+            .rejected
+            .iter()
+            .filter(|r| r.reason == compute::UNAVAILABLE)
+            .map(|r| r.announcement)
+            .collect();
         for cid in listed {
             let bytes = self.fetch_block(cid, "an announcement").await?;
             let a = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
-            self.ensure(a.body.update, "an update").await?;
+            if !unavailable.contains(&cid) {
+                self.ensure(a.body.update, "an update").await?;
+            }
             announcements.push((cid, a));
         }
         compute::check(
