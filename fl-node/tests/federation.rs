@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 /// Longest any test waits for its federation.
 const LIMIT: Duration = Duration::from_secs(600);
 
@@ -509,10 +511,8 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
         let repo = Repo::open(setup.repo(9)).unwrap();
         let key = Keypair::generate_ed25519();
         let config = NodeConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap: vec![nodes[0].addr.parse().unwrap()],
-            mdns: false,
-            ..NodeConfig::default()
+            ..common::loopback()
         };
         let node = Node::start(
             key.clone(),

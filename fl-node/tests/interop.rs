@@ -355,11 +355,7 @@ fn we_fetch_a_10_mb_file_that_helia_added() {
 /// An in-process node on 127.0.0.1 with a fresh key and blockstore under `dir`.
 async fn in_process_node(dir: &Path) -> fl_node::net::Node {
     let store = fl_core::content::FsBlockstore::open(dir.join("blocks")).unwrap();
-    let config = fl_node::net::NodeConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        mdns: false,
-        ..fl_node::net::NodeConfig::default()
-    };
+    let config = common::loopback();
     let key = libp2p::identity::Keypair::generate_ed25519();
     fl_node::net::Node::start(key, std::sync::Arc::new(store), config)
         .await

@@ -191,10 +191,8 @@ fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
                 None => Vec::new(),
             };
             let config = NodeConfig {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                 bootstrap,
-                mdns: false,
-                ..NodeConfig::default()
+                ..common::loopback()
             };
             let key = libp2p::identity::Keypair::generate_ed25519();
             let store = std::sync::Arc::new(repo.blocks().clone());
@@ -262,9 +260,9 @@ fn fetching_from_a_peer_without_the_file_fails_clearly() {
 /// attack keeps serving an honest peer afterwards and never panics.
 #[test]
 fn malformed_bitswap_input_is_refused_and_the_node_keeps_serving() {
+    use fl_node::net::Node;
     use fl_node::net::bitswap::message::{Message, PayloadBlock, Want, WantType};
     use fl_node::net::bitswap::{MAX_MESSAGE_BYTES, PROTOCOL};
-    use fl_node::net::{Node, NodeConfig};
     use futures::{AsyncReadExt, AsyncWriteExt};
 
     let (dir, repos) = dirs(3);
@@ -276,11 +274,7 @@ fn malformed_bitswap_input_is_refused_and_the_node_keeps_serving() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = fl_core::content::FsBlockstore::open(repos[2].join("blocks")).unwrap();
-        let config = NodeConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NodeConfig::default()
-        };
+        let config = common::loopback();
         let attacker = Node::start(
             libp2p::identity::Keypair::generate_ed25519(),
             std::sync::Arc::new(store),
@@ -397,7 +391,7 @@ fn malformed_bitswap_input_is_refused_and_the_node_keeps_serving() {
 /// with its author, the signer, as source.
 #[test]
 fn a_signed_gossip_message_reaches_a_subscribed_peer() {
-    use fl_node::net::{Node, NodeConfig};
+    use fl_node::net::Node;
 
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -406,11 +400,7 @@ fn a_signed_gossip_message_reaches_a_subscribed_peer() {
         for i in 0..2 {
             let store =
                 fl_core::content::FsBlockstore::open(dir.path().join(format!("b{i}"))).unwrap();
-            let config = NodeConfig {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-                mdns: false,
-                ..NodeConfig::default()
-            };
+            let config = common::loopback();
             let key = libp2p::identity::Keypair::generate_ed25519();
             nodes.push(
                 Node::start(key, std::sync::Arc::new(store), config)
@@ -517,7 +507,7 @@ fn gossip_message(
 /// unsigned messages, then one honest message: only the honest one is delivered.
 #[test]
 fn forged_impersonating_and_unsigned_gossip_is_dropped() {
-    use fl_node::net::{Node, NodeConfig};
+    use fl_node::net::Node;
     use futures::{AsyncWriteExt, StreamExt};
     use libp2p::identity::Keypair;
     use prost::Message as _;
@@ -526,11 +516,7 @@ fn forged_impersonating_and_unsigned_gossip_is_dropped() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = fl_core::content::FsBlockstore::open(dir.path().join("blocks")).unwrap();
-        let config = NodeConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NodeConfig::default()
-        };
+        let config = common::loopback();
         let victim = Node::start(
             Keypair::generate_ed25519(),
             std::sync::Arc::new(store),
@@ -638,7 +624,7 @@ fn blocks_that_do_not_match_their_cid_are_refused() {
     use fl_core::content::Repo;
     use fl_node::net::bitswap::message::{Message, PayloadBlock, prefix_of};
     use fl_node::net::bitswap::{MAX_MESSAGE_BYTES, PROTOCOL};
-    use fl_node::net::{self, Node, NodeConfig};
+    use fl_node::net::{self, Node};
     use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 
     let (dir, repos) = dirs(3);
@@ -719,11 +705,7 @@ fn blocks_that_do_not_match_their_cid_are_refused() {
         });
 
         let repo = Repo::open(&repos[1]).unwrap();
-        let config = NodeConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            mdns: false,
-            ..NodeConfig::default()
-        };
+        let config = common::loopback();
         let node = Node::start(
             libp2p::identity::Keypair::generate_ed25519(),
             std::sync::Arc::new(repo.blocks().clone()),

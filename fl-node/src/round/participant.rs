@@ -301,13 +301,7 @@ impl Participant {
                 Decision::Switch(cid, signed) => {
                     // A better-ranked manifest for the previous round: follow it and start
                     // this round again from it.
-                    self.rounds.record_adopted(&task_cid, done, &cid)?;
-                    lock(&ctx.republish).head = Some(self.block_bytes(&cid)?);
-                    emit(&Event::Switched {
-                        round: done,
-                        manifest: cid.to_string(),
-                        rank: signed.body.rank,
-                    });
+                    self.switch_to(&ctx, done, &cid, &signed, &mut emit)?;
                     head = Some(cid);
                     head_manifest = Some(signed);
                     continue;
@@ -349,13 +343,7 @@ impl Participant {
                 break;
             }
             if let Some((cid, signed)) = self.better(&ctx, b, c, m, &mut emit).await {
-                self.rounds.record_adopted(&task_cid, done, &cid)?;
-                lock(&ctx.republish).head = Some(self.block_bytes(&cid)?);
-                emit(&Event::Switched {
-                    round: done,
-                    manifest: cid.to_string(),
-                    rank: signed.body.rank,
-                });
+                self.switch_to(&ctx, done, &cid, &signed, &mut emit)?;
                 head = Some(cid);
                 head_manifest = Some(signed);
                 continue;
@@ -373,6 +361,26 @@ impl Participant {
             rounds: task.rounds,
         });
         Ok(model)
+    }
+
+    /// Follows `signed` (CID `cid`) for `round`, already adopted otherwise: records it,
+    /// re-publishes it as the head, and says so.
+    fn switch_to(
+        &self,
+        ctx: &Ctx,
+        round: u32,
+        cid: &Cid,
+        signed: &Signed<Manifest>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Result<(), RoundError> {
+        self.rounds.record_adopted(&ctx.task_cid, round, cid)?;
+        lock(&ctx.republish).head = Some(self.block_bytes(cid)?);
+        emit(&Event::Switched {
+            round,
+            manifest: cid.to_string(),
+            rank: signed.body.rank,
+        });
+        Ok(())
     }
 
     /// The model, server state and chain position round `round` starts from.
