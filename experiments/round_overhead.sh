@@ -5,7 +5,7 @@
 # seconds from opening the round to adopting its manifest and the seconds it trained; the
 # round time is the longest of the former, the training the longest of the latter.
 #
-#   experiments/round_overhead.sh [NODES] [ROUNDS] [DATA]     e.g. 5 3 ../shared/datasets/cifar10
+#   [EPOCHS=E] experiments/round_overhead.sh [NODES] [ROUNDS] [DATA]   e.g. 5 3 ../shared/datasets/cifar10
 #
 # The release `fl` is built if missing (FL_BIN names another). Output: one line per round and
 # the mean overhead over rounds 2.. (round 1 also fetches the data).
@@ -21,7 +21,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 export FL_REPO="$OUT/r0"
 MANIFEST=$("$FL" data publish --data "$DATA" --clients "$NODES" | tail -1)
-TASK=$("$FL" task create --data "$MANIFEST" --rounds "$ROUNDS" --epochs 1 \
+TASK=$("$FL" task create --data "$MANIFEST" --rounds "$ROUNDS" --epochs "${EPOCHS:-1}" \
     --min-participants "$NODES" --deadline 3600 --grace 60)
 unset FL_REPO
 FL_REPO="$OUT/r0" "$FL" node run --no-mdns --listen /ip4/127.0.0.1/tcp/0 --task "$TASK" \

@@ -166,6 +166,63 @@ fn a_provider_is_found_through_the_dht_along_a_chain_of_ten_nodes() {
     assert!(std::fs::read(&out).unwrap() == bytes);
 }
 
+/// Sixteen in-process nodes on one address, all bootstrapped from node 0: every node gets
+/// every other node's message on a topic (gossipsub's default peer scoring graylisted peers
+/// past 10 on one IP, so a federation of more than 10 nodes on one host heard nothing).
+#[test]
+fn sixteen_nodes_on_one_address_all_hear_each_other() {
+    use fl_core::content::Repo;
+    use fl_node::net::{Node, NodeConfig};
+
+    const N: usize = 16;
+    let (_dir, repos) = dirs(N);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut nodes: Vec<Node> = Vec::new();
+        for path in &repos {
+            let repo = Repo::open(path).unwrap();
+            let bootstrap = match nodes.first() {
+                Some(first) => vec![first.listen_addrs().await.unwrap().remove(0)],
+                None => Vec::new(),
+            };
+            let config = NodeConfig {
+                bootstrap,
+                ..common::loopback()
+            };
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let store = std::sync::Arc::new(repo.blocks().clone());
+            nodes.push(Node::start(key, store, config).await.unwrap());
+        }
+        let mut inboxes = Vec::new();
+        for node in &nodes {
+            inboxes.push(node.gossip());
+            node.subscribe("crowd").await.unwrap();
+        }
+        // Let the mesh form, then each node says who it is, once a second until all heard.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut heard: Vec<std::collections::HashSet<libp2p::PeerId>> = vec![Default::default(); N];
+        while heard.iter().any(|h| h.len() < N - 1) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after 60 s, nodes heard {:?} of {} others",
+                heard.iter().map(|h| h.len()).collect::<Vec<_>>(),
+                N - 1
+            );
+            for node in &nodes {
+                let _ = node.publish("crowd", node.peer_id().to_bytes()).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (i, inbox) in inboxes.iter_mut().enumerate() {
+                while let Ok(message) = inbox.try_recv() {
+                    if let Some(source) = message.source {
+                        heard[i].insert(source);
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Ten in-process nodes, each started with one bootstrap address (the previous node's): all
 /// nine that lack the file find node 0 as its provider through the DHT and fetch it at once.
 #[test]

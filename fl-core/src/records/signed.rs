@@ -35,6 +35,9 @@ pub enum SignedError {
         /// Whose key it carries.
         actual: PeerId,
     },
+    /// The block is not the record's canonical DAG-CBOR encoding.
+    #[error("record {0} is not in canonical DAG-CBOR (extra fields, or another encoding)")]
+    NotCanonical(Cid),
     /// The signature does not verify.
     #[error("the signature of {signer} does not verify: the record was altered or forged")]
     BadSignature {
@@ -99,9 +102,13 @@ impl<T: Record> Signed<T> {
         Ok(dagcbor::encode(self)?)
     }
 
-    /// Decodes and verifies a signed record from its block.
+    /// Decodes and verifies a signed record from its block, which must be the record's
+    /// canonical encoding (padding or reordering would give one record many CIDs).
     pub fn from_block(block: &Block) -> Result<Self, SignedError> {
         let signed: Self = dagcbor::decode(block)?;
+        if dagcbor::encode(&signed)?.cid() != block.cid() {
+            return Err(SignedError::NotCanonical(*block.cid()));
+        }
         signed.verify()?;
         Ok(signed)
     }
@@ -176,6 +183,18 @@ mod tests {
         let mut garbage = signed.clone();
         garbage.key = vec![1, 2, 3];
         assert!(matches!(garbage.verify(), Err(SignedError::BadKey(_))));
+
+        // The same record with a field added: another CID, the same signature.
+        let mut map: ipld_core::ipld::Ipld =
+            serde_ipld_dagcbor::from_slice(signed.to_block().unwrap().data()).unwrap();
+        if let ipld_core::ipld::Ipld::Map(m) = &mut map {
+            m.insert("padding".into(), ipld_core::ipld::Ipld::Integer(1));
+        }
+        let padded = Block::hashed(DAG_CBOR, serde_ipld_dagcbor::to_vec(&map).unwrap());
+        assert!(matches!(
+            Signed::<Announcement>::from_block(&padded),
+            Err(SignedError::NotCanonical(_))
+        ));
 
         // A block whose bytes do not hash to the CID given.
         let block = signed.to_block().unwrap();

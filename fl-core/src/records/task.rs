@@ -154,8 +154,20 @@ impl Task {
                 "is more than the task's members",
             ));
         }
-        if self.round_deadline_ms == 0 {
-            return Err(invalid("round_deadline_ms", 0, "must be > 0"));
+        // A week at most: deadlines are added to clocks, which must not overflow.
+        const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
+        if self.round_deadline_ms == 0 || self.round_deadline_ms > WEEK_MS {
+            return Err(invalid(
+                "round_deadline_ms",
+                self.round_deadline_ms,
+                "must be in (0, a week]",
+            ));
+        }
+        if self.grace_ms > WEEK_MS {
+            return Err(invalid("grace_ms", self.grace_ms, "must be at most a week"));
+        }
+        if self.rounds > 1_000_000 {
+            return Err(invalid("rounds", self.rounds, "must be at most 1,000,000"));
         }
         if let Some(dp) = &self.dp {
             if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {

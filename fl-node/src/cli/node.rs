@@ -36,8 +36,9 @@ pub(super) struct RunArgs {
     /// This node's own CIFAR-10 directory, for tasks that bring their own data.
     #[arg(long, value_name = "DIR", requires = "task")]
     data: Option<std::path::PathBuf>,
-    /// Seconds to keep serving after the task's last round.
-    #[arg(long, default_value_t = 5.0)]
+    /// Most seconds to keep serving after the task's last round (less once every
+    /// contributor to it follows the same final manifest).
+    #[arg(long, default_value_t = 60.0)]
     linger: f64,
     /// Seconds each peer gets to send a block before the next is asked.
     #[arg(long, default_value_t = 10)]

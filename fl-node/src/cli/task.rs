@@ -227,9 +227,24 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
         let (base_cid, state) = match m.prev {
             Some(prev) => {
                 let p: Signed<Manifest> = fetcher.record(prev, "the previous manifest").await?;
+                if p.body.task != m.task || p.body.round.checked_add(1) != Some(m.round) {
+                    bail!(
+                        "manifest {}: refuted: its previous manifest {prev} is round {} of task {}, not round {} of {}",
+                        v.manifest,
+                        p.body.round,
+                        p.body.task,
+                        m.round.saturating_sub(1),
+                        m.task
+                    );
+                }
                 (p.body.model, p.body.server_state)
             }
-            None => (task.initial_model, None),
+            None if m.round == 1 => (task.initial_model, None),
+            None => bail!(
+                "manifest {}: refuted: round {} has no previous manifest",
+                v.manifest,
+                m.round
+            ),
         };
         fetcher.dag(base_cid).await?;
         let state = match state {
@@ -377,13 +392,13 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
         chain.push((cid, m));
     }
     chain.reverse();
-    let mut credits: BTreeMap<PeerId, u64> = BTreeMap::new();
+    let mut credits: BTreeMap<PeerId, u128> = BTreeMap::new();
     for (_, m) in &chain {
         for (peer, c) in m.body.credits() {
-            *credits.entry(peer).or_default() += c;
+            *credits.entry(peer).or_default() += u128::from(c);
         }
     }
-    let total: u64 = credits.values().sum();
+    let total: u128 = credits.values().sum();
     let next_ranking: Vec<PeerId> = match chain.last() {
         Some((cid, m)) if head_round < task.rounds => ranking(
             cid,
@@ -412,7 +427,7 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
             "next_aggregators": next_ranking.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "credits": credits.iter().map(|(p, c)| serde_json::json!({
                 "peer": p.to_string(),
-                "credits": c,
+                "credits": c.to_string(),
                 "share": if total == 0 { 0.0 } else { *c as f64 / total as f64 },
             })).collect::<Vec<_>>(),
         });

@@ -3,6 +3,7 @@
 //! Bitswap runs on. One task owns the swarm; [`Node`] talks to it through a channel.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Misbehaving peers waiting to be disconnected.
 const MISBEHAVING_QUEUE: usize = 64;
+/// How often lost bootstrap peers are dialled again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -120,6 +123,7 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
+    TopicPeers(String, oneshot::Sender<Vec<PeerId>>),
     Provide(Cid),
     Providers(Cid, oneshot::Sender<Vec<PeerId>>),
     Subscribe(String, oneshot::Sender<bool>),
@@ -179,7 +183,7 @@ impl Node {
                     gossip_config,
                 )?;
                 gossipsub.with_peer_score(
-                    gossipsub::PeerScoreParams::default(),
+                    peer_score_params(),
                     gossipsub::PeerScoreThresholds::default(),
                 )?;
                 let mdns = if mdns_on {
@@ -234,6 +238,7 @@ impl Node {
             gossip,
             pending_dials: Vec::new(),
             providers: std::collections::HashMap::new(),
+            bootstrap: config.bootstrap.iter().map(|a| (a.clone(), None)).collect(),
         };
         driver.await_listeners(config.listen.len()).await;
         for addr in &config.bootstrap {
@@ -288,6 +293,14 @@ impl Node {
     pub async fn peers(&self) -> Result<Vec<PeerId>, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Peers(tx)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The connected peers subscribed to gossip `topic`.
+    pub async fn topic_peers(&self, topic: &str) -> Result<Vec<PeerId>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::TopicPeers(topic.to_string(), tx))
+            .await?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -349,6 +362,9 @@ struct Driver {
     pending_dials: Vec<PendingDial>,
     providers:
         std::collections::HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// The configured bootstrap addresses and, once known, their peers: dialled again
+    /// whenever that peer is not connected.
+    bootstrap: Vec<(Multiaddr, Option<PeerId>)>,
 }
 
 impl Driver {
@@ -368,9 +384,12 @@ impl Driver {
     }
 
     async fn run(mut self) {
+        let mut reconnect = tokio::time::interval(RECONNECT_EVERY);
+        reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = reconnect.tick() => self.reconnect(),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => return,
@@ -380,6 +399,21 @@ impl Driver {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
+        }
+    }
+
+    /// Dials the bootstrap peers this node is not connected to (after a restart of theirs, or
+    /// a network partition that closed the connections).
+    fn reconnect(&mut self) {
+        let lost: Vec<Multiaddr> = self
+            .bootstrap
+            .iter()
+            .filter(|(_, peer)| peer.is_none_or(|p| !self.swarm.is_connected(&p)))
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        for addr in lost {
+            tracing::debug!(%addr, "dialling a bootstrap peer again");
+            let _ = self.swarm.dial(addr);
         }
     }
 
@@ -417,6 +451,18 @@ impl Driver {
             Command::Dial(addr, reply) => self.dial(addr, Some(reply)),
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::TopicPeers(topic, reply) => {
+                let hash = gossipsub::IdentTopic::new(topic).hash();
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                let _ = reply.send(peers);
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -469,6 +515,14 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    let addr = without_peer(endpoint.get_remote_address());
+                    for (wanted, peer) in &mut self.bootstrap {
+                        if without_peer(wanted) == addr {
+                            *peer = Some(peer_id);
+                        }
+                    }
+                }
                 if let Some(i) = self
                     .pending_dials
                     .iter()
@@ -494,6 +548,16 @@ impl Driver {
                         reason: error.to_string(),
                     }));
                 }
+            }
+            // A connection that stopped answering pings is closed, so its peer is dialled
+            // afresh (by it, or by `reconnect`) once the network carries packets again.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) => {
+                tracing::info!(%peer, "closing a connection that stopped answering: {e}");
+                self.swarm.close_connection(connection);
             }
             // Peers that speak the DHT protocol join the routing table.
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -547,5 +611,30 @@ impl Driver {
             }
             _ => {}
         }
+    }
+}
+
+/// `addr` less a trailing `/p2p/<peer>`.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if let Some(libp2p::multiaddr::Protocol::P2p(_)) = addr.iter().last() {
+        addr.pop();
+    }
+    addr
+}
+
+/// Gossipsub's peer scoring, with room for many nodes on one address: the default penalty
+/// for more than 10 peers on one IP graylisted every peer of a 20-node federation on
+/// loopback, and labs run several nodes behind one address. Loopback is exempt; elsewhere
+/// the penalty starts past 64 peers on one address.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_threshold: 64.0,
+        ip_colocation_factor_whitelist: [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]
+        .into(),
+        ..Default::default()
     }
 }

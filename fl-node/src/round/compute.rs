@@ -13,7 +13,7 @@ use fl_core::tensors::Bundle;
 use super::RoundError;
 
 /// What a round starts from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RoundBase {
     /// The round.
     pub round: u32,
@@ -60,14 +60,27 @@ pub fn aggregate(
         .map_err(|e: aggregator::RuleError| RoundError::Task(e.to_string()))?;
     let mut offered = Vec::with_capacity(announcements.len());
     let mut by_update = std::collections::HashMap::new();
+    let mut unreadable = Vec::new();
     for (cid, a) in announcements {
         let body = &a.body;
-        let delta = Bundle::load(repo, &body.update).map_err(|source| RoundError::Load {
-            what: "update",
-            cid: body.update,
-            source,
-        })?;
-        by_update.insert(body.update, (*cid, a.signer, body.samples));
+        // A file that is not a tensor bundle is the author's fault, not the round's.
+        let delta = match Bundle::load(repo, &body.update) {
+            Ok(delta) => delta,
+            Err(e) => {
+                unreadable.push(Rejected {
+                    peer: a.signer,
+                    announcement: *cid,
+                    update: body.update,
+                    reason: format!("update unreadable: {e}"),
+                });
+                continue;
+            }
+        };
+        // Keyed by author too: two peers may name the same update file.
+        by_update.insert(
+            (a.signer.to_string(), body.update),
+            (*cid, a.signer, body.samples),
+        );
         offered.push(Offered::new(
             a.signer.to_string(),
             body.update,
@@ -89,7 +102,7 @@ pub fn aggregate(
         .accepted
         .iter()
         .map(|a| {
-            let (announcement, peer, samples) = by_update[&a.update];
+            let (announcement, peer, samples) = by_update[&(a.sender.to_string(), a.update)];
             Contribution {
                 peer,
                 announcement,
@@ -108,7 +121,7 @@ pub fn aggregate(
         .rejected
         .iter()
         .map(|r| {
-            let (announcement, peer, _) = by_update[r.update()];
+            let (announcement, peer, _) = by_update[&(r.sender().to_string(), *r.update())];
             Rejected {
                 peer,
                 announcement,
@@ -116,6 +129,7 @@ pub fn aggregate(
                 reason: r.to_string(),
             }
         })
+        .chain(unreadable)
         .chain(unavailable.iter().map(|(cid, a)| Rejected {
             peer: a.signer,
             announcement: *cid,
@@ -178,12 +192,14 @@ pub fn aggregate(
     })
 }
 
-/// Checks `manifest`, signed by `signer`, against a recomputation from the announcements it
-/// lists (verified here; the updates of all but those it calls unavailable in `repo`): same
-/// model, same contributions, same rejections, and the signer holds the rank it claims
-/// among the round's announcers.
-pub fn check(
-    repo: &Repo,
+/// Largest sample count an announcement may claim (more than any single node holds).
+pub const MAX_SAMPLES: u64 = 1 << 32;
+
+/// The cheap checks of a manifest, before anything is fetched or recomputed: it continues the
+/// chain at `base`, lists each announcement once, every listed announcement is for this task,
+/// round and base model, from a member, with a sane sample count; it counts at least the
+/// task's minimum; and its signer holds the rank it claims among the announcers it lists.
+pub fn check_claims(
     task_cid: &Cid,
     task: &Task,
     base: &RoundBase,
@@ -204,32 +220,79 @@ pub fn check(
             manifest.base_model, base.model_cid
         ));
     }
-    let peers: Vec<PeerId> = announcements.iter().map(|(_, a)| a.signer).collect();
-    let ranking = fl_core::records::ranking(&manifest.rank_anchor(), manifest.round, peers);
-    match ranking.iter().position(|p| p == signer) {
-        Some(rank) if rank as u32 == manifest.rank => {}
-        Some(rank) => {
-            return refuted(format!(
-                "its signer {signer} has rank {rank}, the manifest claims {}",
-                manifest.rank
-            ));
-        }
-        None => {
-            return refuted(format!(
-                "its signer {signer} announced no update this round: not entitled to aggregate"
-            ));
-        }
-    }
-    if let Some(missing) = task
-        .members
-        .as_ref()
-        .and_then(|_| announcements.iter().find(|(_, a)| !task.admits(&a.signer)))
-    {
+    if manifest.rule != task.rule {
         return refuted(format!(
-            "it counts {}, not a member of the task",
-            missing.1.signer
+            "its rule is {}, the task's {}",
+            manifest.rule, task.rule
         ));
     }
+    let listed = manifest.contributions.len() + manifest.rejected.len();
+    if announcements.len() != listed {
+        return refuted(format!(
+            "it lists {listed} updates, {} were given",
+            announcements.len()
+        ));
+    }
+    let mut cids = HashSet::new();
+    let mut authors = HashSet::new();
+    for (cid, a) in announcements {
+        if !cids.insert(*cid) || !authors.insert(a.signer) {
+            return refuted(format!("it lists {} or its author twice", cid));
+        }
+        let b = &a.body;
+        if b.task != *task_cid || b.round != base.round || b.base != base.model_cid {
+            return refuted(format!(
+                "it lists announcement {cid}, made for another task, round or model"
+            ));
+        }
+        if !task.admits(&a.signer) {
+            return refuted(format!("it counts {}, not a member of the task", a.signer));
+        }
+        if b.samples == 0 || b.samples > MAX_SAMPLES {
+            return refuted(format!("announcement {cid} claims {} samples", b.samples));
+        }
+    }
+    if manifest.contributions.len() < task.min_participants as usize {
+        return refuted(format!(
+            "it counts {} updates, the task's minimum is {}",
+            manifest.contributions.len(),
+            task.min_participants
+        ));
+    }
+    if !authors.contains(signer) {
+        return refuted(format!(
+            "its signer {signer} announced no update this round: not entitled to aggregate"
+        ));
+    }
+    let ranking = fl_core::records::ranking(
+        &manifest.rank_anchor(),
+        manifest.round,
+        authors.iter().copied(),
+    );
+    match ranking.iter().position(|p| p == signer) {
+        Some(rank) if rank as u32 == manifest.rank => Ok(()),
+        Some(rank) => refuted(format!(
+            "its signer {signer} has rank {rank} among the round's announcers, the manifest claims {}",
+            manifest.rank
+        )),
+        None => refuted(format!("its signer {signer} is not among the announcers")),
+    }
+}
+
+/// Checks `manifest`, signed by `signer`: its claims ([`check_claims`]), then a
+/// recomputation from the announcements it lists (the updates of all but those it calls
+/// unavailable in `repo`): same model, contributions, rejections, server state and privacy.
+pub fn check(
+    repo: &Repo,
+    task_cid: &Cid,
+    task: &Task,
+    base: &RoundBase,
+    manifest: &Manifest,
+    signer: &PeerId,
+    announcements: &[(Cid, Signed<Announcement>)],
+) -> Result<(), RoundError> {
+    check_claims(task_cid, task, base, manifest, signer, announcements)?;
+    let refuted = |why: String| Err(RoundError::Refuted(why));
     let unavailable: HashSet<Cid> = manifest
         .rejected
         .iter()
@@ -250,9 +313,12 @@ pub fn check(
     if again.manifest.contributions != manifest.contributions
         || again.manifest.rejected != manifest.rejected
         || again.manifest.server_state != manifest.server_state
+        || again.manifest.epsilon != manifest.epsilon
+        || again.manifest.delta != manifest.delta
     {
         return refuted(
-            "its contributions, rejections or server state differ from a recomputation".into(),
+            "its contributions, rejections, server state or privacy figures differ from a recomputation"
+                .into(),
         );
     }
     Ok(())

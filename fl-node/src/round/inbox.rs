@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cid::Cid;
 use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore};
@@ -14,6 +15,10 @@ use crate::net::Node;
 
 /// Largest gossip message read as a record (a manifest of 10,000 contributions fits).
 pub const MAX_RECORD_BYTES: usize = 2 << 20;
+/// Most announcements kept for one round (one per author); more are dropped.
+pub const MAX_ANNOUNCERS_PER_ROUND: usize = 4096;
+/// Most manifests kept for one round; more are dropped.
+pub const MAX_MANIFESTS_PER_ROUND: usize = 256;
 
 /// A verified announcement and its block's CID.
 pub type SignedAnnouncement = (Cid, Signed<Announcement>);
@@ -26,11 +31,15 @@ struct Contents {
     announcements: BTreeMap<u32, BTreeMap<PeerId, SignedAnnouncement>>,
     /// Round -> manifests seen, by CID.
     manifests: BTreeMap<u32, HashMap<Cid, Signed<Manifest>>>,
-    /// Rounds already decided: their announcements are refused as late.
+    /// Rounds already decided: their announcements only mark their authors as late.
     closed_through: u32,
     /// Round -> authors whose announcements came after the round closed: alive, and
     /// expected in the next round.
     late: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
+    /// Manifest -> peers that gossiped it: they hold it as their head.
+    holders: HashMap<Cid, std::collections::BTreeSet<PeerId>>,
+    /// Peer -> when a valid record of theirs last arrived (peers re-publish every second).
+    heard: HashMap<PeerId, Instant>,
 }
 
 /// The task's gossip, sorted by round.
@@ -38,6 +47,8 @@ struct Contents {
 pub struct Inbox {
     contents: Arc<Mutex<Contents>>,
     changed: Arc<Notify>,
+    task_cid: Cid,
+    task: Arc<Task>,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -57,6 +68,8 @@ impl Inbox {
         let inbox = Inbox {
             contents: Arc::default(),
             changed: Arc::new(Notify::new()),
+            task_cid,
+            task,
         };
         let updates = Task::updates_topic(&task_cid);
         let manifests = Task::manifests_topic(&task_cid);
@@ -79,12 +92,19 @@ impl Inbox {
                     continue;
                 }
                 let result = if message.topic == updates {
-                    this.file_announcement(&task_cid, &task, &store, message.data)
+                    this.file_announcement(&store, message.data)
                 } else if message.topic == manifests {
-                    this.file_manifest(&task_cid, &store, message.data)
+                    this.file_manifest(&store, message.data).map(|cid| {
+                        if let Some(from) = message.source {
+                            this.held_by(cid, from);
+                        }
+                    })
                 } else {
                     continue;
                 };
+                if let (Ok(()), Some(from)) = (&result, message.source) {
+                    this.heard_from(from);
+                }
                 if let Err(why) = result {
                     tracing::info!(from = ?message.source, "round gossip dropped: {why}");
                 }
@@ -93,18 +113,14 @@ impl Inbox {
         Ok(inbox)
     }
 
-    /// Files an announcement (ours, or one that came over gossip).
-    pub fn file_announcement(
-        &self,
-        task_cid: &Cid,
-        task: &Task,
-        store: &FsBlockstore,
-        bytes: Vec<u8>,
-    ) -> Result<(), String> {
+    /// Files an announcement (ours, or one that came over gossip); one for a closed round only
+    /// marks its author as alive.
+    pub fn file_announcement(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), String> {
+        let task = &self.task;
         let block = Block::hashed(DAG_CBOR, bytes);
         let signed = Signed::<Announcement>::from_block(&block).map_err(|e| e.to_string())?;
         let a = &signed.body;
-        if a.task != *task_cid {
+        if a.task != self.task_cid {
             return Err(format!("announcement for another task {}", a.task));
         }
         if !task.admits(&signed.signer) {
@@ -116,15 +132,21 @@ impl Inbox {
                 a.round, task.rounds
             ));
         }
-        let cid = *block.cid();
-        store.put(block).map_err(|e| e.to_string())?;
-        let mut c = lock(&self.contents);
-        if a.round <= c.closed_through {
-            c.late.entry(a.round).or_default().insert(signed.signer);
-            return Err(format!("late: round {} is closed", a.round));
+        if a.samples == 0 || a.samples > super::compute::MAX_SAMPLES {
+            return Err(format!("announcement claims {} samples", a.samples));
         }
+        let cid = *block.cid();
         let author = signed.signer;
         let round = a.round;
+        let mut c = lock(&self.contents);
+        if round <= c.closed_through {
+            // Routine (authors re-publish until they adopt the round): noted, not kept.
+            let late = c.late.entry(round).or_default();
+            if late.len() < MAX_ANNOUNCERS_PER_ROUND {
+                late.insert(author);
+            }
+            return Ok(());
+        }
         let entry = c.announcements.entry(round).or_default();
         if let Some((existing, _)) = entry.get(&author) {
             if *existing != cid {
@@ -134,36 +156,95 @@ impl Inbox {
             }
             return Ok(());
         }
+        if entry.len() >= MAX_ANNOUNCERS_PER_ROUND {
+            return Err(format!(
+                "round {round} already has {MAX_ANNOUNCERS_PER_ROUND} announcers"
+            ));
+        }
+        // Stored once accepted, so others can fetch it from us (and replays fill nothing).
+        store.put(block).map_err(|e| e.to_string())?;
         entry.insert(author, (cid, signed));
         drop(c);
         self.changed.notify_waiters();
         Ok(())
     }
 
-    /// Files a manifest (ours, or one that came over gossip); checks only its signature here.
-    pub fn file_manifest(
-        &self,
-        task_cid: &Cid,
-        store: &FsBlockstore,
-        bytes: Vec<u8>,
-    ) -> Result<(), String> {
+    /// Files a manifest (ours, or one that came over gossip) and returns its CID; checks only
+    /// its signature, round and signer here (the rest takes a recomputation).
+    pub fn file_manifest(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<Cid, String> {
         let block = Block::hashed(DAG_CBOR, bytes);
         let signed = Signed::<Manifest>::from_block(&block).map_err(|e| e.to_string())?;
-        if signed.body.task != *task_cid {
+        if signed.body.task != self.task_cid {
             return Err(format!("manifest for another task {}", signed.body.task));
         }
         let cid = *block.cid();
+        let round = signed.body.round;
+        if round == 0 || round > self.task.rounds {
+            return Err(format!(
+                "manifest for round {round} of {}",
+                self.task.rounds
+            ));
+        }
+        if !self.task.admits(&signed.signer) {
+            return Err(format!(
+                "manifest signed by {}, not a member",
+                signed.signer
+            ));
+        }
+        let mut c = lock(&self.contents);
+        let seen = c.manifests.entry(round).or_default();
+        if seen.contains_key(&cid) {
+            return Ok(cid);
+        }
+        if seen.len() >= MAX_MANIFESTS_PER_ROUND {
+            return Err(format!(
+                "round {round} already has {MAX_MANIFESTS_PER_ROUND} manifests"
+            ));
+        }
         store.put(block).map_err(|e| e.to_string())?;
-        let fresh = lock(&self.contents)
-            .manifests
-            .entry(signed.body.round)
-            .or_default()
-            .insert(cid, signed)
-            .is_none();
+        seen.insert(cid, signed);
+        drop(c);
+        self.changed.notify_waiters();
+        Ok(cid)
+    }
+
+    /// Notes that a valid record from `peer` arrived just now.
+    fn heard_from(&self, peer: PeerId) {
+        let mut c = lock(&self.contents);
+        // Bounded: peers past the cap are not tracked (they still take part).
+        if c.heard.len() < MAX_ANNOUNCERS_PER_ROUND || c.heard.contains_key(&peer) {
+            c.heard.insert(peer, Instant::now());
+        }
+    }
+
+    /// Peers heard from within `window`: alive and following the task.
+    pub fn live_peers(&self, window: Duration) -> Vec<PeerId> {
+        lock(&self.contents)
+            .heard
+            .iter()
+            .filter(|(_, at)| at.elapsed() <= window)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Notes that `peer` gossiped manifest `cid` (peers re-publish the head they follow).
+    fn held_by(&self, cid: Cid, peer: PeerId) {
+        let mut c = lock(&self.contents);
+        // Bounded by the manifests kept: one set per filed manifest.
+        let fresh = c.holders.entry(cid).or_default().insert(peer);
+        drop(c);
         if fresh {
             self.changed.notify_waiters();
         }
-        Ok(())
+    }
+
+    /// The peers known to follow manifest `cid`.
+    pub fn holders(&self, cid: &Cid) -> std::collections::BTreeSet<PeerId> {
+        lock(&self.contents)
+            .holders
+            .get(cid)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The announcements of `round` so far, by author.
@@ -207,7 +288,9 @@ impl Inbox {
     pub fn close_through(&self, round: u32) {
         let mut c = lock(&self.contents);
         c.closed_through = c.closed_through.max(round);
-        let keep = c.announcements.split_off(&(round + 1));
+        // The round just closed keeps its announcements: the fork choice ranks its
+        // manifests among them. Older ones go.
+        let keep = c.announcements.split_off(&round);
         c.announcements = keep;
     }
 

@@ -57,6 +57,14 @@ pub enum RoundError {
     /// Aggregation failed.
     #[error("aggregating: {0}")]
     Aggregate(String),
+    /// Too few of the announced updates could be used to close the round yet.
+    #[error("only {usable} of the announced updates can be used; the task needs {needed}")]
+    TooFew {
+        /// Updates fetched and valid.
+        usable: usize,
+        /// The task's minimum.
+        needed: usize,
+    },
     /// Local training failed.
     #[error("training: {0}")]
     Train(String),

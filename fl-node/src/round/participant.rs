@@ -4,7 +4,7 @@
 //! announcers (or the ones before it let their turn pass). Every manifest is recomputed
 //! before it is adopted; adopted rounds and announced updates survive restarts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +29,28 @@ use crate::net::{self, Node, fetch_dag};
 /// How often this node re-publishes its latest announcement and adopted manifest, so peers
 /// that missed them (or restarted) catch up.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// Tries beyond the first at fetching the task record when joining.
+const JOIN_TRIES: u32 = 5;
+/// Pause between those tries.
+const JOIN_PAUSE: Duration = Duration::from_secs(2);
+/// How often a node waiting for a round's manifest logs where it stands.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Updates fetched ahead of the round's manifest at once.
+const PREFETCH_AT_ONCE: usize = 4;
+/// Most manifests off this node's chain looked at per pass of the fork choice.
+const MAX_TIPS: usize = 16;
+/// A peer heard from within this long is alive (peers re-publish every second).
+const LIVE: Duration = Duration::from_secs(5);
+/// Least time a node that finished the task keeps serving, for rival manifests in flight.
+const SETTLE: Duration = Duration::from_secs(3);
 /// Longest wait between looks at the inbox.
 const POLL: Duration = Duration::from_millis(200);
+/// How long an aggregator with too few usable updates waits before trying again.
+const RETRY_AGGREGATION: Duration = Duration::from_secs(2);
+/// First pause before a manifest whose inputs could not be fetched is checked again.
+const RECHECK_AFTER: Duration = Duration::from_secs(2);
+/// Longest such pause.
+const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
 /// Test images per evaluation batch.
 const EVAL_BATCH: usize = 256;
 
@@ -177,16 +197,75 @@ struct Ctx {
     arch: Architecture,
     inbox: Inbox,
     republish: Arc<Mutex<Republish>>,
-    /// Manifests that failed their check: never checked again.
-    refuted: Mutex<HashSet<Cid>>,
+    /// What this node concluded about each manifest it checked.
+    verdicts: Mutex<Verdicts>,
+    /// Updates being fetched (or fetched) ahead of the round's manifest.
+    prefetched: Mutex<HashSet<Cid>>,
+    /// Bounds the fetches ahead.
+    prefetching: Arc<tokio::sync::Semaphore>,
+}
+
+/// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
+/// inputs could not be fetched yet (checked again after a pause that doubles each time).
+#[derive(Default)]
+struct Verdicts {
+    valid: HashSet<Cid>,
+    refuted: HashSet<Cid>,
+    unreachable: HashMap<Cid, (Instant, Duration)>,
+    /// Manifests off this node's chain found no better than it (or not forks of it), and
+    /// the last round decided when they were: looked at again once that changes.
+    settled: HashSet<Cid>,
+    settled_at: u32,
+}
+
+/// What a look at one manifest concluded.
+enum Verdict {
+    Valid,
+    Refuted,
+    /// Its inputs could not be fetched; not to be looked at again before the pause ends.
+    NotNow,
+}
+
+impl Verdicts {
+    /// Notes how many rounds are decided: forks settled before that are looked at again.
+    fn decided(&mut self, done: u32) {
+        if self.settled_at != done {
+            self.settled.clear();
+            self.settled_at = done;
+        }
+    }
+
+    /// Forgets which forks were settled: this node's chain changed.
+    fn forget_forks(&mut self) {
+        self.settled.clear();
+    }
+
+    /// Whether `cid` is worth checking (or is known valid) now.
+    fn open(&self, cid: &Cid) -> bool {
+        !self.refuted.contains(cid)
+            && self
+                .unreachable
+                .get(cid)
+                .is_none_or(|(at, _)| Instant::now() >= *at)
+    }
 }
 
 /// How a round ended for this node.
 enum Decision {
     /// The round's manifest.
     Adopt(Cid, Signed<Manifest>),
-    /// A better-ranked manifest for the previous round, to follow instead.
-    Switch(Cid, Signed<Manifest>),
+    /// A chain that wins the fork choice against this node's, to follow instead.
+    Switch(Reorg),
+}
+
+/// Where a node stands on the chain: the last round decided, its manifest's CID and the
+/// manifest (none before round 1).
+type Position = (u32, Option<Cid>, Option<Signed<Manifest>>);
+
+/// A better chain: its manifests from round `from` (where it parts from this node's) on.
+struct Reorg {
+    from: u32,
+    chain: Vec<SignedManifest>,
 }
 
 impl Participant {
@@ -211,11 +290,22 @@ impl Participant {
     pub async fn run(self, mut emit: impl FnMut(&Event)) -> Result<Cid, RoundError> {
         let me = self.node.peer_id();
         let task_cid = self.config.task;
-        self.ensure(task_cid, "the task record").await?;
-        let task_block =
-            self.repo.blocks().get(&task_cid).map_err(|e| {
-                RoundError::Task(format!("reading the task record {task_cid}: {e}"))
-            })?;
+        // The record alone: what it links to (model, data) is fetched as it is needed. A
+        // provider busy with many joining peers gets a few tries.
+        let mut tries = 0;
+        let task_bytes = loop {
+            match self.fetch_block(task_cid, "the task record").await {
+                Ok(bytes) => break bytes,
+                Err(e) if tries < JOIN_TRIES => {
+                    tries += 1;
+                    tracing::info!("trying again to fetch the task record: {}", chain(&e));
+                    tokio::time::sleep(JOIN_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let task_block = fl_core::content::Block::new(task_cid, task_bytes)
+            .map_err(|e| RoundError::Task(format!("the task record {task_cid}: {e}")))?;
         let task = Task::from_block(&task_block).map_err(|e| RoundError::Task(e.to_string()))?;
         if !task.admits(&me) {
             return Err(RoundError::NotMember(me));
@@ -224,7 +314,7 @@ impl Participant {
             .architecture
             .parse()
             .map_err(|e| RoundError::Task(format!("{e}")))?;
-        self.repo.pin(&task_cid, PinMode::Recursive)?;
+        self.repo.pin(&task_cid, PinMode::Direct)?;
         let task = Arc::new(task);
         let inbox = Inbox::start(
             &self.node,
@@ -241,7 +331,9 @@ impl Participant {
             arch,
             inbox,
             republish,
-            refuted: Mutex::default(),
+            verdicts: Mutex::default(),
+            prefetched: Mutex::default(),
+            prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
         };
         let data = self.local_data(&task).await?;
 
@@ -269,86 +361,94 @@ impl Participant {
             from_round: done + 1,
         });
 
-        // The base of the last adopted round: a better-ranked manifest for that round is
-        // checked against it (fork choice).
-        let mut prev_base: Option<RoundBase> = None;
-        while done < task.rounds {
-            let round = done + 1;
-            let opened = Instant::now();
-            let base = self.base(&ctx, round, head, head_manifest.as_ref()).await?;
-            // A node that is behind (restarted, or joined late) does not train for rounds
-            // that others have already closed.
-            let mut train_seconds = 0.0;
-            if ctx.inbox.latest_round() < round {
-                let (update, samples, seconds) = self.announce(&ctx, &base, &data).await?;
-                train_seconds = seconds;
-                emit(&Event::Announced {
-                    round,
-                    update: update.to_string(),
-                    samples,
-                    train_seconds: seconds,
-                });
-            }
-            let adopted = match (&prev_base, head, &head_manifest) {
-                (Some(b), Some(c), Some(m)) => Some((b, c, m)),
-                _ => None,
-            };
-            let (cid, signed) = match self
-                .decide(&ctx, &base, adopted, &data, opened, &mut emit)
-                .await?
-            {
-                Decision::Adopt(cid, signed) => (cid, signed),
-                Decision::Switch(cid, signed) => {
-                    // A better-ranked manifest for the previous round: follow it and start
-                    // this round again from it.
-                    self.switch_to(&ctx, done, &cid, &signed, &mut emit)?;
-                    head = Some(cid);
-                    head_manifest = Some(signed);
-                    continue;
+        // Rounds, then (after the last) serving while peers finish; a switch to a better
+        // chain can take the node back to rounds it had decided.
+        'task: loop {
+            while done < task.rounds {
+                let round = done + 1;
+                let opened = Instant::now();
+                let base = self.base(&ctx, round, head, head_manifest.as_ref()).await?;
+                // A node that is behind (restarted, or joined late) does not train for rounds
+                // that others have already closed.
+                let mut train_seconds = 0.0;
+                if ctx.inbox.latest_round() < round {
+                    let (update, samples, seconds) = self.announce(&ctx, &base, &data).await?;
+                    train_seconds = seconds;
+                    emit(&Event::Announced {
+                        round,
+                        update: update.to_string(),
+                        samples,
+                        train_seconds: seconds,
+                    });
                 }
-            };
-            self.rounds.record_adopted(&task_cid, round, &cid)?;
-            ctx.inbox.close_through(round);
-            {
-                let mut r = lock(&ctx.republish);
-                r.head = Some(self.block_bytes(&cid)?);
-                r.announcement = None;
-            }
-            let _ = self.node.provide(signed.body.model).await;
-            let m = &signed.body;
-            emit(&Event::Adopted {
-                round,
-                manifest: cid.to_string(),
-                model: m.model.to_string(),
-                aggregator: signed.signer.to_string(),
-                rank: m.rank,
-                participants: m.contributions.len(),
-                accuracy: m.metrics.as_ref().map(|x| x.test_accuracy),
-                loss: m.metrics.as_ref().map(|x| x.test_loss),
-                epsilon: m.epsilon,
-                seconds: opened.elapsed().as_secs_f64(),
-                train_seconds,
-            });
-            done = round;
-            head = Some(cid);
-            head_manifest = Some(signed);
-            prev_base = Some(base);
-        }
-
-        // Keep serving the last blocks (and the head) to peers still finishing, and follow
-        // a better-ranked manifest for the last round if one turns up meanwhile.
-        let settle_until = Instant::now() + self.config.linger;
-        while let (Some(b), Some(c), Some(m)) = (&prev_base, head, &head_manifest) {
-            if Instant::now() >= settle_until {
-                break;
-            }
-            if let Some((cid, signed)) = self.better(&ctx, b, c, m, &mut emit).await {
-                self.switch_to(&ctx, done, &cid, &signed, &mut emit)?;
+                let (cid, signed) = match self
+                    .decide(&ctx, &base, done, &data, opened, &mut emit)
+                    .await?
+                {
+                    Decision::Adopt(cid, signed) => (cid, signed),
+                    Decision::Switch(reorg) => {
+                        (done, head, head_manifest) = self.switch_to(&ctx, reorg, &mut emit)?;
+                        continue;
+                    }
+                };
+                self.rounds.record_adopted(&task_cid, round, &cid)?;
+                ctx.inbox.close_through(round);
+                {
+                    let mut r = lock(&ctx.republish);
+                    r.head = Some(self.block_bytes(&cid)?);
+                    r.announcement = None;
+                }
+                let _ = self.node.provide(signed.body.model).await;
+                tracing::info!(round, %cid, "adopted the round's manifest");
+                let m = &signed.body;
+                emit(&Event::Adopted {
+                    round,
+                    manifest: cid.to_string(),
+                    model: m.model.to_string(),
+                    aggregator: signed.signer.to_string(),
+                    rank: m.rank,
+                    participants: m.contributions.len(),
+                    accuracy: m.metrics.as_ref().map(|x| x.test_accuracy),
+                    loss: m.metrics.as_ref().map(|x| x.test_loss),
+                    epsilon: m.epsilon,
+                    seconds: opened.elapsed().as_secs_f64(),
+                    train_seconds,
+                });
+                done = round;
                 head = Some(cid);
                 head_manifest = Some(signed);
-                continue;
             }
-            ctx.inbox.changed(POLL).await;
+
+            // Keep serving the last blocks (and the head) to peers still finishing, and
+            // follow a better chain if one turns up meanwhile: until every peer still heard
+            // from follows the same head (after a short settling time, for rivals still in
+            // flight), or the linger time runs out.
+            let started = Instant::now();
+            let settle_until = started + self.config.linger;
+            while let Some(c) = head {
+                let now = Instant::now();
+                if now >= settle_until {
+                    break;
+                }
+                let holders = ctx.inbox.holders(&c);
+                let everyone = ctx
+                    .inbox
+                    .live_peers(LIVE)
+                    .iter()
+                    .all(|p| *p == me || holders.contains(p));
+                if everyone && now >= started + SETTLE.min(self.config.linger) {
+                    break;
+                }
+                if let Some(reorg) = self.better_chain(&ctx, done, &mut emit).await? {
+                    (done, head, head_manifest) = self.switch_to(&ctx, reorg, &mut emit)?;
+                    if done < task.rounds {
+                        continue 'task;
+                    }
+                    continue;
+                }
+                ctx.inbox.changed(POLL).await;
+            }
+            break;
         }
 
         let model = match &head_manifest {
@@ -363,24 +463,37 @@ impl Participant {
         Ok(model)
     }
 
-    /// Follows `signed` (CID `cid`) for `round`, already adopted otherwise: records it,
-    /// re-publishes it as the head, and says so.
+    /// Follows a better chain from the round where it parts from this node's: records it in
+    /// one step, re-publishes its head, and says so; returns the new position (last round
+    /// decided, head and its manifest).
     fn switch_to(
         &self,
         ctx: &Ctx,
-        round: u32,
-        cid: &Cid,
-        signed: &Signed<Manifest>,
+        reorg: Reorg,
         emit: &mut impl FnMut(&Event),
-    ) -> Result<(), RoundError> {
-        self.rounds.record_adopted(&ctx.task_cid, round, cid)?;
-        lock(&ctx.republish).head = Some(self.block_bytes(cid)?);
-        emit(&Event::Switched {
-            round,
-            manifest: cid.to_string(),
-            rank: signed.body.rank,
-        });
-        Ok(())
+    ) -> Result<Position, RoundError> {
+        let cids: Vec<Cid> = reorg.chain.iter().map(|(c, _)| *c).collect();
+        self.rounds.record_chain(&ctx.task_cid, reorg.from, &cids)?;
+        let Some((head, last)) = reorg.chain.last().cloned() else {
+            return Err(RoundError::Task("switching to an empty chain".into()));
+        };
+        let done = last.body.round;
+        ctx.inbox.close_through(done);
+        {
+            let mut r = lock(&ctx.republish);
+            r.head = Some(self.block_bytes(&head)?);
+            r.announcement = None;
+        }
+        lock(&ctx.verdicts).forget_forks();
+        for (cid, m) in &reorg.chain {
+            tracing::info!(round = m.body.round, %cid, "switching to a better chain");
+            emit(&Event::Switched {
+                round: m.body.round,
+                manifest: cid.to_string(),
+                rank: m.body.rank,
+            });
+        }
+        Ok((done, Some(head), Some(last)))
     }
 
     /// The model, server state and chain position round `round` starts from.
@@ -512,13 +625,15 @@ impl Participant {
         self.rounds.record_announced(&ctx.task_cid, round, &cid)?;
         let _ = self.node.provide(update_cid).await;
         self.publish_announcement(ctx, bytes).await;
-        Ok((update_cid, samples, started.elapsed().as_secs_f64()))
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(round, %update_cid, "announced an update after {seconds:.2} s of training");
+        Ok((update_cid, samples, seconds))
     }
 
     async fn publish_announcement(&self, ctx: &Ctx, bytes: Vec<u8>) {
-        if let Err(why) =
-            ctx.inbox
-                .file_announcement(&ctx.task_cid, &ctx.task, self.repo.blocks(), bytes.clone())
+        if let Err(why) = ctx
+            .inbox
+            .file_announcement(self.repo.blocks(), bytes.clone())
         {
             tracing::warn!("our own announcement was not filed: {why}");
         }
@@ -535,7 +650,7 @@ impl Participant {
         &self,
         ctx: &Ctx,
         base: &RoundBase,
-        adopted: Option<(&RoundBase, Cid, &Signed<Manifest>)>,
+        done: u32,
         data: &LocalData,
         opened: Instant,
         emit: &mut impl FnMut(&Event),
@@ -545,44 +660,48 @@ impl Participant {
         let task = &ctx.task;
         let deadline = opened + Duration::from_millis(task.round_deadline_ms);
         let grace = Duration::from_millis(task.grace_ms);
-        let expected = self.expected_participants(ctx, task, base)?;
+        let expected = self.expected_participants(ctx, task, base).await?;
         let min = task.min_participants as usize;
         let mut made: Option<SignedManifest> = None;
+        let mut gave_up = false;
+        let mut retry_at: Option<Instant> = None;
+        let mut said = Instant::now();
         loop {
-            if let Some((prev_base, cid, signed)) = adopted
-                && let Some((cid, signed)) = self.better(ctx, prev_base, cid, signed, emit).await
-            {
-                return Ok(Decision::Switch(cid, signed));
+            self.prefetch(ctx, round, &base.model_cid);
+            if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
+                return Ok(Decision::Switch(reorg));
             }
             let mut candidates: Vec<SignedManifest> = ctx
                 .inbox
                 .manifests(round)
                 .into_iter()
-                .filter(|(c, _)| !lock(&ctx.refuted).contains(c))
+                .filter(|(c, _)| lock(&ctx.verdicts).open(c))
                 .collect();
             candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
             for (cid, signed) in candidates {
                 if made.as_ref().is_some_and(|(c, _)| *c == cid) {
                     return Ok(Decision::Adopt(cid, signed));
                 }
-                match self.check(ctx, base, &signed).await {
-                    Ok(()) => return Ok(Decision::Adopt(cid, signed)),
-                    Err(e) => {
-                        lock(&ctx.refuted).insert(cid);
-                        tracing::warn!(round, %cid, "manifest refuted: {e}");
-                        emit(&Event::Refuted {
-                            round,
-                            manifest: cid.to_string(),
-                            reason: e.to_string(),
-                        });
-                    }
+                if let Verdict::Valid = self.judge(ctx, base, &cid, &signed, emit).await {
+                    return Ok(Decision::Adopt(cid, signed));
                 }
             }
             if ctx.inbox.latest_round() > round {
-                self.walk_back(ctx, round).await?;
-                continue;
+                // A newer manifest whose chain cannot be followed (yet, or ever: anyone may
+                // gossip one) is no reason to stop.
+                if let Err(e) = self.walk_back(ctx, round).await {
+                    tracing::info!(round, "cannot follow a newer manifest back: {e}");
+                }
+                let fresh = ctx
+                    .inbox
+                    .manifests(round)
+                    .iter()
+                    .any(|(c, _)| lock(&ctx.verdicts).open(c));
+                if fresh {
+                    continue;
+                }
             }
-            if made.is_none() {
+            if made.is_none() && !gave_up {
                 let announced: Vec<SignedAnnouncement> = ctx
                     .inbox
                     .announcements(round)
@@ -591,24 +710,51 @@ impl Participant {
                     .collect();
                 let anchor = base.prev.unwrap_or(ctx.task_cid);
                 let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
+                if said.elapsed() >= STATUS_EVERY {
+                    said = Instant::now();
+                    tracing::info!(
+                        round,
+                        announced = announced.len(),
+                        expected = expected.max(self.following(ctx, base)),
+                        rank = ?order.iter().position(|p| *p == me),
+                        manifests = ctx.inbox.manifests(round).len(),
+                        "waiting for the round's manifest"
+                    );
+                }
                 if let Some(rank) = order.iter().position(|p| *p == me) {
                     let now = Instant::now();
                     let enough = announced.len() >= min;
-                    let due = if rank == 0 {
-                        enough && (announced.len() >= expected || now >= deadline)
-                    } else {
-                        enough && now >= deadline + grace * rank as u32
-                    };
+                    let waiting = retry_at.is_some_and(|t| now < t);
+                    let due = !waiting
+                        && if rank == 0 {
+                            enough
+                                && (announced.len() >= expected.max(self.following(ctx, base))
+                                    || now >= deadline)
+                        } else {
+                            enough && now >= deadline + grace * rank as u32
+                        };
                     if due {
                         emit(&Event::Aggregating {
                             round,
                             rank: rank as u32,
                             updates: announced.len(),
                         });
-                        let m = self
+                        match self
                             .aggregate(ctx, base, data, &announced, rank as u32)
-                            .await?;
-                        made = Some(m);
+                            .await
+                        {
+                            Ok(m) => made = Some(m),
+                            Err(e @ RoundError::TooFew { .. }) => {
+                                // Wait for more updates, and try again.
+                                tracing::info!(round, "not closing yet: {e}");
+                                retry_at = Some(Instant::now() + RETRY_AGGREGATION);
+                            }
+                            Err(e) => {
+                                // Leave the round to the next rank rather than stop.
+                                tracing::warn!(round, "cannot aggregate: {e}");
+                                gave_up = true;
+                            }
+                        }
                         continue;
                     }
                 }
@@ -617,47 +763,159 @@ impl Participant {
         }
     }
 
-    /// A valid manifest for the adopted manifest's round that ranks better (lower rank, then
-    /// lower CID): the fork choice every node makes alike.
-    async fn better(
+    /// A chain that parts from this node's at a round it has decided and wins the fork choice
+    /// there (the lower rank, then the lower CID, of the two manifests for that round): its
+    /// manifests from that round on that hold up to recomputation, checked in order. Every
+    /// honest node that sees both chains ends up on the same one.
+    async fn better_chain(
+        &self,
+        ctx: &Ctx,
+        done: u32,
+        emit: &mut impl FnMut(&Event),
+    ) -> Result<Option<Reorg>, RoundError> {
+        if done == 0 {
+            return Ok(None);
+        }
+        let ours = |round: u32| self.rounds.adopted(&ctx.task_cid, round);
+        lock(&ctx.verdicts).decided(done);
+        // Tips not on our chain, newest first: a fork wins or loses for its whole chain.
+        let mut tips = Vec::new();
+        for round in (1..=ctx.inbox.latest_round()).rev() {
+            let adopted = ours(round)?;
+            let v = lock(&ctx.verdicts);
+            tips.extend(
+                ctx.inbox
+                    .manifests(round)
+                    .into_iter()
+                    .filter(|(c, _)| Some(*c) != adopted && v.open(c) && !v.settled.contains(c)),
+            );
+            if tips.len() >= MAX_TIPS {
+                break;
+            }
+        }
+        for (tip, signed) in tips.into_iter().take(MAX_TIPS) {
+            // Back along its `prev` links to the round where it parts from ours.
+            let mut chain = vec![(tip, signed)];
+            let parts = loop {
+                let Some((_, m)) = chain.last() else {
+                    break None;
+                };
+                let round = m.body.round;
+                if round == 1 {
+                    break Some(1);
+                }
+                let Some(our_prev) = ours(round - 1)? else {
+                    // Beyond what this node decided: not a fork (yet).
+                    break None;
+                };
+                let Some(prev) = m.body.prev else { break None };
+                if prev == our_prev {
+                    break Some(round);
+                }
+                if chain.len() > ctx.task.rounds as usize {
+                    break None;
+                }
+                let Ok(bytes) = self.fetch_block(prev, "an earlier manifest").await else {
+                    break None;
+                };
+                match Signed::<Manifest>::from_bytes(&prev, &bytes) {
+                    Ok(p) if p.body.round + 1 == round && p.body.task == ctx.task_cid => {
+                        chain.push((prev, p));
+                    }
+                    _ => break None,
+                }
+            };
+            let Some(from) = parts.filter(|r| *r <= done) else {
+                lock(&ctx.verdicts).settled.insert(tip);
+                continue;
+            };
+            chain.reverse();
+            let Some(our_cid) = ours(from)? else { continue };
+            let our = self.load_manifest(&our_cid)?;
+            let (first_cid, first) = &chain[0];
+            if (first.body.rank, *first_cid) >= (our.body.rank, our_cid) {
+                lock(&ctx.verdicts).settled.insert(tip);
+                continue;
+            }
+            // It wins where it parts: check it round by round from the base we share.
+            let (mut prev, mut prev_manifest) = match from {
+                1 => (None, None),
+                r => {
+                    let c = ours(r - 1)?;
+                    let m = c.map(|c| self.load_manifest(&c)).transpose()?;
+                    (c, m)
+                }
+            };
+            let mut valid = Vec::new();
+            for (cid, m) in chain {
+                let base = self
+                    .base(ctx, m.body.round, prev, prev_manifest.as_ref())
+                    .await?;
+                if !matches!(self.judge(ctx, &base, &cid, &m, emit).await, Verdict::Valid) {
+                    break;
+                }
+                prev = Some(cid);
+                prev_manifest = Some(m.clone());
+                valid.push((cid, m));
+            }
+            if !valid.is_empty() {
+                return Ok(Some(Reorg { from, chain: valid }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks a manifest once (or again, after a pause, while its inputs cannot be fetched)
+    /// and remembers the verdict.
+    async fn judge(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
-        adopted: Cid,
+        cid: &Cid,
         signed: &Signed<Manifest>,
         emit: &mut impl FnMut(&Event),
-    ) -> Option<SignedManifest> {
-        let key = (signed.body.rank, adopted);
-        let mut rivals: Vec<SignedManifest> = ctx
-            .inbox
-            .manifests(signed.body.round)
-            .into_iter()
-            .filter(|(c, m)| (m.body.rank, *c) < key)
-            .collect();
-        rivals.sort_by_key(|(c, m)| (m.body.rank, *c));
-        for (cid, rival) in rivals {
-            if lock(&ctx.refuted).contains(&cid) {
-                continue;
+    ) -> Verdict {
+        if lock(&ctx.verdicts).valid.contains(cid) {
+            return Verdict::Valid;
+        }
+        let round = signed.body.round;
+        match self.check(ctx, base, signed).await {
+            Ok(()) => {
+                let mut v = lock(&ctx.verdicts);
+                v.unreachable.remove(cid);
+                v.valid.insert(*cid);
+                Verdict::Valid
             }
-            match self.check(ctx, base, &rival).await {
-                Ok(()) => return Some((cid, rival)),
-                Err(e) => {
-                    lock(&ctx.refuted).insert(cid);
-                    emit(&Event::Refuted {
-                        round: rival.body.round,
-                        manifest: cid.to_string(),
-                        reason: e.to_string(),
-                    });
-                }
+            Err(e @ RoundError::Fetch { .. }) => {
+                // Its inputs may turn up (a provider restarts, a connection comes back).
+                let mut v = lock(&ctx.verdicts);
+                let pause = v
+                    .unreachable
+                    .get(cid)
+                    .map_or(RECHECK_AFTER, |(_, p)| (*p * 2).min(RECHECK_AT_MOST));
+                v.unreachable.insert(*cid, (Instant::now() + pause, pause));
+                tracing::info!(round, %cid, "cannot check a manifest yet (again in {pause:?}): {}", chain(&e));
+                Verdict::NotNow
+            }
+            Err(e) => {
+                lock(&ctx.verdicts).refuted.insert(*cid);
+                let reason = chain(&e);
+                tracing::warn!(round, %cid, "manifest refuted: {reason}");
+                emit(&Event::Refuted {
+                    round,
+                    manifest: cid.to_string(),
+                    reason,
+                });
+                Verdict::Refuted
             }
         }
-        None
     }
 
-    /// How many updates close a round early: last round's contributors and those whose
-    /// updates came too late for it (they are back), else the task's members, else its
-    /// minimum.
-    fn expected_participants(
+    /// How many updates close a round early (never fewer than the task's minimum): last
+    /// round's contributors and those whose updates came too late for it (they are back);
+    /// in the first round, the task's members, or in an open task this node and the peers
+    /// subscribed to its updates.
+    async fn expected_participants(
         &self,
         ctx: &Ctx,
         task: &Task,
@@ -670,10 +928,69 @@ impl Participant {
             alive.extend(ctx.inbox.late(m.body.round));
             return Ok(alive.len().max(task.min_participants as usize));
         }
-        Ok(task
-            .members
-            .as_ref()
-            .map_or(task.min_participants as usize, Vec::len))
+        let joined = match &task.members {
+            Some(members) => members.len(),
+            // An open task: this node and the peers following the task's updates.
+            None => {
+                let topic = Task::updates_topic(&ctx.task_cid);
+                1 + self.node.topic_peers(&topic).await?.len()
+            }
+        };
+        Ok(joined.max(task.min_participants as usize))
+    }
+
+    /// Starts fetching the updates announced for `round` on `base` that are not here yet:
+    /// whoever closes the round, its check then finds them here (communication overlaps
+    /// the wait for the slowest node).
+    fn prefetch(&self, ctx: &Ctx, round: u32, base: &Cid) {
+        let fresh: Vec<Cid> = {
+            let mut seen = lock(&ctx.prefetched);
+            ctx.inbox
+                .announcements(round)
+                .into_iter()
+                .filter(|(_, a)| a.body.base == *base && a.signer != self.node.peer_id())
+                .map(|(_, a)| a.body.update)
+                .filter(|u| seen.insert(*u))
+                .collect()
+        };
+        for update in fresh {
+            let node = self.node.clone();
+            let slots = ctx.prefetching.clone();
+            let per_block = self.config.block_timeout;
+            tokio::spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
+                let Ok(peers) = node.peers().await else {
+                    return;
+                };
+                if let Err(e) = fetch_dag(
+                    node.bitswap(),
+                    update,
+                    &peers,
+                    net::fetch::FETCH_WINDOW,
+                    per_block,
+                )
+                .await
+                {
+                    tracing::debug!(%update, "fetching ahead failed (fetched again when needed): {e}");
+                }
+            });
+        }
+    }
+
+    /// This node and the live peers that follow the chain to `base` (they re-publish its
+    /// head): they will announce updates on it, so the round waits for them too.
+    fn following(&self, ctx: &Ctx, base: &RoundBase) -> usize {
+        let Some(head) = base.prev else { return 1 };
+        let holders = ctx.inbox.holders(&head);
+        let me = self.node.peer_id();
+        1 + ctx
+            .inbox
+            .live_peers(LIVE)
+            .iter()
+            .filter(|p| **p != me && holders.contains(p))
+            .count()
     }
 
     /// Files the manifests between the newest seen and `round` by following `prev` links.
@@ -688,14 +1005,18 @@ impl Participant {
             let Some(cid) = prev else { break };
             let bytes = self.fetch_block(cid, "an earlier manifest").await?;
             let signed = Signed::<Manifest>::from_bytes(&cid, &bytes)?;
+            // Each link goes one round back, or the chain is not one.
+            if signed.body.round.checked_add(1) != Some(at) {
+                return Err(RoundError::Refuted(format!(
+                    "manifest {cid} is round {}, linked from round {at}",
+                    signed.body.round
+                )));
+            }
             prev = signed.body.prev;
             at = signed.body.round;
-            if let Err(why) = ctx
-                .inbox
-                .file_manifest(&ctx.task_cid, self.repo.blocks(), bytes)
-            {
-                return Err(RoundError::Refuted(why));
-            }
+            ctx.inbox
+                .file_manifest(self.repo.blocks(), bytes)
+                .map_err(RoundError::Refuted)?;
         }
         Ok(())
     }
@@ -709,6 +1030,7 @@ impl Participant {
         announced: &[SignedAnnouncement],
         rank: u32,
     ) -> Result<SignedManifest, RoundError> {
+        let started = Instant::now();
         // An author that vanished after announcing leaves its update out, not the round.
         let mut present = Vec::new();
         let mut missing = Vec::new();
@@ -721,15 +1043,27 @@ impl Participant {
                 }
             }
         }
-        let mut aggregated = compute::aggregate(
-            &self.repo,
-            &ctx.task_cid,
-            &ctx.task,
-            base,
-            &present,
-            &missing,
-        )?;
+        let fetched = started.elapsed();
+        let mut aggregated = {
+            let (repo, task_cid, task, base) = (
+                self.repo.clone(),
+                ctx.task_cid,
+                ctx.task.clone(),
+                base.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                compute::aggregate(&repo, &task_cid, &task, &base, &present, &missing)
+            })
+            .await
+            .map_err(|e| RoundError::Aggregate(e.to_string()))??
+        };
+        let computed = started.elapsed();
         aggregated.manifest.rank = rank;
+        let needed = ctx.task.min_participants as usize;
+        let usable = aggregated.manifest.contributions.len();
+        if usable < needed {
+            return Err(RoundError::TooFew { usable, needed });
+        }
         if let Some(test) = &data.test {
             let arch = ctx.arch;
             let model = aggregated.model.clone();
@@ -756,12 +1090,21 @@ impl Participant {
             .map_err(|e| RoundError::Task(format!("storing the manifest: {e}")))?;
         self.repo.pin(&signed.body.model, PinMode::Recursive)?;
         ctx.inbox
-            .file_manifest(&ctx.task_cid, self.repo.blocks(), bytes.clone())
+            .file_manifest(self.repo.blocks(), bytes.clone())
             .map_err(RoundError::Refuted)?;
         let _ = self
             .node
             .publish(&Task::manifests_topic(&ctx.task_cid), bytes)
             .await;
+        tracing::info!(
+            round = base.round,
+            %cid,
+            "published the round's manifest after {:.2} s (updates here at {:.2} s, \
+             aggregated at {:.2} s)",
+            started.elapsed().as_secs_f64(),
+            fetched.as_secs_f64(),
+            computed.as_secs_f64()
+        );
         Ok((cid, signed))
     }
 
@@ -772,6 +1115,7 @@ impl Participant {
         base: &RoundBase,
         signed: &Signed<Manifest>,
     ) -> Result<(), RoundError> {
+        let started = Instant::now();
         let m = &signed.body;
         let mut announcements = Vec::new();
         let listed = m
@@ -785,23 +1129,58 @@ impl Participant {
             .filter(|r| r.reason == compute::UNAVAILABLE)
             .map(|r| r.announcement)
             .collect();
+        // Announcements are small: fetched first, so the cheap checks run before any
+        // update is.
+        if m.contributions.len() + m.rejected.len() > super::inbox::MAX_ANNOUNCERS_PER_ROUND {
+            return Err(RoundError::Refuted("it lists too many updates".into()));
+        }
         for cid in listed {
             let bytes = self.fetch_block(cid, "an announcement").await?;
             let a = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
-            if !unavailable.contains(&cid) {
-                self.ensure(a.body.update, "an update").await?;
-            }
             announcements.push((cid, a));
         }
-        compute::check(
-            &self.repo,
+        compute::check_claims(
             &ctx.task_cid,
             &ctx.task,
             base,
             m,
             &signed.signer,
             &announcements,
-        )
+        )?;
+        for (cid, a) in &announcements {
+            if !unavailable.contains(cid) {
+                self.ensure(a.body.update, "an update").await?;
+            }
+        }
+        let fetched = started.elapsed();
+        let (repo, task_cid, task, base, manifest, signer) = (
+            self.repo.clone(),
+            ctx.task_cid,
+            ctx.task.clone(),
+            base.clone(),
+            m.clone(),
+            signed.signer,
+        );
+        tokio::task::spawn_blocking(move || {
+            compute::check(
+                &repo,
+                &task_cid,
+                &task,
+                &base,
+                &manifest,
+                &signer,
+                &announcements,
+            )
+        })
+        .await
+        .map_err(|e| RoundError::Aggregate(e.to_string()))??;
+        tracing::info!(
+            round = m.round,
+            "checked a manifest in {:.2} s (updates here at {:.2} s)",
+            started.elapsed().as_secs_f64(),
+            fetched.as_secs_f64()
+        );
+        Ok(())
     }
 
     /// The node's training images and, where the task has one, the test set.
@@ -939,4 +1318,20 @@ impl Participant {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An error and every cause under it, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // Many errors already print their cause; each cause is shown once.
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use cid::Cid;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// (task CID bytes, round) -> announcement CID bytes.
 const ANNOUNCED: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("announced");
@@ -109,6 +109,33 @@ impl RoundStore {
         self.put(ADOPTED, task, round, manifest)
     }
 
+    /// Records `chain` as the manifests adopted from round `from` on, in one transaction, and
+    /// forgets any adopted after it: the switch to a better chain after a fork.
+    pub fn record_chain(
+        &self,
+        task: &Cid,
+        from: u32,
+        chain: &[Cid],
+    ) -> Result<(), RoundStoreError> {
+        let key = task.to_bytes();
+        self.write(|txn| {
+            let mut t = txn.open_table(ADOPTED)?;
+            let mut round = from;
+            for cid in chain {
+                t.insert((key.as_slice(), round), cid.to_bytes().as_slice())?;
+                round += 1;
+            }
+            let stale: Vec<u32> = t
+                .range((key.as_slice(), round)..=(key.as_slice(), u32::MAX))?
+                .map(|entry| entry.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for r in stale {
+                t.remove((key.as_slice(), r))?;
+            }
+            Ok(())
+        })
+    }
+
     /// The last round with an adopted manifest (0 for none) and that manifest.
     pub fn head(&self, task: &Cid) -> Result<(u32, Option<Cid>), RoundStoreError> {
         let key = task.to_bytes();
@@ -210,5 +237,13 @@ mod tests {
         assert_eq!(store.announced(&task, 1).unwrap(), Some(cid(b"a1")));
         assert_eq!(store.announced(&task, 2).unwrap(), None);
         assert_eq!(store.head(&task).unwrap(), (2, Some(cid(b"m2"))));
+        // A switch to a shorter chain from round 1 forgets round 2; other tasks are untouched.
+        store.record_chain(&task, 1, &[cid(b"m1'")]).unwrap();
+        assert_eq!(store.head(&task).unwrap(), (1, Some(cid(b"m1'"))));
+        assert_eq!(store.adopted(&task, 2).unwrap(), None);
+        assert_eq!(
+            store.head(&cid(b"other task")).unwrap(),
+            (9, Some(cid(b"x")))
+        );
     }
 }

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+#[allow(dead_code)] // only the multi-host tests make namespaces
+pub mod lan;
+
 /// `len` pseudo-random bytes (xorshift), the same for the same seed.
 #[allow(dead_code)] // not every test binary makes files
 pub fn random(len: usize, seed: u64) -> Vec<u8> {
