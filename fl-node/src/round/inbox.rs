@@ -274,6 +274,16 @@ impl Inbox {
             .unwrap_or_default()
     }
 
+    /// The rounds with manifests seen, newest first.
+    pub fn manifest_rounds(&self) -> Vec<u32> {
+        lock(&self.contents)
+            .manifests
+            .keys()
+            .rev()
+            .copied()
+            .collect()
+    }
+
     /// The highest round any manifest seen is for.
     pub fn latest_round(&self) -> u32 {
         lock(&self.contents)

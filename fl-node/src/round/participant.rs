@@ -235,6 +235,18 @@ impl Verdicts {
         }
     }
 
+    /// Notes that what `cid` needs could not be fetched: it is looked at again after a pause
+    /// that doubles each time (returned).
+    fn unreachable_now(&mut self, cid: Cid) -> Duration {
+        let pause = self
+            .unreachable
+            .get(&cid)
+            .map_or(RECHECK_AFTER, |(_, p)| (*p * 2).min(RECHECK_AT_MOST));
+        self.unreachable
+            .insert(cid, (Instant::now() + pause, pause));
+        pause
+    }
+
     /// Forgets which forks were settled: this node's chain changed.
     fn forget_forks(&mut self) {
         self.settled.clear();
@@ -780,7 +792,7 @@ impl Participant {
         lock(&ctx.verdicts).decided(done);
         // Tips not on our chain, newest first: a fork wins or loses for its whole chain.
         let mut tips = Vec::new();
-        for round in (1..=ctx.inbox.latest_round()).rev() {
+        for round in ctx.inbox.manifest_rounds() {
             let adopted = ours(round)?;
             let v = lock(&ctx.verdicts);
             tips.extend(
@@ -793,11 +805,11 @@ impl Participant {
                 break;
             }
         }
-        for (tip, signed) in tips.into_iter().take(MAX_TIPS) {
+        'tips: for (tip, signed) in tips.into_iter().take(MAX_TIPS) {
             // Back along its `prev` links to the round where it parts from ours.
-            let mut chain = vec![(tip, signed)];
+            let mut path = vec![(tip, signed)];
             let parts = loop {
-                let Some((_, m)) = chain.last() else {
+                let Some((_, m)) = path.last() else {
                     break None;
                 };
                 let round = m.body.round;
@@ -812,15 +824,24 @@ impl Participant {
                 if prev == our_prev {
                     break Some(round);
                 }
-                if chain.len() > ctx.task.rounds as usize {
+                if path.len() > ctx.task.rounds as usize {
                     break None;
                 }
-                let Ok(bytes) = self.fetch_block(prev, "an earlier manifest").await else {
-                    break None;
+                let bytes = match self.fetch_block(prev, "an earlier manifest").await {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        // Looked at again after a pause, like a manifest it cannot check.
+                        let pause = lock(&ctx.verdicts).unreachable_now(tip);
+                        tracing::info!(%tip, "cannot follow a chain back (again in {pause:?}): {}", chain(&e));
+                        continue 'tips;
+                    }
                 };
                 match Signed::<Manifest>::from_bytes(&prev, &bytes) {
-                    Ok(p) if p.body.round + 1 == round && p.body.task == ctx.task_cid => {
-                        chain.push((prev, p));
+                    Ok(p)
+                        if p.body.round.checked_add(1) == Some(round)
+                            && p.body.task == ctx.task_cid =>
+                    {
+                        path.push((prev, p));
                     }
                     _ => break None,
                 }
@@ -829,10 +850,10 @@ impl Participant {
                 lock(&ctx.verdicts).settled.insert(tip);
                 continue;
             };
-            chain.reverse();
+            path.reverse();
             let Some(our_cid) = ours(from)? else { continue };
             let our = self.load_manifest(&our_cid)?;
-            let (first_cid, first) = &chain[0];
+            let (first_cid, first) = &path[0];
             if (first.body.rank, *first_cid) >= (our.body.rank, our_cid) {
                 lock(&ctx.verdicts).settled.insert(tip);
                 continue;
@@ -847,10 +868,19 @@ impl Participant {
                 }
             };
             let mut valid = Vec::new();
-            for (cid, m) in chain {
-                let base = self
+            for (cid, m) in path {
+                let base = match self
                     .base(ctx, m.body.round, prev, prev_manifest.as_ref())
-                    .await?;
+                    .await
+                {
+                    Ok(base) => base,
+                    Err(e) => {
+                        // Its model could not be fetched yet: the valid part so far counts.
+                        lock(&ctx.verdicts).unreachable_now(cid);
+                        tracing::info!(%cid, "cannot load a rival chain's model: {}", chain(&e));
+                        break;
+                    }
+                };
                 if !matches!(self.judge(ctx, &base, &cid, &m, emit).await, Verdict::Valid) {
                     break;
                 }
@@ -888,12 +918,7 @@ impl Participant {
             }
             Err(e @ RoundError::Fetch { .. }) => {
                 // Its inputs may turn up (a provider restarts, a connection comes back).
-                let mut v = lock(&ctx.verdicts);
-                let pause = v
-                    .unreachable
-                    .get(cid)
-                    .map_or(RECHECK_AFTER, |(_, p)| (*p * 2).min(RECHECK_AT_MOST));
-                v.unreachable.insert(*cid, (Instant::now() + pause, pause));
+                let pause = lock(&ctx.verdicts).unreachable_now(*cid);
                 tracing::info!(round, %cid, "cannot check a manifest yet (again in {pause:?}): {}", chain(&e));
                 Verdict::NotNow
             }
