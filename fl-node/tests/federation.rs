@@ -143,8 +143,9 @@ impl NodeProc {
         for e in self.events("switched") {
             let round = e["round"].as_u64().unwrap();
             let a = out.entry(round).or_insert_with(|| serde_json::json!({}));
-            a["manifest"] = e["manifest"].clone();
-            a["rank"] = e["rank"].clone();
+            for key in ["manifest", "rank", "participants"] {
+                a[key] = e[key].clone();
+            }
         }
         out
     }

@@ -166,33 +166,44 @@ fn a_provider_is_found_through_the_dht_along_a_chain_of_ten_nodes() {
     assert!(std::fs::read(&out).unwrap() == bytes);
 }
 
+/// One in-process node per repo, each bootstrapped from the node `pick` names among those
+/// started before it.
+async fn start_nodes(
+    repos: &[fl_core::content::Repo],
+    pick: fn(&[fl_node::net::Node]) -> Option<&fl_node::net::Node>,
+) -> Vec<fl_node::net::Node> {
+    use fl_node::net::{Node, NodeConfig};
+    let mut nodes: Vec<Node> = Vec::new();
+    for repo in repos {
+        let bootstrap = match pick(&nodes) {
+            Some(node) => vec![node.listen_addrs().await.unwrap().remove(0)],
+            None => Vec::new(),
+        };
+        let config = NodeConfig {
+            bootstrap,
+            ..common::loopback()
+        };
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let store = std::sync::Arc::new(repo.blocks().clone());
+        nodes.push(Node::start(key, store, config).await.unwrap());
+    }
+    nodes
+}
+
 /// Sixteen in-process nodes on one address, all bootstrapped from node 0: every node gets
 /// every other node's message on a topic (gossipsub's default peer scoring graylisted peers
 /// past 10 on one IP, so a federation of more than 10 nodes on one host heard nothing).
 #[test]
 fn sixteen_nodes_on_one_address_all_hear_each_other() {
     use fl_core::content::Repo;
-    use fl_node::net::{Node, NodeConfig};
+    use fl_node::net::Node;
 
     const N: usize = 16;
     let (_dir, repos) = dirs(N);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut nodes: Vec<Node> = Vec::new();
-        for path in &repos {
-            let repo = Repo::open(path).unwrap();
-            let bootstrap = match nodes.first() {
-                Some(first) => vec![first.listen_addrs().await.unwrap().remove(0)],
-                None => Vec::new(),
-            };
-            let config = NodeConfig {
-                bootstrap,
-                ..common::loopback()
-            };
-            let key = libp2p::identity::Keypair::generate_ed25519();
-            let store = std::sync::Arc::new(repo.blocks().clone());
-            nodes.push(Node::start(key, store, config).await.unwrap());
-        }
+        let repos: Vec<Repo> = repos.iter().map(|r| Repo::open(r).unwrap()).collect();
+        let nodes = start_nodes(&repos, <[Node]>::first).await;
         let mut inboxes = Vec::new();
         for node in &nodes {
             inboxes.push(node.gossip());
@@ -228,7 +239,7 @@ fn sixteen_nodes_on_one_address_all_hear_each_other() {
 #[test]
 fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
     use fl_core::content::Repo;
-    use fl_node::net::{self, Node, NodeConfig};
+    use fl_node::net::{self, Node};
 
     let (dir, repos) = dirs(10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -241,20 +252,7 @@ fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
                 &fl_core::content::unixfs::ImportOptions::default(),
             )
             .unwrap();
-        let mut nodes: Vec<Node> = Vec::new();
-        for repo in &repos {
-            let bootstrap = match nodes.last() {
-                Some(prev) => vec![prev.listen_addrs().await.unwrap().remove(0)],
-                None => Vec::new(),
-            };
-            let config = NodeConfig {
-                bootstrap,
-                ..common::loopback()
-            };
-            let key = libp2p::identity::Keypair::generate_ed25519();
-            let store = std::sync::Arc::new(repo.blocks().clone());
-            nodes.push(Node::start(key, store, config).await.unwrap());
-        }
+        let nodes = start_nodes(&repos, <[Node]>::last).await;
         nodes[0].provide(added.root).await.unwrap();
         let fetches = nodes[1..].iter().map(|node| {
             let node = node.clone();

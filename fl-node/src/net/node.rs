@@ -28,6 +28,9 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Misbehaving peers waiting to be disconnected.
 const MISBEHAVING_QUEUE: usize = 64;
+/// Largest gossip message sent or taken: a 2 MiB record (a manifest of 10,000
+/// contributions) and its envelope. Gossipsub's default, 64 KiB, held about 450.
+pub const MAX_GOSSIP_BYTES: usize = (2 << 20) + (64 << 10);
 /// How often lost bootstrap peers are dialled again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 
@@ -176,6 +179,7 @@ impl Node {
                 let gossip_config = gossipsub::ConfigBuilder::default()
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .heartbeat_interval(Duration::from_millis(500))
+                    .max_transmit_size(MAX_GOSSIP_BYTES)
                     .build()
                     .map_err(|e| e.to_string())?;
                 let mut gossipsub = gossipsub::Behaviour::new(
@@ -551,12 +555,13 @@ impl Driver {
             }
             // A connection that stopped answering pings is closed, so its peer is dialled
             // afresh (by it, or by `reconnect`) once the network carries packets again.
+            // (A peer without ping, or a stream error, is no sign of a dead link.)
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
-                result: Err(e),
+                result: Err(ping::Failure::Timeout),
             })) => {
-                tracing::info!(%peer, "closing a connection that stopped answering: {e}");
+                tracing::info!(%peer, "closing a connection that stopped answering pings");
                 self.swarm.close_connection(connection);
             }
             // Peers that speak the DHT protocol join the routing table.

@@ -19,6 +19,9 @@ pub const MAX_RECORD_BYTES: usize = 2 << 20;
 pub const MAX_ANNOUNCERS_PER_ROUND: usize = 4096;
 /// Most manifests kept for one round; more are dropped.
 pub const MAX_MANIFESTS_PER_ROUND: usize = 256;
+/// Most manifests kept for one round from one signer (an aggregator makes one, or a few
+/// after switching chains): one peer cannot fill a round's slots.
+pub const MAX_MANIFESTS_PER_SIGNER: usize = 4;
 
 /// A verified announcement and its block's CID.
 pub type SignedAnnouncement = (Cid, Signed<Announcement>);
@@ -36,8 +39,8 @@ struct Contents {
     /// Round -> authors whose announcements came after the round closed: alive, and
     /// expected in the next round.
     late: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
-    /// Manifest -> peers that gossiped it: they hold it as their head.
-    holders: HashMap<Cid, std::collections::BTreeSet<PeerId>>,
+    /// Peer -> the manifest it gossiped last: the head it follows (peers re-publish it).
+    heads: HashMap<PeerId, Cid>,
     /// Peer -> when a valid record of theirs last arrived (peers re-publish every second).
     heard: HashMap<PeerId, Instant>,
 }
@@ -201,6 +204,12 @@ impl Inbox {
                 "round {round} already has {MAX_MANIFESTS_PER_ROUND} manifests"
             ));
         }
+        let signer = signed.signer;
+        if seen.values().filter(|m| m.signer == signer).count() >= MAX_MANIFESTS_PER_SIGNER {
+            return Err(format!(
+                "{signer} already signed {MAX_MANIFESTS_PER_SIGNER} manifests for round {round}"
+            ));
+        }
         store.put(block).map_err(|e| e.to_string())?;
         seen.insert(cid, signed);
         drop(c);
@@ -230,21 +239,20 @@ impl Inbox {
     /// Notes that `peer` gossiped manifest `cid` (peers re-publish the head they follow).
     fn held_by(&self, cid: Cid, peer: PeerId) {
         let mut c = lock(&self.contents);
-        // Bounded by the manifests kept: one set per filed manifest.
-        let fresh = c.holders.entry(cid).or_default().insert(peer);
+        // Bounded: peers past the cap are not tracked (they still take part).
+        if c.heads.len() >= MAX_ANNOUNCERS_PER_ROUND && !c.heads.contains_key(&peer) {
+            return;
+        }
+        let moved = c.heads.insert(peer, cid) != Some(cid);
         drop(c);
-        if fresh {
+        if moved {
             self.changed.notify_waiters();
         }
     }
 
-    /// The peers known to follow manifest `cid`.
-    pub fn holders(&self, cid: &Cid) -> std::collections::BTreeSet<PeerId> {
-        lock(&self.contents)
-            .holders
-            .get(cid)
-            .cloned()
-            .unwrap_or_default()
+    /// The manifest `peer` gossiped last: the head it follows, as far as this node knows.
+    pub fn head_of(&self, peer: &PeerId) -> Option<Cid> {
+        lock(&self.contents).heads.get(peer).copied()
     }
 
     /// The announcements of `round` so far, by author.

@@ -123,6 +123,8 @@ pub enum Event {
         manifest: String,
         /// Its aggregator's rank.
         rank: u32,
+        /// Updates that counted.
+        participants: usize,
     },
     /// The round's manifest was checked and adopted.
     Adopted {
@@ -381,9 +383,20 @@ impl Participant {
                 let opened = Instant::now();
                 let base = self.base(&ctx, round, head, head_manifest.as_ref()).await?;
                 // A node that is behind (restarted, or joined late) does not train for rounds
-                // that others have already closed.
+                // that others have already closed: a chain of manifests from a later round
+                // back to this one, continuing this node's (a lone manifest for a later
+                // round proves nothing: anyone may sign one).
+                let closed = ctx.inbox.latest_round() > round && {
+                    if let Err(e) = self.walk_back(&ctx, round).await {
+                        tracing::info!(round, "cannot follow a newer manifest back: {}", chain(&e));
+                    }
+                    ctx.inbox
+                        .manifests(round)
+                        .iter()
+                        .any(|(_, m)| m.body.prev == base.prev)
+                };
                 let mut train_seconds = 0.0;
-                if ctx.inbox.latest_round() < round {
+                if !closed {
                     let (update, samples, seconds) = self.announce(&ctx, &base, &data).await?;
                     train_seconds = seconds;
                     emit(&Event::Announced {
@@ -442,21 +455,21 @@ impl Participant {
                 if now >= settle_until {
                     break;
                 }
-                let holders = ctx.inbox.holders(&c);
-                let everyone = ctx
-                    .inbox
-                    .live_peers(LIVE)
-                    .iter()
-                    .all(|p| *p == me || holders.contains(p));
-                if everyone && now >= started + SETTLE.min(self.config.linger) {
-                    break;
-                }
                 if let Some(reorg) = self.better_chain(&ctx, done, &mut emit).await? {
                     (done, head, head_manifest) = self.switch_to(&ctx, reorg, &mut emit)?;
                     if done < task.rounds {
                         continue 'task;
                     }
                     continue;
+                }
+                // No better chain in sight: done once every live peer follows this head.
+                let everyone = ctx
+                    .inbox
+                    .live_peers(LIVE)
+                    .iter()
+                    .all(|p| *p == me || ctx.inbox.head_of(p) == Some(c));
+                if everyone && now >= started + SETTLE.min(self.config.linger) {
+                    break;
                 }
                 ctx.inbox.changed(POLL).await;
             }
@@ -503,6 +516,7 @@ impl Participant {
                 round: m.body.round,
                 manifest: cid.to_string(),
                 rank: m.body.rank,
+                participants: m.body.contributions.len(),
             });
         }
         Ok((done, Some(head), Some(last)))
@@ -950,7 +964,15 @@ impl Participant {
             let m = self.load_manifest(&prev)?;
             let mut alive: HashSet<libp2p::PeerId> =
                 m.body.contributions.iter().map(|c| c.peer).collect();
+            // Those whose updates came after the aggregator closed the round, before or
+            // after this node did.
             alive.extend(ctx.inbox.late(m.body.round));
+            alive.extend(
+                ctx.inbox
+                    .announcements(m.body.round)
+                    .into_iter()
+                    .map(|(_, a)| a.signer),
+            );
             return Ok(alive.len().max(task.min_participants as usize));
         }
         let joined = match &task.members {
@@ -1008,13 +1030,12 @@ impl Participant {
     /// head): they will announce updates on it, so the round waits for them too.
     fn following(&self, ctx: &Ctx, base: &RoundBase) -> usize {
         let Some(head) = base.prev else { return 1 };
-        let holders = ctx.inbox.holders(&head);
         let me = self.node.peer_id();
         1 + ctx
             .inbox
             .live_peers(LIVE)
             .iter()
-            .filter(|p| **p != me && holders.contains(p))
+            .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
             .count()
     }
 

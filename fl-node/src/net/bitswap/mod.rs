@@ -481,6 +481,9 @@ pub async fn fetch_dag(
     per_peer: Duration,
 ) -> Result<u64, DagError> {
     let mut queue = VecDeque::from([root]);
+    // Each distinct block is walked once: a block may link the same child many times, and
+    // such blocks nest (a few kilobytes could otherwise name billions of visits).
+    let mut seen = std::collections::HashSet::from([root]);
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut fetched = 0u64;
     let mut next_peer = 0usize;
@@ -488,7 +491,10 @@ pub async fn fetch_dag(
         while in_flight.len() < window.max(1) {
             let Some(cid) = queue.pop_front() else { break };
             if let Some(block) = lookup(bitswap.store(), &cid)? {
-                queue.extend(fl_core::content::links::links(&block)?);
+                let links = fl_core::content::links::links(&block)?;
+                queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
+                // Walking a large DAG that is already here must not starve the runtime.
+                tokio::task::yield_now().await;
                 continue;
             }
             let first = next_peer;
@@ -501,7 +507,8 @@ pub async fn fetch_dag(
         };
         let block = result?;
         fetched += 1;
-        queue.extend(fl_core::content::links::links(&block)?);
+        let links = fl_core::content::links::links(&block)?;
+        queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
     }
 }
 
