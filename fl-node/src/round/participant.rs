@@ -736,12 +736,13 @@ impl Participant {
                     .collect();
                 let anchor = base.prev.unwrap_or(ctx.task_cid);
                 let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
+                let awaited = expected.max(self.following(ctx, base));
                 if said.elapsed() >= STATUS_EVERY {
                     said = Instant::now();
                     tracing::info!(
                         round,
                         announced = announced.len(),
-                        expected = expected.max(self.following(ctx, base)),
+                        expected = awaited,
                         rank = ?order.iter().position(|p| *p == me),
                         manifests = ctx.inbox.manifests(round).len(),
                         "waiting for the round's manifest"
@@ -753,9 +754,7 @@ impl Participant {
                     let waiting = retry_at.is_some_and(|t| now < t);
                     let due = !waiting
                         && if rank == 0 {
-                            enough
-                                && (announced.len() >= expected.max(self.following(ctx, base))
-                                    || now >= deadline)
+                            enough && (announced.len() >= awaited || now >= deadline)
                         } else {
                             enough && now >= deadline + grace * rank as u32
                         };
