@@ -8,7 +8,8 @@
 #   [EPOCHS=E] experiments/round_overhead.sh [NODES] [ROUNDS] [DATA]   e.g. 5 3 ../shared/datasets/cifar10
 #
 # The release `fl` is built if missing (FL_BIN names another). Output: one line per round and
-# the mean overhead over rounds 2.. (round 1 also fetches the data).
+# the mean overhead over rounds 2.. (round 1 also fetches the data). LOGS=DIR keeps each node's
+# events (nI.out) and log (nI.log) there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES="${1:-5}"
@@ -17,6 +18,7 @@ DATA="${3:-../shared/datasets/cifar10}"
 FL="${FL_BIN:-$PWD/target/release/fl}"
 [ -x "$FL" ] || cargo build --release -p fl-node
 OUT=$(mktemp -d)
+[ -n "${LOGS:-}" ] && export RUST_LOG="${RUST_LOG:-info}"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 export FL_REPO="$OUT/r0"
@@ -25,14 +27,15 @@ TASK=$("$FL" task create --data "$MANIFEST" --rounds "$ROUNDS" --epochs "${EPOCH
     --min-participants "$NODES" --deadline 3600 --grace 60)
 unset FL_REPO
 FL_REPO="$OUT/r0" "$FL" node run --no-mdns --listen /ip4/127.0.0.1/tcp/0 --task "$TASK" \
-    --shard 0 --linger 5 > "$OUT/n0.out" 2>/dev/null &
+    --shard 0 --linger 5 > "$OUT/n0.out" 2> "$OUT/n0.log" &
 for _ in $(seq 100); do grep -q "listening on" "$OUT/n0.out" && break; sleep 0.1; done
 ADDR=$(grep -m1 "listening on" "$OUT/n0.out" | cut -d' ' -f3)
 for i in $(seq 1 $((NODES - 1))); do
     FL_REPO="$OUT/r$i" "$FL" node run --no-mdns --listen /ip4/127.0.0.1/tcp/0 --task "$TASK" \
-        --shard "$i" --bootstrap "$ADDR" --linger 5 > "$OUT/n$i.out" 2>/dev/null &
+        --shard "$i" --bootstrap "$ADDR" --linger 5 > "$OUT/n$i.out" 2> "$OUT/n$i.log" &
 done
 wait
+[ -n "${LOGS:-}" ] && mkdir -p "$LOGS" && cp "$OUT"/n* "$LOGS"/
 
 python3 - "$OUT" "$NODES" "$ROUNDS" <<'PY'
 import glob, json, statistics, sys

@@ -5,6 +5,7 @@
 //! before it is adopted; adopted rounds and announced updates survive restarts.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +36,9 @@ const JOIN_TRIES: u32 = 5;
 const JOIN_PAUSE: Duration = Duration::from_secs(2);
 /// How often a node waiting for a round's manifest logs where it stands.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// Nodes this early in the round's aggregator ranking fetch its updates ahead of its
+/// manifest.
+const PREFETCH_RANKS: usize = 2;
 /// Updates fetched ahead of the round's manifest at once.
 const PREFETCH_AT_ONCE: usize = 4;
 /// Most manifests off this node's chain looked at per pass of the fork choice.
@@ -146,7 +150,8 @@ pub enum Event {
         loss: Option<f64>,
         /// Privacy spent so far.
         epsilon: Option<f64>,
-        /// Seconds from the round's start here to adoption.
+        /// Seconds from the round's start here to taking its manifest: the next round
+        /// trains from then on, while the manifest is recomputed.
         seconds: f64,
         /// Seconds of this node's local training in the round (0 when it did not train).
         train_seconds: f64,
@@ -266,8 +271,9 @@ impl Verdicts {
 
 /// How a round ended for this node.
 enum Decision {
-    /// The round's manifest.
-    Adopt(Cid, Signed<Manifest>),
+    /// The round's manifest, and whether it was recomputed already (or only its claims
+    /// checked).
+    Adopt(Cid, Signed<Manifest>, bool),
     /// A chain that wins the fork choice against this node's, to follow instead.
     Switch(Reorg),
 }
@@ -275,6 +281,27 @@ enum Decision {
 /// Where a node stands on the chain: the last round decided, its manifest's CID and the
 /// manifest (none before round 1).
 type Position = (u32, Option<Cid>, Option<Signed<Manifest>>);
+
+/// A manifest taken for its round, on its claims or recomputed.
+struct Pending {
+    cid: Cid,
+    signed: Signed<Manifest>,
+    /// What its round started from, to recompute it.
+    base: RoundBase,
+    /// Where the node stood before taking it.
+    before: Position,
+    /// Seconds from the round's start here to taking it.
+    seconds: f64,
+    /// Seconds this node trained in the round.
+    train_seconds: f64,
+}
+
+/// An update trained, not yet stored or announced.
+struct Trained {
+    update: Bundle,
+    samples: u64,
+    seconds: f64,
+}
 
 /// A better chain: its manifests from round `from` (where it parts from this node's) on.
 struct Reorg {
@@ -376,7 +403,10 @@ impl Participant {
         });
 
         // Rounds, then (after the last) serving while peers finish; a switch to a better
-        // chain can take the node back to rounds it had decided.
+        // chain can take the node back to rounds it had decided. A manifest taken on its
+        // claims is recomputed while the next round trains on it, and confirmed before the
+        // next update is announced: a refuted one takes the node back to where it stood.
+        let mut pending: Option<Pending> = None;
         'task: loop {
             while done < task.rounds {
                 let round = done + 1;
@@ -395,53 +425,89 @@ impl Participant {
                         .iter()
                         .any(|(_, m)| m.body.prev == base.prev)
                 };
+                let again = match closed {
+                    true => None,
+                    false => self.announced_before(&ctx, &base).await?,
+                };
                 let mut train_seconds = 0.0;
-                if !closed {
-                    let (update, samples, seconds) = self.announce(&ctx, &base, &data).await?;
-                    train_seconds = seconds;
+                if closed || again.is_some() {
+                    if let Some(before) = self.confirm(&ctx, pending.take(), &mut emit).await? {
+                        (done, head, head_manifest) = before;
+                        continue;
+                    }
+                    if let Some((update, samples)) = again {
+                        emit(&Event::Announced {
+                            round,
+                            update: update.to_string(),
+                            samples,
+                            train_seconds: 0.0,
+                        });
+                    }
+                } else {
+                    let overlap = {
+                        let training = self.train(&ctx, &base, &data);
+                        let confirming = self.confirm(&ctx, pending.take(), &mut emit);
+                        tokio::pin!(training, confirming);
+                        tokio::select! {
+                            back = &mut confirming => match back? {
+                                // Training on a model that did not hold up: left to finish
+                                // on its own, its update unsent.
+                                Some(before) => ControlFlow::Break(before),
+                                None => ControlFlow::Continue(training.await),
+                            },
+                            trained = &mut training => match confirming.await? {
+                                Some(before) => ControlFlow::Break(before),
+                                None => ControlFlow::Continue(trained),
+                            },
+                        }
+                    };
+                    let trained = match overlap {
+                        ControlFlow::Continue(trained) => trained?,
+                        ControlFlow::Break(before) => {
+                            (done, head, head_manifest) = before;
+                            continue;
+                        }
+                    };
+                    train_seconds = trained.seconds;
+                    let (update, samples) = self.announce(&ctx, &base, trained).await?;
                     emit(&Event::Announced {
                         round,
                         update: update.to_string(),
                         samples,
-                        train_seconds: seconds,
+                        train_seconds,
                     });
                 }
-                let (cid, signed) = match self
+                let (cid, signed, checked) = match self
                     .decide(&ctx, &base, done, &data, opened, &mut emit)
                     .await?
                 {
-                    Decision::Adopt(cid, signed) => (cid, signed),
+                    Decision::Adopt(cid, signed, checked) => (cid, signed, checked),
                     Decision::Switch(reorg) => {
                         (done, head, head_manifest) = self.switch_to(&ctx, reorg, &mut emit)?;
                         continue;
                     }
                 };
-                self.rounds.record_adopted(&task_cid, round, &cid)?;
-                ctx.inbox.close_through(round);
-                {
-                    let mut r = lock(&ctx.republish);
-                    r.head = Some(self.block_bytes(&cid)?);
-                    r.announcement = None;
-                }
-                let _ = self.node.provide(signed.body.model).await;
-                tracing::info!(round, %cid, "adopted the round's manifest");
-                let m = &signed.body;
-                emit(&Event::Adopted {
-                    round,
-                    manifest: cid.to_string(),
-                    model: m.model.to_string(),
-                    aggregator: signed.signer.to_string(),
-                    rank: m.rank,
-                    participants: m.contributions.len(),
-                    accuracy: m.metrics.as_ref().map(|x| x.test_accuracy),
-                    loss: m.metrics.as_ref().map(|x| x.test_loss),
-                    epsilon: m.epsilon,
+                let taken = Pending {
+                    cid,
+                    signed: signed.clone(),
+                    base,
+                    before: (done, head, head_manifest.clone()),
                     seconds: opened.elapsed().as_secs_f64(),
                     train_seconds,
-                });
+                };
+                if checked {
+                    self.commit(&ctx, &taken, &mut emit).await?;
+                } else {
+                    tracing::info!(round, %cid, "took the round's manifest on its claims; recomputing it");
+                    pending = Some(taken);
+                }
                 done = round;
                 head = Some(cid);
                 head_manifest = Some(signed);
+            }
+            if let Some(before) = self.confirm(&ctx, pending.take(), &mut emit).await? {
+                (done, head, head_manifest) = before;
+                continue 'task;
             }
 
             // Keep serving the last blocks (and the head) to peers still finishing, and
@@ -564,26 +630,37 @@ impl Participant {
         })
     }
 
-    /// Trains on the local data (or takes the update announced before a restart), stores
-    /// and announces it; returns the update, its samples and the training seconds.
-    async fn announce(
+    /// The update this node announced for the round before a restart, if any (announced
+    /// again when the chain still holds its base): a round gets one update from a node.
+    async fn announced_before(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+    ) -> Result<Option<(Cid, u64)>, RoundError> {
+        let round = base.round;
+        let Some(cid) = self.rounds.announced(&ctx.task_cid, round)? else {
+            return Ok(None);
+        };
+        let bytes = self.block_bytes(&cid)?;
+        let signed = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
+        if signed.body.base == base.model_cid {
+            tracing::info!(round, %cid, "announcing again the update made before a restart");
+            self.publish_announcement(ctx, bytes).await;
+        }
+        // Otherwise it was made on a model the chain no longer holds: that round went on
+        // without it.
+        Ok(Some((signed.body.update, signed.body.samples)))
+    }
+
+    /// Trains on the local data from the round's model, then clips and noises the update
+    /// when the task asks.
+    async fn train(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
         data: &LocalData,
-    ) -> Result<(Cid, u64, f64), RoundError> {
+    ) -> Result<Trained, RoundError> {
         let round = base.round;
-        if let Some(cid) = self.rounds.announced(&ctx.task_cid, round)? {
-            let bytes = self.block_bytes(&cid)?;
-            let signed = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
-            if signed.body.base == base.model_cid {
-                tracing::info!(round, %cid, "announcing again the update made before a restart");
-                self.publish_announcement(ctx, bytes).await;
-                return Ok((signed.body.update, signed.body.samples, 0.0));
-            }
-            // Announced on a model the chain no longer holds: that round went on without it.
-            return Ok((signed.body.update, signed.body.samples, 0.0));
-        }
         let started = Instant::now();
         let task = ctx.task.clone();
         let arch = ctx.arch;
@@ -622,13 +699,30 @@ impl Participant {
                 .map_err(|e| RoundError::Train(format!("clipping and noising: {e}")))?
                 .0;
         }
-        let update_cid = update
+        Ok(Trained {
+            update,
+            samples: outcome.samples as u64,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Stores a trained update and announces it (signed); returns the update and its
+    /// samples.
+    async fn announce(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        trained: Trained,
+    ) -> Result<(Cid, u64), RoundError> {
+        let round = base.round;
+        let update_cid = trained
+            .update
             .store(&self.repo)
             .map_err(|source| RoundError::Store {
                 what: "update",
                 source,
             })?;
-        let samples = outcome.samples as u64;
+        let samples = trained.samples;
         let signed = Signed::sign(
             Announcement {
                 task: ctx.task_cid,
@@ -651,9 +745,69 @@ impl Participant {
         self.rounds.record_announced(&ctx.task_cid, round, &cid)?;
         let _ = self.node.provide(update_cid).await;
         self.publish_announcement(ctx, bytes).await;
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(round, %update_cid, "announced an update after {seconds:.2} s of training");
-        Ok((update_cid, samples, seconds))
+        tracing::info!(
+            round,
+            %update_cid,
+            "announced an update after {:.2} s of training",
+            trained.seconds
+        );
+        Ok((update_cid, samples))
+    }
+
+    /// Recomputes a manifest taken on its claims (if any) and adopts it; returns where the
+    /// node stood before taking it when it does not hold up (or cannot be checked yet).
+    async fn confirm(
+        &self,
+        ctx: &Ctx,
+        pending: Option<Pending>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Result<Option<Position>, RoundError> {
+        let Some(p) = pending else { return Ok(None) };
+        match self.judge(ctx, &p.base, &p.cid, &p.signed, emit).await {
+            Verdict::Valid => {
+                self.commit(ctx, &p, emit).await?;
+                Ok(None)
+            }
+            Verdict::Refuted | Verdict::NotNow => {
+                tracing::info!(round = p.base.round, cid = %p.cid, "going back: the manifest taken on its claims is not confirmed");
+                Ok(Some(p.before))
+            }
+        }
+    }
+
+    /// Adopts a checked manifest: recorded (it survives restarts), re-published as this
+    /// node's head, its model provided, and said.
+    async fn commit(
+        &self,
+        ctx: &Ctx,
+        p: &Pending,
+        emit: &mut impl FnMut(&Event),
+    ) -> Result<(), RoundError> {
+        let (round, cid, signed) = (p.base.round, p.cid, &p.signed);
+        self.rounds.record_adopted(&ctx.task_cid, round, &cid)?;
+        ctx.inbox.close_through(round);
+        {
+            let mut r = lock(&ctx.republish);
+            r.head = Some(self.block_bytes(&cid)?);
+            r.announcement = None;
+        }
+        let _ = self.node.provide(signed.body.model).await;
+        tracing::info!(round, %cid, "adopted the round's manifest");
+        let m = &signed.body;
+        emit(&Event::Adopted {
+            round,
+            manifest: cid.to_string(),
+            model: m.model.to_string(),
+            aggregator: signed.signer.to_string(),
+            rank: m.rank,
+            participants: m.contributions.len(),
+            accuracy: m.metrics.as_ref().map(|x| x.test_accuracy),
+            loss: m.metrics.as_ref().map(|x| x.test_loss),
+            epsilon: m.epsilon,
+            seconds: p.seconds,
+            train_seconds: p.train_seconds,
+        });
+        Ok(())
     }
 
     async fn publish_announcement(&self, ctx: &Ctx, bytes: Vec<u8>) {
@@ -693,7 +847,6 @@ impl Participant {
         let mut retry_at: Option<Instant> = None;
         let mut said = Instant::now();
         loop {
-            self.prefetch(ctx, round, &base.model_cid);
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
             }
@@ -705,11 +858,24 @@ impl Participant {
                 .collect();
             candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
             for (cid, signed) in candidates {
-                if made.as_ref().is_some_and(|(c, _)| *c == cid) {
-                    return Ok(Decision::Adopt(cid, signed));
+                let (checked, missed) = {
+                    let v = lock(&ctx.verdicts);
+                    (v.valid.contains(&cid), v.unreachable.contains_key(&cid))
+                };
+                if checked || made.as_ref().is_some_and(|(c, _)| *c == cid) {
+                    return Ok(Decision::Adopt(cid, signed, true));
                 }
-                if let Verdict::Valid = self.judge(ctx, base, &cid, &signed, emit).await {
-                    return Ok(Decision::Adopt(cid, signed));
+                // The next round trains on it while it is recomputed (after the last round,
+                // the recomputation comes before the node is done); a manifest whose inputs
+                // were missing before is recomputed first.
+                if !missed {
+                    if let Verdict::Valid =
+                        self.take_on_claims(ctx, base, &cid, &signed, emit).await
+                    {
+                        return Ok(Decision::Adopt(cid, signed, false));
+                    }
+                } else if let Verdict::Valid = self.judge(ctx, base, &cid, &signed, emit).await {
+                    return Ok(Decision::Adopt(cid, signed, true));
                 }
             }
             if ctx.inbox.latest_round() > round {
@@ -736,6 +902,11 @@ impl Participant {
                     .collect();
                 let anchor = base.prev.unwrap_or(ctx.task_cid);
                 let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
+                // The first two in line fetch the updates while the round fills; the others
+                // fetch them to recompute the manifest, while the next round trains.
+                if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
+                    self.prefetch(ctx, round, &base.model_cid);
+                }
                 let awaited = expected.max(self.following(ctx, base));
                 if said.elapsed() >= STATUS_EVERY {
                     said = Instant::now();
@@ -921,14 +1092,40 @@ impl Participant {
         if lock(&ctx.verdicts).valid.contains(cid) {
             return Verdict::Valid;
         }
-        let round = signed.body.round;
-        match self.check(ctx, base, signed).await {
-            Ok(()) => {
-                let mut v = lock(&ctx.verdicts);
-                v.unreachable.remove(cid);
-                v.valid.insert(*cid);
-                Verdict::Valid
-            }
+        let checked = self.check(ctx, base, signed).await;
+        if checked.is_ok() {
+            let mut v = lock(&ctx.verdicts);
+            v.unreachable.remove(cid);
+            v.valid.insert(*cid);
+        }
+        Self::verdict(ctx, cid, signed.body.round, checked, emit)
+    }
+
+    /// Checks a manifest's claims only (signatures, entitlement, rank, what it lists): enough
+    /// to train on it while it is recomputed.
+    async fn take_on_claims(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        cid: &Cid,
+        signed: &Signed<Manifest>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Verdict {
+        let claims = self.claims(ctx, base, signed).await.map(|_| ());
+        Self::verdict(ctx, cid, signed.body.round, claims, emit)
+    }
+
+    /// What a look at manifest `cid` concluded, remembered: a fetch that failed is tried
+    /// again after a pause, any other failure refutes it for good.
+    fn verdict(
+        ctx: &Ctx,
+        cid: &Cid,
+        round: u32,
+        looked: Result<(), RoundError>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Verdict {
+        match looked {
+            Ok(()) => Verdict::Valid,
             Err(e @ RoundError::Fetch { .. }) => {
                 // Its inputs may turn up (a provider restarts, a connection comes back).
                 let pause = lock(&ctx.verdicts).unreachable_now(*cid);
@@ -1162,36 +1359,13 @@ impl Participant {
     ) -> Result<(), RoundError> {
         let started = Instant::now();
         let m = &signed.body;
-        let mut announcements = Vec::new();
-        let listed = m
-            .contributions
-            .iter()
-            .map(|c| c.announcement)
-            .chain(m.rejected.iter().map(|r| r.announcement));
+        let announcements = self.claims(ctx, base, signed).await?;
         let unavailable: HashSet<Cid> = m
             .rejected
             .iter()
             .filter(|r| r.reason == compute::UNAVAILABLE)
             .map(|r| r.announcement)
             .collect();
-        // Announcements are small: fetched first, so the cheap checks run before any
-        // update is.
-        if m.contributions.len() + m.rejected.len() > super::inbox::MAX_ANNOUNCERS_PER_ROUND {
-            return Err(RoundError::Refuted("it lists too many updates".into()));
-        }
-        for cid in listed {
-            let bytes = self.fetch_block(cid, "an announcement").await?;
-            let a = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
-            announcements.push((cid, a));
-        }
-        compute::check_claims(
-            &ctx.task_cid,
-            &ctx.task,
-            base,
-            m,
-            &signed.signer,
-            &announcements,
-        )?;
         for (cid, a) in &announcements {
             if !unavailable.contains(cid) {
                 self.ensure(a.body.update, "an update").await?;
@@ -1226,6 +1400,42 @@ impl Participant {
             fetched.as_secs_f64()
         );
         Ok(())
+    }
+
+    /// Fetches the announcements a manifest lists (they are small) and checks its claims
+    /// against them, before any update is fetched; returns the announcements.
+    async fn claims(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        signed: &Signed<Manifest>,
+    ) -> Result<Vec<(Cid, Signed<Announcement>)>, RoundError> {
+        let m = &signed.body;
+        let mut announcements = Vec::new();
+        let listed = m
+            .contributions
+            .iter()
+            .map(|c| c.announcement)
+            .chain(m.rejected.iter().map(|r| r.announcement));
+        // Announcements are small: fetched first, so the cheap checks run before any
+        // update is.
+        if m.contributions.len() + m.rejected.len() > super::inbox::MAX_ANNOUNCERS_PER_ROUND {
+            return Err(RoundError::Refuted("it lists too many updates".into()));
+        }
+        for cid in listed {
+            let bytes = self.fetch_block(cid, "an announcement").await?;
+            let a = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
+            announcements.push((cid, a));
+        }
+        compute::check_claims(
+            &ctx.task_cid,
+            &ctx.task,
+            base,
+            m,
+            &signed.signer,
+            &announcements,
+        )?;
+        Ok(announcements)
     }
 
     /// The node's training images and, where the task has one, the test set.
