@@ -55,6 +55,9 @@ const RETRY_AGGREGATION: Duration = Duration::from_secs(2);
 const RECHECK_AFTER: Duration = Duration::from_secs(2);
 /// Longest such pause.
 const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
+/// Tries beyond the first at recomputing a manifest taken on its claims whose inputs cannot
+/// be fetched (pauses of 2, 4, 8 and 16 s) before the node goes back on it.
+const CONFIRM_TRIES: u32 = 4;
 /// Test images per evaluation batch.
 const EVAL_BATCH: usize = 256;
 
@@ -210,6 +213,8 @@ struct Ctx {
     prefetched: Mutex<HashSet<Cid>>,
     /// Bounds the fetches ahead.
     prefetching: Arc<tokio::sync::Semaphore>,
+    /// One training at a time (one left running after its base was refuted included).
+    training: Arc<tokio::sync::Semaphore>,
 }
 
 /// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
@@ -375,6 +380,7 @@ impl Participant {
             verdicts: Mutex::default(),
             prefetched: Mutex::default(),
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
+            training: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let data = self.local_data(&task).await?;
 
@@ -425,17 +431,14 @@ impl Participant {
                         .iter()
                         .any(|(_, m)| m.body.prev == base.prev)
                 };
-                let again = match closed {
-                    true => None,
-                    false => self.announced_before(&ctx, &base).await?,
-                };
+                let announced = !closed && self.rounds.announced(&ctx.task_cid, round)?.is_some();
                 let mut train_seconds = 0.0;
-                if closed || again.is_some() {
+                if closed || announced {
                     if let Some(before) = self.confirm(&ctx, pending.take(), &mut emit).await? {
                         (done, head, head_manifest) = before;
                         continue;
                     }
-                    if let Some((update, samples)) = again {
+                    if let Some((update, samples)) = self.announced_before(&ctx, &base).await? {
                         emit(&Event::Announced {
                             round,
                             update: update.to_string(),
@@ -451,7 +454,7 @@ impl Participant {
                         tokio::select! {
                             back = &mut confirming => match back? {
                                 // Training on a model that did not hold up: left to finish
-                                // on its own, its update unsent.
+                                // on its own (the next training waits for it), unsent.
                                 Some(before) => ControlFlow::Break(before),
                                 None => ControlFlow::Continue(training.await),
                             },
@@ -672,7 +675,15 @@ impl Participant {
             .wrapping_mul(1_000_003)
             .wrapping_add(u64::from(round) * 7919)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
+        // Held until the training ends, even one whose result is no longer wanted.
+        let slot = ctx
+            .training
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| RoundError::Train(e.to_string()))?;
         let outcome = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let t = &task.train;
             let config = TrainConfig {
                 epochs: t.epochs as usize,
@@ -763,14 +774,27 @@ impl Participant {
         emit: &mut impl FnMut(&Event),
     ) -> Result<Option<Position>, RoundError> {
         let Some(p) = pending else { return Ok(None) };
-        match self.judge(ctx, &p.base, &p.cid, &p.signed, emit).await {
-            Verdict::Valid => {
-                self.commit(ctx, &p, emit).await?;
-                Ok(None)
-            }
-            Verdict::Refuted | Verdict::NotNow => {
-                tracing::info!(round = p.base.round, cid = %p.cid, "going back: the manifest taken on its claims is not confirmed");
-                Ok(Some(p.before))
+        let mut tries = 0;
+        loop {
+            match self.judge(ctx, &p.base, &p.cid, &p.signed, emit).await {
+                Verdict::Valid => {
+                    self.commit(ctx, &p, emit).await?;
+                    return Ok(None);
+                }
+                // Its inputs may turn up: nothing was announced on it yet, so waiting a
+                // while costs no safety.
+                Verdict::NotNow if tries < CONFIRM_TRIES => {
+                    tries += 1;
+                    let pause = lock(&ctx.verdicts)
+                        .unreachable
+                        .get(&p.cid)
+                        .map_or(RECHECK_AFTER, |(_, pause)| *pause);
+                    tokio::time::sleep(pause).await;
+                }
+                Verdict::Refuted | Verdict::NotNow => {
+                    tracing::info!(round = p.base.round, cid = %p.cid, "going back: the manifest taken on its claims is not confirmed");
+                    return Ok(Some(p.before));
+                }
             }
         }
     }
@@ -1101,8 +1125,8 @@ impl Participant {
         Self::verdict(ctx, cid, signed.body.round, checked, emit)
     }
 
-    /// Checks a manifest's claims only (signatures, entitlement, rank, what it lists): enough
-    /// to train on it while it is recomputed.
+    /// Checks a manifest's claims only (signatures, entitlement, rank, what it lists) and
+    /// that its model is here and loadable: enough to train on it while it is recomputed.
     async fn take_on_claims(
         &self,
         ctx: &Ctx,
@@ -1111,8 +1135,16 @@ impl Participant {
         signed: &Signed<Manifest>,
         emit: &mut impl FnMut(&Event),
     ) -> Verdict {
-        let claims = self.claims(ctx, base, signed).await.map(|_| ());
-        Self::verdict(ctx, cid, signed.body.round, claims, emit)
+        let round = signed.body.round;
+        let mut looked = self.claims(ctx, base, signed).await.map(|_| ());
+        if looked.is_ok() && round < ctx.task.rounds {
+            // The next round starts from its model (and server state): here and loadable.
+            looked = self
+                .base(ctx, round + 1, Some(*cid), Some(signed))
+                .await
+                .map(|_| ());
+        }
+        Self::verdict(ctx, cid, round, looked, emit)
     }
 
     /// What a look at manifest `cid` concluded, remembered: a fetch that failed is tried
@@ -1182,9 +1214,9 @@ impl Participant {
         Ok(joined.max(task.min_participants as usize))
     }
 
-    /// Starts fetching the updates announced for `round` on `base` that are not here yet:
-    /// whoever closes the round, its check then finds them here (communication overlaps
-    /// the wait for the slowest node).
+    /// Starts fetching the updates announced for `round` on `base` that are not here yet,
+    /// so an aggregator finds them here (communication overlaps the wait for the slowest
+    /// node).
     fn prefetch(&self, ctx: &Ctx, round: u32, base: &Cid) {
         let fresh: Vec<Cid> = {
             let mut seen = lock(&ctx.prefetched);
