@@ -3,7 +3,8 @@
 # round time minus the slowest node's local training, for the reference CNN on the real
 # CIFAR-10 images split into N shards, one local epoch. Each node reports, per round, the
 # seconds from opening the round to adopting its manifest and the seconds it trained; the
-# round time is the longest of the former, the training the longest of the latter.
+# round time is the longest of the former, the training the longest of the latter. The
+# accuracy is the aggregator's evaluation, published after the manifest.
 #
 #   [EPOCHS=E] experiments/round_overhead.sh [NODES] [ROUNDS] [DATA]   e.g. 5 3 ../shared/datasets/cifar10
 #
@@ -27,12 +28,12 @@ TASK=$("$FL" task create --data "$MANIFEST" --rounds "$ROUNDS" --epochs "${EPOCH
     --min-participants "$NODES" --deadline 3600 --grace 60)
 unset FL_REPO
 FL_REPO="$OUT/r0" "$FL" node run --no-mdns --listen /ip4/127.0.0.1/tcp/0 --task "$TASK" \
-    --shard 0 --linger 5 > "$OUT/n0.out" 2> "$OUT/n0.log" &
+    --shard 0 --linger 60 > "$OUT/n0.out" 2> "$OUT/n0.log" &
 for _ in $(seq 100); do grep -q "listening on" "$OUT/n0.out" && break; sleep 0.1; done
 ADDR=$(grep -m1 "listening on" "$OUT/n0.out" | cut -d' ' -f3)
 for i in $(seq 1 $((NODES - 1))); do
     FL_REPO="$OUT/r$i" "$FL" node run --no-mdns --listen /ip4/127.0.0.1/tcp/0 --task "$TASK" \
-        --shard "$i" --bootstrap "$ADDR" --linger 5 > "$OUT/n$i.out" 2> "$OUT/n$i.log" &
+        --shard "$i" --bootstrap "$ADDR" --linger 60 > "$OUT/n$i.out" 2> "$OUT/n$i.log" &
 done
 wait
 [ -n "${LOGS:-}" ] && mkdir -p "$LOGS" && cp "$OUT"/n* "$LOGS"/
@@ -40,13 +41,15 @@ wait
 python3 - "$OUT" "$NODES" "$ROUNDS" <<'PY'
 import glob, json, statistics, sys
 out, nodes, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-by_round = {}
+by_round, accuracy = {}, {}
 for path in glob.glob(f"{out}/n*.out"):
     for line in open(path):
         if line.startswith("{"):
             e = json.loads(line)
             if e["event"] == "adopted":
                 by_round.setdefault(e["round"], []).append(e)
+            if e["event"] == "evaluated":
+                accuracy[e["manifest"]] = e["accuracy"]
 overheads = []
 for r in sorted(by_round):
     es = by_round[r]
@@ -60,7 +63,7 @@ for r in sorted(by_round):
     if r > 1:
         overheads.append(over / total)
     print(f"round {r}: {total:.1f} s, slowest training {train:.1f} s, overhead {over:.1f} s "
-          f"({100 * over / total:.1f}%), accuracy {es[0]['accuracy']:.4f}")
+          f"({100 * over / total:.1f}%), test accuracy {accuracy.get(es[0]['manifest'], float('nan')):.4f}")
 if overheads:
     print(f"{nodes} nodes: mean overhead over rounds 2-{rounds}: {100 * statistics.mean(overheads):.1f}% of the round")
 PY

@@ -331,7 +331,21 @@ fn five_nodes_three_rounds_agree_verify_and_improve() {
         );
         let adopted = &chains[0][&round];
         assert_eq!(adopted["participants"], 5, "round {round}");
-        accuracy.push(adopted["accuracy"].as_f64().unwrap());
+        // The aggregator's evaluation comes after the manifest, the same on every node.
+        let scores: Vec<Option<f64>> = nodes
+            .iter()
+            .map(|n| {
+                n.events("evaluated")
+                    .iter()
+                    .find(|e| e["round"] == round && e["manifest"] == adopted["manifest"])
+                    .and_then(|e| e["accuracy"].as_f64())
+            })
+            .collect();
+        assert!(
+            scores.iter().all(|a| a.is_some() && *a == scores[0]),
+            "round {round}: evaluations {scores:?}"
+        );
+        accuracy.push(scores[0].unwrap());
         // Anyone can recompute the round from its inputs.
         let manifest = adopted["manifest"].as_str().unwrap();
         let verdict = ok(fl(&nodes[4].repo).args(["verify", manifest]));
@@ -351,6 +365,13 @@ fn five_nodes_three_rounds_agree_verify_and_improve() {
     let status = ok(fl(&nodes[0].repo).args(["status", "--task", &setup.task, "--json"]));
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["round"], 3);
+    let shown: Vec<f64> = status["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["accuracy"].as_f64().unwrap())
+        .collect();
+    assert_eq!(shown, accuracy, "fl status shows other accuracies");
     let shares: f64 = status["credits"]
         .as_array()
         .unwrap()

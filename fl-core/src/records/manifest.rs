@@ -74,7 +74,8 @@ pub struct Manifest {
     pub epsilon: Option<f64>,
     /// The delta of `epsilon`.
     pub delta: Option<f64>,
-    /// Test figures, when the task has a test set.
+    /// Test figures of the model, when the aggregator had them before signing (ours publish
+    /// them after, as an [`Evaluation`](super::Evaluation), so the next round need not wait).
     pub metrics: Option<Metrics>,
     /// The aggregator's rank for this round (0 unless it took over).
     pub rank: u32,

@@ -1,15 +1,17 @@
 //! The records of a federated training task, as DAG-CBOR blocks that `ipfs dag get` shows:
-//! the task itself (genesis), each node's signed update announcement, and each round's
-//! signed manifest, hash-linked to the one before. Also who aggregates a round
+//! the task itself (genesis), each node's signed update announcement, each round's signed
+//! manifest, hash-linked to the one before, and its aggregator's evaluation of the model. Also who aggregates a round
 //! ([`rank`]) and how contributions are credited.
 
 pub mod announcement;
+pub mod evaluation;
 pub mod manifest;
 pub mod rank;
 pub mod signed;
 pub mod task;
 
 pub use announcement::Announcement;
+pub use evaluation::Evaluation;
 pub use libp2p_identity::{Keypair, PeerId, PublicKey};
 pub use manifest::{Contribution, Manifest, Metrics, Rejected};
 pub use rank::{rank_key, ranking};

@@ -214,6 +214,11 @@ impl Task {
         format!("fl/{cid}/manifests")
     }
 
+    /// The gossip topic of the aggregators' evaluations for the task `cid`.
+    pub fn evaluations_topic(cid: &Cid) -> String {
+        format!("fl/{cid}/evaluations")
+    }
+
     /// Credits of one contribution: samples x epochs x training FLOPs per sample.
     pub fn credits(&self, samples: u64) -> u64 {
         samples

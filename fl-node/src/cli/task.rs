@@ -11,7 +11,8 @@ use fl_core::content::pins::PinMode;
 use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
 use fl_core::records::{
-    Announcement, DataSource, DpParams, Manifest, PeerId, Signed, Task, TrainParams, ranking,
+    Announcement, DataSource, DpParams, Evaluation, Manifest, PeerId, Signed, Task, TrainParams,
+    ranking,
 };
 use fl_core::tensors::Bundle;
 use fl_node::net::{Node, fetch_dag};
@@ -392,6 +393,19 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
         chain.push((cid, m));
     }
     chain.reverse();
+    // Test figures: in the manifest, or in its aggregator's evaluation (published after it).
+    let mut metrics = Vec::new();
+    for (cid, m) in &chain {
+        let evaluated = match rounds.evaluated(&s.task, m.body.round)? {
+            Some(e) => {
+                let bytes = repo.blocks().get(&e)?.data().to_vec();
+                let e = Signed::<Evaluation>::from_bytes(&e, &bytes)?;
+                (e.body.manifest == *cid && e.signer == m.signer).then_some(e.body.metrics)
+            }
+            None => None,
+        };
+        metrics.push(m.body.metrics.clone().or(evaluated));
+    }
     let mut credits: BTreeMap<PeerId, u128> = BTreeMap::new();
     for (_, m) in &chain {
         for (peer, c) in m.body.credits() {
@@ -414,14 +428,15 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
             "rounds": task.rounds,
             "round": head_round,
             "model": chain.last().map(|(_, m)| m.body.model.to_string()),
-            "chain": chain.iter().map(|(cid, m)| serde_json::json!({
+            "chain": chain.iter().zip(&metrics).map(|((cid, m), metrics)| serde_json::json!({
                 "round": m.body.round,
                 "manifest": cid.to_string(),
                 "model": m.body.model.to_string(),
                 "aggregator": m.signer.to_string(),
                 "rank": m.body.rank,
                 "participants": m.body.contributions.len(),
-                "accuracy": m.body.metrics.as_ref().map(|x| x.test_accuracy),
+                "accuracy": metrics.as_ref().map(|x| x.test_accuracy),
+                "loss": metrics.as_ref().map(|x| x.test_loss),
                 "epsilon": m.body.epsilon,
             })).collect::<Vec<_>>(),
             "next_aggregators": next_ranking.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
@@ -442,8 +457,8 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
         "{:>5}  {:<54} {:>5} {:>12} {:>9}  aggregator",
         "round", "manifest", "rank", "participants", "accuracy"
     );
-    for (cid, m) in &chain {
-        let acc = m.body.metrics.as_ref().map_or("-".to_string(), |x| {
+    for ((cid, m), metrics) in chain.iter().zip(&metrics) {
+        let acc = metrics.as_ref().map_or("-".to_string(), |x| {
             format!("{:.2}%", 100.0 * x.test_accuracy)
         });
         println!(

@@ -1,5 +1,5 @@
-//! What arrives over gossip for one task: update announcements and manifests, each a signed
-//! DAG-CBOR block sent whole. Each is verified (its signature, and that its author may take
+//! What arrives over gossip for one task: update announcements, manifests and the
+//! aggregators' evaluations, each a signed DAG-CBOR block sent whole. Each is verified (its signature, and that its author may take
 //! part) and stored as a block before it is kept; anything else is dropped with a log line.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cid::Cid;
 use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore};
-use fl_core::records::{Announcement, Manifest, PeerId, Signed, Task};
+use fl_core::records::{Announcement, Evaluation, Manifest, PeerId, Signed, Task};
 use tokio::sync::Notify;
 
 use crate::net::Node;
@@ -23,6 +23,12 @@ pub const MAX_MANIFESTS_PER_ROUND: usize = 256;
 /// after switching chains): one peer cannot fill a round's slots.
 pub const MAX_MANIFESTS_PER_SIGNER: usize = 4;
 
+/// Most evaluations kept for one manifest (its signer makes one; others are kept, up to
+/// this many, until the manifest shows who signed it).
+pub const MAX_EVALUATIONS_PER_MANIFEST: usize = 4;
+
+/// A verified evaluation and its block's CID.
+pub type SignedEvaluation = (Cid, Signed<Evaluation>);
 /// A verified announcement and its block's CID.
 pub type SignedAnnouncement = (Cid, Signed<Announcement>);
 /// A verified manifest and its block's CID.
@@ -34,6 +40,8 @@ struct Contents {
     announcements: BTreeMap<u32, BTreeMap<PeerId, SignedAnnouncement>>,
     /// Round -> manifests seen, by CID.
     manifests: BTreeMap<u32, HashMap<Cid, Signed<Manifest>>>,
+    /// Round -> manifest -> evaluations of its model (the one its signer made counts).
+    evaluations: BTreeMap<u32, HashMap<Cid, Vec<SignedEvaluation>>>,
     /// Rounds already decided: their announcements only mark their authors as late.
     closed_through: u32,
     /// Round -> authors whose announcements came after the round closed: alive, and
@@ -76,9 +84,11 @@ impl Inbox {
         };
         let updates = Task::updates_topic(&task_cid);
         let manifests = Task::manifests_topic(&task_cid);
+        let evaluations = Task::evaluations_topic(&task_cid);
         let mut gossip = node.gossip();
         node.subscribe(&updates).await?;
         node.subscribe(&manifests).await?;
+        node.subscribe(&evaluations).await?;
         let this = inbox.clone();
         tokio::spawn(async move {
             loop {
@@ -102,6 +112,8 @@ impl Inbox {
                             this.held_by(cid, from);
                         }
                     })
+                } else if message.topic == evaluations {
+                    this.file_evaluation(&store, message.data)
                 } else {
                     continue;
                 };
@@ -215,6 +227,78 @@ impl Inbox {
         drop(c);
         self.changed.notify_waiters();
         Ok(cid)
+    }
+
+    /// Files an evaluation (ours, or one that came over gossip); whether its signer made the
+    /// manifest it names is checked when it is looked up.
+    pub fn file_evaluation(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), String> {
+        let block = Block::hashed(DAG_CBOR, bytes);
+        let signed = Signed::<Evaluation>::from_block(&block).map_err(|e| e.to_string())?;
+        let e = &signed.body;
+        if e.task != self.task_cid {
+            return Err(format!("evaluation for another task {}", e.task));
+        }
+        if e.round == 0 || e.round > self.task.rounds {
+            return Err(format!(
+                "evaluation for round {} of {}",
+                e.round, self.task.rounds
+            ));
+        }
+        if !self.task.admits(&signed.signer) {
+            return Err(format!(
+                "evaluation signed by {}, not a member",
+                signed.signer
+            ));
+        }
+        let m = &e.metrics;
+        let sane = (0.0..=1.0).contains(&m.test_accuracy) && m.test_loss.is_finite();
+        if !sane {
+            return Err(format!(
+                "evaluation with accuracy {} and loss {}",
+                m.test_accuracy, m.test_loss
+            ));
+        }
+        let cid = *block.cid();
+        let (round, manifest) = (e.round, e.manifest);
+        let mut c = lock(&self.contents);
+        let per_round = c.evaluations.entry(round).or_default();
+        if !per_round.contains_key(&manifest) && per_round.len() >= MAX_MANIFESTS_PER_ROUND {
+            return Err(format!(
+                "round {round} already has evaluations of {MAX_MANIFESTS_PER_ROUND} manifests"
+            ));
+        }
+        let kept = per_round.entry(manifest).or_default();
+        if kept.iter().any(|(c, _)| *c == cid) {
+            return Ok(());
+        }
+        if kept.len() >= MAX_EVALUATIONS_PER_MANIFEST {
+            return Err(format!(
+                "manifest {manifest} already has {MAX_EVALUATIONS_PER_MANIFEST} evaluations"
+            ));
+        }
+        store.put(block).map_err(|e| e.to_string())?;
+        kept.push((cid, signed));
+        drop(c);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// The evaluation of manifest `cid` (round `round`) made by its signer `by`, of its
+    /// model `model`, if one arrived.
+    pub fn evaluation(
+        &self,
+        round: u32,
+        cid: &Cid,
+        by: &PeerId,
+        model: &Cid,
+    ) -> Option<SignedEvaluation> {
+        lock(&self.contents)
+            .evaluations
+            .get(&round)?
+            .get(cid)?
+            .iter()
+            .find(|(_, e)| e.signer == *by && e.body.model == *model)
+            .cloned()
     }
 
     /// Notes that a valid record from `peer` arrived just now.

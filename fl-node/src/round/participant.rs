@@ -17,7 +17,7 @@ use datasets::shard;
 use fl_core::content::{Blockstore, Repo, pins::PinMode};
 use fl_core::model::{Architecture, Backend, Batch, Classifier, TrainConfig};
 use fl_core::records::{
-    Announcement, DataSource, Keypair, Manifest, Metrics, Signed, Task, ranking,
+    Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use serde::Serialize;
@@ -159,6 +159,18 @@ pub enum Event {
         /// Seconds of this node's local training in the round (0 when it did not train).
         train_seconds: f64,
     },
+    /// The aggregator's evaluation of an adopted round's model arrived (it comes after the
+    /// manifest, so the next round does not wait for the test pass).
+    Evaluated {
+        /// The round.
+        round: u32,
+        /// Its manifest.
+        manifest: String,
+        /// Test accuracy of its model.
+        accuracy: f64,
+        /// Test loss.
+        loss: f64,
+    },
     /// The task is over.
     Done {
         /// The final model.
@@ -174,12 +186,14 @@ struct LocalData {
     test: Option<Vec<Batch>>,
 }
 
-/// Things re-published every [`REPUBLISH_EVERY`]: the node's current announcement and its
-/// latest adopted manifest, as block bytes.
+/// Things re-published every [`REPUBLISH_EVERY`]: the node's current announcement, its
+/// latest adopted manifest and its latest evaluation, as block bytes.
 #[derive(Default)]
 struct Republish {
     announcement: Option<Vec<u8>>,
     head: Option<Vec<u8>>,
+    /// The last evaluation this node made as an aggregator.
+    evaluation: Option<Vec<u8>>,
 }
 
 /// One node's participation in a task.
@@ -215,6 +229,8 @@ struct Ctx {
     prefetching: Arc<tokio::sync::Semaphore>,
     /// One training at a time (one left running after its base was refuted included).
     training: Arc<tokio::sync::Semaphore>,
+    /// Adopted manifests (round, CID, signer, model) whose evaluation has not arrived yet.
+    unevaluated: Mutex<Vec<(u32, Cid, libp2p::PeerId, Cid)>>,
 }
 
 /// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
@@ -381,6 +397,7 @@ impl Participant {
             prefetched: Mutex::default(),
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
             training: Arc::new(tokio::sync::Semaphore::new(1)),
+            unevaluated: Mutex::default(),
         };
         let data = self.local_data(&task).await?;
 
@@ -531,13 +548,16 @@ impl Participant {
                     }
                     continue;
                 }
-                // No better chain in sight: done once every live peer follows this head.
+                // No better chain in sight: done once every live peer follows this head, and
+                // its evaluation is here (when the task has a test set).
+                self.report_evaluations(&ctx, &mut emit)?;
                 let everyone = ctx
                     .inbox
                     .live_peers(LIVE)
                     .iter()
                     .all(|p| *p == me || ctx.inbox.head_of(p) == Some(c));
-                if everyone && now >= started + SETTLE.min(self.config.linger) {
+                let evaluated = data.test.is_none() || lock(&ctx.unevaluated).is_empty();
+                if everyone && evaluated && now >= started + SETTLE.min(self.config.linger) {
                     break;
                 }
                 ctx.inbox.changed(POLL).await;
@@ -579,6 +599,12 @@ impl Participant {
             r.announcement = None;
         }
         lock(&ctx.verdicts).forget_forks();
+        lock(&ctx.unevaluated).extend(
+            reorg
+                .chain
+                .iter()
+                .map(|(cid, m)| (m.body.round, *cid, m.signer, m.body.model)),
+        );
         for (cid, m) in &reorg.chain {
             tracing::info!(round = m.body.round, %cid, "switching to a better chain");
             emit(&Event::Switched {
@@ -831,7 +857,91 @@ impl Participant {
             seconds: p.seconds,
             train_seconds: p.train_seconds,
         });
+        lock(&ctx.unevaluated).push((round, cid, signed.signer, m.model));
+        self.report_evaluations(ctx, emit)
+    }
+
+    /// Says (and records) the evaluations that arrived for adopted rounds; forgets those
+    /// of rounds no longer on this node's chain.
+    fn report_evaluations(
+        &self,
+        ctx: &Ctx,
+        emit: &mut impl FnMut(&Event),
+    ) -> Result<(), RoundError> {
+        let waiting = std::mem::take(&mut *lock(&ctx.unevaluated));
+        let mut still = Vec::new();
+        for (round, cid, signer, model) in waiting {
+            if self.rounds.adopted(&ctx.task_cid, round)? != Some(cid) {
+                continue;
+            }
+            let Some((at, e)) = ctx.inbox.evaluation(round, &cid, &signer, &model) else {
+                still.push((round, cid, signer, model));
+                continue;
+            };
+            self.rounds.record_evaluated(&ctx.task_cid, round, &at)?;
+            emit(&Event::Evaluated {
+                round,
+                manifest: cid.to_string(),
+                accuracy: e.body.metrics.test_accuracy,
+                loss: e.body.metrics.test_loss,
+            });
+        }
+        lock(&ctx.unevaluated).extend(still);
         Ok(())
+    }
+
+    /// Scores the model of the manifest this node just published on the test set, off the
+    /// round's path, and publishes the result signed (and re-publishes it).
+    fn spawn_evaluation(
+        &self,
+        ctx: &Ctx,
+        manifest: Cid,
+        round: u32,
+        model: (Cid, Arc<Bundle>),
+        test: Vec<Batch>,
+    ) {
+        let (arch, device) = (ctx.arch, self.config.backend.device());
+        let (key, node, repo) = (self.key.clone(), self.node.clone(), self.repo.clone());
+        let (inbox, republish, task) = (ctx.inbox.clone(), ctx.republish.clone(), ctx.task_cid);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (model_cid, bundle) = model;
+            let scored = tokio::task::spawn_blocking(move || {
+                Classifier::new(arch, &bundle, &device)?.evaluate(&test, EVAL_BATCH)
+            })
+            .await;
+            let eval = match scored {
+                Ok(Ok(eval)) => eval,
+                Ok(Err(e)) => return tracing::warn!(round, "evaluating the new model: {e}"),
+                Err(e) => return tracing::warn!(round, "evaluating the new model: {e}"),
+            };
+            let record = Evaluation {
+                task,
+                round,
+                manifest,
+                model: model_cid,
+                metrics: Metrics {
+                    test_accuracy: eval.accuracy,
+                    test_loss: eval.loss,
+                },
+            };
+            let block = match Signed::sign(record, &key).and_then(|s| s.to_block()) {
+                Ok(block) => block,
+                Err(e) => return tracing::warn!(round, "signing the evaluation: {e}"),
+            };
+            let bytes = block.data().to_vec();
+            if let Err(e) = inbox.file_evaluation(repo.blocks(), bytes.clone()) {
+                return tracing::warn!(round, "filing our evaluation: {e}");
+            }
+            lock(&republish).evaluation = Some(bytes.clone());
+            let _ = node.publish(&Task::evaluations_topic(&task), bytes).await;
+            tracing::info!(
+                round,
+                accuracy = eval.accuracy,
+                "published the evaluation of the round's model after {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+        });
     }
 
     async fn publish_announcement(&self, ctx: &Ctx, bytes: Vec<u8>) {
@@ -871,6 +981,7 @@ impl Participant {
         let mut retry_at: Option<Instant> = None;
         let mut said = Instant::now();
         loop {
+            self.report_evaluations(ctx, emit)?;
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
             }
@@ -1338,22 +1449,6 @@ impl Participant {
         if usable < needed {
             return Err(RoundError::TooFew { usable, needed });
         }
-        if let Some(test) = &data.test {
-            let arch = ctx.arch;
-            let model = aggregated.model.clone();
-            let test = test.clone();
-            let device = self.config.backend.device();
-            let eval = tokio::task::spawn_blocking(move || {
-                Classifier::new(arch, &model, &device)?.evaluate(&test, EVAL_BATCH)
-            })
-            .await
-            .map_err(|e| RoundError::Train(e.to_string()))?
-            .map_err(|e| RoundError::Train(format!("evaluating: {e}")))?;
-            aggregated.manifest.metrics = Some(Metrics {
-                test_accuracy: eval.accuracy,
-                test_loss: eval.loss,
-            });
-        }
         let signed = Signed::sign(aggregated.manifest, &self.key)?;
         let block = signed.to_block()?;
         let cid = *block.cid();
@@ -1370,6 +1465,10 @@ impl Participant {
             .node
             .publish(&Task::manifests_topic(&ctx.task_cid), bytes)
             .await;
+        if let Some(test) = &data.test {
+            let model = (signed.body.model, Arc::new(aggregated.model));
+            self.spawn_evaluation(ctx, cid, base.round, model, test.clone());
+        }
         tracing::info!(
             round = base.round,
             %cid,
@@ -1581,19 +1680,23 @@ impl Participant {
         let node = self.node.clone();
         let updates = Task::updates_topic(task_cid);
         let manifests = Task::manifests_topic(task_cid);
+        let evaluations = Task::evaluations_topic(task_cid);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REPUBLISH_EVERY);
             loop {
                 tick.tick().await;
-                let (announcement, head) = {
+                let (announcement, head, evaluation) = {
                     let r = lock(&what);
-                    (r.announcement.clone(), r.head.clone())
+                    (r.announcement.clone(), r.head.clone(), r.evaluation.clone())
                 };
                 if let Some(bytes) = announcement {
                     let _ = node.publish(&updates, bytes).await;
                 }
                 if let Some(bytes) = head {
                     let _ = node.publish(&manifests, bytes).await;
+                }
+                if let Some(bytes) = evaluation {
+                    let _ = node.publish(&evaluations, bytes).await;
                 }
                 if Arc::strong_count(&what) == 1 {
                     return;

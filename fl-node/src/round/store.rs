@@ -11,6 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 const ANNOUNCED: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("announced");
 /// (task CID bytes, round) -> adopted manifest CID bytes.
 const ADOPTED: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("adopted");
+/// (task CID, round) -> the aggregator's evaluation of the adopted manifest's model.
+const EVALUATED: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("evaluated");
 
 /// Why the round database failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,7 @@ impl RoundStore {
         store.write(|txn| {
             txn.open_table(ANNOUNCED)?;
             txn.open_table(ADOPTED)?;
+            txn.open_table(EVALUATED)?;
             Ok(())
         })?;
         Ok(store)
@@ -107,6 +110,22 @@ impl RoundStore {
         manifest: &Cid,
     ) -> Result<(), RoundStoreError> {
         self.put(ADOPTED, task, round, manifest)
+    }
+
+    /// The evaluation recorded for `round`'s adopted manifest, if any (check that it names
+    /// the manifest: a switch to another chain leaves it behind).
+    pub fn evaluated(&self, task: &Cid, round: u32) -> Result<Option<Cid>, RoundStoreError> {
+        self.get(EVALUATED, task, round)
+    }
+
+    /// Records the evaluation of `round`'s adopted manifest.
+    pub fn record_evaluated(
+        &self,
+        task: &Cid,
+        round: u32,
+        evaluation: &Cid,
+    ) -> Result<(), RoundStoreError> {
+        self.put(EVALUATED, task, round, evaluation)
     }
 
     /// Records `chain` as the manifests adopted from round `from` on, in one transaction, and
