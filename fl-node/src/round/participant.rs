@@ -439,15 +439,32 @@ impl Participant {
                 // that others have already closed: a chain of manifests from a later round
                 // back to this one, continuing this node's (a lone manifest for a later
                 // round proves nothing: anyone may sign one).
-                let closed = ctx.inbox.latest_round() > round && {
+                // Nor for a round whose manifest is out already, once its claims hold (a
+                // refuted one leaves the round open: the node trains after all).
+                let latest = ctx.inbox.latest_round();
+                let mut closed = latest > round && {
                     if let Err(e) = self.walk_back(&ctx, round).await {
                         tracing::info!(round, "cannot follow a newer manifest back: {}", chain(&e));
                     }
                     ctx.inbox
                         .manifests(round)
                         .iter()
-                        .any(|(_, m)| m.body.prev == base.prev)
+                        .any(|(c, m)| m.body.prev == base.prev && lock(&ctx.verdicts).open(c))
                 };
+                if latest == round {
+                    for (c, m) in ctx.inbox.manifests(round) {
+                        let open = m.body.prev == base.prev && lock(&ctx.verdicts).open(&c);
+                        if open
+                            && matches!(
+                                self.take_on_claims(&ctx, &base, &c, &m, &mut emit).await,
+                                Verdict::Valid
+                            )
+                        {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
                 let announced = !closed && self.rounds.announced(&ctx.task_cid, round)?.is_some();
                 let mut train_seconds = 0.0;
                 if closed || announced {
@@ -985,11 +1002,13 @@ impl Participant {
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
             }
+            // Only manifests that continue this node's chain: one found valid on another
+            // chain (before a switch) is not this round's.
             let mut candidates: Vec<SignedManifest> = ctx
                 .inbox
                 .manifests(round)
                 .into_iter()
-                .filter(|(c, _)| lock(&ctx.verdicts).open(c))
+                .filter(|(c, m)| m.body.prev == base.prev && lock(&ctx.verdicts).open(c))
                 .collect();
             candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
             for (cid, signed) in candidates {
