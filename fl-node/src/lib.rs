@@ -2,4 +2,6 @@
 //! federated rounds over it ([`round`]). The `fl` program (src/main.rs) is its command line.
 
 pub mod net;
+pub mod plot;
 pub mod round;
+pub mod simulate;

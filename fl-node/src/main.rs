@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 mod cli;
-mod plot;
 
 fn main() -> ExitCode {
     let args = match cli::Cli::parse_args() {

@@ -15,13 +15,201 @@ fn fonts() {
     });
 }
 
+/// A chart that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("drawing {path}: {reason}")]
+pub struct PlotError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+
+fn named(path: &Path, drawn: Drawn) -> Result<(), PlotError> {
+    drawn.map_err(|e| PlotError {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// Draws per-node label counts as a heatmap: nodes down, classes across.
 pub fn label_heatmap(
     counts: &[[u64; 10]],
     classes: &[&str; 10],
     title: &str,
     path: &Path,
-) -> anyhow::Result<()> {
+) -> Result<(), PlotError> {
+    named(path, heatmap(counts, classes, title, path))
+}
+
+/// One line of a line chart: its label and its points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The legend's label.
+    pub label: String,
+    /// (x, y) points, in x order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws `series` as lines with markers, a legend and axis labels.
+pub fn line_chart(
+    series: &[Series],
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    path: &Path,
+) -> Result<(), PlotError> {
+    named(path, lines(series, title, (x_label, y_label), path))
+}
+
+/// Draws one bar per (label, value), with the value written above it.
+pub fn bar_chart(
+    bars: &[(String, f64)],
+    title: &str,
+    y_label: &str,
+    path: &Path,
+) -> Result<(), PlotError> {
+    named(path, columns(bars, title, y_label, path))
+}
+
+/// Line colours, told apart in print too.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn lines(series: &[Series], title: &str, (x_label, y_label): (&str, &str), path: &Path) -> Drawn {
+    fonts();
+    let all = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all() {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |lo: f64, hi: f64| {
+        let span = (hi - lo).abs().max(1e-9);
+        (lo - 0.05 * span, hi + 0.05 * span)
+    };
+    let (x0, x1) = pad(x0, x1);
+    let (y0, y1) = pad(y0.min(0.0), y1);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn columns(bars: &[(String, f64)], title: &str, y_label: &str, path: &Path) -> Drawn {
+    fonts();
+    let top = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = bars.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..n).into_segmented(), 0.0..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(y_label)
+        .x_labels(n)
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        let mut bar = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), *v),
+            ],
+            PALETTE[i % PALETTE.len()].filled(),
+        );
+        bar.set_margin(0, 0, 25, 25);
+        bar
+    }))?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        let style = ("sans-serif", 14)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        let text = match v.abs() {
+            a if a >= 100.0 => format!("{v:.0}"),
+            a if a >= 10.0 => format!("{v:.1}"),
+            _ => format!("{v:.3}"),
+        };
+        Text::new(text, (SegmentValue::CenterOf(i), *v), style)
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
+fn heatmap(counts: &[[u64; 10]], classes: &[&str; 10], title: &str, path: &Path) -> Drawn {
     fonts();
     let rows = counts.len().max(1);
     let height = (120 + rows * 22).min(4000) as u32;

@@ -38,6 +38,62 @@ pub struct TrainParams {
     pub weight_decay: f64,
     /// FedProx proximal term (0 for FedAvg).
     pub proximal_mu: f64,
+    /// How the learning rate falls from round to round (records without it: constant).
+    #[serde(default, skip_serializing_if = "RoundSchedule::is_constant")]
+    pub schedule: RoundSchedule,
+}
+
+/// How the local learning rate changes from round to round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoundSchedule {
+    /// The task's rate in every round.
+    #[default]
+    Constant,
+    /// Cosine annealing over the rounds, the federated form of a centralized run's cosine
+    /// schedule: round r of R trains at rate x (1 + cos(pi (r - 1/2) / R)) / 2.
+    Cosine,
+}
+
+impl RoundSchedule {
+    /// Whether the rate stays the same.
+    pub fn is_constant(&self) -> bool {
+        *self == RoundSchedule::Constant
+    }
+
+    /// The local learning rate of round `round` (1-based) of `rounds`.
+    pub fn rate(&self, base: f64, round: u32, rounds: u32) -> f64 {
+        match self {
+            RoundSchedule::Constant => base,
+            RoundSchedule::Cosine => {
+                let t = (f64::from(round) - 0.5) / f64::from(rounds.max(1));
+                base * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos()) / 2.0
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RoundSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoundSchedule::Constant => "constant",
+            RoundSchedule::Cosine => "cosine",
+        })
+    }
+}
+
+impl std::str::FromStr for RoundSchedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "constant" => Ok(RoundSchedule::Constant),
+            "cosine" => Ok(RoundSchedule::Cosine),
+            _ => Err(format!(
+                "bad round schedule {s:?}: expected constant or cosine"
+            )),
+        }
+    }
 }
 
 /// Client-level differential privacy: each update clipped to `clip_norm` and noised with
@@ -224,5 +280,75 @@ impl Task {
         samples
             .saturating_mul(u64::from(self.train.epochs))
             .saturating_mul(self.flops_per_sample)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(schedule: RoundSchedule) -> Task {
+        let cid: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            .parse()
+            .expect("a CID");
+        Task {
+            format: TASK_FORMAT.into(),
+            name: "t".into(),
+            architecture: "fedavg-cnn".into(),
+            initial_model: cid,
+            data: DataSource::OwnData,
+            train: TrainParams {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                proximal_mu: 0.0,
+                schedule,
+            },
+            rounds: 4,
+            min_participants: 1,
+            round_deadline_ms: 1000,
+            grace_ms: 1000,
+            dp: None,
+            rule: "fedavg".into(),
+            members: None,
+            flops_per_sample: 1,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn cosine_rounds_fall_from_near_the_base_rate_towards_zero() {
+        let rates: Vec<f64> = (1..=4)
+            .map(|r| RoundSchedule::Cosine.rate(0.1, r, 4))
+            .collect();
+        let expected = [0.0962, 0.0691, 0.0309, 0.0038];
+        for (got, want) in rates.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-4, "{rates:?}");
+        }
+        assert_eq!(RoundSchedule::Constant.rate(0.1, 3, 4), 0.1);
+        assert_eq!("cosine".parse::<RoundSchedule>(), Ok(RoundSchedule::Cosine));
+        assert!("linear".parse::<RoundSchedule>().is_err());
+    }
+
+    #[test]
+    fn a_constant_schedule_is_left_out_of_the_record_and_read_back_as_constant() {
+        let constant = task(RoundSchedule::Constant).to_block().expect("encodes");
+        let cosine = task(RoundSchedule::Cosine).to_block().expect("encodes");
+        let has = |b: &Block, word: &[u8]| b.data().windows(word.len()).any(|w| w == word);
+        assert!(
+            !has(&constant, b"schedule"),
+            "records made before the field keep their CID"
+        );
+        assert!(has(&cosine, b"schedule"));
+        assert_eq!(
+            Task::from_block(&constant).expect("decodes").train.schedule,
+            RoundSchedule::Constant
+        );
+        assert_eq!(
+            Task::from_block(&cosine).expect("decodes").train.schedule,
+            RoundSchedule::Cosine
+        );
     }
 }

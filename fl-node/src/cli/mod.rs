@@ -7,6 +7,7 @@ mod model;
 mod node;
 mod privacy;
 mod pubsub;
+mod simulate;
 mod task;
 
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ enum Command {
     /// Signed gossip on a topic, as `ipfs pubsub`: publish, or print what arrives.
     #[command(subcommand)]
     Pubsub(pubsub::Pubsub),
+    /// A federation of N real nodes on this machine training on CIFAR-10, with a live table.
+    Simulate(simulate::Simulate),
     /// Centralized training on the whole training set: the federation's point of comparison.
     Baseline(model::Baseline),
     /// Test loss and accuracy of a stored model.
@@ -82,9 +85,10 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, 2) => "debug",
         (false, _) => "trace",
     };
-    // Kademlia warns that it cannot bootstrap whenever a node starts alone: not news.
+    // Kademlia warns that it cannot bootstrap whenever a node starts alone, and gossipsub
+    // when a peer re-grafts too early (mesh churn as many nodes join): not news.
     let directives = match verbose {
-        0 => format!("{level},libp2p_kad::behaviour=error"),
+        0 => format!("{level},libp2p_kad::behaviour=error,libp2p_gossipsub::behaviour=error"),
         _ => level.to_string(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task(cmd) => task::run(cmd, &repo),
         Command::Verify(cmd) => task::verify(cmd, &repo),
         Command::Status(cmd) => task::status(cmd, &repo),
+        Command::Simulate(cmd) => simulate::run(cmd, cli.quiet),
         Command::Baseline(cmd) => model::baseline(cmd, &repo),
         Command::Eval(cmd) => model::eval(cmd, &repo),
         Command::Infer(cmd) => model::infer(cmd, &repo),

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Cid, Repo};
 use fl_node::net::{self, Node, NodeConfig, keys};
-use fl_node::round::{Event, Participant, ParticipantConfig, RoundStore};
+use fl_node::round::{Event, Limits, Participant, ParticipantConfig, RoundStore};
 use libp2p::{Multiaddr, PeerId};
 
 use super::RepoPath;
@@ -165,6 +165,8 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
                 backend,
                 block_timeout: Duration::from_secs(args.block_timeout.max(1)),
                 linger: Duration::from_secs_f64(linger),
+                recompute: true,
+                limits: Limits::per_node(),
             },
         );
         let emit = |event: &Event| {

@@ -61,6 +61,9 @@ pub(super) struct Create {
     /// Learning rate.
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
+    /// How the learning rate falls over the rounds: constant or cosine.
+    #[arg(long, default_value = "constant")]
+    schedule: fl_core::records::RoundSchedule,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
@@ -175,6 +178,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
             momentum: c.momentum,
             weight_decay: c.weight_decay,
             proximal_mu: c.mu,
+            schedule: c.schedule,
         },
         rounds: c.rounds,
         min_participants: c.min_participants,

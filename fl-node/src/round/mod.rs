@@ -16,7 +16,7 @@ pub mod store;
 
 use cid::Cid;
 
-pub use participant::{Event, Participant, ParticipantConfig};
+pub use participant::{Event, Limits, Participant, ParticipantConfig};
 pub use store::{RoundStore, RoundStoreError};
 
 /// Why a round could not be followed, made or checked.

@@ -76,6 +76,38 @@ pub struct ParticipantConfig {
     pub block_timeout: Duration,
     /// How long to keep serving after the last round.
     pub linger: Duration,
+    /// Whether every manifest is recomputed from its updates before it is adopted; without,
+    /// its claims are checked (signatures, entitlement, rank, what it lists, a loadable
+    /// model) and the updates are never fetched. Only for federations whose nodes are all
+    /// run by one party (`fl simulate`, where a few checkers recompute for everyone).
+    pub recompute: bool,
+    /// Trainings and recomputations that may run at once.
+    pub limits: Limits,
+}
+
+/// Bounds on a node's heavy work, shared by the nodes of one process (`fl simulate`) so that
+/// many nodes on one machine neither thrash its cores nor hold every update in memory at once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Trainings at once (one left running after its base was refuted included).
+    pub training: Arc<tokio::sync::Semaphore>,
+    /// Aggregations and recomputations at once (each holds a round's updates in memory).
+    pub computing: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    /// One node alone in its process: one training at a time, two computations.
+    pub fn per_node() -> Self {
+        Self::shared(1, 2)
+    }
+
+    /// Limits to share among the nodes of one process.
+    pub fn shared(trainings: usize, computations: usize) -> Self {
+        Self {
+            training: Arc::new(tokio::sync::Semaphore::new(trainings.max(1))),
+            computing: Arc::new(tokio::sync::Semaphore::new(computations.max(1))),
+        }
+    }
 }
 
 /// What happened, for progress output (one JSON line each).
@@ -227,8 +259,6 @@ struct Ctx {
     prefetched: Mutex<HashSet<Cid>>,
     /// Bounds the fetches ahead.
     prefetching: Arc<tokio::sync::Semaphore>,
-    /// One training at a time (one left running after its base was refuted included).
-    training: Arc<tokio::sync::Semaphore>,
     /// Adopted manifests (round, CID, signer, model) whose evaluation has not arrived yet.
     unevaluated: Mutex<Vec<(u32, Cid, libp2p::PeerId, Cid)>>,
 }
@@ -396,7 +426,6 @@ impl Participant {
             verdicts: Mutex::default(),
             prefetched: Mutex::default(),
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
-            training: Arc::new(tokio::sync::Semaphore::new(1)),
             unevaluated: Mutex::default(),
         };
         let data = self.local_data(&task).await?;
@@ -707,7 +736,6 @@ impl Participant {
         data: &LocalData,
     ) -> Result<Trained, RoundError> {
         let round = base.round;
-        let started = Instant::now();
         let task = ctx.task.clone();
         let arch = ctx.arch;
         let images = data.train.clone();
@@ -719,19 +747,22 @@ impl Participant {
             .wrapping_add(u64::from(round) * 7919)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
         // Held until the training ends, even one whose result is no longer wanted.
-        let slot = ctx
+        let slot = self
+            .config
+            .limits
             .training
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| RoundError::Train(e.to_string()))?;
+        let started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let t = &task.train;
             let config = TrainConfig {
                 epochs: t.epochs as usize,
                 batch_size: t.batch_size as usize,
-                learning_rate: t.learning_rate,
+                learning_rate: t.schedule.rate(t.learning_rate, round, task.rounds),
                 momentum: t.momentum,
                 weight_decay: t.weight_decay,
                 proximal_mu: t.proximal_mu,
@@ -1455,7 +1486,9 @@ impl Participant {
                 ctx.task.clone(),
                 base.clone(),
             );
+            let slot = self.computing().await?;
             tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 compute::aggregate(&repo, &task_cid, &task, &base, &present, &missing)
             })
             .await
@@ -1510,6 +1543,15 @@ impl Participant {
         let started = Instant::now();
         let m = &signed.body;
         let announcements = self.claims(ctx, base, signed).await?;
+        if !self.config.recompute {
+            // Not made here, so fetched: the model (the node adopts and serves it) and the
+            // server state the next round starts from.
+            self.ensure(m.model, "the round's model").await?;
+            if let Some(state) = m.server_state {
+                self.ensure(state, "the server state").await?;
+            }
+            return Ok(());
+        }
         let unavailable: HashSet<Cid> = m
             .rejected
             .iter()
@@ -1530,7 +1572,9 @@ impl Participant {
             m.clone(),
             signed.signer,
         );
+        let slot = self.computing().await?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             compute::check(
                 &repo,
                 &task_cid,
@@ -1550,6 +1594,17 @@ impl Participant {
             fetched.as_secs_f64()
         );
         Ok(())
+    }
+
+    /// A turn at aggregating or recomputing a round (it holds the round's updates in memory).
+    async fn computing(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RoundError> {
+        self.config
+            .limits
+            .computing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| RoundError::Aggregate(e.to_string()))
     }
 
     /// Fetches the announcements a manifest lists (they are small) and checks its claims

@@ -96,8 +96,12 @@ struct Inner {
 pub struct Stats {
     /// Blocks sent to peers.
     pub blocks_sent: u64,
+    /// Bytes of the blocks sent.
+    pub bytes_sent: u64,
     /// Wanted blocks received and stored.
     pub blocks_received: u64,
+    /// Bytes of those blocks.
+    pub bytes_received: u64,
     /// Blocks received that nobody wanted, or that were malformed.
     pub blocks_refused: u64,
     /// Frames refused as malformed or oversized.
@@ -402,7 +406,11 @@ impl Bitswap {
             tracing::warn!(%cid, "bitswap: cannot store a received block: {e}");
             return;
         }
-        lock(&self.inner.stats).blocks_received += 1;
+        {
+            let mut stats = lock(&self.inner.stats);
+            stats.blocks_received += 1;
+            stats.bytes_received += block.len() as u64;
+        }
         self.notify(&cid, Arrival::Block(block));
     }
 
@@ -440,7 +448,9 @@ impl Bitswap {
                     }
                     bytes += block.len();
                     reply.push_block(&block);
-                    lock(&self.inner.stats).blocks_sent += 1;
+                    let mut stats = lock(&self.inner.stats);
+                    stats.blocks_sent += 1;
+                    stats.bytes_sent += block.len() as u64;
                 }
                 (Some(_), WantType::Have) => reply.push_presence(&want.cid, PresenceType::Have),
                 (None, _) if want.send_dont_have => {

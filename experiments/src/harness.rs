@@ -1,0 +1,247 @@
+//! Running what the experiments measure: a federation (`fl_node::simulate`) or a
+//! centralized baseline, with this process's CPU time and peak memory around it, and the
+//! CSV files the figures come from.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use datasets::cifar10::Cifar10;
+use datasets::pipeline::{Pipeline, PipelineConfig};
+use fl_core::model::{Architecture, Backend, Classifier, LrSchedule, TrainConfig, Trainer};
+use fl_node::simulate::{self, Plan, Progress, Report, RoundRow};
+
+/// Test images per evaluation batch.
+const EVAL_BATCH: usize = 256;
+
+/// A federation run and what it cost this process.
+#[derive(Debug, Clone)]
+pub struct FedRun {
+    /// Its rows and summary.
+    pub report: Report,
+    /// Bytes of one model file.
+    pub model_bytes: u64,
+    /// CPU seconds this process used (user + system).
+    pub cpu_seconds: f64,
+    /// Nodes that were stopped on purpose.
+    pub failed: usize,
+}
+
+impl FedRun {
+    /// The last round's test accuracy.
+    pub fn final_accuracy(&self) -> Option<f64> {
+        self.report.rounds.last().and_then(|r| r.accuracy)
+    }
+
+    /// Seconds from the start to the first round whose accuracy reached `target`.
+    pub fn time_to(&self, target: f64) -> Option<f64> {
+        self.report
+            .rounds
+            .iter()
+            .find(|r| r.accuracy.is_some_and(|a| a >= target))
+            .map(|r| r.elapsed)
+    }
+
+    /// Mean round time over the rounds after the first (which also fetches the shards).
+    pub fn round_seconds(&self) -> f64 {
+        let rows: Vec<&RoundRow> = self.report.rounds.iter().skip(1).collect();
+        let rows = if rows.is_empty() {
+            self.report.rounds.iter().collect()
+        } else {
+            rows
+        };
+        rows.iter().map(|r| r.seconds).sum::<f64>() / rows.len().max(1) as f64
+    }
+
+    /// Bitswap bytes sent per node per round, all rounds.
+    pub fn bytes_per_node_round(&self, nodes: usize) -> f64 {
+        let sent: u64 = self.report.bytes_sent.iter().sum();
+        sent as f64 / (nodes.max(1) as f64 * self.report.rounds.len().max(1) as f64)
+    }
+
+    /// Bitswap bytes sent per node per round after the first round (no shard downloads).
+    pub fn steady_bytes_per_node_round(&self, nodes: usize) -> f64 {
+        let rows: Vec<&RoundRow> = self.report.rounds.iter().skip(1).collect();
+        if rows.is_empty() {
+            return self.bytes_per_node_round(nodes);
+        }
+        rows.iter().map(|r| r.bytes_sent as f64).sum::<f64>()
+            / (nodes.max(1) as f64 * rows.len() as f64)
+    }
+}
+
+/// Runs `plan` on `data` in a fresh scratch directory, printing one line per round.
+pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedRun> {
+    let scratch = tempfile::Builder::new()
+        .prefix("fl-experiment-")
+        .tempdir()
+        .context("making a scratch directory")?;
+    reset_peak_memory();
+    let cpu = cpu_seconds();
+    let mut model_bytes = 0;
+    let mut failed = 0;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime
+        .block_on(simulate::run(plan, data, scratch.path(), |p| match p {
+            Progress::Started { model_bytes: b, .. } => model_bytes = *b,
+            Progress::Round(r) => eprintln!(
+                "  {label}: round {} accuracy {} in {:.1} s",
+                r.round,
+                r.accuracy
+                    .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+                r.seconds
+            ),
+            Progress::Failed { .. } => failed += 1,
+            Progress::Errored { node, reason } => eprintln!("  {label}: node {node}: {reason}"),
+            Progress::Node { .. } => {}
+        }))
+        .with_context(|| format!("{label}: simulating"))?;
+    drop(runtime);
+    Ok(FedRun {
+        report,
+        model_bytes,
+        cpu_seconds: cpu_seconds() - cpu,
+        failed,
+    })
+}
+
+/// One epoch of a centralized run.
+#[derive(Debug, Clone)]
+pub struct Epoch {
+    /// 1-based.
+    pub epoch: usize,
+    /// Seconds since the start.
+    pub elapsed: f64,
+    /// Test accuracy after it.
+    pub accuracy: f64,
+    /// Test loss.
+    pub loss: f64,
+}
+
+/// Trains the reference CNN on the whole training set, as `fl baseline` does, with the local
+/// settings of `plan` over `epochs` epochs (its per-round schedule spread over the epochs);
+/// evaluates after every epoch.
+pub fn centralize(plan: &Plan, data: &Cifar10, epochs: usize) -> anyhow::Result<Vec<Epoch>> {
+    let arch = Architecture::FedAvgCnn;
+    let device = plan.backend.device();
+    let global = arch.init(plan.seed)?;
+    let t = &plan.train;
+    let config = TrainConfig {
+        epochs,
+        batch_size: t.batch_size as usize,
+        learning_rate: t.learning_rate,
+        momentum: t.momentum,
+        weight_decay: t.weight_decay,
+        schedule: if t.schedule.is_constant() {
+            LrSchedule::Constant
+        } else {
+            LrSchedule::Cosine { min_lr: 0.0 }
+        },
+        seed: plan.seed,
+        ..TrainConfig::default()
+    };
+    let mut pipeline = PipelineConfig::training(config.batch_size, plan.seed);
+    pipeline.normalization = arch.normalization();
+    let steps = data.train.len().div_ceil(config.batch_size.max(1));
+    let train = Pipeline::new(data.train.clone(), pipeline);
+    let test = test_batches(data, arch);
+    let mut trainer = Trainer::new(arch, &global, &config, steps, &device)?;
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(epochs);
+    for epoch in 0..epochs {
+        trainer.epoch(train.epoch(epoch as u64), |_| {})?;
+        let model = trainer.model()?;
+        let eval = Classifier::new(arch, &model, &device)?.evaluate(&test, EVAL_BATCH)?;
+        out.push(Epoch {
+            epoch: epoch + 1,
+            elapsed: started.elapsed().as_secs_f64(),
+            accuracy: eval.accuracy,
+            loss: eval.loss,
+        });
+        eprintln!(
+            "  centralized: epoch {} accuracy {:.2}%",
+            epoch + 1,
+            100.0 * eval.accuracy
+        );
+    }
+    Ok(out)
+}
+
+/// The test set as evaluation batches.
+pub fn test_batches(data: &Cifar10, arch: Architecture) -> Vec<fl_core::model::Batch> {
+    let mut config = PipelineConfig::evaluation(EVAL_BATCH);
+    config.normalization = arch.normalization();
+    Pipeline::new(data.test.clone(), config).collect_epoch(0)
+}
+
+/// The CPU backend the experiments train on unless told otherwise.
+pub fn backend() -> Backend {
+    Backend::default()
+}
+
+/// CPU seconds (user + system) this process has used; 0 where /proc is missing.
+pub fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks (USER_HZ, 100 on Linux).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Starts this process's peak-memory figure afresh (Linux: `clear_refs` 5).
+pub fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A CSV file being written: a header, then rows.
+pub struct Csv {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Csv {
+    /// Creates `dir/name` with `header`.
+    pub fn create(dir: &Path, name: &str, header: &[&str]) -> anyhow::Result<Self> {
+        let path = dir.join(name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut csv = Self {
+            path,
+            out: std::io::BufWriter::new(file),
+        };
+        csv.row(header.iter().map(|h| h.to_string()))?;
+        Ok(csv)
+    }
+
+    /// Writes one row (fields must not hold commas).
+    pub fn row(&mut self, fields: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+        let line: Vec<String> = fields.into_iter().collect();
+        writeln!(self.out, "{}", line.join(","))
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Flushes it; returns its path.
+    pub fn finish(mut self) -> anyhow::Result<PathBuf> {
+        self.out
+            .flush()
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(self.path)
+    }
+}
+
+/// An optional number as a CSV field (empty when absent).
+pub fn field(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v:.6}"))
+}
+
+/// A fraction as a percentage for the report.
+pub fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
+}

@@ -1,0 +1,882 @@
+//! The eight experiments of the evaluation. Each writes its CSV and PNG files into the
+//! results directory and returns its part of the report.
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use datasets::cifar10::Cifar10;
+use datasets::partition::Scheme;
+use fl_core::content::Repo;
+use fl_core::model::{Architecture, Batch, Classifier};
+use fl_core::tensors::Bundle;
+use fl_node::net::{Node, NodeConfig, keys};
+use fl_node::plot::{Series, bar_chart, line_chart};
+use fl_node::simulate::{Failure, Plan, PrivacyTarget, Victim};
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{Csv, FedRun, centralize, federate, field, pct};
+
+/// Nodes that recompute every manifest in the scalability runs (the rest check claims).
+const SCALING_CHECKERS: usize = 2;
+
+/// How big the runs are.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// The quick suite (minutes) rather than the full one.
+    pub quick: bool,
+    /// Nodes in the fixed-size experiments.
+    pub nodes: usize,
+    /// Rounds of each federation.
+    pub rounds: u32,
+    /// Node counts of the scalability experiment.
+    pub node_counts: &'static [usize],
+    /// Accuracy the scalability experiment times.
+    pub target: f64,
+}
+
+impl Scale {
+    /// The quick suite: small federations on the first images.
+    pub const QUICK: Scale = Scale {
+        quick: true,
+        nodes: 4,
+        rounds: 3,
+        node_counts: &[2, 4, 8, 16],
+        target: 0.20,
+    };
+    /// The full suite.
+    pub const FULL: Scale = Scale {
+        quick: false,
+        nodes: 8,
+        rounds: 10,
+        node_counts: &[2, 4, 8, 16, 32, 64],
+        target: 0.40,
+    };
+}
+
+/// What every experiment works with.
+pub struct Ctx {
+    /// The data (already cut down for the quick suite).
+    pub data: Cifar10,
+    /// How big.
+    pub scale: Scale,
+    /// Where files go.
+    pub out: PathBuf,
+    /// The scalability runs, shared with the communication and resource experiments.
+    scaling: OnceCell<Vec<(usize, FedRun)>>,
+}
+
+/// One experiment's part of the report.
+pub struct Section {
+    /// Its heading.
+    pub title: String,
+    /// Markdown.
+    pub body: String,
+    /// Files it wrote.
+    pub files: Vec<PathBuf>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// The experiments, by name, in report order.
+pub const EXPERIMENTS: [(&str, &str); 8] = [
+    (
+        "federated-vs-centralized",
+        "accuracy against wall time and rounds, both setups",
+    ),
+    (
+        "scalability",
+        "round time, bytes per node and time to a target accuracy against nodes",
+    ),
+    (
+        "communication",
+        "bytes per node per round against the minimum",
+    ),
+    (
+        "fault-tolerance",
+        "0..50% of nodes failing, and the aggregator failing mid-round",
+    ),
+    ("privacy", "accuracy at epsilon 1, 3, 8 and without DP"),
+    (
+        "non-iid",
+        "Dirichlet alpha 0.1, 0.5, 100 with FedAvg and FedProx",
+    ),
+    (
+        "inference-latency",
+        "a local model against fetching it by CID first",
+    ),
+    ("resources", "CPU and memory per node"),
+];
+
+impl Ctx {
+    /// A context for `scale` on `data`, writing into `out`.
+    pub fn new(data: Cifar10, scale: Scale, out: PathBuf) -> Self {
+        Self {
+            data,
+            scale,
+            out,
+            scaling: OnceCell::new(),
+        }
+    }
+
+    /// Runs the experiment called `name`.
+    pub fn run(&self, name: &str) -> anyhow::Result<Section> {
+        let started = Instant::now();
+        eprintln!("{name}:");
+        let (title, body, files) = match name {
+            "federated-vs-centralized" => self.federated_vs_centralized()?,
+            "scalability" => self.scalability()?,
+            "communication" => self.communication()?,
+            "fault-tolerance" => self.fault_tolerance()?,
+            "privacy" => self.privacy()?,
+            "non-iid" => self.non_iid()?,
+            "inference-latency" => self.inference_latency()?,
+            "resources" => self.resources()?,
+            other => anyhow::bail!("unknown experiment {other:?}"),
+        };
+        Ok(Section {
+            title,
+            body,
+            files,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The plan every experiment starts from: `nodes` nodes, the suite's rounds.
+    fn plan(&self, nodes: usize) -> Plan {
+        let mut plan = Plan::new(nodes, self.scale.rounds);
+        plan.checkers = nodes.min(4);
+        plan
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.out.join(name)
+    }
+
+    fn federated_vs_centralized(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let plan = self.plan(self.scale.nodes);
+        let fed = federate("federated", &plan, &self.data)?;
+        let epochs = (plan.train.epochs * plan.rounds) as usize;
+        let central = centralize(&plan, &self.data, epochs)?;
+        let mut csv = Csv::create(
+            &self.out,
+            "federated_vs_centralized.csv",
+            &["setup", "step", "epochs", "seconds", "accuracy", "loss"],
+        )?;
+        for r in &fed.report.rounds {
+            csv.row([
+                "federated".into(),
+                r.round.to_string(),
+                (r.round * plan.train.epochs).to_string(),
+                format!("{:.3}", r.elapsed),
+                field(r.accuracy),
+                field(r.loss),
+            ])?;
+        }
+        for e in &central {
+            csv.row([
+                "centralized".into(),
+                e.epoch.to_string(),
+                e.epoch.to_string(),
+                format!("{:.3}", e.elapsed),
+                field(Some(e.accuracy)),
+                field(Some(e.loss)),
+            ])?;
+        }
+        let csv = csv.finish()?;
+        let fed_series = |x: fn(&fl_node::simulate::RoundRow, u32) -> f64| Series {
+            label: format!("federated, {} nodes", plan.nodes),
+            points: fed
+                .report
+                .rounds
+                .iter()
+                .filter_map(|r| r.accuracy.map(|a| (x(r, plan.train.epochs), 100.0 * a)))
+                .collect(),
+        };
+        let central_series = |x: fn(&crate::harness::Epoch) -> f64| Series {
+            label: "centralized".into(),
+            points: central.iter().map(|e| (x(e), 100.0 * e.accuracy)).collect(),
+        };
+        let by_time = self.path("federated_vs_centralized_time.png");
+        line_chart(
+            &[fed_series(|r, _| r.elapsed), central_series(|e| e.elapsed)],
+            "Test accuracy against wall time",
+            ("seconds", "test accuracy (%)"),
+            &by_time,
+        )?;
+        let by_epochs = self.path("federated_vs_centralized_epochs.png");
+        line_chart(
+            &[
+                fed_series(|r, e| f64::from(r.round * e)),
+                central_series(|e| e.epoch as f64),
+            ],
+            "Test accuracy against epochs over the data (federated: rounds x local epochs)",
+            ("epochs", "test accuracy (%)"),
+            &by_epochs,
+        )?;
+        let fed_final = fed.final_accuracy();
+        let central_final = central.last().map(|e| e.accuracy);
+        let gap = fed_final
+            .zip(central_final)
+            .map_or("-".into(), |(f, c)| format!("{:+.2} pp", 100.0 * (f - c)));
+        let body = format!(
+            "{nodes} nodes, {rounds} rounds of {e} local epoch(s) (IID) against centralized training for {epochs} epochs, \
+             batch {b}, lr {lr} ({sched} over the run), momentum {m}, weight decay {wd}, on {n} training images.\n\n\
+             | setup | final test accuracy | wall time |\n| --- | --- | --- |\n\
+             | federated | {fa} | {ft:.0} s |\n| centralized | {ca} | {ct:.0} s |\n\n\
+             Difference: {gap}.\n",
+            nodes = plan.nodes,
+            rounds = plan.rounds,
+            e = plan.train.epochs,
+            b = plan.train.batch_size,
+            lr = plan.train.learning_rate,
+            sched = plan.train.schedule,
+            m = plan.train.momentum,
+            wd = plan.train.weight_decay,
+            n = self.data.train.len(),
+            fa = pct(fed_final),
+            ft = fed.report.seconds,
+            ca = pct(central_final),
+            ct = central.last().map_or(0.0, |e| e.elapsed),
+        );
+        Ok((
+            "Federated against centralized".into(),
+            body,
+            vec![csv, by_time, by_epochs],
+        ))
+    }
+
+    /// One federation per node count (shared with communication and resources).
+    fn scaling(&self) -> anyhow::Result<&Vec<(usize, FedRun)>> {
+        if let Some(runs) = self.scaling.get() {
+            return Ok(runs);
+        }
+        let mut runs = Vec::new();
+        for &n in self.scale.node_counts {
+            if n * 10 > self.data.train.len() {
+                eprintln!("  skipping {n} nodes: too few images");
+                continue;
+            }
+            let mut plan = self.plan(n);
+            plan.checkers = n.min(SCALING_CHECKERS);
+            runs.push((n, federate(&format!("{n} nodes"), &plan, &self.data)?));
+        }
+        Ok(self.scaling.get_or_init(|| runs))
+    }
+
+    fn scalability(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let runs = self.scaling()?;
+        let target = self.scale.target;
+        let mut csv = Csv::create(
+            &self.out,
+            "scalability.csv",
+            &[
+                "nodes",
+                "round_seconds",
+                "bytes_per_node_round",
+                "seconds_to_target",
+                "target",
+                "final_accuracy",
+                "total_seconds",
+            ],
+        )?;
+        let mut table = String::from(
+            "| nodes | mean round time | MB sent per node per round | time to target | final accuracy |\n| --- | --- | --- | --- | --- |\n",
+        );
+        for (n, run) in runs {
+            let to_target = run.time_to(target);
+            csv.row([
+                n.to_string(),
+                format!("{:.3}", run.round_seconds()),
+                format!("{:.0}", run.bytes_per_node_round(*n)),
+                field(to_target),
+                format!("{target}"),
+                field(run.final_accuracy()),
+                format!("{:.3}", run.report.seconds),
+            ])?;
+            table.push_str(&format!(
+                "| {n} | {:.1} s | {:.1} | {} | {} |\n",
+                run.round_seconds(),
+                run.bytes_per_node_round(*n) / 1e6,
+                to_target.map_or("not reached".into(), |s| format!("{s:.0} s")),
+                pct(run.final_accuracy()),
+            ));
+        }
+        let csv = csv.finish()?;
+        let xs = |f: &dyn Fn(usize, &FedRun) -> Option<f64>| -> Vec<(f64, f64)> {
+            runs.iter()
+                .filter_map(|(n, r)| f(*n, r).map(|y| (*n as f64, y)))
+                .collect()
+        };
+        let time = self.path("scalability_round_time.png");
+        line_chart(
+            &[Series {
+                label: "mean round time".into(),
+                points: xs(&|_, r| Some(r.round_seconds())),
+            }],
+            "Round time against nodes (all nodes on this machine)",
+            ("nodes", "seconds per round"),
+            &time,
+        )?;
+        let to_target = self.path("scalability_time_to_target.png");
+        line_chart(
+            &[Series {
+                label: format!("time to {:.0}% test accuracy", 100.0 * target),
+                points: xs(&|_, r| r.time_to(target)),
+            }],
+            "Time to the target accuracy against nodes",
+            ("nodes", "seconds"),
+            &to_target,
+        )?;
+        let body = format!(
+            "The same {} training images split IID over more and more nodes, {} rounds each, every node a real peer in one process \
+             on this machine (so the nodes share its cores: round time measures the protocol's cost as nodes are added, not a speed-up). \
+             Target accuracy {:.0}%.\n\n{table}",
+            self.data.train.len(),
+            self.scale.rounds,
+            100.0 * target
+        );
+        Ok(("Scalability".into(), body, vec![csv, time, to_target]))
+    }
+
+    fn communication(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let runs = self.scaling()?;
+        let mut csv = Csv::create(
+            &self.out,
+            "communication.csv",
+            &[
+                "nodes",
+                "encoding",
+                "bytes_per_node_round",
+                "steady_bytes_per_node_round",
+                "minimum_bytes_per_node_round",
+            ],
+        )?;
+        let mut table = String::from(
+            "| nodes | MB per node per round (all rounds) | after round 1 | minimum (model down + update up) | ratio after round 1 |\n| --- | --- | --- | --- | --- |\n",
+        );
+        for (n, run) in runs {
+            let minimum = 2.0 * run.model_bytes as f64;
+            let steady = run.steady_bytes_per_node_round(*n);
+            csv.row([
+                n.to_string(),
+                "float32".into(),
+                format!("{:.0}", run.bytes_per_node_round(*n)),
+                format!("{steady:.0}"),
+                format!("{minimum:.0}"),
+            ])?;
+            table.push_str(&format!(
+                "| {n} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+                run.bytes_per_node_round(*n) / 1e6,
+                steady / 1e6,
+                minimum / 1e6,
+                steady / minimum
+            ));
+        }
+        let csv = csv.finish()?;
+        let png = self.path("communication.png");
+        let series = |label: &str, f: &dyn Fn(usize, &FedRun) -> f64| Series {
+            label: label.into(),
+            points: runs
+                .iter()
+                .map(|(n, r)| (*n as f64, f(*n, r) / 1e6))
+                .collect(),
+        };
+        line_chart(
+            &[
+                series(
+                    "measured, all rounds (round 1 fetches the shards)",
+                    &|n, r| r.bytes_per_node_round(n),
+                ),
+                series("measured, after round 1", &|n, r| {
+                    r.steady_bytes_per_node_round(n)
+                }),
+                series("minimum: model down + update up", &|_, r| {
+                    2.0 * r.model_bytes as f64
+                }),
+            ],
+            "Bytes each node sends per round (Bitswap block payloads)",
+            ("nodes", "MB per node per round"),
+            &png,
+        )?;
+        let body = format!(
+            "Bitswap bytes sent per node per round in the scalability runs, against the minimum a round needs (each node \
+             downloads the model and uploads its update once). The rest is the checking: {} nodes (checkers) fetch every update to \
+             recompute the manifest. Gossip (announcements and manifests, a few hundred bytes each) is not counted. \
+             8-bit update quantisation is not built yet, so only float32 updates are measured.\n\n{table}",
+            SCALING_CHECKERS
+        );
+        Ok(("Communication overhead".into(), body, vec![csv, png]))
+    }
+
+    fn fault_tolerance(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let nodes = if self.scale.quick { 10 } else { 20 };
+        let deadline = Duration::from_secs(if self.scale.quick { 25 } else { 120 });
+        let mut scenarios: Vec<(String, Vec<Failure>)> = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for fraction in [0.0, 0.1, 0.3, 0.5] {
+            let k = (fraction * nodes as f64).round() as usize;
+            let mut victims: Vec<usize> = (0..nodes).collect();
+            // A seeded shuffle: the same nodes fail at the same moments every run.
+            for i in (1..victims.len()).rev() {
+                victims.swap(i, rng.random_range(0..=i));
+            }
+            let failures = victims[..k]
+                .iter()
+                .map(|&node| Failure {
+                    victim: Victim::Node(node),
+                    round: rng.random_range(1..=self.scale.rounds),
+                    after: Duration::from_secs_f64(rng.random_range(0.0..10.0)),
+                })
+                .collect();
+            scenarios.push((format!("{:.0}% of nodes fail", 100.0 * fraction), failures));
+        }
+        scenarios.push((
+            "aggregator of round 2 fails".into(),
+            vec![Failure {
+                victim: Victim::Aggregator,
+                round: 2.min(self.scale.rounds),
+                after: Duration::ZERO,
+            }],
+        ));
+        let mut csv = Csv::create(
+            &self.out,
+            "fault_tolerance.csv",
+            &[
+                "scenario",
+                "round",
+                "participants",
+                "aggregator_rank",
+                "seconds",
+                "accuracy",
+                "failure",
+            ],
+        )?;
+        let mut table = String::from(
+            "| scenario | nodes stopped | rounds completed | final accuracy | total time |\n| --- | --- | --- | --- | --- |\n",
+        );
+        let mut series = Vec::new();
+        let mut times = Vec::new();
+        for (label, failures) in scenarios {
+            let mut plan = self.plan(nodes);
+            plan.min_participants = (nodes / 2) as u32;
+            plan.deadline = deadline;
+            plan.grace = Duration::from_secs(10);
+            plan.failures = failures;
+            let run = match federate(&label, &plan, &self.data) {
+                Ok(run) => run,
+                Err(e) => {
+                    let why = failure(&e);
+                    csv.row([
+                        label.clone(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        why.clone(),
+                    ])?;
+                    table.push_str(&format!("| {label} | - | - | failed: {why} | - |\n"));
+                    continue;
+                }
+            };
+            for r in &run.report.rounds {
+                csv.row([
+                    label.clone(),
+                    r.round.to_string(),
+                    r.participants.to_string(),
+                    r.rank.to_string(),
+                    format!("{:.3}", r.seconds),
+                    field(r.accuracy),
+                    String::new(),
+                ])?;
+            }
+            table.push_str(&format!(
+                "| {label} | {} | {} of {} | {} | {:.0} s |\n",
+                run.failed,
+                run.report.rounds.len(),
+                plan.rounds,
+                pct(run.final_accuracy()),
+                run.report.seconds
+            ));
+            series.push(Series {
+                label: label.clone(),
+                points: run
+                    .report
+                    .rounds
+                    .iter()
+                    .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
+                    .collect(),
+            });
+            times.push((label, run.report.seconds));
+        }
+        let csv = csv.finish()?;
+        let acc = self.path("fault_tolerance_accuracy.png");
+        line_chart(
+            &series,
+            &format!("Test accuracy by round, {nodes} nodes, nodes failing"),
+            ("round", "test accuracy (%)"),
+            &acc,
+        )?;
+        let time = self.path("fault_tolerance_time.png");
+        bar_chart(
+            &times
+                .iter()
+                .map(|(l, s)| {
+                    (
+                        l.replace(" of nodes fail", "")
+                            .replace("aggregator of round 2 fails", "aggregator"),
+                        *s,
+                    )
+                })
+                .collect::<Vec<_>>(),
+            "Wall time of the whole run by scenario",
+            "seconds",
+            &time,
+        )?;
+        let body = format!(
+            "{nodes} nodes, {} rounds, minimum {} participants, round deadline {} s and grace 10 s. Failing nodes stop for good \
+             (their swarm closes) in a random round, 0-10 s into it; the nodes and moments are drawn from a fixed seed. A round \
+             that lost a node waits for the deadline before it closes with the updates it has; a lost aggregator is replaced by \
+             the next in rank after deadline + grace.\n\n{table}",
+            self.scale.rounds,
+            nodes / 2,
+            deadline.as_secs()
+        );
+        Ok(("Fault tolerance".into(), body, vec![csv, acc, time]))
+    }
+
+    fn privacy(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let mut csv = Csv::create(
+            &self.out,
+            "privacy.csv",
+            &[
+                "epsilon_target",
+                "noise_multiplier",
+                "round",
+                "epsilon_spent",
+                "accuracy",
+                "failure",
+            ],
+        )?;
+        let mut table = String::from(
+            "| epsilon (delta 1e-5) | noise multiplier | epsilon spent | final accuracy |\n| --- | --- | --- | --- |\n",
+        );
+        let mut series = Vec::new();
+        for eps in [Some(1.0), Some(3.0), Some(8.0), None] {
+            let mut plan = self.plan(self.scale.nodes);
+            plan.privacy = eps.map(|epsilon| PrivacyTarget {
+                epsilon,
+                delta: 1e-5,
+                clip_norm: 1.0,
+            });
+            let z = plan.noise_multiplier()?;
+            let label = eps.map_or("no DP".into(), |e| format!("epsilon {e}"));
+            let run = match federate(&label, &plan, &self.data) {
+                Ok(run) => run,
+                Err(e) => {
+                    let why = failure(&e);
+                    csv.row([
+                        eps.map_or("none".into(), |e| e.to_string()),
+                        field(z),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        why.clone(),
+                    ])?;
+                    table.push_str(&format!(
+                        "| {} | {} | - | failed: {why} |\n",
+                        eps.map_or("none".into(), |e| e.to_string()),
+                        z.map_or("-".into(), |z| format!("{z:.3}")),
+                    ));
+                    continue;
+                }
+            };
+            for r in &run.report.rounds {
+                csv.row([
+                    eps.map_or("none".into(), |e| e.to_string()),
+                    field(z),
+                    r.round.to_string(),
+                    field(r.epsilon),
+                    field(r.accuracy),
+                    String::new(),
+                ])?;
+            }
+            table.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                eps.map_or("none".into(), |e| e.to_string()),
+                z.map_or("-".into(), |z| format!("{z:.3}")),
+                run.report
+                    .rounds
+                    .last()
+                    .and_then(|r| r.epsilon)
+                    .map_or("-".into(), |e| format!("{e:.2}")),
+                pct(run.final_accuracy())
+            ));
+            series.push(Series {
+                label,
+                points: run
+                    .report
+                    .rounds
+                    .iter()
+                    .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
+                    .collect(),
+            });
+        }
+        let csv = csv.finish()?;
+        let png = self.path("privacy.png");
+        line_chart(
+            &series,
+            "Test accuracy by round under DP-FedAvg (each update clipped to norm 1 and noised)",
+            ("round", "test accuracy (%)"),
+            &png,
+        )?;
+        let body = format!(
+            "{} nodes, {} rounds. Each node clips its update to L2 norm 1 and adds Gaussian noise of standard deviation z per \
+             coordinate, with z the smallest noise multiplier whose Rényi-DP accounting over all rounds stays within epsilon at \
+             delta 1e-5 (every node takes part in every round). A federation fails when the noise makes the global model \
+             diverge (every node's local training then stops with a NaN loss, keeping its last good model).\n\n{table}",
+            self.scale.nodes, self.scale.rounds
+        );
+        Ok(("Privacy".into(), body, vec![csv, png]))
+    }
+
+    fn non_iid(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let mut csv = Csv::create(
+            &self.out,
+            "non_iid.csv",
+            &["alpha", "rule", "round", "accuracy", "failure"],
+        )?;
+        let mut table =
+            String::from("| Dirichlet alpha | FedAvg | FedProx (mu 0.01) |\n| --- | --- | --- |\n");
+        let mut series = Vec::new();
+        for alpha in [0.1, 0.5, 100.0] {
+            let mut finals = Vec::new();
+            for (rule, mu) in [("FedAvg", 0.0), ("FedProx", 0.01)] {
+                let mut plan = self.plan(self.scale.nodes);
+                plan.scheme = Scheme::Dirichlet { alpha };
+                plan.train.proximal_mu = mu;
+                let label = format!("{rule}, alpha {alpha}");
+                let run = match federate(&label, &plan, &self.data) {
+                    Ok(run) => run,
+                    Err(e) => {
+                        let why = failure(&e);
+                        csv.row([
+                            alpha.to_string(),
+                            rule.into(),
+                            String::new(),
+                            String::new(),
+                            why.clone(),
+                        ])?;
+                        finals.push(format!("failed: {why}"));
+                        continue;
+                    }
+                };
+                for r in &run.report.rounds {
+                    csv.row([
+                        alpha.to_string(),
+                        rule.into(),
+                        r.round.to_string(),
+                        field(r.accuracy),
+                        String::new(),
+                    ])?;
+                }
+                finals.push(pct(run.final_accuracy()));
+                series.push(Series {
+                    label,
+                    points: run
+                        .report
+                        .rounds
+                        .iter()
+                        .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
+                        .collect(),
+                });
+            }
+            table.push_str(&format!("| {alpha} | {} | {} |\n", finals[0], finals[1]));
+        }
+        let csv = csv.finish()?;
+        let png = self.path("non_iid.png");
+        line_chart(
+            &series,
+            "Test accuracy by round, label skew by Dirichlet alpha",
+            ("round", "test accuracy (%)"),
+            &png,
+        )?;
+        let body = format!(
+            "{} nodes, {} rounds; each node's labels drawn by Dirichlet(alpha) (alpha 0.1: a few classes per node; 100: \
+             close to IID).\n\n{table}",
+            self.scale.nodes, self.scale.rounds
+        );
+        Ok(("Non-IID data".into(), body, vec![csv, png]))
+    }
+
+    fn inference_latency(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let trials = if self.scale.quick { 10 } else { 30 };
+        let arch = Architecture::FedAvgCnn;
+        let device = crate::harness::backend().device();
+        let scratch = tempfile::Builder::new().prefix("fl-latency-").tempdir()?;
+        let provider_repo = Repo::open(scratch.path().join("provider"))?;
+        let model = arch.init(1)?;
+        let cid = model.store(&provider_repo)?;
+        provider_repo.pin(&cid, fl_core::content::pins::PinMode::Recursive)?;
+        let image = self.data.test.subset(&[0]);
+        let batch = Batch::from_cifar_records(&image.to_binary(), &arch.normalization())?;
+        let classify = |repo: &Repo| -> anyhow::Result<usize> {
+            let bundle = Bundle::load(repo, &cid)?;
+            let scores = Classifier::new(arch, &bundle, &device)?.probabilities(&batch)?;
+            Ok(scores.predicted().first().copied().unwrap_or(0))
+        };
+        let mut local = Vec::new();
+        for _ in 0..trials {
+            let t = Instant::now();
+            classify(&provider_repo)?;
+            local.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let runtime = tokio::runtime::Runtime::new()?;
+        let remote = runtime.block_on(async {
+            let loopback = || NodeConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid address")],
+                mdns: false,
+                ..NodeConfig::default()
+            };
+            let key = keys::load_or_create(provider_repo.root())?;
+            let provider = Node::start(
+                key,
+                std::sync::Arc::new(provider_repo.blocks().clone()),
+                loopback(),
+            )
+            .await?;
+            let addr = provider
+                .listen_addrs()
+                .await?
+                .into_iter()
+                .next()
+                .context("the provider listens nowhere")?;
+            let mut times = Vec::new();
+            for i in 0..trials {
+                let dir = scratch.path().join(format!("asker-{i}"));
+                let repo = Repo::open(&dir)?;
+                let key = keys::load_or_create(&dir)?;
+                let asker =
+                    Node::start(key, std::sync::Arc::new(repo.blocks().clone()), loopback())
+                        .await?;
+                let peer = asker.dial(addr.clone()).await?;
+                let t = Instant::now();
+                fl_node::net::fetch(&asker, cid, vec![peer], false, Duration::from_secs(10))
+                    .await?;
+                classify(&repo)?;
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(times)
+        })?;
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut csv = Csv::create(
+            &self.out,
+            "inference_latency.csv",
+            &["setup", "trial", "ms"],
+        )?;
+        for (setup, times) in [("local", &local), ("fetch by CID, then local", &remote)] {
+            for (i, ms) in times.iter().enumerate() {
+                csv.row([setup.into(), i.to_string(), format!("{ms:.3}")])?;
+            }
+        }
+        let csv = csv.finish()?;
+        let png = self.path("inference_latency.png");
+        let (l, r) = (median(&local), median(&remote));
+        bar_chart(
+            &[
+                ("model in the local repo".into(), l),
+                ("model fetched by CID from a peer first".into(), r),
+            ],
+            "Latency of classifying one image (median)",
+            "milliseconds",
+            &png,
+        )?;
+        let body = format!(
+            "Classifying one test image with the reference CNN ({} trials each, CPU): loading the model from the local repo \
+             and running it, against fetching the model's {:.1} MB by CID from a peer on loopback (a fresh node and repo each \
+             trial, already connected) and then the same.\n\n| setup | median latency |\n| --- | --- |\n\
+             | local model | {l:.1} ms |\n| fetched by CID first | {r:.1} ms |\n",
+            trials,
+            model.to_safetensors()?.len() as f64 / 1e6
+        );
+        Ok(("Inference latency".into(), body, vec![csv, png]))
+    }
+
+    fn resources(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
+        let runs = self.scaling()?;
+        let mut csv = Csv::create(
+            &self.out,
+            "resources.csv",
+            &[
+                "nodes",
+                "peak_memory_bytes",
+                "peak_memory_per_node_bytes",
+                "cpu_seconds",
+                "cpu_seconds_per_node_round",
+                "gpu",
+            ],
+        )?;
+        let mut table = String::from(
+            "| nodes | peak memory (process) | per node | CPU seconds per node per round |\n| --- | --- | --- | --- |\n",
+        );
+        for (n, run) in runs {
+            let per_node = run.report.peak_memory as f64 / *n as f64;
+            let cpu = run.cpu_seconds / (*n as f64 * run.report.rounds.len().max(1) as f64);
+            csv.row([
+                n.to_string(),
+                run.report.peak_memory.to_string(),
+                format!("{per_node:.0}"),
+                format!("{:.3}", run.cpu_seconds),
+                format!("{cpu:.3}"),
+                "none".into(),
+            ])?;
+            table.push_str(&format!(
+                "| {n} | {:.0} MiB | {:.0} MiB | {cpu:.1} |\n",
+                run.report.peak_memory as f64 / 1048576.0,
+                per_node / 1048576.0
+            ));
+        }
+        let csv = csv.finish()?;
+        let png = self.path("resources.png");
+        let series = |label: &str, f: &dyn Fn(usize, &FedRun) -> f64| Series {
+            label: label.into(),
+            points: runs.iter().map(|(n, r)| (*n as f64, f(*n, r))).collect(),
+        };
+        line_chart(
+            &[
+                series("peak memory per node (MiB)", &|n, r| {
+                    r.report.peak_memory as f64 / 1048576.0 / n as f64
+                }),
+                series("CPU seconds per node per round", &|n, r| {
+                    r.cpu_seconds / (n as f64 * r.report.rounds.len().max(1) as f64)
+                }),
+            ],
+            "Resources per node (all nodes in one process)",
+            ("nodes", "MiB / CPU seconds"),
+            &png,
+        )?;
+        let body = format!(
+            "From the scalability runs: the process's peak resident memory (reset before each run) and CPU time, divided by \
+             the nodes it ran. No GPU on this machine.\n\n{table}"
+        );
+        Ok(("Resource use".into(), body, vec![csv, png]))
+    }
+}
+
+/// Why a federation failed, in one line fit for a CSV field and a table cell.
+fn failure(e: &anyhow::Error) -> String {
+    let root = e.chain().last().map_or(String::new(), |c| c.to_string());
+    eprintln!("  failed: {e:#}");
+    root.replace([',', '|', '\n'], ";")
+}
+
+/// Relative path of `file` from `dir`, for links in the report.
+pub fn relative(file: &Path, dir: &Path) -> String {
+    file.strip_prefix(dir).unwrap_or(file).display().to_string()
+}

@@ -1,0 +1,420 @@
+//! `fl simulate`: a federation of N real nodes on this machine, with a live table of its
+//! rounds.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use datasets::cifar10;
+use datasets::download::{self, Source};
+use datasets::partition::Scheme;
+use fl_core::records::{RoundSchedule, TrainParams};
+use fl_node::round::Event;
+use fl_node::simulate::{self, Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
+
+/// `fl simulate`.
+#[derive(Debug, Args)]
+pub(super) struct Simulate {
+    /// Nodes, each with its own key, repo and swarm on loopback, training on its own shard.
+    #[arg(long, default_value_t = 8)]
+    nodes: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// How the training set is split: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
+    #[arg(long, default_value = "iid")]
+    partition: Scheme,
+    /// DP-FedAvg spending this epsilon over all rounds (the noise is derived); default: no DP.
+    #[arg(long, value_name = "EPSILON", allow_negative_numbers = true)]
+    dp_epsilon: Option<f64>,
+    /// The delta epsilon holds at.
+    #[arg(long, default_value_t = 1e-5, requires = "dp_epsilon")]
+    dp_delta: f64,
+    /// L2 norm each update is clipped to under DP.
+    #[arg(long, default_value_t = 1.0, requires = "dp_epsilon")]
+    dp_clip: f64,
+    /// The aggregation rule: fedavg, fedavgm[:momentum=M], fedadam, fedyogi, median,
+    /// trimmed-mean:F, krum:F, norm-bound:N.
+    #[arg(long, default_value = "fedavg")]
+    aggregation: String,
+    /// CIFAR-10 (the binary version's directory); default: fetched into the user's data
+    /// directory.
+    #[arg(long, env = "FL_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Use only the first N training images (quick runs); default: all.
+    #[arg(long, value_name = "N")]
+    images: Option<usize>,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Local batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// How the local learning rate falls over the rounds: cosine or constant.
+    #[arg(long, default_value = "cosine")]
+    schedule: RoundSchedule,
+    /// Local SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Local L2 weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// FedProx proximal term (0: plain local SGD).
+    #[arg(long, default_value_t = 0.0)]
+    mu: f64,
+    /// Fewest updates a round closes with; default: every node.
+    #[arg(long)]
+    min_participants: Option<u32>,
+    /// Seconds after a round opens when it closes with what has arrived.
+    #[arg(long, default_value_t = 1800.0)]
+    deadline: f64,
+    /// Seconds each next-ranked aggregator waits for the one before it.
+    #[arg(long, default_value_t = 60.0)]
+    grace: f64,
+    /// Nodes that recompute every manifest from its updates (the others check its claims);
+    /// default: all nodes up to 8.
+    #[arg(long)]
+    checkers: Option<usize>,
+    /// Trainings at once across the nodes; default: the machine's cores.
+    #[arg(long)]
+    trainings: Option<usize>,
+    /// Node NODE stops for good in round ROUND, SECONDS into it (repeatable), e.g. 3@2+10;
+    /// `aggregator@2` stops whichever node aggregates round 2 as it starts.
+    #[arg(long = "fail", value_name = "NODE@ROUND[+SECONDS]", value_parser = failure_arg)]
+    failures: Vec<Failure>,
+    /// Seed of the initial model, the partition, data order and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep every node's repo under DIR (default: a scratch directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// JSON lines on stdout: every node's events, a row per round, then the summary.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: super::model::DeviceArgs,
+}
+
+/// Parses `NODE@ROUND[+SECONDS]`, where NODE is a number or `aggregator`.
+fn failure_arg(text: &str) -> Result<Failure, String> {
+    let usage = || {
+        format!("{text:?}: expected NODE@ROUND or NODE@ROUND+SECONDS, e.g. 3@2+10 or aggregator@2")
+    };
+    let (node, rest) = text.split_once('@').ok_or_else(usage)?;
+    let (round, after) = rest.split_once('+').unwrap_or((rest, "0"));
+    let after: f64 = after.parse().map_err(|_| usage())?;
+    if !(after.is_finite() && after >= 0.0) {
+        return Err(usage());
+    }
+    Ok(Failure {
+        victim: match node {
+            "aggregator" => Victim::Aggregator,
+            n => Victim::Node(n.parse().map_err(|_| usage())?),
+        },
+        round: round.parse().map_err(|_| usage())?,
+        after: Duration::from_secs_f64(after),
+    })
+}
+
+impl Simulate {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let seconds = |name: &str, s: f64| -> anyhow::Result<Duration> {
+            if !(s.is_finite() && s > 0.0) {
+                bail!("--{name} must be a positive number of seconds, got {s}");
+            }
+            Ok(Duration::from_secs_f64(s))
+        };
+        let defaults = Plan::new(self.nodes, self.rounds);
+        Ok(Plan {
+            scheme: self.partition,
+            train: TrainParams {
+                epochs: self.epochs,
+                batch_size: self.batch,
+                learning_rate: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                proximal_mu: self.mu,
+                schedule: self.schedule,
+            },
+            rule: self.aggregation.clone(),
+            privacy: self.dp_epsilon.map(|epsilon| PrivacyTarget {
+                epsilon,
+                delta: self.dp_delta,
+                clip_norm: self.dp_clip,
+            }),
+            min_participants: self.min_participants.unwrap_or(defaults.min_participants),
+            deadline: seconds("deadline", self.deadline)?,
+            grace: seconds("grace", self.grace)?,
+            backend: self.device.backend()?,
+            checkers: self.checkers.unwrap_or(defaults.checkers),
+            trainings_at_once: self.trainings.unwrap_or(defaults.trainings_at_once),
+            seed: self.seed,
+            failures: self.failures.clone(),
+            ..defaults
+        })
+    }
+
+    /// The CIFAR-10 directory: given, or fetched (once) into the user's data directory.
+    fn data_dir(&self, quiet: bool) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data {
+            return Ok(dir.clone());
+        }
+        let dir = dirs::data_dir()
+            .context("no user data directory on this system; pass --data DIR or set FL_DATA")?
+            .join("fl/datasets");
+        if !quiet {
+            eprintln!(
+                "no --data or FL_DATA given: fetching CIFAR-10 into {}",
+                dir.display()
+            );
+        }
+        Ok(download::fetch(&Source::cifar10_binary(), &dir, |_| {})?)
+    }
+}
+
+pub(super) fn run(args: Simulate, quiet: bool) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    // Settings that cannot work are refused before any data is read or fetched.
+    plan.check(usize::MAX)?;
+    let data_dir = args.data_dir(quiet || args.json)?;
+    let mut data = cifar10::load(&data_dir).with_context(|| {
+        format!(
+            "reading CIFAR-10 from {} (`fl data fetch cifar10` downloads it; --data DIR or FL_DATA point at a copy)",
+            data_dir.display()
+        )
+    })?;
+    if let Some(n) = args.images {
+        if n == 0 || n > data.train.len() {
+            bail!(
+                "--images {n}: the data has {} training images",
+                data.train.len()
+            );
+        }
+        data.train = data.train.subset(&(0..n).collect::<Vec<_>>());
+    }
+    let scratch;
+    let root = match &args.keep {
+        Some(dir) => dir.clone(),
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix("fl-simulate-")
+                .tempdir()
+                .context("making a scratch directory")?;
+            scratch.path().to_owned()
+        }
+    };
+    let mut view = View::new(&plan, quiet, args.json);
+    let report = super::node::runtime()?
+        .block_on(simulate::run(&plan, &data, &root, |p| view.show(p)))
+        .context("simulating the federation")?;
+    view.finish(&report, &plan, args.keep.as_ref())?;
+    if report.finished == 0 {
+        bail!("no node finished the task");
+    }
+    Ok(())
+}
+
+/// What the terminal shows: a progress bar for the open round and the table of the closed
+/// ones (or JSON lines, or nothing).
+struct View {
+    mode: Mode,
+    nodes: usize,
+    bar: Option<indicatif::ProgressBar>,
+    /// The round in progress and how many nodes announced in it.
+    round: u32,
+    announced: usize,
+    model_bytes: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Table,
+    Json,
+    Quiet,
+}
+
+impl View {
+    fn new(plan: &Plan, quiet: bool, json: bool) -> Self {
+        let mode = match (json, quiet) {
+            (true, _) => Mode::Json,
+            (false, true) => Mode::Quiet,
+            (false, false) => Mode::Table,
+        };
+        Self {
+            mode,
+            nodes: plan.nodes,
+            bar: None,
+            round: 1,
+            announced: 0,
+            model_bytes: 0,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            // A hidden bar (output not a terminal) drops what it is asked to print.
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            _ => println!("{text}"),
+        }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        if self.mode == Mode::Json {
+            if let Ok(line) = serde_json::to_string(p) {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+            return;
+        }
+        if self.mode == Mode::Quiet {
+            return;
+        }
+        match p {
+            Progress::Started {
+                task,
+                dataset,
+                nodes,
+                rounds,
+                model_bytes,
+                noise_multiplier,
+            } => {
+                self.model_bytes = *model_bytes;
+                println!("task {task}: {nodes} nodes, {rounds} rounds, dataset {dataset}");
+                if let Some(z) = noise_multiplier {
+                    println!("DP-FedAvg: noise multiplier {z:.3}");
+                }
+                println!(
+                    "{:>5} {:>12} {:>10} {:>9} {:>8} {:>8} {:>10} {:>8}",
+                    "round",
+                    "participants",
+                    "aggregator",
+                    "accuracy",
+                    "loss",
+                    "epsilon",
+                    "MB sent",
+                    "seconds"
+                );
+                let bar = indicatif::ProgressBar::new(*nodes as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "round {prefix:>3} {wide_bar} {pos}/{len} trained {elapsed_precise} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar.set_prefix("1");
+                bar.enable_steady_tick(Duration::from_millis(500));
+                self.bar = Some(bar);
+            }
+            Progress::Node { event, .. } => match event {
+                Event::Announced { round, .. } if *round >= self.round => {
+                    if *round > self.round {
+                        self.round = *round;
+                        self.announced = 0;
+                    }
+                    self.announced += 1;
+                    if let Some(bar) = &self.bar {
+                        bar.set_prefix(self.round.to_string());
+                        bar.set_position(self.announced.min(self.nodes) as u64);
+                        bar.set_message("");
+                    }
+                }
+                Event::Aggregating { round, updates, .. } if *round == self.round => {
+                    if let Some(bar) = &self.bar {
+                        bar.set_message(format!("aggregating {updates} updates"));
+                    }
+                }
+                _ => {}
+            },
+            Progress::Failed { node, round } => {
+                self.line(&format!("node {node} stopped in round {round}"))
+            }
+            Progress::Errored { node, reason } => {
+                self.line(&format!("node {node} gave up: {reason}"))
+            }
+            Progress::Round(row) => {
+                self.line(&row_text(row));
+                if row.round >= self.round {
+                    self.round = row.round + 1;
+                    self.announced = 0;
+                    if let Some(bar) = &self.bar {
+                        bar.set_prefix(self.round.to_string());
+                        bar.set_position(0);
+                        bar.set_message("");
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        report: &Report,
+        plan: &Plan,
+        kept: Option<&PathBuf>,
+    ) -> anyhow::Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let mut out = std::io::stdout().lock();
+        match self.mode {
+            Mode::Json => {
+                let mut summary = serde_json::to_value(report)?;
+                summary["type"] = "summary".into();
+                writeln!(out, "{summary}")?;
+            }
+            Mode::Quiet => writeln!(out, "{}", report.model)?,
+            Mode::Table => {
+                let last = report.rounds.last();
+                let sent: u64 = report.bytes_sent.iter().sum();
+                let per_node_round = sent as f64 / (plan.nodes as f64 * f64::from(plan.rounds));
+                let minimum = 2 * self.model_bytes;
+                writeln!(
+                    out,
+                    "final model {} ({} of {} nodes agree; {} finished)",
+                    report.model, report.agreeing, plan.nodes, report.finished
+                )?;
+                if let Some(acc) = last.and_then(|r| r.accuracy) {
+                    writeln!(out, "final test accuracy {:.2}%", 100.0 * acc)?;
+                }
+                writeln!(
+                    out,
+                    "{:.1} s in all; {:.1} MB sent per node per round (model down + update up: {:.1} MB); peak memory {:.0} MiB ({:.0} MiB per node)",
+                    report.seconds,
+                    per_node_round / 1e6,
+                    minimum as f64 / 1e6,
+                    report.peak_memory as f64 / 1048576.0,
+                    report.peak_memory as f64 / 1048576.0 / plan.nodes as f64
+                )?;
+                if let Some(dir) = kept {
+                    writeln!(out, "node repos kept in {}", dir.display())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One row of the table.
+fn row_text(r: &RoundRow) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+    let num = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.4}"));
+    let eps = r.epsilon.map_or("-".into(), |e| format!("{e:.2}"));
+    let agg = r.aggregator.map_or("?".into(), |n| format!("node {n}"));
+    format!(
+        "{:>5} {:>12} {:>10} {:>9} {:>8} {:>8} {:>10.1} {:>8.1}",
+        r.round,
+        r.participants,
+        agg,
+        pct(r.accuracy),
+        num(r.loss),
+        eps,
+        r.bytes_sent as f64 / 1e6,
+        r.seconds
+    )
+}

@@ -1,0 +1,202 @@
+//! `fl simulate`: a whole federation of real nodes (swarms on loopback) in one process, on
+//! the real images of ../shared/datasets/cifar10, and its refusals of settings that cannot
+//! work.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn shared_cifar() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/cifar10")
+}
+
+fn fl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fl"))
+        .args(args)
+        .env_remove("FL_DATA")
+        .env_remove("FL_REPO")
+        .output()
+        .expect("running fl")
+}
+
+/// Runs `fl simulate` with `args`, expecting failure; returns standard error.
+fn refused(args: &[&str]) -> String {
+    let mut all = vec!["simulate"];
+    all.extend_from_slice(args);
+    let out = fl(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn settings_that_cannot_work_get_one_clear_message_each() {
+    let data = shared_cifar();
+    let data = data.to_str().expect("utf-8 path");
+    let cases: [(&[&str], &str); 8] = [
+        (&["--nodse", "4"], "unexpected argument '--nodse'"),
+        (
+            &["--nodes", "0", "--data", data],
+            "--nodes must be at least 1",
+        ),
+        (
+            &["--nodes", "4", "--min-participants", "5", "--data", data],
+            "--min-participants 5 must be between 1 and --nodes (4)",
+        ),
+        (
+            &["--nodes", "4", "--dp-epsilon", "0", "--data", data],
+            "--dp-epsilon must be a number > 0, got 0",
+        ),
+        (
+            &["--nodes", "4", "--dp-epsilon", "-1", "--data", data],
+            "--dp-epsilon must be a number > 0, got -1",
+        ),
+        (
+            &["--nodes", "4", "--aggregation", "fedbest", "--data", data],
+            "--aggregation fedbest",
+        ),
+        (
+            &["--nodes", "4", "--fail", "9@1", "--data", data],
+            "failure of node 9 in round 1",
+        ),
+        (
+            &["--nodes", "4", "--data", "/nonexistent/cifar"],
+            "reading CIFAR-10 from /nonexistent/cifar",
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = refused(args);
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    if shared_cifar().join("data_batch_1.bin").exists() {
+        let stderr = refused(&["--nodes", "2000", "--data", data]);
+        assert!(
+            stderr.contains(
+                "--nodes 2000: the data has 12000 training images, too few for 2000 nodes"
+            ),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn four_nodes_train_three_rounds_and_agree_on_one_model() {
+    if !shared_cifar().join("data_batch_1.bin").exists() {
+        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
+        return;
+    }
+    let data = shared_cifar();
+    let started = std::time::Instant::now();
+    let out = fl(&[
+        "simulate",
+        "--nodes",
+        "4",
+        "--rounds",
+        "3",
+        "--images",
+        "2400",
+        "--checkers",
+        "2",
+        "--data",
+        data.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fl simulate failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(600));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 3, "one row per round:\n{stdout}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["round"], i as u64 + 1);
+        assert_eq!(row["participants"], 4, "{row}");
+        assert!(row["aggregator"].as_u64().is_some_and(|n| n < 4), "{row}");
+        let acc = row["accuracy"].as_f64().expect("every round evaluated");
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(row["bytes_sent"].as_u64().is_some_and(|b| b > 0));
+    }
+    // Every node announced an update in every round, and adopted every round.
+    for kind in ["announced", "adopted"] {
+        for node in 0..4u64 {
+            let n = lines
+                .iter()
+                .filter(|l| l["type"] == "node" && l["event"] == kind && l["node"] == node)
+                .count();
+            assert_eq!(n, 3, "node {node}: {kind} {n} times:\n{stdout}");
+        }
+    }
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["agreeing"], 4, "{summary}");
+    assert_eq!(summary["finished"], 4, "{summary}");
+    assert_eq!(summary["model"], rows[2]["model"], "{summary}");
+    let first = rows[0]["accuracy"].as_f64().unwrap_or(0.0);
+    let last = rows[2]["accuracy"].as_f64().unwrap_or(0.0);
+    assert!(last > first, "accuracy {first} -> {last}");
+}
+
+#[test]
+fn rounds_go_on_when_a_node_stops_mid_round() {
+    if !shared_cifar().join("data_batch_1.bin").exists() {
+        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
+        return;
+    }
+    let data = shared_cifar();
+    let out = fl(&[
+        "simulate",
+        "--nodes",
+        "4",
+        "--rounds",
+        "3",
+        "--images",
+        "1200",
+        "--min-participants",
+        "3",
+        "--deadline",
+        "60",
+        "--grace",
+        "10",
+        "--fail",
+        "3@2+1",
+        "--data",
+        data.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fl simulate failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "failed" && l["node"] == 3),
+        "{stdout}"
+    );
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert_eq!(rows[0]["participants"], 4);
+    assert_eq!(
+        rows[2]["participants"], 3,
+        "round 3 goes on with the three left"
+    );
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["agreeing"], 3, "{summary}");
+    assert_eq!(summary["finished"], 3, "{summary}");
+}
