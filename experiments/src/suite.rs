@@ -236,7 +236,7 @@ impl Ctx {
             wd = plan.train.weight_decay,
             n = self.data.train.len(),
             fa = pct(fed_final),
-            ft = fed.report.seconds,
+            ft = fed.report.rounds.last().map_or(0.0, |r| r.elapsed),
             ca = pct(central_final),
             ct = central.last().map_or(0.0, |e| e.elapsed),
         );
@@ -417,7 +417,8 @@ impl Ctx {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for fraction in [0.0, 0.1, 0.3, 0.5] {
             let k = (fraction * nodes as f64).round() as usize;
-            let mut victims: Vec<usize> = (0..nodes).collect();
+            // Node 0 holds the shards until every node has fetched its own: it stays.
+            let mut victims: Vec<usize> = (1..nodes).collect();
             // A seeded shuffle: the same nodes fail at the same moments every run.
             for i in (1..victims.len()).rev() {
                 victims.swap(i, rng.random_range(0..=i));

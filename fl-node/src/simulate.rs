@@ -313,6 +313,23 @@ impl Plan {
                 ));
             }
         }
+        let victims: std::collections::BTreeSet<String> = self
+            .failures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match f.victim {
+                Victim::Node(n) => format!("node {n}"),
+                Victim::Aggregator => format!("aggregator {i}"),
+            })
+            .collect();
+        if self.nodes.saturating_sub(victims.len()) < self.min_participants as usize {
+            return bad(format!(
+                "--fail stops {} of {} nodes, leaving fewer than --min-participants {}: the rounds after would never close",
+                victims.len(),
+                self.nodes,
+                self.min_participants
+            ));
+        }
         let _: aggregator::Rule = self
             .rule
             .parse()
@@ -737,11 +754,13 @@ impl Book {
         }
     }
 
-    /// Rows whose round has its evaluation or a later round adopted (`all`: every row).
+    /// Rows whose round has its evaluation, or whose round after next is adopted (the
+    /// evaluation follows the manifest by seconds; one that has not come by then is not
+    /// coming), or every row (`all`).
     fn ready(&mut self, all: bool) -> Vec<RoundRow> {
         let mut done = Vec::new();
         while let Some((&round, row)) = self.open.first_key_value() {
-            let later = self.open.keys().any(|r| *r > round);
+            let later = self.open.keys().any(|r| *r > round + 1);
             if !(all || row.accuracy.is_some() || later) {
                 break;
             }

@@ -82,16 +82,22 @@ impl std::fmt::Display for RoundSchedule {
     }
 }
 
-impl std::str::FromStr for RoundSchedule {
-    type Err = String;
+/// A round schedule written on a command line that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad round schedule {text:?}: expected constant or cosine")]
+pub struct BadRoundSchedule {
+    /// The text given.
+    pub text: String,
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for RoundSchedule {
+    type Err = BadRoundSchedule;
+
+    fn from_str(s: &str) -> Result<Self, BadRoundSchedule> {
         match s {
             "constant" => Ok(RoundSchedule::Constant),
             "cosine" => Ok(RoundSchedule::Cosine),
-            _ => Err(format!(
-                "bad round schedule {s:?}: expected constant or cosine"
-            )),
+            _ => Err(BadRoundSchedule { text: s.into() }),
         }
     }
 }
