@@ -127,15 +127,32 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
         assert!((0.0..=1.0).contains(&acc));
         assert!(row["bytes_sent"].as_u64().is_some_and(|b| b > 0));
     }
-    // Every node announced an update in every round, and adopted every round.
-    for kind in ["announced", "adopted"] {
-        for node in 0..4u64 {
-            let n = lines
+    // Every node announced one update in every round (a node that went back on a manifest
+    // announces the same update again, never another), and adopted every round.
+    for node in 0..4u64 {
+        let events = |kind: &str| -> Vec<&serde_json::Value> {
+            lines
                 .iter()
                 .filter(|l| l["type"] == "node" && l["event"] == kind && l["node"] == node)
-                .count();
-            assert_eq!(n, 3, "node {node}: {kind} {n} times:\n{stdout}");
+                .collect()
+        };
+        let mut updates = std::collections::BTreeMap::new();
+        for a in events("announced") {
+            let round = a["round"].as_u64().expect("a round");
+            let update = a["update"].as_str().expect("an update").to_string();
+            let first = updates.entry(round).or_insert_with(|| update.clone());
+            assert_eq!(*first, update, "node {node}: two updates for round {round}");
         }
+        assert_eq!(
+            updates.len(),
+            3,
+            "node {node} announced in rounds {updates:?}"
+        );
+        let adopted: std::collections::BTreeSet<u64> = events("adopted")
+            .iter()
+            .filter_map(|a| a["round"].as_u64())
+            .collect();
+        assert_eq!(adopted.len(), 3, "node {node} adopted rounds {adopted:?}");
     }
     let summary = lines.last().expect("a summary");
     assert_eq!(summary["type"], "summary");
