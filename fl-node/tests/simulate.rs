@@ -18,6 +18,21 @@ fn fl(args: &[&str]) -> Output {
         .expect("running fl")
 }
 
+/// Standard output of a successful `fl simulate --json`, and its lines parsed.
+fn json_lines(out: &Output) -> (String, Vec<serde_json::Value>) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "fl simulate failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    (stdout, lines)
+}
+
 /// Runs `fl simulate` with `args`, expecting failure; returns standard error.
 fn refused(args: &[&str]) -> String {
     let mut all = vec!["simulate"];
@@ -107,16 +122,7 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
         data.to_str().expect("utf-8 path"),
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fl simulate failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let (stdout, lines) = json_lines(&out);
     let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
     assert_eq!(rows.len(), 3, "one row per round:\n{stdout}");
     for (i, row) in rows.iter().enumerate() {
@@ -191,16 +197,7 @@ fn rounds_go_on_when_a_node_stops_mid_round() {
         data.to_str().expect("utf-8 path"),
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "fl simulate failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let (stdout, lines) = json_lines(&out);
     assert!(
         lines
             .iter()
