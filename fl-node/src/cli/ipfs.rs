@@ -16,7 +16,7 @@ use super::{RepoPath, cid_arg};
 pub(super) enum Ipfs {
     /// Adds a file as UnixFS, pins it and prints its CID (the same as `ipfs add`).
     Add {
-        /// The file to add.
+        /// The file to add; `-` reads standard input.
         file: PathBuf,
         /// 1: CIDv1 with raw leaves (`ipfs add --cid-version=1`); 0: Kubo's plain defaults.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
@@ -77,8 +77,12 @@ pub(super) fn run(cmd: Ipfs, repo: &RepoPath) -> anyhow::Result<()> {
                 cid::Version::V1
             };
             let options = ImportOptions::with_cid_version(version);
-            let input = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             // No BufReader: the importer reads whole 256 KiB chunks into the blocks' own buffers.
+            let input: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(File::open(&file).with_context(|| format!("opening {}", file.display()))?)
+            };
             let added = if only_hash {
                 fl_core::content::unixfs::import(input, &options, |_| Ok(()))
                     .with_context(|| format!("hashing {}", file.display()))?
