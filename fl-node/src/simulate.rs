@@ -252,7 +252,7 @@ impl Plan {
             checkers: nodes.min(8),
             trainings_at_once: std::thread::available_parallelism().map_or(2, |n| n.get()),
             seed: 0,
-            linger: Duration::from_secs(30),
+            linger: Duration::from_secs(120),
             failures: Vec::new(),
         }
     }

@@ -31,6 +31,10 @@ const MISBEHAVING_QUEUE: usize = 64;
 /// Largest gossip message sent or taken: a 2 MiB record (a manifest of 10,000
 /// contributions) and its envelope. Gossipsub's default, 64 KiB, held about 450.
 pub const MAX_GOSSIP_BYTES: usize = (2 << 20) + (64 << 10);
+/// Gossip messages queued for one peer before more are dropped. Gossipsub's default, 5000,
+/// suits busy topics; ours carry a few records per peer and round, and 64 nodes in one
+/// process with 5000 queued manifests per connection ran out of memory.
+const GOSSIP_QUEUE: usize = 256;
 /// How often lost bootstrap peers are dialled again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 
@@ -180,6 +184,7 @@ impl Node {
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .heartbeat_interval(Duration::from_millis(500))
                     .max_transmit_size(MAX_GOSSIP_BYTES)
+                    .connection_handler_queue_len(GOSSIP_QUEUE)
                     .build()
                     .map_err(|e| e.to_string())?;
                 let mut gossipsub = gossipsub::Behaviour::new(

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cid::Cid;
 use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore};
@@ -310,10 +310,12 @@ impl Inbox {
         }
     }
 
-    /// Peers heard from within `window`: alive and following the task.
-    pub fn live_peers(&self, window: Duration) -> Vec<PeerId> {
-        lock(&self.contents)
-            .heard
+    /// Peers heard from lately (within their re-publishing pace): alive and following the
+    /// task.
+    pub fn live_peers(&self) -> Vec<PeerId> {
+        let c = lock(&self.contents);
+        let window = super::republish::liveness(c.heard.len());
+        c.heard
             .iter()
             .filter(|(_, at)| at.elapsed() <= window)
             .map(|(p, _)| *p)

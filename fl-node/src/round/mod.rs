@@ -7,11 +7,13 @@
 //! | [`compute`] | a round's aggregation as a function of published bytes, and its check |
 //! | [`participant`] | the round loop of one node |
 //! | [`inbox`] | announcements and manifests arriving over gossip, verified and sorted by round |
+//! | [`republish`] | a node's latest records sent again, at pauses that grow, for peers that missed them |
 //! | [`store`] | what a node remembers across restarts |
 
 pub mod compute;
 pub mod inbox;
 pub mod participant;
+pub mod republish;
 pub mod store;
 
 use cid::Cid;

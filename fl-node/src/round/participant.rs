@@ -24,12 +24,10 @@ use serde::Serialize;
 
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
+use super::republish;
 use super::{RoundError, RoundStore};
 use crate::net::{self, Node, fetch_dag};
 
-/// How often this node re-publishes its latest announcement and adopted manifest, so peers
-/// that missed them (or restarted) catch up.
-const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Tries beyond the first at fetching the task record when joining.
 const JOIN_TRIES: u32 = 5;
 /// Pause between those tries.
@@ -43,8 +41,6 @@ const PREFETCH_RANKS: usize = 2;
 const PREFETCH_AT_ONCE: usize = 4;
 /// Most manifests off this node's chain looked at per pass of the fork choice.
 const MAX_TIPS: usize = 16;
-/// A peer heard from within this long is alive (peers re-publish every second).
-const LIVE: Duration = Duration::from_secs(5);
 /// Least time a node that finished the task keeps serving, for rival manifests in flight.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Longest wait between looks at the inbox.
@@ -218,16 +214,6 @@ struct LocalData {
     test: Option<Vec<Batch>>,
 }
 
-/// Things re-published every [`REPUBLISH_EVERY`]: the node's current announcement, its
-/// latest adopted manifest and its latest evaluation, as block bytes.
-#[derive(Default)]
-struct Republish {
-    announcement: Option<Vec<u8>>,
-    head: Option<Vec<u8>>,
-    /// The last evaluation this node made as an aggregator.
-    evaluation: Option<Vec<u8>>,
-}
-
 /// One node's participation in a task.
 pub struct Participant {
     node: Node,
@@ -252,7 +238,7 @@ struct Ctx {
     task: Arc<Task>,
     arch: Architecture,
     inbox: Inbox,
-    republish: Arc<Mutex<Republish>>,
+    republish: Arc<Mutex<republish::Records>>,
     /// What this node concluded about each manifest it checked.
     verdicts: Mutex<Verdicts>,
     /// Updates being fetched (or fetched) ahead of the round's manifest.
@@ -415,8 +401,8 @@ impl Participant {
             Arc::new(self.repo.blocks().clone()),
         )
         .await?;
-        let republish = Arc::new(Mutex::new(Republish::default()));
-        self.spawn_republisher(&task_cid, republish.clone());
+        let republish = Arc::new(Mutex::new(republish::Records::default()));
+        republish::spawn(self.node.clone(), &task_cid, republish.clone());
         let ctx = Ctx {
             task_cid,
             task: task.clone(),
@@ -430,10 +416,10 @@ impl Participant {
         };
         let data = self.local_data(&task).await?;
 
-        // Peers re-publish their latest manifest every second: a node that restarts (or
-        // joins late) hears where the chain is before it decides to train.
+        // Peers re-publish their latest manifest when a peer joins: a node that restarts
+        // (or joins late) hears where the chain is before it decides to train.
         if !self.node.peers().await?.is_empty() {
-            let listen_until = Instant::now() + REPUBLISH_EVERY * 3;
+            let listen_until = Instant::now() + republish::TICK * 4;
             while ctx.inbox.latest_round() == 0 && Instant::now() < listen_until {
                 ctx.inbox.changed(POLL).await;
             }
@@ -599,7 +585,7 @@ impl Participant {
                 self.report_evaluations(&ctx, &mut emit)?;
                 let everyone = ctx
                     .inbox
-                    .live_peers(LIVE)
+                    .live_peers()
                     .iter()
                     .all(|p| *p == me || ctx.inbox.head_of(p) == Some(c));
                 let evaluated = data.test.is_none() || lock(&ctx.unevaluated).is_empty();
@@ -1422,7 +1408,7 @@ impl Participant {
         let me = self.node.peer_id();
         1 + ctx
             .inbox
-            .live_peers(LIVE)
+            .live_peers()
             .iter()
             .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
             .count()
@@ -1747,36 +1733,6 @@ impl Participant {
     fn load_manifest(&self, cid: &Cid) -> Result<Signed<Manifest>, RoundError> {
         let bytes = self.block_bytes(cid)?;
         Ok(Signed::<Manifest>::from_bytes(cid, &bytes)?)
-    }
-
-    /// Re-publishes the current announcement and head manifest every [`REPUBLISH_EVERY`].
-    fn spawn_republisher(&self, task_cid: &Cid, what: Arc<Mutex<Republish>>) {
-        let node = self.node.clone();
-        let updates = Task::updates_topic(task_cid);
-        let manifests = Task::manifests_topic(task_cid);
-        let evaluations = Task::evaluations_topic(task_cid);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REPUBLISH_EVERY);
-            loop {
-                tick.tick().await;
-                let (announcement, head, evaluation) = {
-                    let r = lock(&what);
-                    (r.announcement.clone(), r.head.clone(), r.evaluation.clone())
-                };
-                if let Some(bytes) = announcement {
-                    let _ = node.publish(&updates, bytes).await;
-                }
-                if let Some(bytes) = head {
-                    let _ = node.publish(&manifests, bytes).await;
-                }
-                if let Some(bytes) = evaluation {
-                    let _ = node.publish(&evaluations, bytes).await;
-                }
-                if Arc::strong_count(&what) == 1 {
-                    return;
-                }
-            }
-        });
     }
 }
 
