@@ -1,6 +1,6 @@
 //! `cargo run --release -p experiments -- all [--quick]`: the evaluation of the federation.
 //! Every experiment runs real nodes (`fl_node::simulate`) on CIFAR-10 and writes CSV files,
-//! PNG plots and its part of `results/REPORT.md`.
+//! PNG plots and its section of `results/REPORT.md` (kept in `results/sections/`).
 
 mod harness;
 mod suite;
@@ -70,38 +70,54 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
     let ctx = Ctx::new(data, scale, args.out.clone());
-    let mut sections = Vec::new();
-    for name in names {
-        let section = ctx
+    let sections_dir = args.out.join("sections");
+    std::fs::create_dir_all(&sections_dir)
+        .with_context(|| format!("creating {}", sections_dir.display()))?;
+    let suite = if scale.quick { "--quick " } else { "" };
+    for name in &names {
+        let s = ctx
             .run(name)
             .with_context(|| format!("experiment {name}"))?;
-        eprintln!("{name}: {:.0} s", section.seconds);
-        sections.push(section);
-    }
-    let mut report = format!(
-        "# Evaluation ({} suite)\n\nMade by `cargo run --release -p experiments -- {} {}--data DIR` in {:.1} minutes on this \
-         machine ({} CPU cores, no GPU; every node a real peer on loopback in one process). The data: {} training and {} test \
-         images of CIFAR-10.\n",
-        if scale.quick { "quick" } else { "full" },
-        args.names.join(" "),
-        if scale.quick { "--quick " } else { "" },
-        started.elapsed().as_secs_f64() / 60.0,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        ctx.data.train.len(),
-        ctx.data.test.len(),
-    );
-    for s in &sections {
-        report.push_str(&format!(
-            "\n## {} ({:.0} s)\n\n{}\n",
-            s.title, s.seconds, s.body
-        ));
+        eprintln!("{name}: {:.0} s", s.seconds);
+        let mut text = format!(
+            "## {} ({:.0} s)\n\nMade by `cargo run --release -p experiments -- {name} {suite}--data DIR` on {} training \
+             and {} test images.\n\n{}\n",
+            s.title,
+            s.seconds,
+            ctx.data.train.len(),
+            ctx.data.test.len(),
+            s.body
+        );
         for f in &s.files {
             let rel = relative(f, &args.out);
             if rel.ends_with(".png") {
-                report.push_str(&format!("![{rel}]({rel})\n\n"));
+                text.push_str(&format!("![{rel}]({rel})\n\n"));
             } else {
-                report.push_str(&format!("Data: [{rel}]({rel})\n\n"));
+                text.push_str(&format!("Data: [{rel}]({rel})\n\n"));
             }
+        }
+        let path = sections_dir.join(format!("{name}.md"));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let total = started.elapsed().as_secs_f64() / 60.0;
+    let timing = sections_dir.join("suite.txt");
+    if names.len() == EXPERIMENTS.len() {
+        let line =
+            format!("The whole suite (`-- all {suite}--data DIR`) last took {total:.1} minutes.\n");
+        std::fs::write(&timing, line).with_context(|| format!("writing {}", timing.display()))?;
+    }
+    // The report is every section on disk, in the suite's order, so running one experiment
+    // by name replaces its section only.
+    let mut report = format!(
+        "# Evaluation\n\nEvery experiment runs real peers on loopback in one process, on this machine ({} CPU cores, \
+         no GPU). Each section says the command and data that made it.\n\n{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string(&timing).unwrap_or_default(),
+    );
+    for (name, _) in EXPERIMENTS {
+        if let Ok(text) = std::fs::read_to_string(sections_dir.join(format!("{name}.md"))) {
+            report.push('\n');
+            report.push_str(&text);
         }
     }
     let path = args.out.join("REPORT.md");

@@ -169,7 +169,8 @@ fn columns(bars: &[(String, f64)], title: &str, y_label: &str, path: &Path) -> D
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..top)?;
+        // A segmented range holds its end too: 0..n - 1 gives exactly n columns.
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()

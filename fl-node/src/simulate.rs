@@ -505,8 +505,16 @@ pub async fn run(
     let limits = Limits::shared(plan.trainings_at_once, plan.checkers.min(2));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Event)>();
     let (stop_tx, _) = tokio::sync::broadcast::channel::<usize>(plan.nodes.max(1));
+    let stop_aggregator: Arc<std::sync::Mutex<Vec<u32>>> = Arc::new(std::sync::Mutex::new(
+        plan.failures
+            .iter()
+            .filter(|f| f.victim == Victim::Aggregator && f.after.is_zero())
+            .map(|f| f.round)
+            .collect(),
+    ));
     let mut running = tokio::task::JoinSet::new();
     for m in started {
+        let stop_aggregator = stop_aggregator.clone();
         let config = ParticipantConfig {
             task: task_cid,
             shard: Some(m.index),
@@ -520,9 +528,21 @@ pub async fn run(
         let index = m.index;
         let tx = tx.clone();
         let mut stop = stop_tx.subscribe();
+        let stopper = stop_tx.clone();
         let participant = Participant::new(m.node, m.repo, m.key, m.rounds, config);
         running.spawn(async move {
             let emit = move |e: &Event| {
+                // The first aggregator of a round whose aggregator fails is stopped from
+                // here, before its next await: it cannot publish. (The next in rank is not.)
+                if let Event::Aggregating { round, .. } = e {
+                    let mut rounds = stop_aggregator
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(i) = rounds.iter().position(|r| r == round) {
+                        rounds.swap_remove(i);
+                        let _ = stopper.send(index);
+                    }
+                }
                 let _ = tx.send((index, e.clone()));
             };
             let stopped = async move {
@@ -555,22 +575,7 @@ pub async fn run(
     loop {
         tokio::select! {
             Some((node, event)) = rx.recv() => {
-                emit(&Progress::Node { node, event: event.clone() });
-                if let Event::Aggregating { round, .. } = &event {
-                    for (f, clock) in &mut pending_failures {
-                        if f.victim == Victim::Aggregator && f.round == *round && clock.is_none() {
-                            *clock = Some((node, Instant::now()));
-                        }
-                    }
-                    // An aggregator to stop at once is stopped before it can publish.
-                    for node in due(&mut pending_failures, book.open_round()) {
-                        let _ = stop_tx.send(node);
-                        emit(&Progress::Failed { node, round: *round });
-                    }
-                }
-                for row in book.note(&event, clock.elapsed().as_secs_f64(), sent()) {
-                    emit(&Progress::Round(row));
-                }
+                on_event(node, &event, &mut book, &mut pending_failures, &stop_tx, &mut emit, clock, sent());
             }
             joined = running.join_next() => match joined {
                 Some(Ok((node, Some(Ok(model))))) => { outcomes.insert(node, Ok(model)); }
@@ -599,13 +604,16 @@ pub async fn run(
     }
     // Events sent just before the last node ended.
     while let Ok((node, event)) = rx.try_recv() {
-        emit(&Progress::Node {
+        on_event(
             node,
-            event: event.clone(),
-        });
-        for row in book.note(&event, clock.elapsed().as_secs_f64(), sent()) {
-            emit(&Progress::Round(row));
-        }
+            &event,
+            &mut book,
+            &mut pending_failures,
+            &stop_tx,
+            &mut emit,
+            clock,
+            sent(),
+        );
     }
     for row in book.ready(true) {
         emit(&Progress::Round(row));
@@ -633,6 +641,42 @@ pub async fn run(
         seconds: clock.elapsed().as_secs_f64(),
         peak_memory: peak_memory(),
     })
+}
+
+/// Passes on one node's event, starts the clock of an aggregator failure (stopping a node
+/// whose failure is then due), and emits the rows the event completes.
+#[allow(clippy::too_many_arguments)]
+fn on_event(
+    node: usize,
+    event: &Event,
+    book: &mut Book,
+    pending: &mut Vec<(Failure, Option<(usize, Instant)>)>,
+    stop: &tokio::sync::broadcast::Sender<usize>,
+    emit: &mut impl FnMut(&Progress),
+    clock: Instant,
+    sent: u64,
+) {
+    emit(&Progress::Node {
+        node,
+        event: event.clone(),
+    });
+    if let Event::Aggregating { round, .. } = event {
+        for (f, started) in pending.iter_mut() {
+            if f.victim == Victim::Aggregator && f.round == *round && started.is_none() {
+                *started = Some((node, Instant::now()));
+            }
+        }
+        for node in due(pending, book.open_round()) {
+            let _ = stop.send(node);
+            emit(&Progress::Failed {
+                node,
+                round: *round,
+            });
+        }
+    }
+    for row in book.note(event, clock.elapsed().as_secs_f64(), sent) {
+        emit(&Progress::Round(row));
+    }
 }
 
 /// The nodes whose failure is due in round `open` (their clock ran out, or their round is

@@ -215,3 +215,54 @@ fn rounds_go_on_when_a_node_stops_mid_round() {
     assert_eq!(summary["agreeing"], 3, "{summary}");
     assert_eq!(summary["finished"], 3, "{summary}");
 }
+
+#[test]
+fn the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes() {
+    if !shared_cifar().join("data_batch_1.bin").exists() {
+        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
+        return;
+    }
+    let data = shared_cifar();
+    let out = fl(&[
+        "simulate",
+        "--nodes",
+        "5",
+        "--rounds",
+        "2",
+        "--images",
+        "1000",
+        "--min-participants",
+        "3",
+        "--deadline",
+        "20",
+        "--grace",
+        "5",
+        "--fail",
+        "aggregator@2",
+        "--data",
+        data.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    let (stdout, lines) = json_lines(&out);
+    let stopped: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "failed").collect();
+    assert_eq!(stopped.len(), 1, "one node stopped: {stdout}");
+    assert_eq!(stopped[0]["round"], 2, "{stdout}");
+    let victim = &stopped[0]["node"];
+    let adopted_at_rank_0 = lines.iter().any(|l| {
+        l["type"] == "node" && l["event"] == "adopted" && l["round"] == 2 && l["rank"] == 0
+    });
+    assert!(
+        !adopted_at_rank_0,
+        "the stopped aggregator published: {stdout}"
+    );
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(
+        rows[1]["rank"].as_u64().is_some_and(|r| r >= 1),
+        "round 2 comes from a later rank: {stdout}"
+    );
+    assert_ne!(rows[1]["aggregator"], *victim, "{stdout}");
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["agreeing"], 4, "{summary}");
+    assert_eq!(summary["finished"], 4, "{summary}");
+}

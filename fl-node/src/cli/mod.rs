@@ -154,3 +154,42 @@ fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
         msg
     })
 }
+
+/// Local training settings of a task, shared by `fl task create` and `fl simulate`.
+#[derive(Debug, clap::Args)]
+struct LocalTraining {
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Local batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Local SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Local L2 weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// FedProx proximal term (0: plain local SGD, FedAvg).
+    #[arg(long, default_value_t = 0.0)]
+    mu: f64,
+}
+
+impl LocalTraining {
+    /// The task record's training settings, with the learning rate following `schedule`
+    /// over the rounds.
+    fn params(&self, schedule: fl_core::records::RoundSchedule) -> fl_core::records::TrainParams {
+        fl_core::records::TrainParams {
+            epochs: self.epochs,
+            batch_size: self.batch,
+            learning_rate: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            proximal_mu: self.mu,
+            schedule,
+        }
+    }
+}

@@ -10,7 +10,7 @@ use clap::Args;
 use datasets::cifar10;
 use datasets::download::{self, Source};
 use datasets::partition::Scheme;
-use fl_core::records::{RoundSchedule, TrainParams};
+use fl_core::records::RoundSchedule;
 use fl_node::round::Event;
 use fl_node::simulate::{self, Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
 
@@ -46,27 +46,11 @@ pub(super) struct Simulate {
     /// Use only the first N training images (quick runs); default: all.
     #[arg(long, value_name = "N")]
     images: Option<usize>,
-    /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
-    epochs: u32,
-    /// Local batch size.
-    #[arg(long, default_value_t = 32)]
-    batch: u32,
-    /// Local learning rate.
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    #[command(flatten)]
+    training: super::LocalTraining,
     /// How the local learning rate falls over the rounds: cosine or constant.
     #[arg(long, default_value = "cosine")]
     schedule: RoundSchedule,
-    /// Local SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Local L2 weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    /// FedProx proximal term (0: plain local SGD).
-    #[arg(long, default_value_t = 0.0)]
-    mu: f64,
     /// Fewest updates a round closes with; default: every node.
     #[arg(long)]
     min_participants: Option<u32>,
@@ -132,15 +116,7 @@ impl Simulate {
         let defaults = Plan::new(self.nodes, self.rounds);
         Ok(Plan {
             scheme: self.partition,
-            train: TrainParams {
-                epochs: self.epochs,
-                batch_size: self.batch,
-                learning_rate: self.lr,
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-                proximal_mu: self.mu,
-                schedule: self.schedule,
-            },
+            train: self.training.params(self.schedule),
             rule: self.aggregation.clone(),
             privacy: self.dp_epsilon.map(|epsilon| PrivacyTarget {
                 epsilon,

@@ -11,8 +11,7 @@ use fl_core::content::pins::PinMode;
 use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
 use fl_core::records::{
-    Announcement, DataSource, DpParams, Evaluation, Manifest, PeerId, Signed, Task, TrainParams,
-    ranking,
+    Announcement, DataSource, DpParams, Evaluation, Manifest, PeerId, Signed, Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use fl_node::net::{Node, fetch_dag};
@@ -52,27 +51,11 @@ pub(super) struct Create {
     /// Rounds.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
-    epochs: u32,
-    /// Batch size.
-    #[arg(long, default_value_t = 32)]
-    batch: u32,
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    #[command(flatten)]
+    training: super::LocalTraining,
     /// How the learning rate falls over the rounds: constant or cosine.
     #[arg(long, default_value = "constant")]
     schedule: fl_core::records::RoundSchedule,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    /// FedProx proximal term (0: FedAvg).
-    #[arg(long, default_value_t = 0.0)]
-    mu: f64,
     /// Fewest updates a round may close with.
     #[arg(long, default_value_t = 1)]
     min_participants: u32,
@@ -171,15 +154,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         architecture: arch.name().to_string(),
         initial_model,
         data,
-        train: TrainParams {
-            epochs: c.epochs,
-            batch_size: c.batch,
-            learning_rate: c.lr,
-            momentum: c.momentum,
-            weight_decay: c.weight_decay,
-            proximal_mu: c.mu,
-            schedule: c.schedule,
-        },
+        train: c.training.params(c.schedule),
         rounds: c.rounds,
         min_participants: c.min_participants,
         round_deadline_ms: seconds("deadline", c.deadline)?,
