@@ -272,7 +272,7 @@ fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
             let fetched = fetch
                 .unwrap()
                 .unwrap_or_else(|_| panic!("node {} did not finish within 90 s", i + 1))
-                .unwrap_or_else(|e| panic!("node {}: {e}", i + 1));
+                .unwrap_or_else(|e| panic!("node {}: {}", i + 1, chain(&e)));
             assert_eq!(
                 fetched.providers,
                 vec![nodes[0].peer_id()],
@@ -807,4 +807,16 @@ fn blocks_that_do_not_match_their_cid_are_refused() {
         repo.cat(&root, &mut got).unwrap();
         assert!(got == bytes, "bytes differ");
     });
+}
+
+/// An error and every cause under it, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

@@ -33,6 +33,20 @@ fn json_lines(out: &Output) -> (String, Vec<serde_json::Value>) {
     (stdout, lines)
 }
 
+/// Runs `fl simulate ARGS --data ../shared/datasets/cifar10 --json`, expecting success:
+/// its standard output and lines, or `None` (said why) where the shared images are absent.
+fn simulate(args: &[&str]) -> Option<(String, Vec<serde_json::Value>)> {
+    let data = shared_cifar();
+    if !data.join("data_batch_1.bin").exists() {
+        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
+        return None;
+    }
+    let mut all = vec!["simulate"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data", data.to_str().expect("utf-8 path"), "--json"]);
+    Some(json_lines(&fl(&all)))
+}
+
 /// Runs `fl simulate` with `args`, expecting failure; returns standard error.
 fn refused(args: &[&str]) -> String {
     let mut all = vec!["simulate"];
@@ -98,14 +112,8 @@ fn settings_that_cannot_work_get_one_clear_message_each() {
 
 #[test]
 fn four_nodes_train_three_rounds_and_agree_on_one_model() {
-    if !shared_cifar().join("data_batch_1.bin").exists() {
-        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
-        return;
-    }
-    let data = shared_cifar();
     // A short deadline: an update that never comes holds a round up for 120 s, not 30 min.
-    let out = fl(&[
-        "simulate",
+    let Some((stdout, lines)) = simulate(&[
         "--nodes",
         "4",
         "--rounds",
@@ -118,11 +126,9 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
         "120",
         "--grace",
         "10",
-        "--data",
-        data.to_str().expect("utf-8 path"),
-        "--json",
-    ]);
-    let (stdout, lines) = json_lines(&out);
+    ]) else {
+        return;
+    };
     let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
     assert_eq!(rows.len(), 3, "one row per round:\n{stdout}");
     for (i, row) in rows.iter().enumerate() {
@@ -172,13 +178,7 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
 
 #[test]
 fn rounds_go_on_when_a_node_stops_mid_round() {
-    if !shared_cifar().join("data_batch_1.bin").exists() {
-        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
-        return;
-    }
-    let data = shared_cifar();
-    let out = fl(&[
-        "simulate",
+    let Some((stdout, lines)) = simulate(&[
         "--nodes",
         "4",
         "--rounds",
@@ -193,11 +193,9 @@ fn rounds_go_on_when_a_node_stops_mid_round() {
         "10",
         "--fail",
         "3@2+1",
-        "--data",
-        data.to_str().expect("utf-8 path"),
-        "--json",
-    ]);
-    let (stdout, lines) = json_lines(&out);
+    ]) else {
+        return;
+    };
     assert!(
         lines
             .iter()
@@ -218,13 +216,7 @@ fn rounds_go_on_when_a_node_stops_mid_round() {
 
 #[test]
 fn the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes() {
-    if !shared_cifar().join("data_batch_1.bin").exists() {
-        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
-        return;
-    }
-    let data = shared_cifar();
-    let out = fl(&[
-        "simulate",
+    let Some((stdout, lines)) = simulate(&[
         "--nodes",
         "5",
         "--rounds",
@@ -239,11 +231,9 @@ fn the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes() {
         "5",
         "--fail",
         "aggregator@2",
-        "--data",
-        data.to_str().expect("utf-8 path"),
-        "--json",
-    ]);
-    let (stdout, lines) = json_lines(&out);
+    ]) else {
+        return;
+    };
     let stopped: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "failed").collect();
     assert_eq!(stopped.len(), 1, "one node stopped: {stdout}");
     assert_eq!(stopped[0]["round"], 2, "{stdout}");
