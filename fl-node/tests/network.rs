@@ -596,6 +596,19 @@ fn forged_impersonating_and_unsigned_gossip_is_dropped() {
             .unwrap()
             .build();
         let mut control = swarm.behaviour().new_control();
+        // Accept (and ignore) the victim's own gossipsub stream: a peer that refuses it
+        // is marked as not speaking gossipsub, and what it sent is then dropped unread,
+        // which would race the very messages this test sends.
+        let meshsub = libp2p::StreamProtocol::new("/meshsub/1.1.0");
+        let mut incoming = control.accept(meshsub.clone()).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = futures::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                });
+            }
+        });
         swarm
             .dial(victim.listen_addrs().await.unwrap().remove(0))
             .unwrap();
@@ -606,13 +619,7 @@ fn forged_impersonating_and_unsigned_gossip_is_dropped() {
         });
         let mut stream = None;
         for _ in 0..50 {
-            match control
-                .open_stream(
-                    victim.peer_id(),
-                    libp2p::StreamProtocol::new("/meshsub/1.1.0"),
-                )
-                .await
-            {
+            match control.open_stream(victim.peer_id(), meshsub.clone()).await {
                 Ok(s) => {
                     stream = Some(s);
                     break;
