@@ -6,7 +6,7 @@
 # round time is the longest of the former, the training the longest of the latter. The
 # accuracy is the aggregator's evaluation, published after the manifest.
 #
-#   [EPOCHS=E] experiments/round_overhead.sh [NODES] [ROUNDS] [DATA]   e.g. 5 3 ../shared/datasets/cifar10
+#   [EPOCHS=E] [ENCODING=int8] experiments/round_overhead.sh [NODES] [ROUNDS] [DATA]   e.g. 5 3 ../shared/datasets/cifar10
 #
 # The release `fl` is built if missing (FL_BIN names another). Output: one line per round and
 # the mean overhead over rounds 2.. (round 1 also fetches the data). LOGS=DIR keeps each node's
@@ -25,7 +25,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 export FL_REPO="$OUT/r0"
 MANIFEST=$("$FL" data publish --data "$DATA" --clients "$NODES" | tail -1)
 TASK=$("$FL" task create --data "$MANIFEST" --rounds "$ROUNDS" --epochs "${EPOCHS:-1}" \
-    --min-participants "$NODES" --deadline 3600 --grace 60)
+    --min-participants "$NODES" --deadline 3600 --grace 60 --update-encoding "${ENCODING:-f32}")
 unset FL_REPO
 FL_REPO="$OUT/r0" "$FL" node run --no-mdns --listen /ip4/127.0.0.1/tcp/0 --task "$TASK" \
     --shard 0 --linger 60 > "$OUT/n0.out" 2> "$OUT/n0.log" &

@@ -22,6 +22,8 @@ pub struct FedRun {
     pub report: Report,
     /// Bytes of one model file.
     pub model_bytes: u64,
+    /// Bytes of one update file.
+    pub update_bytes: u64,
     /// CPU seconds this process used (user + system).
     pub cpu_seconds: f64,
     /// Nodes that were stopped on purpose.
@@ -29,6 +31,11 @@ pub struct FedRun {
 }
 
 impl FedRun {
+    /// What a round needs each node to send at least: the model down and its update up.
+    pub fn minimum_bytes_per_node_round(&self) -> f64 {
+        (self.model_bytes + self.update_bytes) as f64
+    }
+
     /// The last round's test accuracy.
     pub fn final_accuracy(&self) -> Option<f64> {
         self.report.rounds.last().and_then(|r| r.accuracy)
@@ -79,12 +86,16 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
         .context("making a scratch directory")?;
     reset_peak_memory();
     let cpu = cpu_seconds();
-    let mut model_bytes = 0;
+    let (mut model_bytes, mut update_bytes) = (0, 0);
     let mut failed = 0;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
         .block_on(simulate::run(plan, data, scratch.path(), |p| match p {
-            Progress::Started { model_bytes: b, .. } => model_bytes = *b,
+            Progress::Started {
+                model_bytes: m,
+                update_bytes: u,
+                ..
+            } => (model_bytes, update_bytes) = (*m, *u),
             Progress::Round(r) => eprintln!(
                 "  {label}: round {} accuracy {} in {:.1} s",
                 r.round,
@@ -101,6 +112,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
     Ok(FedRun {
         report,
         model_bytes,
+        update_bytes,
         cpu_seconds: cpu_seconds() - cpu,
         failed,
     })

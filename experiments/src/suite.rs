@@ -10,7 +10,7 @@ use datasets::cifar10::Cifar10;
 use datasets::partition::Scheme;
 use fl_core::content::Repo;
 use fl_core::model::{Architecture, Batch, Classifier};
-use fl_core::tensors::Bundle;
+use fl_core::tensors::{Bundle, Encoding};
 use fl_node::net::{Node, NodeConfig, keys};
 use fl_node::plot::{Series, bar_chart, line_chart};
 use fl_node::simulate::{Failure, Plan, PrivacyTarget, Victim};
@@ -248,6 +248,15 @@ impl Ctx {
     }
 
     /// One federation per node count (shared with communication and resources).
+    /// A scalability run's federation: few checkers, so that bytes grow with the nodes
+    /// rather than with their square.
+    fn scaling_plan(&self, nodes: usize, update_encoding: Encoding) -> Plan {
+        let mut plan = self.plan(nodes);
+        plan.checkers = nodes.min(SCALING_CHECKERS);
+        plan.update_encoding = update_encoding;
+        plan
+    }
+
     fn scaling(&self) -> anyhow::Result<&Vec<(usize, FedRun)>> {
         if let Some(runs) = self.scaling.get() {
             return Ok(runs);
@@ -258,8 +267,7 @@ impl Ctx {
                 eprintln!("  skipping {n} nodes: too few images");
                 continue;
             }
-            let mut plan = self.plan(n);
-            plan.checkers = n.min(SCALING_CHECKERS);
+            let plan = self.scaling_plan(n, Encoding::F32);
             runs.push((n, federate(&format!("{n} nodes"), &plan, &self.data)?));
         }
         Ok(self.scaling.get_or_init(|| runs))
@@ -341,7 +349,16 @@ impl Ctx {
     }
 
     fn communication(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
-        let runs = self.scaling()?;
+        let float32 = self.scaling()?;
+        // The same federations with int8 updates, up to 16 nodes (beyond, the float32
+        // runs alone show the trend).
+        let mut int8 = Vec::new();
+        for &(n, _) in float32.iter().filter(|(n, _)| *n <= 16) {
+            let plan = self.scaling_plan(n, Encoding::Int8);
+            int8.push((n, federate(&format!("{n} nodes, int8"), &plan, &self.data)?));
+        }
+        let runs: Vec<(Encoding, &[(usize, FedRun)])> =
+            vec![(Encoding::F32, float32), (Encoding::Int8, &int8)];
         let mut csv = Csv::create(
             &self.out,
             "communication.csv",
@@ -351,60 +368,76 @@ impl Ctx {
                 "bytes_per_node_round",
                 "steady_bytes_per_node_round",
                 "minimum_bytes_per_node_round",
+                "update_bytes",
+                "final_accuracy",
             ],
         )?;
         let mut table = String::from(
-            "| nodes | MB per node per round (all rounds) | after round 1 | minimum (model down + update up) | ratio after round 1 |\n| --- | --- | --- | --- | --- |\n",
+            "| nodes | updates | MB per node per round (all rounds) | after round 1 | minimum (model down + update up) | ratio after round 1 | final accuracy |\n| --- | --- | --- | --- | --- | --- | --- |\n",
         );
-        for (n, run) in runs {
-            let minimum = 2.0 * run.model_bytes as f64;
-            let steady = run.steady_bytes_per_node_round(*n);
-            csv.row([
-                n.to_string(),
-                "float32".into(),
-                format!("{:.0}", run.bytes_per_node_round(*n)),
-                format!("{steady:.0}"),
-                format!("{minimum:.0}"),
-            ])?;
-            table.push_str(&format!(
-                "| {n} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
-                run.bytes_per_node_round(*n) / 1e6,
-                steady / 1e6,
-                minimum / 1e6,
-                steady / minimum
-            ));
+        for (encoding, runs) in &runs {
+            for (n, run) in runs.iter() {
+                let minimum = run.minimum_bytes_per_node_round();
+                let steady = run.steady_bytes_per_node_round(*n);
+                let accuracy = run.final_accuracy();
+                csv.row([
+                    n.to_string(),
+                    encoding.to_string(),
+                    format!("{:.0}", run.bytes_per_node_round(*n)),
+                    format!("{steady:.0}"),
+                    format!("{minimum:.0}"),
+                    run.update_bytes.to_string(),
+                    accuracy.map_or(String::new(), |a| format!("{a:.4}")),
+                ])?;
+                table.push_str(&format!(
+                    "| {n} | {encoding} | {:.1} | {:.1} | {:.1} | {:.2} | {} |\n",
+                    run.bytes_per_node_round(*n) / 1e6,
+                    steady / 1e6,
+                    minimum / 1e6,
+                    steady / minimum,
+                    accuracy.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+                ));
+            }
         }
         let csv = csv.finish()?;
         let png = self.path("communication.png");
-        let series = |label: &str, f: &dyn Fn(usize, &FedRun) -> f64| Series {
-            label: label.into(),
-            points: runs
-                .iter()
-                .map(|(n, r)| (*n as f64, f(*n, r) / 1e6))
-                .collect(),
-        };
+        let mut series = Vec::new();
+        for (encoding, runs) in &runs {
+            let line = |label: String, f: &dyn Fn(usize, &FedRun) -> f64| Series {
+                label,
+                points: runs
+                    .iter()
+                    .map(|(n, r)| (*n as f64, f(*n, r) / 1e6))
+                    .collect(),
+            };
+            series.push(line(
+                format!("{encoding} updates: measured after round 1"),
+                &|n, r| r.steady_bytes_per_node_round(n),
+            ));
+            series.push(line(
+                format!("{encoding} updates: minimum (model down + update up)"),
+                &|_, r| r.minimum_bytes_per_node_round(),
+            ));
+        }
         line_chart(
-            &[
-                series(
-                    "measured, all rounds (round 1 fetches the shards)",
-                    &|n, r| r.bytes_per_node_round(n),
-                ),
-                series("measured, after round 1", &|n, r| {
-                    r.steady_bytes_per_node_round(n)
-                }),
-                series("minimum: model down + update up", &|_, r| {
-                    2.0 * r.model_bytes as f64
-                }),
-            ],
+            &series,
             "Bytes each node sends per round (Bitswap block payloads)",
             ("nodes", "MB per node per round"),
             &png,
         )?;
+        let model_mb = float32
+            .first()
+            .map_or(0.0, |(_, r)| r.model_bytes as f64 / 1e6);
+        let update_mb = int8
+            .first()
+            .map_or(0.0, |(_, r)| r.update_bytes as f64 / 1e6);
         let body = format!(
-            "Bitswap bytes sent per node per round in the scalability runs, against the minimum a round needs (each node \
-             downloads the model and uploads its update once). The rest is the checking: {} nodes (checkers) fetch every update to \
-             recompute the manifest. Gossip (announcements and manifests, a few hundred bytes each) is not counted. \
-             8-bit update quantisation is not built yet, so only float32 updates are measured.\n\n{table}",
+            "Bitswap bytes sent per node per round in the scalability runs (float32 updates) and in the same federations with \
+             int8 updates (`--update-encoding int8`: one float32 scale per tensor), against the minimum a round needs (each node \
+             downloads the model and uploads its update once). A model file is {model_mb:.2} MB; an int8 update {update_mb:.2} MB. \
+             The rest is the checking: {} nodes (checkers) fetch every update to recompute the manifest, so int8 shrinks most of \
+             the traffic, not only the minimum. Round 1 also fetches the data shards. Gossip (announcements and manifests, a few \
+             hundred bytes each) is not counted.\n\n{table}",
             SCALING_CHECKERS
         );
         Ok(("Communication overhead".into(), body, vec![csv, png]))

@@ -14,7 +14,7 @@
 //! | [`content::pins`] | pins that protect DAGs from garbage collection |
 //! | [`content::repo`] | a node's store on disk: blocks, pins, garbage collection |
 //! | [`privacy`] | the Rényi-DP accountant; clipping and noise (feature `dp`) |
-//! | [`tensors`] | models and updates as named float32 tensors in safetensors files |
+//! | [`tensors`] | models and updates as named float32 tensors in safetensors files (updates optionally int8) |
 //! | [`records`] | the task, signed update announcements and round manifests; aggregator ranking |
 //! | `model` | reference models, local training, evaluation and inference (feature `train`) |
 //!

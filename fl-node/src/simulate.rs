@@ -17,6 +17,7 @@ use fl_core::content::{Blockstore, Repo};
 use fl_core::model::{Architecture, Backend};
 use fl_core::records::task::TASK_FORMAT;
 use fl_core::records::{DataSource, DpParams, RoundSchedule, Task, TrainParams};
+use fl_core::tensors::Encoding;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
@@ -42,6 +43,8 @@ pub struct Plan {
     pub train: TrainParams,
     /// The aggregation rule (`fedavg`, `fedavgm:momentum=0.9`, `median`, ...).
     pub rule: String,
+    /// How nodes write their updates (float32, or int8 with a scale per tensor).
+    pub update_encoding: Encoding,
     /// Differential privacy, by the epsilon to spend over all rounds.
     pub privacy: Option<PrivacyTarget>,
     /// Fewest updates a round may close with.
@@ -143,8 +146,11 @@ pub enum Progress {
         nodes: usize,
         /// Rounds.
         rounds: u32,
-        /// Bytes of one model file (an update is as large).
+        /// Bytes of one model file.
         model_bytes: u64,
+        /// Bytes of one update file, its metadata aside (as large as a model in float32,
+        /// about a quarter in int8).
+        update_bytes: u64,
         /// The noise multiplier the privacy target needs, if any.
         noise_multiplier: Option<f64>,
     },
@@ -244,6 +250,7 @@ impl Plan {
                 schedule: RoundSchedule::Cosine,
             },
             rule: "fedavg".into(),
+            update_encoding: Encoding::F32,
             privacy: None,
             min_participants: nodes.try_into().unwrap_or(u32::MAX),
             deadline: Duration::from_secs(1800),
@@ -408,10 +415,14 @@ pub async fn run(
     let initial = arch
         .init(plan.seed)
         .map_err(|e| SimulationError::Task(e.to_string()))?;
-    let model_bytes = initial
-        .to_safetensors()
-        .map_err(|e| SimulationError::Task(e.to_string()))?
-        .len() as u64;
+    let file_bytes = |encoding| -> Result<u64, SimulationError> {
+        Ok(initial
+            .encode(encoding)
+            .map_err(|e| SimulationError::Task(e.to_string()))?
+            .len() as u64)
+    };
+    let model_bytes = file_bytes(Encoding::F32)?;
+    let update_bytes = file_bytes(plan.update_encoding)?;
     let initial_model = initial
         .store(&seed_repo)
         .map_err(|e| SimulationError::Task(e.to_string()))?;
@@ -438,6 +449,7 @@ pub async fn run(
         members: Some(members),
         flops_per_sample: arch.training_flops_per_sample(),
         seed: plan.seed,
+        update_encoding: plan.update_encoding,
     };
     task.validate()
         .map_err(|e| SimulationError::Task(e.to_string()))?;
@@ -458,6 +470,7 @@ pub async fn run(
         nodes: plan.nodes,
         rounds: plan.rounds,
         model_bytes,
+        update_bytes,
         noise_multiplier,
     });
 

@@ -256,3 +256,65 @@ fn the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes() {
     assert_eq!(summary["agreeing"], 4, "{summary}");
     assert_eq!(summary["finished"], 4, "{summary}");
 }
+
+#[test]
+fn int8_updates_travel_as_int8_files_and_the_nodes_still_agree() {
+    let keep = tempfile::tempdir().expect("a scratch directory");
+    let keep_arg = keep.path().join("repos");
+    let Some((stdout, lines)) = simulate(&[
+        "--nodes",
+        "3",
+        "--rounds",
+        "2",
+        "--images",
+        "900",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+        "--update-encoding",
+        "int8",
+        "--keep",
+        keep_arg.to_str().expect("utf-8 path"),
+    ]) else {
+        return;
+    };
+    let started = lines
+        .iter()
+        .find(|l| l["type"] == "started")
+        .expect("a start line");
+    let model_bytes = started["model_bytes"].as_u64().expect("model bytes");
+    let update_bytes = started["update_bytes"].as_u64().expect("update bytes");
+    assert!(
+        update_bytes * 3 < model_bytes,
+        "an int8 update of {update_bytes} bytes against a model of {model_bytes}"
+    );
+    // Node 0's own update of round 2, read from its repo: an int8 safetensors file.
+    let update = lines
+        .iter()
+        .find(|l| l["type"] == "node" && l["event"] == "announced" && l["node"] == 0)
+        .and_then(|l| l["update"].as_str())
+        .expect("node 0 announced an update");
+    let repo = fl_core::content::Repo::open(keep_arg.join("node-000")).expect("node 0's repo");
+    let mut bytes = Vec::new();
+    repo.cat(&update.parse().expect("a CID"), &mut bytes)
+        .expect("the update is in node 0's repo");
+    // The start line's size leaves out the update's own metadata (round, base model).
+    assert!(
+        bytes.len().abs_diff(update_bytes as usize) < 1024,
+        "{update}: {} bytes, {update_bytes} announced",
+        bytes.len()
+    );
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + header_len]).expect("a JSON header");
+    let tensors = header.as_object().expect("an object");
+    let int8 = tensors.values().filter(|t| t["dtype"] == "I8").count();
+    let scales = tensors.keys().filter(|k| k.ends_with("_scale")).count();
+    assert!(int8 > 0 && int8 == scales, "{header}");
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert_eq!(rows[1]["participants"], 3, "{stdout}");
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["agreeing"], 3, "{summary}");
+}

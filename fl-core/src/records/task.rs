@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::content::dagcbor::{self, DagCborError};
 use crate::content::{Block, Cid};
+use crate::tensors::Encoding;
 
 /// Version tag written in every task record.
 pub const TASK_FORMAT: &str = "fl-task/1";
@@ -148,6 +149,9 @@ pub struct Task {
     pub flops_per_sample: u64,
     /// Seed for data order and noise streams.
     pub seed: u64,
+    /// How nodes write their updates (records without it: float32).
+    #[serde(default, skip_serializing_if = "Encoding::is_f32")]
+    pub update_encoding: Encoding,
 }
 
 /// What is wrong with a task.
@@ -321,6 +325,7 @@ mod tests {
             members: None,
             flops_per_sample: 1,
             seed: 0,
+            update_encoding: Encoding::F32,
         }
     }
 
@@ -356,5 +361,25 @@ mod tests {
             Task::from_block(&cosine).expect("decodes").train.schedule,
             RoundSchedule::Cosine
         );
+    }
+
+    #[test]
+    fn float32_updates_are_left_out_of_the_record_and_int8_is_kept() {
+        let plain = task(RoundSchedule::Constant);
+        let int8 = Task {
+            update_encoding: Encoding::Int8,
+            ..plain.clone()
+        };
+        let has = |t: &Task, word: &[u8]| {
+            let block = t.to_block().expect("encodes");
+            block.data().windows(word.len()).any(|w| w == word)
+        };
+        assert!(
+            !has(&plain, b"update_encoding"),
+            "older records keep their CID"
+        );
+        assert!(has(&int8, b"int8"));
+        let back = Task::from_block(&int8.to_block().expect("encodes")).expect("decodes");
+        assert_eq!(back, int8);
     }
 }

@@ -1,13 +1,16 @@
 //! Tensor bundles: a model or an update as named float32 tensors, stored as one
 //! safetensors file whose names and layouts follow PyTorch's `state_dict`, so that
-//! `safetensors.torch.load_file` gives a ready state dict.
+//! `safetensors.torch.load_file` gives a ready state dict. An update may be stored as int8
+//! with a scale per tensor ([`Encoding::Int8`]); reading it back gives float32 again.
 //!
 //! Tensors are kept sorted by name: that is the fixed order of [`Bundle::flatten`], so
 //! every node and every verifier sees the same flat vector.
 
 use std::collections::BTreeMap;
 
+mod quantise;
 mod stored;
+pub use quantise::{BadEncoding, Encoding, Quantised, SCALE_SUFFIX, dequantise, quantise};
 pub use stored::{MAX_BUNDLE_BYTES, StoredError};
 
 use safetensors::{Dtype, SafeTensors};
@@ -49,13 +52,27 @@ pub enum TensorError {
         /// Values the shape needs.
         needed: usize,
     },
-    /// A tensor is not float32.
-    #[error("tensor {name} is {dtype}, expected F32")]
+    /// A tensor is neither float32 nor int8 with a scale.
+    #[error("tensor {name} is {dtype}, expected F32 (or I8 with a {name}_scale)")]
     Dtype {
         /// Its name.
         name: String,
         /// Its dtype.
         dtype: String,
+    },
+    /// An int8 tensor's scale is missing or not a finite, non-negative float32 scalar.
+    #[error("tensor {name} is I8 but its scale {name}_scale {reason}")]
+    Scale {
+        /// The quantised tensor.
+        name: String,
+        /// What is wrong with its scale.
+        reason: &'static str,
+    },
+    /// A tensor to be quantised holds a NaN or an infinity.
+    #[error("tensor {name} holds a value that is not finite: it cannot be quantised")]
+    NonFinite {
+        /// Its name.
+        name: String,
     },
     /// A flat vector has the wrong length for the layout.
     #[error("flat vector has {actual} values, the layout needs {expected}")]
@@ -222,13 +239,51 @@ impl Bundle {
         self.with_flat(&diff)
     }
 
-    /// The safetensors bytes of this bundle (float32, little-endian, metadata in the
-    /// header). Written here rather than by `safetensors::serialize`, whose header takes
-    /// metadata from a `HashMap` and so orders its keys differently from run to run: the
-    /// same bundle must always give the same bytes, hence the same CID. Keys are sorted;
-    /// the layout is the format's own (`__metadata__` first, then tensors in name order,
-    /// header padded with spaces to 8 bytes), so every safetensors reader accepts it.
+    /// The safetensors bytes of this bundle in float32 (see [`Bundle::encode`]).
     pub fn to_safetensors(&self) -> Result<Vec<u8>, TensorError> {
+        self.encode(Encoding::F32)
+    }
+
+    /// The safetensors bytes of this bundle, its values written as `encoding` says
+    /// (little-endian, metadata in the header). Written here rather than by
+    /// `safetensors::serialize`, whose header takes metadata from a `HashMap` and so orders
+    /// its keys differently from run to run: the same bundle must always give the same
+    /// bytes, hence the same CID. Keys are sorted; the layout is the format's own
+    /// (`__metadata__` first, header padded with spaces to 8 bytes), so every safetensors
+    /// reader accepts it. Under int8 each tensor `NAME` becomes an I8 tensor of the same
+    /// shape plus a float32 scalar `NAME_scale`; the scales' data comes first, so every
+    /// float32 value stays 4-byte aligned.
+    pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, TensorError> {
+        // (name, dtype, shape, little-endian bytes), in the order the data is laid out.
+        let mut parts: Vec<(String, &'static str, Vec<usize>, Vec<u8>)> = Vec::new();
+        match encoding {
+            Encoding::F32 => {
+                for (name, t) in &self.tensors {
+                    let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    parts.push((name.clone(), "F32", t.shape.clone(), bytes));
+                }
+            }
+            Encoding::Int8 => {
+                let mut values = Vec::with_capacity(self.tensors.len());
+                for (name, t) in &self.tensors {
+                    let q = quantise(&t.data)
+                        .ok_or_else(|| TensorError::NonFinite { name: name.clone() })?;
+                    let scale_name = format!("{name}{SCALE_SUFFIX}");
+                    if self.tensors.contains_key(&scale_name) {
+                        return Err(TensorError::Unexpected { name: scale_name });
+                    }
+                    parts.push((
+                        scale_name,
+                        "F32",
+                        Vec::new(),
+                        q.scale.to_le_bytes().to_vec(),
+                    ));
+                    let bytes = q.values.iter().map(|v| v.to_le_bytes()[0]).collect();
+                    values.push((name.clone(), "I8", t.shape.clone(), bytes));
+                }
+                parts.extend(values);
+            }
+        }
         let mut header = serde_json::Map::new();
         if !self.metadata.is_empty() {
             let meta: serde_json::Map<String, serde_json::Value> = self
@@ -239,13 +294,12 @@ impl Bundle {
             header.insert("__metadata__".into(), serde_json::Value::Object(meta));
         }
         let mut offset = 0usize;
-        for (name, t) in &self.tensors {
-            let len = t.data.len() * 4;
+        for (name, dtype, shape, bytes) in &parts {
             header.insert(
                 name.clone(),
-                serde_json::json!({ "dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len] }),
+                serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()] }),
             );
-            offset += len;
+            offset += bytes.len();
         }
         let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
             .map_err(|e| TensorError::Format(e.to_string()))?;
@@ -255,40 +309,78 @@ impl Bundle {
         let mut out = Vec::with_capacity(8 + json.len() + offset);
         out.extend_from_slice(&(json.len() as u64).to_le_bytes());
         out.extend_from_slice(&json);
-        for t in self.tensors.values() {
-            for v in &t.data {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+        for (_, _, _, bytes) in &parts {
+            out.extend_from_slice(bytes);
         }
         Ok(out)
     }
 
-    /// Reads a safetensors file of float32 tensors.
+    /// Reads a safetensors file of float32 tensors, or of int8 tensors with their scales
+    /// (as [`Bundle::encode`] writes them), which come back as float32.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Bundle, TensorError> {
         let file =
             SafeTensors::deserialize(bytes).map_err(|e| TensorError::Format(e.to_string()))?;
         let (_, meta) =
             SafeTensors::read_metadata(bytes).map_err(|e| TensorError::Format(e.to_string()))?;
+        let views: BTreeMap<String, _> = file.tensors().into_iter().collect();
+        // The scales of int8 tensors are not tensors of the bundle.
+        let is_scale = |name: &str| {
+            name.strip_suffix(SCALE_SUFFIX)
+                .and_then(|base| views.get(base))
+                .is_some_and(|v| v.dtype() == Dtype::I8)
+        };
         let mut bundle = Bundle::new();
-        for (name, view) in file.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(TensorError::Dtype {
-                    name,
-                    dtype: format!("{:?}", view.dtype()),
-                });
-            }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            bundle.insert(name, view.shape().to_vec(), data)?;
+        for (name, view) in &views {
+            let data = match view.dtype() {
+                Dtype::F32 if is_scale(name) => continue,
+                Dtype::F32 => f32s(view.data()),
+                Dtype::I8 => {
+                    let scale = int8_scale(name, views.get(&format!("{name}{SCALE_SUFFIX}")))?;
+                    let values: Vec<i8> = view.data().iter().map(|&b| b as i8).collect();
+                    dequantise(&values, scale)
+                }
+                other => {
+                    return Err(TensorError::Dtype {
+                        name: name.clone(),
+                        dtype: format!("{other:?}"),
+                    });
+                }
+            };
+            bundle.insert(name.clone(), view.shape().to_vec(), data)?;
         }
         if let Some(m) = meta.metadata() {
             bundle.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         }
         Ok(bundle)
     }
+}
+
+/// Little-endian float32 values.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The scale of the int8 tensor `name`, read from its scale tensor.
+fn int8_scale(
+    name: &str,
+    view: Option<&safetensors::tensor::TensorView<'_>>,
+) -> Result<f32, TensorError> {
+    let bad = |reason| TensorError::Scale {
+        name: name.to_string(),
+        reason,
+    };
+    let view = view.ok_or_else(|| bad("is missing"))?;
+    if view.dtype() != Dtype::F32 || view.data().len() != 4 {
+        return Err(bad("is not one float32 value"));
+    }
+    let scale = f32s(view.data())[0];
+    if !(scale.is_finite() && scale >= 0.0) {
+        return Err(bad("is not finite and non-negative"));
+    }
+    Ok(scale)
 }
 
 #[cfg(test)]
@@ -351,6 +443,93 @@ mod tests {
         assert_eq!(
             b.check_layout(&missing).unwrap_err().to_string(),
             "tensor fc1.bias is missing"
+        );
+    }
+
+    #[test]
+    fn int8_files_are_a_quarter_of_the_size_and_read_back_within_half_a_step() {
+        let mut b = Bundle::new();
+        let w: Vec<f32> = (0..4096).map(|i| ((i as f32) * 0.1).cos() * 0.02).collect();
+        b.insert("conv1.weight", vec![16, 16, 4, 4], w.clone())
+            .unwrap();
+        b.insert("conv1.bias", vec![3], vec![0.0, 0.0, 0.0])
+            .unwrap();
+        b.set_metadata("round", "3");
+        let f32_bytes = b.to_safetensors().unwrap();
+        let int8 = b.encode(Encoding::Int8).unwrap();
+        assert!(
+            int8.len() * 3 < f32_bytes.len(),
+            "{} vs {}",
+            int8.len(),
+            f32_bytes.len()
+        );
+        // The format's own reader sees I8 tensors and their float32 scalar scales.
+        let parsed = safetensors::SafeTensors::deserialize(&int8).unwrap();
+        assert_eq!(parsed.tensor("conv1.weight").unwrap().dtype(), Dtype::I8);
+        let scale = parsed.tensor("conv1.weight_scale").unwrap();
+        assert_eq!((scale.dtype(), scale.shape()), (Dtype::F32, &[][..]));
+        let back = Bundle::from_safetensors(&int8).unwrap();
+        b.check_layout(&back).unwrap();
+        assert_eq!(back.metadata(), b.metadata());
+        let step = 0.02 / 127.0;
+        for (x, y) in w.iter().zip(&back.get("conv1.weight").unwrap().data) {
+            assert!((x - y).abs() <= step * 0.5001, "{x} came back as {y}");
+        }
+        assert_eq!(back.get("conv1.bias").unwrap().data, vec![0.0; 3]);
+        // Encoding is a function of the bundle: same bytes, same CID.
+        assert_eq!(b.encode(Encoding::Int8).unwrap(), int8);
+        // Read back and encoded again, it is the same file.
+        assert_eq!(back.encode(Encoding::Int8).unwrap(), int8);
+    }
+
+    #[test]
+    fn int8_refuses_non_finite_values_and_bad_scales() {
+        let mut b = sample();
+        b.insert("fc1.bias", vec![2], vec![f32::NAN, 0.0]).unwrap();
+        assert_eq!(
+            b.encode(Encoding::Int8).unwrap_err().to_string(),
+            "tensor fc1.bias holds a value that is not finite: it cannot be quantised"
+        );
+        // A file whose scale is missing, NaN, or not a scalar.
+        let file = |scale: Option<(&str, Vec<usize>, Vec<u8>)>| {
+            let mut tensors = vec![(
+                "w".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::I8, vec![2], &[1, 255][..]).unwrap(),
+            )];
+            let scale_bytes;
+            if let Some((dtype, shape, bytes)) = scale {
+                scale_bytes = bytes;
+                let dtype = if dtype == "F32" {
+                    Dtype::F32
+                } else {
+                    Dtype::I8
+                };
+                tensors.push((
+                    "w_scale".to_string(),
+                    safetensors::tensor::TensorView::new(dtype, shape, &scale_bytes).unwrap(),
+                ));
+            }
+            let bytes = safetensors::serialize(tensors, None).unwrap();
+            Bundle::from_safetensors(&bytes).map(|b| b.get("w").unwrap().data.clone())
+        };
+        let half = 0.5f32.to_le_bytes().to_vec();
+        assert_eq!(
+            file(Some(("F32", vec![], half.clone()))).unwrap(),
+            vec![0.5, -0.5]
+        );
+        let err = |s| file(s).unwrap_err().to_string();
+        assert_eq!(err(None), "tensor w is I8 but its scale w_scale is missing");
+        assert_eq!(
+            err(Some(("F32", vec![], f32::NAN.to_le_bytes().to_vec()))),
+            "tensor w is I8 but its scale w_scale is not finite and non-negative"
+        );
+        assert_eq!(
+            err(Some(("F32", vec![2], [half.clone(), half].concat()))),
+            "tensor w is I8 but its scale w_scale is not one float32 value"
+        );
+        assert_eq!(
+            err(Some(("I8", vec![1], vec![1]))),
+            "tensor w is I8 but its scale w_scale is not one float32 value"
         );
     }
 

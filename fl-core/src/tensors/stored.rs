@@ -6,7 +6,7 @@ use std::io::Write;
 
 use cid::Cid;
 
-use super::{Bundle, TensorError};
+use super::{Bundle, Encoding, TensorError};
 use crate::content::pins::PinMode;
 use crate::content::unixfs::ImportOptions;
 use crate::content::{Repo, RepoError};
@@ -52,7 +52,12 @@ impl Bundle {
     /// Stores the bundle in `repo` as a pinned UnixFS file and returns its CID (CIDv1, raw
     /// leaves, as `ipfs add --cid-version 1`).
     pub fn store(&self, repo: &Repo) -> Result<Cid, StoredError> {
-        let bytes = self.to_safetensors()?;
+        self.store_encoded(repo, Encoding::F32)
+    }
+
+    /// Stores the bundle as [`Bundle::store`] does, its values written as `encoding` says.
+    pub fn store_encoded(&self, repo: &Repo, encoding: Encoding) -> Result<Cid, StoredError> {
+        let bytes = self.encode(encoding)?;
         let fail = |source| StoredError::Repo {
             cid: "(new)".into(),
             source,

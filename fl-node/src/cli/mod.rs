@@ -155,7 +155,8 @@ fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
     })
 }
 
-/// Local training settings of a task, shared by `fl task create` and `fl simulate`.
+/// Local training settings of a task (and how its updates are written), shared by `fl task
+/// create` and `fl simulate`.
 #[derive(Debug, clap::Args)]
 struct LocalTraining {
     /// Local epochs per round.
@@ -176,6 +177,10 @@ struct LocalTraining {
     /// FedProx proximal term (0: plain local SGD, FedAvg).
     #[arg(long, default_value_t = 0.0)]
     mu: f64,
+    /// How nodes write their updates: f32, or int8 with a scale per tensor (a quarter of
+    /// the bytes to send).
+    #[arg(long, default_value = "f32")]
+    update_encoding: fl_core::tensors::Encoding,
 }
 
 impl LocalTraining {

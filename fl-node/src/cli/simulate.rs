@@ -118,6 +118,7 @@ impl Simulate {
             scheme: self.partition,
             train: self.training.params(self.schedule),
             rule: self.aggregation.clone(),
+            update_encoding: self.training.update_encoding,
             privacy: self.dp_epsilon.map(|epsilon| PrivacyTarget {
                 epsilon,
                 delta: self.dp_delta,
@@ -204,7 +205,8 @@ struct View {
     /// The round in progress and how many nodes announced in it.
     round: u32,
     announced: usize,
-    model_bytes: u64,
+    /// What a round needs each node to send at least: the model down and an update up.
+    minimum_bytes: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -227,7 +229,7 @@ impl View {
             bar: None,
             round: 1,
             announced: 0,
-            model_bytes: 0,
+            minimum_bytes: 0,
         }
     }
 
@@ -258,9 +260,10 @@ impl View {
                 nodes,
                 rounds,
                 model_bytes,
+                update_bytes,
                 noise_multiplier,
             } => {
-                self.model_bytes = *model_bytes;
+                self.minimum_bytes = model_bytes + update_bytes;
                 println!("task {task}: {nodes} nodes, {rounds} rounds, dataset {dataset}");
                 if let Some(z) = noise_multiplier {
                     println!("DP-FedAvg: noise multiplier {z:.3}");
@@ -349,7 +352,7 @@ impl View {
                 let last = report.rounds.last();
                 let sent: u64 = report.bytes_sent.iter().sum();
                 let per_node_round = sent as f64 / (plan.nodes as f64 * f64::from(plan.rounds));
-                let minimum = 2 * self.model_bytes;
+                let minimum = self.minimum_bytes;
                 writeln!(
                     out,
                     "final model {} ({} of {} nodes agree; {} finished)",

@@ -171,6 +171,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         members: (!c.members.is_empty()).then_some(c.members),
         flops_per_sample: arch.training_flops_per_sample(),
         seed: c.seed,
+        update_encoding: c.training.update_encoding,
     };
     task.validate()?;
     let block = task.to_block()?;

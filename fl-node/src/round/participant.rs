@@ -20,6 +20,7 @@ use fl_core::records::{
     Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
 };
 use fl_core::tensors::Bundle;
+use libp2p::PeerId;
 use serde::Serialize;
 
 use super::compute::{self, RoundBase};
@@ -657,11 +658,12 @@ impl Participant {
         head: Option<Cid>,
         head_manifest: Option<&Signed<Manifest>>,
     ) -> Result<RoundBase, RoundError> {
-        let (model_cid, state_cid) = match head_manifest {
-            Some(m) => (m.body.model, m.body.server_state),
-            None => (ctx.task.initial_model, None),
+        let (model_cid, state_cid, aggregator) = match head_manifest {
+            Some(m) => (m.body.model, m.body.server_state, Some(m.signer)),
+            None => (ctx.task.initial_model, None, None),
         };
-        self.ensure(model_cid, "the round's model").await?;
+        self.ensure(model_cid, "the round's model", aggregator)
+            .await?;
         let model = Bundle::load(&self.repo, &model_cid).map_err(|source| RoundError::Load {
             what: "model",
             cid: model_cid,
@@ -672,7 +674,7 @@ impl Participant {
             .map_err(|e| RoundError::Task(format!("model {model_cid}: {e}")))?;
         let state = match state_cid {
             Some(cid) => {
-                self.ensure(cid, "the server state").await?;
+                self.ensure(cid, "the server state", aggregator).await?;
                 let bundle = Bundle::load(&self.repo, &cid).map_err(|source| RoundError::Load {
                     what: "server state",
                     cid,
@@ -788,7 +790,7 @@ impl Participant {
         let round = base.round;
         let update_cid = trained
             .update
-            .store(&self.repo)
+            .store_encoded(&self.repo, ctx.task.update_encoding)
             .map_err(|source| RoundError::Store {
                 what: "update",
                 source,
@@ -1365,17 +1367,17 @@ impl Participant {
     /// so an aggregator finds them here (communication overlaps the wait for the slowest
     /// node).
     fn prefetch(&self, ctx: &Ctx, round: u32, base: &Cid) {
-        let fresh: Vec<Cid> = {
+        let fresh: Vec<(Cid, PeerId)> = {
             let mut seen = lock(&ctx.prefetched);
             ctx.inbox
                 .announcements(round)
                 .into_iter()
                 .filter(|(_, a)| a.body.base == *base && a.signer != self.node.peer_id())
-                .map(|(_, a)| a.body.update)
-                .filter(|u| seen.insert(*u))
+                .map(|(_, a)| (a.body.update, a.signer))
+                .filter(|(u, _)| seen.insert(*u))
                 .collect()
         };
-        for update in fresh {
+        for (update, author) in fresh {
             let node = self.node.clone();
             let slots = ctx.prefetching.clone();
             let per_block = self.config.block_timeout;
@@ -1383,18 +1385,7 @@ impl Participant {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
-                let Ok(peers) = node.peers().await else {
-                    return;
-                };
-                if let Err(e) = fetch_dag(
-                    node.bitswap(),
-                    update,
-                    &peers,
-                    net::fetch::FETCH_WINDOW,
-                    per_block,
-                )
-                .await
-                {
+                if let Err(e) = fetch_held(&node, update, Some(author), per_block, false).await {
                     tracing::debug!(%update, "fetching ahead failed (fetched again when needed): {e}");
                 }
             });
@@ -1456,7 +1447,10 @@ impl Participant {
         let mut present = Vec::new();
         let mut missing = Vec::new();
         for entry in announced {
-            match self.ensure(entry.1.body.update, "an update").await {
+            match self
+                .ensure(entry.1.body.update, "an update", Some(entry.1.signer))
+                .await
+            {
                 Ok(()) => present.push(entry.clone()),
                 Err(e) => {
                     tracing::warn!(peer = %entry.1.signer, "leaving out an update: {e}");
@@ -1532,9 +1526,11 @@ impl Participant {
         if !self.config.recompute {
             // Not made here, so fetched: the model (the node adopts and serves it) and the
             // server state the next round starts from.
-            self.ensure(m.model, "the round's model").await?;
+            self.ensure(m.model, "the round's model", Some(signed.signer))
+                .await?;
             if let Some(state) = m.server_state {
-                self.ensure(state, "the server state").await?;
+                self.ensure(state, "the server state", Some(signed.signer))
+                    .await?;
             }
             return Ok(());
         }
@@ -1546,7 +1542,8 @@ impl Participant {
             .collect();
         for (cid, a) in &announcements {
             if !unavailable.contains(cid) {
-                self.ensure(a.body.update, "an update").await?;
+                self.ensure(a.body.update, "an update", Some(a.signer))
+                    .await?;
             }
         }
         let fetched = started.elapsed();
@@ -1645,8 +1642,8 @@ impl Participant {
                         dataset.shards.len()
                     ))
                 })?;
-                self.ensure(entry.cid, "this node's shard").await?;
-                self.ensure(dataset.test.cid, "the test set").await?;
+                self.ensure(entry.cid, "this node's shard", None).await?;
+                self.ensure(dataset.test.cid, "the test set", None).await?;
                 let train = shard::fetch_shard(self.repo.blocks(), &dataset, shard_index)
                     .map_err(|e| RoundError::Data(e.to_string()))?;
                 let test = shard::fetch_test(self.repo.blocks(), &dataset)
@@ -1676,26 +1673,10 @@ impl Participant {
         }
     }
 
-    /// Makes sure the DAG under `cid` is in the repo, fetching what is missing from
-    /// connected peers, then from providers the DHT finds.
-    async fn ensure(&self, cid: Cid, what: &str) -> Result<(), RoundError> {
-        let peers = self.node.peers().await?;
-        let per_block = self.config.block_timeout;
-        if fetch_dag(
-            self.node.bitswap(),
-            cid,
-            &peers,
-            net::fetch::FETCH_WINDOW,
-            per_block,
-        )
-        .await
-        .is_ok()
-        {
-            return Ok(());
-        }
-        net::fetch(&self.node, cid, peers, true, per_block)
+    /// Makes sure the DAG under `cid` is in the repo (see [`fetch_held`]).
+    async fn ensure(&self, cid: Cid, what: &str, holder: Option<PeerId>) -> Result<(), RoundError> {
+        fetch_held(&self.node, cid, holder, self.config.block_timeout, true)
             .await
-            .map(|_| ())
             .map_err(|source| RoundError::Fetch {
                 what: format!("{what} {cid}"),
                 source,
@@ -1754,4 +1735,36 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// Fetches what the repo lacks of the DAG under `cid`: from `holder` first when one is
+/// known to have it (the aggregator its model, an author its update) and connected, then from every
+/// connected peer, then (with `use_dht`) from the providers the DHT names. Asked first, the
+/// holder answers every want at once; asked in turn with the others, each block would wait
+/// for a "don't have" from each peer before it, and busy peers are slow to say so.
+async fn fetch_held(
+    node: &Node,
+    cid: Cid,
+    holder: Option<PeerId>,
+    per_block: Duration,
+    use_dht: bool,
+) -> Result<(), net::NetFetchError> {
+    let window = net::fetch::FETCH_WINDOW;
+    let peers = node.peers().await?;
+    // A holder that is not connected (gone, or never met) is not waited for.
+    if let Some(holder) = holder.filter(|h| peers.contains(h))
+        && fetch_dag(node.bitswap(), cid, &[holder], window, per_block)
+            .await
+            .is_ok()
+    {
+        return Ok(());
+    }
+    let from_peers = fetch_dag(node.bitswap(), cid, &peers, window, per_block).await;
+    match from_peers {
+        Ok(_) => Ok(()),
+        Err(_) if use_dht => net::fetch(node, cid, peers, true, per_block)
+            .await
+            .map(|_| ()),
+        Err(source) => Err(net::NetFetchError::Dag { root: cid, source }),
+    }
 }
