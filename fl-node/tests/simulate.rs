@@ -62,8 +62,12 @@ fn refused(args: &[&str]) -> String {
 fn settings_that_cannot_work_get_one_clear_message_each() {
     let data = shared_cifar();
     let data = data.to_str().expect("utf-8 path");
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--nodse", "4"], "unexpected argument '--nodse'"),
+        (
+            &["--update-encoding", "int4"],
+            "bad encoding \"int4\": expected f32 or int8",
+        ),
         (
             &["--nodes", "0", "--data", data],
             "--nodes must be at least 1",
