@@ -247,7 +247,6 @@ impl Ctx {
         ))
     }
 
-    /// One federation per node count (shared with communication and resources).
     /// A scalability run's federation: few checkers, so that bytes grow with the nodes
     /// rather than with their square.
     fn scaling_plan(&self, nodes: usize, update_encoding: Encoding) -> Plan {
@@ -257,6 +256,7 @@ impl Ctx {
         plan
     }
 
+    /// One federation per node count (shared with communication and resources).
     fn scaling(&self) -> anyhow::Result<&Vec<(usize, FedRun)>> {
         if let Some(runs) = self.scaling.get() {
             return Ok(runs);

@@ -254,13 +254,12 @@ impl Bundle {
     /// shape plus a float32 scalar `NAME_scale`; the scales' data comes first, so every
     /// float32 value stays 4-byte aligned.
     pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, TensorError> {
-        // (name, dtype, shape, little-endian bytes), in the order the data is laid out.
-        let mut parts: Vec<(String, &'static str, Vec<usize>, Vec<u8>)> = Vec::new();
+        // (name, shape, values), in the order the data is laid out.
+        let mut parts: Vec<(String, &[usize], Values<'_>)> = Vec::new();
         match encoding {
             Encoding::F32 => {
                 for (name, t) in &self.tensors {
-                    let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    parts.push((name.clone(), "F32", t.shape.clone(), bytes));
+                    parts.push((name.clone(), &t.shape, Values::F32(&t.data)));
                 }
             }
             Encoding::Int8 => {
@@ -272,14 +271,8 @@ impl Bundle {
                     if self.tensors.contains_key(&scale_name) {
                         return Err(TensorError::Unexpected { name: scale_name });
                     }
-                    parts.push((
-                        scale_name,
-                        "F32",
-                        Vec::new(),
-                        q.scale.to_le_bytes().to_vec(),
-                    ));
-                    let bytes = q.values.iter().map(|v| v.to_le_bytes()[0]).collect();
-                    values.push((name.clone(), "I8", t.shape.clone(), bytes));
+                    parts.push((scale_name, &[], Values::Scale(q.scale)));
+                    values.push((name.clone(), &t.shape[..], Values::I8(q.values)));
                 }
                 parts.extend(values);
             }
@@ -294,12 +287,13 @@ impl Bundle {
             header.insert("__metadata__".into(), serde_json::Value::Object(meta));
         }
         let mut offset = 0usize;
-        for (name, dtype, shape, bytes) in &parts {
+        for (name, shape, values) in &parts {
+            let len = values.byte_len();
             header.insert(
                 name.clone(),
-                serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()] }),
+                serde_json::json!({ "dtype": values.dtype(), "shape": shape, "data_offsets": [offset, offset + len] }),
             );
-            offset += bytes.len();
+            offset += len;
         }
         let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
             .map_err(|e| TensorError::Format(e.to_string()))?;
@@ -309,8 +303,8 @@ impl Bundle {
         let mut out = Vec::with_capacity(8 + json.len() + offset);
         out.extend_from_slice(&(json.len() as u64).to_le_bytes());
         out.extend_from_slice(&json);
-        for (_, _, _, bytes) in &parts {
-            out.extend_from_slice(bytes);
+        for (_, _, values) in &parts {
+            values.write_le(&mut out);
         }
         Ok(out)
     }
@@ -352,6 +346,50 @@ impl Bundle {
             bundle.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         }
         Ok(bundle)
+    }
+}
+
+/// One tensor's values as [`Bundle::encode`] writes them.
+enum Values<'a> {
+    /// A float32 tensor, borrowed from the bundle.
+    F32(&'a [f32]),
+    /// An int8 tensor's scale (a float32 scalar).
+    Scale(f32),
+    /// An int8 tensor's values.
+    I8(Vec<i8>),
+}
+
+impl Values<'_> {
+    /// The safetensors dtype.
+    fn dtype(&self) -> &'static str {
+        match self {
+            Values::F32(_) | Values::Scale(_) => "F32",
+            Values::I8(_) => "I8",
+        }
+    }
+
+    /// Bytes in the file.
+    fn byte_len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len() * 4,
+            Values::Scale(_) => 4,
+            Values::I8(v) => v.len(),
+        }
+    }
+
+    /// Appends the values, little-endian.
+    fn write_le(&self, out: &mut Vec<u8>) {
+        match self {
+            Values::F32(v) => {
+                let start = out.len();
+                out.resize(start + v.len() * 4, 0);
+                for (bytes, x) in out[start..].chunks_exact_mut(4).zip(v.iter()) {
+                    bytes.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            Values::Scale(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Values::I8(v) => out.extend(v.iter().map(|x| x.to_le_bytes()[0])),
+        }
     }
 }
 
