@@ -13,6 +13,7 @@
 //! | [`content::car`] | CAR v1 import and export, as `ipfs dag import/export` |
 //! | [`content::pins`] | pins that protect DAGs from garbage collection |
 //! | [`content::repo`] | a node's store on disk: blocks, pins, garbage collection |
+//! | [`errors`] | an error and its causes on one line |
 //! | [`privacy`] | the Rényi-DP accountant; clipping and noise (feature `dp`) |
 //! | [`tensors`] | models and updates as named float32 tensors in safetensors files (updates optionally int8) |
 //! | [`records`] | the task, signed update announcements and round manifests; aggregator ranking |
@@ -34,6 +35,7 @@
 //! ```
 
 pub mod content;
+pub mod errors;
 #[cfg(feature = "train")]
 pub mod model;
 pub mod privacy;

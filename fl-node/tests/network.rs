@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use fl_core::errors::chain;
+
 const STARTUP: Duration = Duration::from_secs(30);
 
 fn fl(repo: &Path) -> Command {
@@ -814,16 +816,4 @@ fn blocks_that_do_not_match_their_cid_are_refused() {
         repo.cat(&root, &mut got).unwrap();
         assert!(got == bytes, "bytes differ");
     });
-}
-
-/// An error and every cause under it, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }

@@ -1,22 +1,11 @@
 //! The reference CNN's parameters: count, PyTorch names and layouts, round trips through
 //! safetensors, and errors that name the tensor.
 
+use fl_core::errors::chain;
 use fl_core::model::{Architecture, Backend, Batch, Classifier, IMAGE_LEN, ModelError};
 use fl_core::tensors::Bundle;
 
 const ARCH: Architecture = Architecture::FedAvgCnn;
-
-/// The error and its causes on one line, as fl-node prints them.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 /// A few deterministic, roughly normalised images.
 fn images(n: usize) -> Batch {

@@ -67,6 +67,9 @@ pub(super) struct Baseline {
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
+    /// Use only the first N training images, as `fl simulate --images` does; default: all.
+    #[arg(long, value_name = "N")]
+    images: Option<usize>,
     /// Images per SGD step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -138,9 +141,18 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
     let backend = cmd.device.backend()?;
     let device = backend.device();
     let arch = cmd.model;
-    let data = cifar10::load(&cmd.data)?;
+    let mut data = cifar10::load(&cmd.data)?;
     if data.train.is_empty() {
         bail!("{} holds no training images", cmd.data.display());
+    }
+    if let Some(n) = cmd.images {
+        if n == 0 || n > data.train.len() {
+            bail!(
+                "--images {n}: the data has {} training images",
+                data.train.len()
+            );
+        }
+        data.train = data.train.subset(&(0..n).collect::<Vec<_>>());
     }
     let repo = repo.open()?;
     let global = match &cmd.init {

@@ -15,6 +15,7 @@ use datasets::cifar10::Images;
 use datasets::pipeline::{Pipeline, PipelineConfig};
 use datasets::shard;
 use fl_core::content::{Blockstore, Repo, pins::PinMode};
+use fl_core::errors::chain;
 use fl_core::model::{Architecture, Backend, Batch, Classifier, TrainConfig};
 use fl_core::records::{
     Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
@@ -1719,22 +1720,6 @@ impl Participant {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// An error and every cause under it, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        // Many errors already print their cause; each cause is shown once.
-        let text = c.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// Fetches what the repo lacks of the DAG under `cid`: from `holder` first when one is
