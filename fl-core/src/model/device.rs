@@ -11,7 +11,7 @@
 //! | burn `ndarray` | 8.5 |
 //! | PyTorch 2.15 CPU (2 threads), for comparison | 610 (560 to 630 over five runs) |
 //!
-//! burn's `x86-v4` feature (AVX-512 matrix kernels) made no measurable difference.
+//! `ndarray` is built only with the `ndarray` feature. burn's `x86-v4` feature (AVX-512 matrix kernels) made no measurable difference.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,7 +26,9 @@ pub enum Backend {
     #[default]
     Flex,
     /// burn's `ndarray` CPU backend (deprecated by burn in favour of `flex`): about 8.5
-    /// training images/s for the reference CNN at batch 64, over 20 times slower than `flex`.
+    /// training images/s for the reference CNN at batch 64, over 20 times slower than `flex`
+    /// (feature `ndarray`).
+    #[cfg(feature = "ndarray")]
     NdArray,
     /// burn's `wgpu` backend (Vulkan, Metal or DX12), on the best adapter found.
     #[cfg(feature = "wgpu")]
@@ -37,6 +39,7 @@ impl Backend {
     /// Every backend in this build.
     pub const ALL: &'static [Backend] = &[
         Backend::Flex,
+        #[cfg(feature = "ndarray")]
         Backend::NdArray,
         #[cfg(feature = "wgpu")]
         Backend::Wgpu,
@@ -46,6 +49,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Flex => "flex",
+            #[cfg(feature = "ndarray")]
             Backend::NdArray => "ndarray",
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => "wgpu",
@@ -56,6 +60,7 @@ impl Backend {
     pub fn device(self) -> Device {
         match self {
             Backend::Flex => Device::flex(),
+            #[cfg(feature = "ndarray")]
             #[allow(deprecated)] // still measured and offered; burn keeps it for now
             Backend::NdArray => Device::ndarray(),
             #[cfg(feature = "wgpu")]
@@ -103,7 +108,7 @@ mod tests {
         }
         let err = "cuda".parse::<Backend>().unwrap_err().to_string();
         assert!(
-            err.starts_with("unknown backend \"cuda\"; this build has flex, ndarray"),
+            err.starts_with("unknown backend \"cuda\"; this build has flex"),
             "{err}"
         );
     }

@@ -15,7 +15,7 @@
 //! | [`train`](mod@train) | [`train()`](fn@train): SGD with momentum, weight decay, schedules, FedProx |
 //! | [`eval`] | [`Evaluation`]: loss, accuracy, per-class accuracy |
 //! | [`infer`] | [`Classifier`]: logits and probabilities |
-//! | [`device`] | [`Backend`]: `flex` (default), `ndarray`, `wgpu` (feature `wgpu`) |
+//! | [`device`] | [`Backend`]: `flex` (default), `ndarray` (feature `ndarray`), `wgpu` (feature `wgpu`) |
 //!
 //! Determinism: initial values come from ChaCha8 ([`Architecture::init`]), shuffles too, and
 //! nothing in the reference CNN draws burn's own random numbers, so on one machine and one

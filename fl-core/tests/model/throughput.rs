@@ -4,15 +4,15 @@
 //!
 //! ```text
 //! # CPU: burn's flex and ndarray, then PyTorch on the same machine in the same run
-//! FL_TORCH_PYTHON=python-with-torch \
-//!   cargo test --release -p fl-core --features train --test model throughput -- --ignored --nocapture
+//! FL_TORCH_PYTHON=python-with-torch FL_BENCH_BACKENDS=flex,ndarray \
+//!   cargo test --release -p fl-core --features train,ndarray --test model throughput -- --ignored --nocapture
 //! # GPU (H100): wgpu next to REFERENCE_CNN.md's PyTorch float32 figures
 //! FL_BENCH_BACKENDS=wgpu FL_BENCH_BATCHES=64,256,1024 FL_BENCH_STEPS=200 \
 //!   cargo test --release -p fl-core --features train,wgpu --test model throughput -- --ignored --nocapture
 //! ```
 //!
 //! `FL_BENCH_STEPS` (default 20) sets the timed steps, `FL_BENCH_BACKENDS` (default
-//! `flex,ndarray`) the backends, `FL_BENCH_BATCHES` (default 64) the batch sizes.
+//! `flex`; `ndarray` needs the `ndarray` feature) the backends, `FL_BENCH_BATCHES` (default 64) the batch sizes.
 //! PyTorch runs `experiments/pytorch/bench_train.py` where `FL_TORCH_PYTHON` has torch.
 
 use std::process::Command;
@@ -93,7 +93,7 @@ fn pytorch_cpu(batch: usize, steps: usize) -> Option<f64> {
 #[ignore = "measurement: run in release with --ignored --nocapture"]
 fn training_throughput() {
     let steps: usize = env_list("FL_BENCH_STEPS", "20")[0];
-    let backends: Vec<Backend> = env_list("FL_BENCH_BACKENDS", "flex,ndarray");
+    let backends: Vec<Backend> = env_list("FL_BENCH_BACKENDS", "flex");
     let batches: Vec<usize> = env_list("FL_BENCH_BATCHES", "64");
     let on_cpu = backends.iter().all(|b| b.name() != "wgpu");
     let torch = on_cpu.then(|| {

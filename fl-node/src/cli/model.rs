@@ -29,7 +29,7 @@ pub(super) struct DeviceArgs {
     /// The GPU, through burn's wgpu backend (Vulkan); same as `--backend wgpu`.
     #[arg(long, conflicts_with = "backend")]
     gpu: bool,
-    /// Backend: flex (CPU, default), ndarray (CPU), wgpu (GPU, in builds with the `gpu` feature).
+    /// Backend: flex (CPU, default), ndarray (CPU, in builds with the `ndarray` feature), wgpu (GPU, in builds with the `gpu` feature).
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
 }
