@@ -111,6 +111,8 @@ fn settings_that_cannot_work_get_one_clear_message_each() {
                 && stderr.contains("too few for 2000 nodes"),
             "{stderr}"
         );
+        let stderr = refused(&["--nodes", "4", "--images", "0", "--data", data]);
+        assert!(stderr.contains("--images 0: the data has"), "{stderr}");
     }
 }
 

@@ -146,6 +146,21 @@ impl RepoPath {
     }
 }
 
+/// Keeps only the first `n` training images (`--images N` of `fl simulate` and `fl
+/// baseline`), refusing a count the data cannot give.
+fn first_images(data: &mut datasets::cifar10::Cifar10, n: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = n {
+        if n == 0 || n > data.train.len() {
+            anyhow::bail!(
+                "--images {n}: the data has {} training images",
+                data.train.len()
+            );
+        }
+        data.train = data.train.subset(&(0..n).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
 /// Parses a CID argument.
 fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
     fl_core::content::parse_cid(text).map_err(|e| {

@@ -145,15 +145,7 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
     if data.train.is_empty() {
         bail!("{} holds no training images", cmd.data.display());
     }
-    if let Some(n) = cmd.images {
-        if n == 0 || n > data.train.len() {
-            bail!(
-                "--images {n}: the data has {} training images",
-                data.train.len()
-            );
-        }
-        data.train = data.train.subset(&(0..n).collect::<Vec<_>>());
-    }
+    super::first_images(&mut data, cmd.images)?;
     let repo = repo.open()?;
     let global = match &cmd.init {
         Some(cid) => load_model(&repo, cid)?.1,

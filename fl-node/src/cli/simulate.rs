@@ -165,15 +165,7 @@ pub(super) fn run(args: Simulate, quiet: bool) -> anyhow::Result<()> {
             data_dir.display()
         )
     })?;
-    if let Some(n) = args.images {
-        if n == 0 || n > data.train.len() {
-            bail!(
-                "--images {n}: the data has {} training images",
-                data.train.len()
-            );
-        }
-        data.train = data.train.subset(&(0..n).collect::<Vec<_>>());
-    }
+    super::first_images(&mut data, args.images)?;
     let scratch;
     let root = match &args.keep {
         Some(dir) => dir.clone(),
