@@ -11,7 +11,8 @@
 //! | burn `ndarray` | 8.5 |
 //! | PyTorch 2.15 CPU (2 threads), for comparison | 610 (560 to 630 over five runs) |
 //!
-//! `ndarray` is built only with the `ndarray` feature. burn's `x86-v4` feature (AVX-512 matrix kernels) made no measurable difference.
+//! `ndarray` is built only with the `ndarray` feature. burn's `x86-v4` feature (AVX-512
+//! matrix kernels) made no measurable difference.
 
 use std::fmt;
 use std::str::FromStr;

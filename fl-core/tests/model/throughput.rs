@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `FL_BENCH_STEPS` (default 20) sets the timed steps, `FL_BENCH_BACKENDS` (default
-//! `flex`; `ndarray` needs the `ndarray` feature) the backends, `FL_BENCH_BATCHES` (default 64) the batch sizes.
+//! `flex`; `ndarray` needs the `ndarray` feature) the backends, `FL_BENCH_BATCHES` (default
+//! 64) the batch sizes.
 //! PyTorch runs `experiments/pytorch/bench_train.py` where `FL_TORCH_PYTHON` has torch.
 
 use std::process::Command;
