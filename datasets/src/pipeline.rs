@@ -170,6 +170,32 @@ impl Pipeline {
     pub fn collect_epoch(&self, epoch: u64) -> Vec<Batch> {
         self.epoch(epoch).collect()
     }
+
+    /// Batches `first..first + count` of the stream that runs through epochs 0, 1, 2, ...
+    /// in turn: for training a few steps at a time that picks up where it stopped.
+    pub fn steps(&self, first: u64, count: usize) -> Vec<Batch> {
+        let per_epoch = self.images.len().div_ceil(self.config.batch_size.max(1)) as u64;
+        if per_epoch == 0 {
+            return Vec::new();
+        }
+        let mut batches = Vec::with_capacity(count);
+        let mut order = (u64::MAX, Vec::new());
+        for step in first..first.saturating_add(count as u64) {
+            let epoch = step / per_epoch;
+            if order.0 != epoch {
+                order = (epoch, self.order(epoch));
+            }
+            let index = (step % per_epoch) as usize;
+            batches.push(Self::decode(
+                &self.images,
+                &self.config,
+                epoch,
+                &order.1,
+                index,
+            ));
+        }
+        batches
+    }
 }
 
 /// The batches of one epoch, in order.
@@ -261,6 +287,23 @@ mod tests {
         assert_eq!(one, three);
         assert_eq!(one.len(), 5);
         assert_eq!(one.iter().map(|b| b.len()).sum::<usize>(), 300);
+    }
+
+    #[test]
+    fn steps_run_through_the_epochs_in_turn() {
+        let images = synthetic_images(100, 3);
+        let pipeline = Pipeline::new(images, PipelineConfig::training(32, 7));
+        let stream: Vec<Batch> = (0..3).flat_map(|e| pipeline.collect_epoch(e)).collect();
+        assert_eq!(stream.len(), 12);
+        // Three steps at a time cross the epochs' ends (the 4th batch of each holds 4 images).
+        let picked: Vec<Batch> = (0..4).flat_map(|r| pipeline.steps(r * 3, 3)).collect();
+        assert_eq!(picked, stream);
+        assert_eq!(pipeline.steps(5, 2), stream[5..7].to_vec());
+        assert!(
+            Pipeline::new(synthetic_images(0, 1), PipelineConfig::training(8, 1))
+                .steps(0, 4)
+                .is_empty()
+        );
     }
 
     #[test]

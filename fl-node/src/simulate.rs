@@ -248,6 +248,7 @@ impl Plan {
                 weight_decay: 5e-4,
                 proximal_mu: 0.0,
                 schedule: RoundSchedule::Cosine,
+                steps: None,
             },
             rule: "fedavg".into(),
             update_encoding: Encoding::F32,
@@ -262,6 +263,17 @@ impl Plan {
             linger: Duration::from_secs(120),
             failures: Vec::new(),
         }
+    }
+
+    /// The plan with rounds of `steps` local steps in place of whole epochs, as many rounds
+    /// as make `epochs` passes over a node's share of `samples` images split IID.
+    pub fn in_steps(mut self, steps: u32, epochs: u32, samples: usize) -> Self {
+        let share = samples.div_ceil(self.nodes.max(1)) as u64;
+        let per_epoch = share.div_ceil(u64::from(self.train.batch_size.max(1)));
+        let rounds = (u64::from(epochs) * per_epoch).div_ceil(u64::from(steps.max(1)));
+        self.rounds = u32::try_from(rounds).unwrap_or(u32::MAX).max(1);
+        self.train.steps = Some(steps);
+        self
     }
 
     /// Refuses a plan that cannot work on `samples` training images, naming the setting.
@@ -847,4 +859,18 @@ pub fn peak_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plan;
+
+    #[test]
+    fn rounds_of_steps_add_up_to_the_epochs_asked_for() {
+        // 1,500 images a node: 47 batches of 32 an epoch, 470 in 10 epochs.
+        let plan = Plan::new(8, 1).in_steps(5, 10, 12_000);
+        assert_eq!((plan.rounds, plan.train.steps), (94, Some(5)));
+        // 250 images a node: 8 batches an epoch, 24 in 3 epochs, the last round short of 7.
+        assert_eq!(Plan::new(4, 1).in_steps(7, 3, 1000).rounds, 4);
+    }
 }

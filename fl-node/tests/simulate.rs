@@ -62,8 +62,16 @@ fn refused(args: &[&str]) -> String {
 fn settings_that_cannot_work_get_one_clear_message_each() {
     let data = shared_cifar();
     let data = data.to_str().expect("utf-8 path");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["--nodse", "4"], "unexpected argument '--nodse'"),
+        (
+            &["--steps", "4", "--epochs", "2"],
+            "'--steps <STEPS>' cannot be used with '--epochs <EPOCHS>'",
+        ),
+        (
+            &["--nodes", "2", "--steps", "0", "--data", data],
+            "invalid value '0' for '--steps <STEPS>'",
+        ),
         (
             &["--update-encoding", "int4"],
             "bad encoding \"int4\": expected f32 or int8",
@@ -180,6 +188,49 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
     let first = rows[0]["accuracy"].as_f64().unwrap_or(0.0);
     let last = rows[2]["accuracy"].as_f64().unwrap_or(0.0);
     assert!(last > first, "accuracy {first} -> {last}");
+}
+
+#[test]
+fn rounds_of_a_few_local_steps_train_that_many_batches_each() {
+    // 300 images a node: 10 batches of 32 an epoch, so round 4 crosses into the second.
+    let Some((stdout, lines)) = simulate(&[
+        "--nodes",
+        "2",
+        "--rounds",
+        "4",
+        "--steps",
+        "3",
+        "--images",
+        "600",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+    ]) else {
+        return;
+    };
+    let samples: std::collections::BTreeMap<(u64, u64), u64> = lines
+        .iter()
+        .filter(|l| l["type"] == "node" && l["event"] == "announced")
+        .filter_map(|l| {
+            Some((
+                (l["node"].as_u64()?, l["round"].as_u64()?),
+                l["samples"].as_u64()?,
+            ))
+        })
+        .collect();
+    // Round 4: the epoch's last batch (300 - 9 x 32 = 12 images), then two of the next.
+    let per_round = [96, 96, 96, 12 + 64];
+    for node in 0..2 {
+        let got: Vec<u64> = (1..=4)
+            .map(|r| samples.get(&(node, r)).copied().unwrap_or(0))
+            .collect();
+        assert_eq!(got, per_round, "node {node}:\n{stdout}");
+    }
+    let rows = lines.iter().filter(|l| l["type"] == "round").count();
+    assert_eq!(rows, 4, "{stdout}");
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["agreeing"], 2, "{summary}");
 }
 
 #[test]

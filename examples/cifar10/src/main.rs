@@ -6,15 +6,21 @@
 //! fetches the task and its shard by CID over Bitswap, trains locally, announces its update
 //! signed over gossipsub, and the round's aggregator (ranked by a hash every node computes)
 //! publishes the FedAvg result as a signed manifest, which the others check before they
-//! adopt it. This is `fl simulate` with its defaults, written out.
+//! adopt it. Rounds are short: each node takes 5 local SGD steps a round, going on where it
+//! stopped, for as many rounds as make EPOCHS passes over its data. This is `fl simulate
+//! --steps 5 --rounds R` with its other defaults, written out.
 //!
-//!     FL_DATA=../shared/datasets/cifar10 cargo run --release -p cifar10 [-- NODES ROUNDS]
+//!     FL_DATA=../shared/datasets/cifar10 cargo run --release -p cifar10 [-- NODES EPOCHS]
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use datasets::cifar10;
 use fl_node::simulate::{self, Plan, Progress};
+
+/// Local SGD steps per round: short rounds keep federated training within reach of
+/// centralized training at the same epochs (README, "Results").
+const STEPS: u32 = 5;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -28,9 +34,9 @@ fn main() -> anyhow::Result<()> {
             .map(|n| n.unwrap_or(default))
     };
     let nodes = number("NODES", 8)? as usize;
-    let rounds = number("ROUNDS", 10)?;
-    if nodes == 0 || rounds == 0 {
-        bail!("NODES and ROUNDS must be at least 1");
+    let epochs = number("EPOCHS", 10)?;
+    if nodes == 0 || epochs == 0 {
+        bail!("NODES and EPOCHS must be at least 1");
     }
     let data_dir = std::env::var_os("FL_DATA").map(PathBuf::from).context(
         "set FL_DATA to a CIFAR-10 directory (`fl data fetch cifar10` downloads one; ../shared/datasets/cifar10 is a subset)",
@@ -42,10 +48,10 @@ fn main() -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("fl-cifar10-example-")
         .tempdir()?;
-    let plan = Plan::new(nodes, rounds);
+    let plan = Plan::new(nodes, 1).in_steps(STEPS, epochs, data.train.len());
     println!(
-        "{nodes} nodes, {rounds} rounds of FedAvg, {} local epoch(s) of batch {} on {} training images",
-        plan.train.epochs,
+        "{nodes} nodes, {} rounds of FedAvg, {STEPS} local steps of batch {} a round: {epochs} epochs of {} training images",
+        plan.rounds,
         plan.train.batch_size,
         data.train.len()
     );

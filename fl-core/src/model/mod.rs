@@ -57,7 +57,9 @@ pub use config::{BadSchedule, LrSchedule, TrainConfig};
 pub use device::{Backend, UnknownBackend};
 pub use eval::{ClassCount, Evaluation};
 pub use infer::{ClassScores, Classifier};
-pub use train::{EpochMetrics, StepProgress, TrainError, TrainOutcome, Trainer, train};
+pub use train::{
+    EpochMetrics, Momentum, StepProgress, TrainError, TrainOutcome, Trainer, train, train_carrying,
+};
 pub use zoo::{Architecture, Network};
 
 #[cfg(doc)]

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
@@ -123,6 +123,24 @@ pub fn train(
     config: &TrainConfig,
     device: &Device,
 ) -> Result<TrainOutcome, TrainError> {
+    train_carrying(architecture, global, data, config, device, None).map(|(outcome, _)| outcome)
+}
+
+/// As [`train`], but starting with the momentum `carried` from this node's previous run (on
+/// the same `device`), and handing back the momentum this run ends with, for the next one.
+///
+/// Rounds of a few local steps that each start with no momentum take those steps at a
+/// fraction of their size (4 steps at momentum 0.9: a quarter); carrying it over makes
+/// each round go on with the node's own optimizer, as local SGD with momentum does (Lin
+/// et al., 2020, "Don't use large mini-batches, use local SGD").
+pub fn train_carrying(
+    architecture: Architecture,
+    global: &Bundle,
+    data: &[Batch],
+    config: &TrainConfig,
+    device: &Device,
+    carried: Option<Momentum>,
+) -> Result<(TrainOutcome, Momentum), TrainError> {
     config.validate()?;
     let classes = architecture.num_classes();
     for (index, batch) in data.iter().enumerate() {
@@ -141,6 +159,9 @@ pub fn train(
         examples.len().div_ceil(config.batch_size),
         device,
     )?;
+    if let Some(momentum) = carried {
+        trainer.optimizer = momentum.0;
+    }
     let mut epochs = Vec::with_capacity(config.epochs);
     for epoch in 0..config.epochs {
         let order = shuffled(examples.len(), config.seed, epoch);
@@ -157,12 +178,22 @@ pub fn train(
             source,
         })?;
     update.set_metadata(META_SAMPLES, examples.len().to_string());
-    Ok(TrainOutcome {
+    let outcome = TrainOutcome {
         model,
         update,
         epochs,
         samples: examples.len(),
-    })
+    };
+    Ok((outcome, Momentum(trainer.optimizer)))
+}
+
+/// The SGD momentum one node's training ends with, to start its next run from.
+pub struct Momentum(ModuleOptimizer);
+
+impl std::fmt::Debug for Momentum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Momentum").finish_non_exhaustive()
+    }
 }
 
 /// Steps between two reads of the loss from the device: each read waits for the device to
@@ -220,7 +251,9 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         config.validate()?;
         let device = device.clone().autodiff();
-        let network = architecture.build(global, &device)?;
+        // Parameters numbered the same in every network of the architecture, so that
+        // carried momentum finds its parameters.
+        let network = architecture.build(global, &device)?.map(&mut Numbered(0));
         let anchor = (config.proximal_mu > 0.0).then(|| Anchor::of(&network));
         let optimizer = SgdConfig::new()
             .with_momentum((config.momentum > 0.0).then_some(MomentumConfig {
@@ -434,6 +467,17 @@ impl<'a> Examples<'a> {
             labels.push(self.batches[b].labels[i]);
         }
         Batch { images, labels }
+    }
+}
+
+/// Gives a network's parameters the ids 0, 1, 2, ... in visiting order.
+struct Numbered(u64);
+
+impl ModuleMapper for Numbered {
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.id = ParamId::from(self.0);
+        self.0 += 1;
+        param
     }
 }
 

@@ -42,6 +42,11 @@ pub struct TrainParams {
     /// How the learning rate falls from round to round (records without it: constant).
     #[serde(default, skip_serializing_if = "RoundSchedule::is_constant")]
     pub schedule: RoundSchedule,
+    /// Local SGD steps per round in place of whole epochs: each node goes on where its last
+    /// round stopped, with the next batches of its shuffled data and with its momentum
+    /// (records without it: `epochs` epochs, momentum from zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
 }
 
 /// How the local learning rate changes from round to round.
@@ -190,6 +195,14 @@ impl Task {
         if t.epochs == 0 {
             return Err(invalid("epochs", t.epochs, "must be at least 1"));
         }
+        if let Some(steps) = t.steps {
+            if !(1..=1_000_000).contains(&steps) {
+                return Err(invalid("steps", steps, "must be in [1, 1,000,000]"));
+            }
+            if t.epochs != 1 {
+                return Err(invalid("epochs", t.epochs, "must be 1 when steps is set"));
+            }
+        }
         if t.batch_size == 0 {
             return Err(invalid("batch_size", t.batch_size, "must be at least 1"));
         }
@@ -315,6 +328,7 @@ mod tests {
                 weight_decay: 0.0,
                 proximal_mu: 0.0,
                 schedule,
+                steps: None,
             },
             rounds: 4,
             min_participants: 1,
@@ -381,5 +395,25 @@ mod tests {
         assert!(has(&int8, b"int8"));
         let back = Task::from_block(&int8.to_block().expect("encodes")).expect("decodes");
         assert_eq!(back, int8);
+    }
+
+    #[test]
+    fn local_steps_are_kept_only_when_set_and_need_one_epoch() {
+        let epochs = task(RoundSchedule::Constant);
+        let block = epochs.to_block().expect("encodes");
+        assert!(!block.data().windows(5).any(|w| w == b"steps"));
+        let mut steps = epochs.clone();
+        steps.train.steps = Some(4);
+        let back = Task::from_block(&steps.to_block().expect("encodes")).expect("decodes");
+        assert_eq!(back.train.steps, Some(4));
+        for (epochs, count, field) in [(1, 0, "steps"), (2, 4, "epochs")] {
+            let mut bad = steps.clone();
+            bad.train.epochs = epochs;
+            bad.train.steps = Some(count);
+            match bad.validate() {
+                Err(TaskError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{epochs} epochs, {count} steps: {other:?}"),
+            }
+        }
     }
 }

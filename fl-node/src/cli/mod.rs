@@ -177,6 +177,10 @@ struct LocalTraining {
     /// Local epochs per round.
     #[arg(long, default_value_t = 1)]
     epochs: u32,
+    /// Local SGD steps per round instead of whole epochs: each node goes on where its last
+    /// round stopped, with the next batches of its shuffled data and its momentum.
+    #[arg(long, conflicts_with = "epochs", value_parser = clap::value_parser!(u32).range(1..))]
+    steps: Option<u32>,
     /// Local batch size.
     #[arg(long, default_value_t = 32)]
     batch: u32,
@@ -210,6 +214,7 @@ impl LocalTraining {
             weight_decay: self.weight_decay,
             proximal_mu: self.mu,
             schedule,
+            steps: self.steps,
         }
     }
 }

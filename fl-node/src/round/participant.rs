@@ -16,7 +16,7 @@ use datasets::pipeline::{Pipeline, PipelineConfig};
 use datasets::shard;
 use fl_core::content::{Blockstore, Repo, pins::PinMode};
 use fl_core::errors::chain;
-use fl_core::model::{Architecture, Backend, Batch, Classifier, TrainConfig};
+use fl_core::model::{Architecture, Backend, Batch, Classifier, Momentum, TrainConfig};
 use fl_core::records::{
     Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
 };
@@ -249,6 +249,8 @@ struct Ctx {
     prefetching: Arc<tokio::sync::Semaphore>,
     /// Adopted manifests (round, CID, signer, model) whose evaluation has not arrived yet.
     unevaluated: Mutex<Vec<(u32, Cid, libp2p::PeerId, Cid)>>,
+    /// The momentum this node's last training ended with, and its round.
+    momentum: Arc<Mutex<Option<(u32, Momentum)>>>,
 }
 
 /// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
@@ -415,6 +417,7 @@ impl Participant {
             prefetched: Mutex::default(),
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
             unevaluated: Mutex::default(),
+            momentum: Arc::default(),
         };
         let data = self.local_data(&task).await?;
 
@@ -730,11 +733,11 @@ impl Participant {
         let images = data.train.clone();
         let global = base.model.clone();
         let device = self.config.backend.device();
-        let seed = task
+        let node_seed = task
             .seed
             .wrapping_mul(1_000_003)
-            .wrapping_add(u64::from(round) * 7919)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
+        let seed = node_seed.wrapping_add(u64::from(round) * 7919);
         // Held until the training ends, even one whose result is no longer wanted.
         let slot = self
             .config
@@ -744,6 +747,13 @@ impl Participant {
             .acquire_owned()
             .await
             .map_err(|e| RoundError::Train(e.to_string()))?;
+        // Rounds of a few steps go on with the momentum of the node's last round, as they go
+        // on with its data; only the previous round's still points where the model is going.
+        let carried = lock(&ctx.momentum)
+            .take()
+            .filter(|(last, _)| last + 1 == round)
+            .map(|(_, momentum)| momentum);
+        let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
         let started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -760,8 +770,22 @@ impl Participant {
             };
             let mut pipeline = PipelineConfig::training(config.batch_size, seed);
             pipeline.normalization = arch.normalization();
-            let batches = Pipeline::new(images, pipeline).collect_epoch(u64::from(round));
-            fl_core::model::train(arch, &global, &batches, &config, &device)
+            let batches = match t.steps {
+                None => Pipeline::new(images, pipeline).collect_epoch(u64::from(round)),
+                Some(steps) => {
+                    // One stream of epochs for the node's whole run: each round takes the
+                    // steps after the last round's.
+                    pipeline.seed = node_seed;
+                    let first = u64::from(round.saturating_sub(1)) * u64::from(steps);
+                    Pipeline::new(images, pipeline).steps(first, steps as usize)
+                }
+            };
+            let (outcome, ended) =
+                fl_core::model::train_carrying(arch, &global, &batches, &config, &device, carried)?;
+            if let Some(momentum) = momentum {
+                *lock(&momentum) = Some((round, ended));
+            }
+            Ok::<_, fl_core::model::TrainError>(outcome)
         })
         .await
         .map_err(|e| RoundError::Train(e.to_string()))?
