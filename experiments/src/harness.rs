@@ -28,6 +28,8 @@ pub struct FedRun {
     pub cpu_seconds: f64,
     /// Nodes that were stopped on purpose.
     pub failed: usize,
+    /// Nodes whose run ended with an error of their own (their training diverged, say).
+    pub errored: usize,
 }
 
 impl FedRun {
@@ -87,7 +89,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
     reset_peak_memory();
     let cpu = cpu_seconds();
     let (mut model_bytes, mut update_bytes) = (0, 0);
-    let mut failed = 0;
+    let (mut failed, mut errored) = (0, 0);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
         .block_on(simulate::run(plan, data, scratch.path(), |p| match p {
@@ -104,7 +106,10 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
                 r.seconds
             ),
             Progress::Failed { .. } => failed += 1,
-            Progress::Errored { node, reason } => eprintln!("  {label}: node {node}: {reason}"),
+            Progress::Errored { node, reason } => {
+                errored += 1;
+                eprintln!("  {label}: node {node}: {reason}");
+            }
             Progress::Node { .. } => {}
         }))
         .with_context(|| format!("{label}: simulating"))?;
@@ -115,6 +120,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
         update_bytes,
         cpu_seconds: cpu_seconds() - cpu,
         failed,
+        errored,
     })
 }
 

@@ -21,6 +21,9 @@ use crate::harness::{Csv, FedRun, centralize, federate, field, pct};
 /// Nodes that recompute every manifest in the scalability runs (the rest check claims).
 const SCALING_CHECKERS: usize = 2;
 
+/// Local SGD steps a round in the short-round federation: the main job's.
+const LOCAL_STEPS: u32 = 5;
+
 /// How big the runs are.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
@@ -150,29 +153,58 @@ impl Ctx {
         plan
     }
 
+    /// How long a round waits for a missing node before it closes with the updates it has.
+    fn deadline(&self) -> Duration {
+        Duration::from_secs(if self.scale.quick { 25 } else { 120 })
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.out.join(name)
     }
 
     fn federated_vs_centralized(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
-        let plan = self.plan(self.scale.nodes);
-        let fed = federate("federated", &plan, &self.data)?;
-        let epochs = (plan.train.epochs * plan.rounds) as usize;
-        let central = centralize(&plan, &self.data, epochs)?;
+        let samples = self.data.train.len();
+        let epochs = self.scale.rounds;
+        // Classic FedAvg (a round is one local epoch) and the main job's short rounds, both
+        // making the same passes over the data as centralized training.
+        let by_epoch = self.plan(self.scale.nodes);
+        let by_steps = self
+            .plan(self.scale.nodes)
+            .in_steps(LOCAL_STEPS, epochs, samples);
+        let setups = [
+            (
+                format!("federated, {} rounds of 1 epoch", by_epoch.rounds),
+                &by_epoch,
+            ),
+            (
+                format!(
+                    "federated, {} rounds of {LOCAL_STEPS} steps",
+                    by_steps.rounds
+                ),
+                &by_steps,
+            ),
+        ];
+        let mut feds = Vec::new();
+        for (label, plan) in &setups {
+            feds.push((label.clone(), *plan, federate(label, plan, &self.data)?));
+        }
+        let central = centralize(&by_epoch, &self.data, epochs as usize)?;
         let mut csv = Csv::create(
             &self.out,
             "federated_vs_centralized.csv",
             &["setup", "step", "epochs", "seconds", "accuracy", "loss"],
         )?;
-        for r in &fed.report.rounds {
-            csv.row([
-                "federated".into(),
-                r.round.to_string(),
-                (r.round * plan.train.epochs).to_string(),
-                format!("{:.3}", r.elapsed),
-                field(r.accuracy),
-                field(r.loss),
-            ])?;
+        for (label, plan, fed) in &feds {
+            for r in &fed.report.rounds {
+                csv.row([
+                    label.clone(),
+                    r.round.to_string(),
+                    format!("{:.4}", plan.epochs_after(r.round, samples)),
+                    format!("{:.3}", r.elapsed),
+                    field(r.accuracy),
+                    field(r.loss),
+                ])?;
+            }
         }
         for e in &central {
             csv.row([
@@ -185,60 +217,79 @@ impl Ctx {
             ])?;
         }
         let csv = csv.finish()?;
-        let fed_series = |x: fn(&fl_node::simulate::RoundRow, u32) -> f64| Series {
-            label: format!("federated, {} nodes", plan.nodes),
-            points: fed
-                .report
-                .rounds
+        let series = |x: &dyn Fn(&Plan, &fl_node::simulate::RoundRow) -> f64,
+                      central_x: &dyn Fn(&crate::harness::Epoch) -> f64| {
+            let mut lines: Vec<Series> = feds
                 .iter()
-                .filter_map(|r| r.accuracy.map(|a| (x(r, plan.train.epochs), 100.0 * a)))
-                .collect(),
-        };
-        let central_series = |x: fn(&crate::harness::Epoch) -> f64| Series {
-            label: "centralized".into(),
-            points: central.iter().map(|e| (x(e), 100.0 * e.accuracy)).collect(),
+                .map(|(label, plan, fed)| Series {
+                    label: label.clone(),
+                    points: fed
+                        .report
+                        .rounds
+                        .iter()
+                        .filter_map(|r| r.accuracy.map(|a| (x(plan, r), 100.0 * a)))
+                        .collect(),
+                })
+                .collect();
+            lines.push(Series {
+                label: format!("centralized, {epochs} epochs"),
+                points: central
+                    .iter()
+                    .map(|e| (central_x(e), 100.0 * e.accuracy))
+                    .collect(),
+            });
+            lines
         };
         let by_time = self.path("federated_vs_centralized_time.png");
         line_chart(
-            &[fed_series(|r, _| r.elapsed), central_series(|e| e.elapsed)],
+            &series(&|_, r| r.elapsed, &|e| e.elapsed),
             "Test accuracy against wall time",
             ("seconds", "test accuracy (%)"),
             &by_time,
         )?;
         let by_epochs = self.path("federated_vs_centralized_epochs.png");
         line_chart(
-            &[
-                fed_series(|r, e| f64::from(r.round * e)),
-                central_series(|e| e.epoch as f64),
-            ],
-            "Test accuracy against epochs over the data (federated: rounds x local epochs)",
+            &series(&|plan, r| plan.epochs_after(r.round, samples), &|e| {
+                e.epoch as f64
+            }),
+            "Test accuracy against passes over the data",
             ("epochs", "test accuracy (%)"),
             &by_epochs,
         )?;
-        let fed_final = fed.final_accuracy();
         let central_final = central.last().map(|e| e.accuracy);
-        let gap = fed_final
-            .zip(central_final)
-            .map_or("-".into(), |(f, c)| format!("{:+.2} pp", 100.0 * (f - c)));
+        let t = &by_epoch.train;
+        let mut table = String::from(
+            "| setup | final test accuracy | against centralized | wall time |\n| --- | --- | --- | --- |\n",
+        );
+        for (label, _, fed) in &feds {
+            let gap = fed
+                .final_accuracy()
+                .zip(central_final)
+                .map_or("-".into(), |(f, c)| format!("{:+.2} pp", 100.0 * (f - c)));
+            table.push_str(&format!(
+                "| {label} | {} | {gap} | {:.0} s |\n",
+                pct(fed.final_accuracy()),
+                fed.report.rounds.last().map_or(0.0, |r| r.elapsed),
+            ));
+        }
+        table.push_str(&format!(
+            "| centralized, {epochs} epochs | {} | | {:.0} s |\n",
+            pct(central_final),
+            central.last().map_or(0.0, |e| e.elapsed),
+        ));
         let body = format!(
-            "{nodes} nodes, {rounds} rounds of {e} local epoch(s) (IID) against centralized training for {epochs} epochs, \
-             batch {b}, lr {lr} ({sched} over the run), momentum {m}, weight decay {wd}, on {n} training images.\n\n\
-             | setup | final test accuracy | wall time |\n| --- | --- | --- |\n\
-             | federated | {fa} | {ft:.0} s |\n| centralized | {ca} | {ct:.0} s |\n\n\
-             Difference: {gap}.\n",
-            nodes = plan.nodes,
-            rounds = plan.rounds,
-            e = plan.train.epochs,
-            b = plan.train.batch_size,
-            lr = plan.train.learning_rate,
-            sched = plan.train.schedule,
-            m = plan.train.momentum,
-            wd = plan.train.weight_decay,
-            n = self.data.train.len(),
-            fa = pct(fed_final),
-            ft = fed.report.rounds.last().map_or(0.0, |r| r.elapsed),
-            ca = pct(central_final),
-            ct = central.last().map_or(0.0, |e| e.elapsed),
+            "{nodes} nodes (IID) against centralized training, each making {epochs} passes over the same {samples} training \
+             images: classic FedAvg with one local epoch a round, and the main job's rounds of {LOCAL_STEPS} local steps with \
+             each node's momentum carried over (`--steps {LOCAL_STEPS}`). Batch {b}, lr {lr} ({sched} over the run), \
+             momentum {m}, weight decay {wd} in all three.\n\n{table}\n\
+             One-epoch rounds average models that have drifted apart for a whole epoch; short rounds keep them together \
+             (docs/decisions.md, \"Rounds of local steps\").\n",
+            nodes = self.scale.nodes,
+            b = t.batch_size,
+            lr = t.learning_rate,
+            sched = t.schedule,
+            m = t.momentum,
+            wd = t.weight_decay,
         );
         Ok((
             "Federated against centralized".into(),
@@ -445,7 +496,7 @@ impl Ctx {
 
     fn fault_tolerance(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
         let nodes = if self.scale.quick { 10 } else { 20 };
-        let deadline = Duration::from_secs(if self.scale.quick { 25 } else { 120 });
+        let deadline = self.deadline();
         let mut scenarios: Vec<(String, Vec<Failure>)> = Vec::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for fraction in [0.0, 0.1, 0.3, 0.5] {
@@ -598,6 +649,8 @@ impl Ctx {
             "| epsilon (delta 1e-5) | noise multiplier | epsilon spent | final accuracy |\n| --- | --- | --- | --- |\n",
         );
         let mut series = Vec::new();
+        // The smallest noise multiplier of the runs, for the signal-to-noise figure.
+        let mut least_noise: Option<f64> = None;
         for eps in [Some(1.0), Some(3.0), Some(8.0), None] {
             let mut plan = self.plan(self.scale.nodes);
             plan.privacy = eps.map(|epsilon| PrivacyTarget {
@@ -606,6 +659,10 @@ impl Ctx {
                 clip_norm: 1.0,
             });
             let z = plan.noise_multiplier()?;
+            least_noise = match (least_noise, z) {
+                (Some(a), Some(b)) => Some(f64::min(a, b)),
+                (a, b) => a.or(b),
+            };
             let label = eps.map_or("no DP".into(), |e| format!("epsilon {e}"));
             let run = match federate(&label, &plan, &self.data) {
                 Ok(run) => run,
@@ -672,14 +729,16 @@ impl Ctx {
              delta 1e-5 (every node takes part in every round). A federation fails when the noise makes the global model \
              diverge (every node's local training then stops with a NaN loss, keeping its last good model).\n\n{table}\n\
              Why DP-FedAvg fails at this size: the averaged update carries at most norm 1 of signal against noise of norm \
-             z x sqrt(d) / sqrt(N) (d = {d} parameters, N = {n} nodes), a signal-to-noise ratio of {snr:.4} at z = 1.1. \
-             Client-level DP pays off with thousands of clients per round, not a handful.\n",
+             z x sqrt(d) / sqrt(N) (d = {d} parameters, N = {n} nodes), a signal-to-noise ratio of {snr:.4} at the least \
+             noise above (z = {z:.3}). Client-level DP pays off with thousands of clients per round, not a handful.\n",
             self.scale.nodes,
             self.scale.rounds,
             d = Architecture::FedAvgCnn.num_params(),
             n = self.scale.nodes,
+            z = least_noise.unwrap_or(f64::NAN),
             snr = (self.scale.nodes as f64).sqrt()
-                / (1.1 * (Architecture::FedAvgCnn.num_params() as f64).sqrt()),
+                / (least_noise.unwrap_or(f64::NAN)
+                    * (Architecture::FedAvgCnn.num_params() as f64).sqrt()),
         );
         Ok(("Privacy".into(), body, vec![csv, png]))
     }
@@ -699,6 +758,11 @@ impl Ctx {
                 let mut plan = self.plan(self.scale.nodes);
                 plan.scheme = Scheme::Dirichlet { alpha };
                 plan.train.proximal_mu = mu;
+                // A node whose training diverges on its skewed shard leaves the task; the
+                // rest go on without it, as in the fault-tolerance runs.
+                plan.min_participants = (self.scale.nodes / 2).max(1) as u32;
+                plan.deadline = self.deadline();
+                plan.grace = Duration::from_secs(10);
                 let label = format!("{rule}, alpha {alpha}");
                 let run = match federate(&label, &plan, &self.data) {
                     Ok(run) => run,
@@ -724,7 +788,14 @@ impl Ctx {
                         String::new(),
                     ])?;
                 }
-                finals.push(pct(run.final_accuracy()));
+                finals.push(match run.errored {
+                    0 => pct(run.final_accuracy()),
+                    k => format!(
+                        "{} ({k} of {} nodes left: training diverged)",
+                        pct(run.final_accuracy()),
+                        self.scale.nodes
+                    ),
+                });
                 series.push(Series {
                     label,
                     points: run
@@ -747,8 +818,13 @@ impl Ctx {
         )?;
         let body = format!(
             "{} nodes, {} rounds; each node's labels drawn by Dirichlet(alpha) (alpha 0.1: a few classes per node; 100: \
-             close to IID).\n\n{table}",
-            self.scale.nodes, self.scale.rounds
+             close to IID). A round closes with at least {} updates, {} s after it opens if a node is missing: a node \
+             whose local training diverges on its skewed shard (NaN loss) leaves the task, and the rest go on without \
+             it.\n\n{table}",
+            self.scale.nodes,
+            self.scale.rounds,
+            (self.scale.nodes / 2).max(1),
+            self.deadline().as_secs()
         );
         Ok(("Non-IID data".into(), body, vec![csv, png]))
     }

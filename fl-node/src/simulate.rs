@@ -268,12 +268,28 @@ impl Plan {
     /// The plan with rounds of `steps` local steps in place of whole epochs, as many rounds
     /// as make `epochs` passes over a node's share of `samples` images split IID.
     pub fn in_steps(mut self, steps: u32, epochs: u32, samples: usize) -> Self {
-        let share = samples.div_ceil(self.nodes.max(1)) as u64;
-        let per_epoch = share.div_ceil(u64::from(self.train.batch_size.max(1)));
+        let per_epoch = self.batches_per_epoch(samples);
         let rounds = (u64::from(epochs) * per_epoch).div_ceil(u64::from(steps.max(1)));
         self.rounds = u32::try_from(rounds).unwrap_or(u32::MAX).max(1);
         self.train.steps = Some(steps);
         self
+    }
+
+    /// Passes each node has made over its share of `samples` images (split IID) after
+    /// `round` rounds: what puts federated curves on the same axis as centralized ones.
+    pub fn epochs_after(&self, round: u32, samples: usize) -> f64 {
+        match self.train.steps {
+            Some(steps) => {
+                f64::from(round) * f64::from(steps) / self.batches_per_epoch(samples).max(1) as f64
+            }
+            None => f64::from(round) * f64::from(self.train.epochs),
+        }
+    }
+
+    /// Local batches in one pass over a node's share of `samples` images split IID.
+    fn batches_per_epoch(&self, samples: usize) -> u64 {
+        let share = samples.div_ceil(self.nodes.max(1)) as u64;
+        share.div_ceil(u64::from(self.train.batch_size.max(1)))
     }
 
     /// Refuses a plan that cannot work on `samples` training images, naming the setting.
@@ -872,5 +888,9 @@ mod tests {
         assert_eq!((plan.rounds, plan.train.steps), (94, Some(5)));
         // 250 images a node: 8 batches an epoch, 24 in 3 epochs, the last round short of 7.
         assert_eq!(Plan::new(4, 1).in_steps(7, 3, 1000).rounds, 4);
+        // The epochs a round has reached, on the axis of centralized training.
+        assert!((plan.epochs_after(47, 12_000) - 5.0).abs() < 1e-12);
+        assert!((plan.epochs_after(94, 12_000) - 10.0).abs() < 1e-12);
+        assert!((Plan::new(8, 10).epochs_after(3, 12_000) - 3.0).abs() < 1e-12);
     }
 }

@@ -24,8 +24,10 @@ pub enum DataSource {
     OwnData,
 }
 
-/// Local training settings every node uses.
+/// Local training settings every node uses. A setting this node does not know is refused,
+/// not ignored: every node must train as the task says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// Local epochs per round.
     pub epochs: u32,
@@ -111,6 +113,7 @@ impl std::str::FromStr for RoundSchedule {
 /// Client-level differential privacy: each update clipped to `clip_norm` and noised with
 /// N(0, (noise_multiplier * clip_norm)^2) per coordinate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DpParams {
     /// L2 bound of an update.
     pub clip_norm: f64,
@@ -120,8 +123,10 @@ pub struct DpParams {
     pub delta: f64,
 }
 
-/// A training task.
+/// A training task. A field this node does not know (a newer version's setting) is refused
+/// at decoding, so that no node runs a task other than the one its CID names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
     /// [`TASK_FORMAT`].
     pub format: String,
@@ -395,6 +400,32 @@ mod tests {
         assert!(has(&int8, b"int8"));
         let back = Task::from_block(&int8.to_block().expect("encodes")).expect("decodes");
         assert_eq!(back, int8);
+    }
+
+    #[test]
+    fn a_setting_this_node_does_not_know_is_refused_not_ignored() {
+        use ipld_core::ipld::Ipld;
+        let block = task(RoundSchedule::Constant).to_block().expect("encodes");
+        assert!(Task::from_block(&block).is_ok());
+        for (within, field) in [(Some("train"), "warmup_rounds"), (None, "sampling")] {
+            let mut record: Ipld = dagcbor::decode(&block).expect("decodes as IPLD");
+            let Ipld::Map(fields) = &mut record else {
+                panic!("a task is a map")
+            };
+            let map = match within {
+                Some(key) => match fields.get_mut(key) {
+                    Some(Ipld::Map(inner)) => inner,
+                    other => panic!("{key} is {other:?}"),
+                },
+                None => fields,
+            };
+            map.insert(field.into(), Ipld::Integer(5));
+            let newer = dagcbor::encode(&record).expect("encodes");
+            let err = Task::from_block(&newer)
+                .expect_err("an unknown setting")
+                .to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]
