@@ -158,6 +158,16 @@ impl Ctx {
         Duration::from_secs(if self.scale.quick { 25 } else { 120 })
     }
 
+    /// A plan whose rounds go on without lost nodes: at least half the nodes, closing at
+    /// the deadline, the next aggregator 10 s after the one before.
+    fn tolerant_plan(&self, nodes: usize) -> Plan {
+        let mut plan = self.plan(nodes);
+        plan.min_participants = (nodes / 2).max(1) as u32;
+        plan.deadline = self.deadline();
+        plan.grace = Duration::from_secs(10);
+        plan
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.out.join(name)
     }
@@ -544,10 +554,7 @@ impl Ctx {
         let mut series = Vec::new();
         let mut times = Vec::new();
         for (label, failures) in scenarios {
-            let mut plan = self.plan(nodes);
-            plan.min_participants = (nodes / 2) as u32;
-            plan.deadline = deadline;
-            plan.grace = Duration::from_secs(10);
+            let mut plan = self.tolerant_plan(nodes);
             plan.failures = failures;
             let run = match federate(&label, &plan, &self.data) {
                 Ok(run) => run,
@@ -755,14 +762,11 @@ impl Ctx {
         for alpha in [0.1, 0.5, 100.0] {
             let mut finals = Vec::new();
             for (rule, mu) in [("FedAvg", 0.0), ("FedProx", 0.01)] {
-                let mut plan = self.plan(self.scale.nodes);
-                plan.scheme = Scheme::Dirichlet { alpha };
-                plan.train.proximal_mu = mu;
                 // A node whose training diverges on its skewed shard leaves the task; the
                 // rest go on without it, as in the fault-tolerance runs.
-                plan.min_participants = (self.scale.nodes / 2).max(1) as u32;
-                plan.deadline = self.deadline();
-                plan.grace = Duration::from_secs(10);
+                let mut plan = self.tolerant_plan(self.scale.nodes);
+                plan.scheme = Scheme::Dirichlet { alpha };
+                plan.train.proximal_mu = mu;
                 let label = format!("{rule}, alpha {alpha}");
                 let run = match federate(&label, &plan, &self.data) {
                     Ok(run) => run,
