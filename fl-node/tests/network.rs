@@ -289,6 +289,72 @@ fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
     });
 }
 
+/// A node that learns of the provider only from a third node's provider record, before it
+/// ever connected to the provider, still reaches it: the provider's addresses come with the
+/// record and are dialled at once (they used to be lost when the DHT query ended, and the
+/// fetch failed with "no peer sent").
+#[test]
+fn a_provider_known_only_from_a_record_is_reached() {
+    use fl_core::content::Repo;
+    use fl_node::net::{self, Node, NodeConfig};
+
+    let (dir, repos) = dirs(3);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bytes = random_file(&dir.path().join("shard.bin"), 1 << 20, 17);
+        let repos: Vec<Repo> = repos.iter().map(|r| Repo::open(r).unwrap()).collect();
+        let added = repos[0]
+            .add(
+                &bytes[..],
+                &fl_core::content::unixfs::ImportOptions::default(),
+            )
+            .unwrap();
+        // Provider and a relay that stores its record.
+        let nodes = start_nodes(&repos[..2], <[Node]>::last).await;
+        // Announced again each second until the relay holds the record (the first may go out
+        // before the provider's DHT knows the relay).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while nodes[1]
+            .stored_providers(added.root)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay got no provider record within 30 s"
+            );
+            nodes[0].provide(added.root).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // A newcomer that knows only the relay asks for the file at once.
+        let config = NodeConfig {
+            bootstrap: vec![nodes[1].listen_addrs().await.unwrap().remove(0)],
+            ..common::loopback()
+        };
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let store = std::sync::Arc::new(repos[2].blocks().clone());
+        let newcomer = Node::start(key, store, config).await.unwrap();
+        let fetched = tokio::time::timeout(
+            Duration::from_secs(60),
+            net::fetch(
+                &newcomer,
+                added.root,
+                Vec::new(),
+                true,
+                Duration::from_secs(10),
+            ),
+        )
+        .await
+        .expect("the fetch did not finish within 60 s")
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+        assert_eq!(fetched.providers, vec![nodes[0].peer_id()]);
+        let mut got = Vec::new();
+        repos[2].cat(&added.root, &mut got).unwrap();
+        assert!(got == bytes, "the newcomer holds different bytes");
+    });
+}
+
 #[test]
 fn fetching_from_a_peer_without_the_file_fails_clearly() {
     let (dir, repos) = dirs(2);

@@ -11,8 +11,9 @@ use cid::Cid;
 use fl_core::content::FsBlockstore;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::kad::{self, store::MemoryStore, store::RecordStore};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, identify, mdns, noise, ping,
@@ -133,6 +134,7 @@ enum Command {
     TopicPeers(String, oneshot::Sender<Vec<PeerId>>),
     Provide(Cid),
     Providers(Cid, oneshot::Sender<Vec<PeerId>>),
+    StoredProviders(Cid, oneshot::Sender<Vec<PeerId>>),
     Subscribe(String, oneshot::Sender<bool>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
 }
@@ -318,10 +320,18 @@ impl Node {
         self.command(Command::Provide(cid)).await
     }
 
-    /// Providers of `cid` found in the DHT (and connected to, so Bitswap can ask them).
+    /// Providers of `cid` found in the DHT, dialled (so Bitswap can reach them) as they are
+    /// found.
     pub async fn providers(&self, cid: Cid) -> Result<Vec<PeerId>, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Providers(cid, tx)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Providers of `cid` recorded in this node's share of the DHT, without asking anyone.
+    pub async fn stored_providers(&self, cid: Cid) -> Result<Vec<PeerId>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::StoredProviders(cid, tx)).await?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -427,9 +437,7 @@ impl Driver {
     }
 
     fn dial(&mut self, addr: Multiaddr, reply: Option<oneshot::Sender<Result<PeerId, NodeError>>>) {
-        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
-            .address(addr.clone())
-            .build();
+        let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
         let id = opts.connection_id();
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
             self.swarm
@@ -486,6 +494,11 @@ impl Driver {
                 let key = kad::RecordKey::new(&cid.hash().to_bytes());
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::StoredProviders(cid, reply) => {
+                let key = kad::RecordKey::new(&cid.hash().to_bytes());
+                let records = self.swarm.behaviour_mut().kad.store_mut().providers(&key);
+                let _ = reply.send(records.into_iter().map(|r| r.provider).collect());
             }
             Command::Subscribe(topic, reply) => {
                 let topic = gossipsub::IdentTopic::new(topic);
@@ -609,6 +622,22 @@ impl Driver {
                     && let Some((found, _)) = self.providers.get_mut(&id)
                 {
                     found.extend(providers.iter().copied());
+                    // A provider's addresses came with its record and live only as long as
+                    // this query, so it is dialled now, while the DHT can still name them.
+                    let local = *self.swarm.local_peer_id();
+                    let unconnected = providers
+                        .iter()
+                        .filter(|&&p| p != local && !self.swarm.is_connected(&p))
+                        .copied()
+                        .collect::<Vec<_>>();
+                    for provider in unconnected {
+                        let opts = DialOpts::peer_id(provider)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%provider, "not dialling a provider: {e}");
+                        }
+                    }
                     // The first answer is enough to start fetching; more come with Bitswap.
                     done |= !found.is_empty();
                 }

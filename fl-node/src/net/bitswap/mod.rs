@@ -11,7 +11,8 @@
 //! [`MAX_WANTLIST_ENTRIES`] wants per message, [`MAX_STREAMS_PER_PEER`] inbound streams per
 //! peer, and [`MAX_SERVED_PER_SECOND`] bytes served per peer and second. A peer that sends a
 //! malformed or oversized frame has its stream closed and is reported as misbehaving (the node
-//! disconnects it); wants waiting on a peer that cannot be reached are failed over at once.
+//! disconnects it); wants waiting on a peer that cannot be reached are failed over at once
+//! to the next peer, and the last peer is asked again until its time is up.
 
 pub mod message;
 
@@ -67,6 +68,8 @@ pub enum FetchError {
 enum Arrival {
     Block(Block),
     DontHave(PeerId),
+    /// No stream could be opened to the peer.
+    Unreachable(PeerId),
 }
 
 /// Bitswap on a blockstore: serves what the store holds, fetches what it lacks.
@@ -205,7 +208,14 @@ impl Bitswap {
                     match tokio::time::timeout_at(deadline.min(next), rx.recv()).await {
                         Ok(Some(Arrival::Block(block))) => return Ok(block),
                         Ok(Some(Arrival::DontHave(from))) if from == peer => break,
-                        Ok(Some(Arrival::DontHave(_))) => continue,
+                        // Failed over at once while other peers are left; the last one keeps
+                        // its time, and is asked again (dialled afresh) when the timer fires.
+                        Ok(Some(Arrival::Unreachable(from)))
+                            if from == peer && i + 1 < peers.len() =>
+                        {
+                            break;
+                        }
+                        Ok(Some(Arrival::DontHave(_) | Arrival::Unreachable(_))) => continue,
                         Ok(None) => break,
                         Err(_) if tokio::time::Instant::now() >= deadline => break,
                         Err(_) => {
@@ -357,7 +367,7 @@ impl Bitswap {
         let _ = self.inner.misbehaving.try_send(peer);
     }
 
-    /// Fails every want over from `peer`, which cannot be reached, to the next peer.
+    /// Fails every want over from `peer`, which cannot be reached, to the next peer, if any.
     fn peer_gone(&self, peer: PeerId) {
         let waiters: Vec<_> = lock(&self.inner.wants)
             .values()
@@ -365,7 +375,7 @@ impl Bitswap {
             .cloned()
             .collect();
         for w in waiters {
-            let _ = w.try_send(Arrival::DontHave(peer));
+            let _ = w.try_send(Arrival::Unreachable(peer));
         }
     }
 
