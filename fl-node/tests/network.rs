@@ -118,6 +118,31 @@ fn dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
     (dir, repos)
 }
 
+/// Opens a repo in each of `dirs` and adds `len` pseudo-random bytes (from `seed`) to the
+/// first: the repos, the bytes, and what the first holds.
+fn repos_with_a_file(
+    dirs: &[PathBuf],
+    len: usize,
+    seed: u64,
+) -> (
+    Vec<fl_core::content::Repo>,
+    Vec<u8>,
+    fl_core::content::unixfs::Added,
+) {
+    let repos: Vec<_> = dirs
+        .iter()
+        .map(|r| fl_core::content::Repo::open(r).unwrap())
+        .collect();
+    let bytes = common::random(len, seed);
+    let added = repos[0]
+        .add(
+            &bytes[..],
+            &fl_core::content::unixfs::ImportOptions::default(),
+        )
+        .unwrap();
+    (repos, bytes, added)
+}
+
 #[test]
 fn a_10_mb_file_crosses_from_one_node_to_another_over_bitswap() {
     let (dir, repos) = dirs(2);
@@ -240,20 +265,12 @@ fn sixteen_nodes_on_one_address_all_hear_each_other() {
 /// nine that lack the file find node 0 as its provider through the DHT and fetch it at once.
 #[test]
 fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
-    use fl_core::content::Repo;
     use fl_node::net::{self, Node};
 
-    let (dir, repos) = dirs(10);
+    let (_dir, repos) = dirs(10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let bytes = random_file(&dir.path().join("shard.bin"), 3 << 20, 13);
-        let repos: Vec<Repo> = repos.iter().map(|r| Repo::open(r).unwrap()).collect();
-        let added = repos[0]
-            .add(
-                &bytes[..],
-                &fl_core::content::unixfs::ImportOptions::default(),
-            )
-            .unwrap();
+        let (repos, bytes, added) = repos_with_a_file(&repos, 3 << 20, 13);
         let nodes = start_nodes(&repos, <[Node]>::last).await;
         nodes[0].provide(added.root).await.unwrap();
         let fetches = nodes[1..].iter().map(|node| {
@@ -295,20 +312,12 @@ fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
 /// fetch failed with "no peer sent").
 #[test]
 fn a_provider_known_only_from_a_record_is_reached() {
-    use fl_core::content::Repo;
     use fl_node::net::{self, Node, NodeConfig};
 
-    let (dir, repos) = dirs(3);
+    let (_dir, repos) = dirs(3);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let bytes = random_file(&dir.path().join("shard.bin"), 1 << 20, 17);
-        let repos: Vec<Repo> = repos.iter().map(|r| Repo::open(r).unwrap()).collect();
-        let added = repos[0]
-            .add(
-                &bytes[..],
-                &fl_core::content::unixfs::ImportOptions::default(),
-            )
-            .unwrap();
+        let (repos, bytes, added) = repos_with_a_file(&repos, 1 << 20, 17);
         // Provider and a relay that stores its record.
         let nodes = start_nodes(&repos[..2], <[Node]>::last).await;
         // Announced again each second until the relay holds the record (the first may go out
