@@ -199,22 +199,30 @@ async fn start_nodes(
     repos: &[fl_core::content::Repo],
     pick: fn(&[fl_node::net::Node]) -> Option<&fl_node::net::Node>,
 ) -> Vec<fl_node::net::Node> {
-    use fl_node::net::{Node, NodeConfig};
-    let mut nodes: Vec<Node> = Vec::new();
+    let mut nodes = Vec::new();
     for repo in repos {
-        let bootstrap = match pick(&nodes) {
-            Some(node) => vec![node.listen_addrs().await.unwrap().remove(0)],
-            None => Vec::new(),
-        };
-        let config = NodeConfig {
-            bootstrap,
-            ..common::loopback()
-        };
-        let key = libp2p::identity::Keypair::generate_ed25519();
-        let store = std::sync::Arc::new(repo.blocks().clone());
-        nodes.push(Node::start(key, store, config).await.unwrap());
+        let node = start_node(repo, pick(&nodes)).await;
+        nodes.push(node);
     }
     nodes
+}
+
+/// An in-process node on `repo`, bootstrapped from `bootstrap` when given.
+async fn start_node(
+    repo: &fl_core::content::Repo,
+    bootstrap: Option<&fl_node::net::Node>,
+) -> fl_node::net::Node {
+    let bootstrap = match bootstrap {
+        Some(node) => vec![node.listen_addrs().await.unwrap().remove(0)],
+        None => Vec::new(),
+    };
+    let config = fl_node::net::NodeConfig {
+        bootstrap,
+        ..common::loopback()
+    };
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let store = std::sync::Arc::new(repo.blocks().clone());
+    fl_node::net::Node::start(key, store, config).await.unwrap()
 }
 
 /// Sixteen in-process nodes on one address, all bootstrapped from node 0: every node gets
@@ -312,7 +320,7 @@ fn ten_nodes_with_one_bootstrap_address_each_find_the_provider_and_fetch() {
 /// fetch failed with "no peer sent").
 #[test]
 fn a_provider_known_only_from_a_record_is_reached() {
-    use fl_node::net::{self, Node, NodeConfig};
+    use fl_node::net::{self, Node};
 
     let (_dir, repos) = dirs(3);
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -337,13 +345,7 @@ fn a_provider_known_only_from_a_record_is_reached() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // A newcomer that knows only the relay asks for the file at once.
-        let config = NodeConfig {
-            bootstrap: vec![nodes[1].listen_addrs().await.unwrap().remove(0)],
-            ..common::loopback()
-        };
-        let key = libp2p::identity::Keypair::generate_ed25519();
-        let store = std::sync::Arc::new(repos[2].blocks().clone());
-        let newcomer = Node::start(key, store, config).await.unwrap();
+        let newcomer = start_node(&repos[2], Some(&nodes[1])).await;
         let fetched = tokio::time::timeout(
             Duration::from_secs(60),
             net::fetch(
