@@ -759,12 +759,13 @@ impl Ctx {
         let mut table =
             String::from("| Dirichlet alpha | FedAvg | FedProx (mu 0.01) |\n| --- | --- | --- |\n");
         let mut series = Vec::new();
+        // A node whose training diverges on its skewed shard leaves the task; the rest go
+        // on without it, as in the fault-tolerance runs.
+        let tolerant = self.tolerant_plan(self.scale.nodes);
         for alpha in [0.1, 0.5, 100.0] {
             let mut finals = Vec::new();
             for (rule, mu) in [("FedAvg", 0.0), ("FedProx", 0.01)] {
-                // A node whose training diverges on its skewed shard leaves the task; the
-                // rest go on without it, as in the fault-tolerance runs.
-                let mut plan = self.tolerant_plan(self.scale.nodes);
+                let mut plan = tolerant.clone();
                 plan.scheme = Scheme::Dirichlet { alpha };
                 plan.train.proximal_mu = mu;
                 let label = format!("{rule}, alpha {alpha}");
@@ -827,8 +828,8 @@ impl Ctx {
              it.\n\n{table}",
             self.scale.nodes,
             self.scale.rounds,
-            (self.scale.nodes / 2).max(1),
-            self.deadline().as_secs()
+            tolerant.min_participants,
+            tolerant.deadline.as_secs()
         );
         Ok(("Non-IID data".into(), body, vec![csv, png]))
     }
