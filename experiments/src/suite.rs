@@ -630,11 +630,13 @@ impl Ctx {
         let body = format!(
             "{nodes} nodes, {} rounds, minimum {} participants, round deadline {} s and grace 10 s. Failing nodes stop for good \
              (their swarm closes) in a random round, 0-10 s into it; the nodes and moments are drawn from a fixed seed. A round \
-             that lost a node waits for the deadline before it closes with the updates it has; a lost aggregator is replaced by \
-             the next in rank after deadline + grace.\n\n{table}",
+             stops waiting for a lost node once it has gone quiet (no record re-published for a liveness window, {} s here) and \
+             closes with the updates it has; a lost aggregator is replaced by the next in rank once it has gone quiet, or at \
+             deadline + grace at the latest.\n\n{table}",
             self.scale.rounds,
             nodes / 2,
-            deadline.as_secs()
+            deadline.as_secs(),
+            fl_node::round::republish::liveness(nodes - 1).as_secs()
         );
         Ok(("Fault tolerance".into(), body, vec![csv, acc, time]))
     }

@@ -104,6 +104,9 @@ fn lines(series: &[Series], title: &str, (x_label, y_label): (&str, &str), path:
         let span = (hi - lo).abs().max(1e-9);
         (lo - 0.05 * span, hi + 0.05 * span)
     };
+    // Rounds, nodes, batch sizes: whole numbers get whole-number ticks, not 1.0, 1.2, ...
+    let whole = all().all(|&(x, _)| x.fract() == 0.0);
+    let x_ticks = ((x1 - x0) as usize + 1).clamp(2, 12);
     let (x0, x1) = pad(x0, x1);
     let (y0, y1) = pad(y0.min(0.0), y1);
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
@@ -114,13 +117,22 @@ fn lines(series: &[Series], title: &str, (x_label, y_label): (&str, &str), path:
         .x_label_area_size(50)
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
+    let whole_ticks = |x: &f64| {
+        if x.fract() == 0.0 {
+            format!("{x:.0}")
+        } else {
+            String::new()
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()?;
+        .axis_desc_style(("sans-serif", 16));
+    if whole {
+        mesh.x_labels(x_ticks).x_label_formatter(&whole_ticks);
+    }
+    mesh.draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let points: Vec<(f64, f64)> = s

@@ -475,13 +475,14 @@ fn ranked(prev: &str, round: u32, peers: &[String]) -> Vec<String> {
 #[test]
 fn the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes() {
     let _serial = serial();
-    // The deadline outlasts local training, so the victim cannot close the round alone.
-    let (deadline, grace) = (60.0, 5.0);
+    // Far longer than a round takes: the next in rank takes over once the killed aggregator
+    // has gone quiet, not at deadline + grace.
+    let (deadline, grace) = (300.0, 5.0);
     let Some(setup) = Setup::new(&[
         "--rounds",
         "2",
         "--min-participants",
-        "3",
+        "4",
         "--deadline",
         &deadline.to_string(),
         "--grace",
@@ -490,8 +491,8 @@ fn the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes() {
         return;
     };
     let until = Instant::now() + LIMIT;
-    let mut nodes = setup.start(4);
-    let _logs = setup.logs(4);
+    let mut nodes = setup.start(5);
+    let _logs = setup.logs(5);
     wait_for(until, "round 1 on every node", || {
         nodes.iter().all(|n| n.adopted().contains_key(&1))
     });
@@ -503,21 +504,27 @@ fn the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes() {
     let order = ranked(&m1, 2, &peers);
     let (victim, heir) = (order[0].clone(), order[1].clone());
     let v = nodes.iter().position(|n| n.peer == victim).unwrap();
-    // A third node is held back (SIGSTOP) so the round cannot close; the aggregator is
-    // killed after its own update is out (a republish interval later), then the held node
-    // goes on: every update is in, and the aggregator is gone mid-round.
-    let h = (0..nodes.len())
-        .find(|&i| nodes[i].peer != victim && nodes[i].peer != heir)
-        .unwrap();
-    let held = nodes[h].child.as_ref().unwrap().id().to_string();
-    ok(Command::new("kill").args(["-STOP", &held]));
+    // Two other nodes are held back (SIGSTOP) so the round cannot close (three updates,
+    // four needed, however quiet the held ones look); the aggregator is killed after its own
+    // update is out (a republish interval later), then the held nodes go on: the updates
+    // come in, and the aggregator is gone mid-round.
+    let held: Vec<String> = (0..nodes.len())
+        .filter(|&i| nodes[i].peer != victim && nodes[i].peer != heir)
+        .take(2)
+        .map(|i| nodes[i].child.as_ref().unwrap().id().to_string())
+        .collect();
+    for pid in &held {
+        ok(Command::new("kill").args(["-STOP", pid]));
+    }
     wait_for(until, "the round-2 aggregator's announcement", || {
         nodes[v].events("announced").iter().any(|e| e["round"] == 2)
     });
     std::thread::sleep(Duration::from_millis(2500));
     let killed_at = Instant::now();
     nodes[v].kill();
-    ok(Command::new("kill").args(["-CONT", &held]));
+    for pid in &held {
+        ok(Command::new("kill").args(["-CONT", pid]));
+    }
     let survivors: Vec<usize> = (0..nodes.len()).filter(|&i| i != v).collect();
     for &i in &survivors {
         assert!(nodes[i].wait(until).success(), "node {i} failed");
@@ -538,12 +545,13 @@ fn the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes() {
         "round 2 not made by rank 1"
     );
     assert_eq!(round2[0]["rank"], 1);
-    // The failover costs at most deadline + grace (plus the slowest training and a margin).
+    // The failover waits for the aggregator to go quiet (a liveness window, 9 s among four
+    // nodes) and the held node's training, not for the deadline.
     let delay = killed_at.elapsed().as_secs_f64();
     eprintln!("round 2 closed {delay:.1} s after its aggregator was killed");
     assert!(
-        delay < deadline + grace + 60.0,
-        "failover took {delay:.1} s"
+        delay < deadline / 2.0,
+        "failover took {delay:.1} s: it waited for the deadline"
     );
     let manifest = round2[0]["manifest"].as_str().unwrap();
     let verdict = ok(fl(&nodes[survivors[0]].repo).args(["verify", manifest]));

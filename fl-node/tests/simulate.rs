@@ -244,8 +244,10 @@ fn rounds_go_on_when_a_node_stops_mid_round() {
         "1200",
         "--min-participants",
         "3",
+        // Far longer than a round takes: a round that waited it out for the stopped node
+        // would show.
         "--deadline",
-        "60",
+        "300",
         "--grace",
         "10",
         "--fail",
@@ -266,6 +268,14 @@ fn rounds_go_on_when_a_node_stops_mid_round() {
         rows[2]["participants"], 3,
         "round 3 goes on with the three left"
     );
+    // Once the stopped node has gone quiet the rounds stop waiting for it.
+    for row in &rows {
+        let seconds = row["seconds"].as_f64().expect("round seconds");
+        assert!(
+            seconds < 150.0,
+            "a round waited for the stopped node: {stdout}"
+        );
+    }
     let summary = lines.last().expect("a summary");
     assert_eq!(summary["agreeing"], 3, "{summary}");
     assert_eq!(summary["finished"], 3, "{summary}");
@@ -282,8 +292,10 @@ fn the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes() {
         "1000",
         "--min-participants",
         "3",
+        // Far longer than a round takes: the next in rank takes over once the stopped
+        // aggregator has gone quiet, not after deadline and grace.
         "--deadline",
-        "20",
+        "300",
         "--grace",
         "5",
         "--fail",
@@ -313,6 +325,11 @@ fn the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes() {
     let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     assert_ne!(rows[1]["aggregator"], *victim, "{stdout}");
+    let seconds = rows[1]["seconds"].as_f64().expect("round seconds");
+    assert!(
+        seconds < 150.0,
+        "the takeover waited for the deadline: {stdout}"
+    );
     let summary = lines.last().expect("a summary");
     assert_eq!(summary["agreeing"], 4, "{summary}");
     assert_eq!(summary["finished"], 4, "{summary}");

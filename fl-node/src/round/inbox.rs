@@ -49,7 +49,7 @@ struct Contents {
     late: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
     /// Peer -> the manifest it gossiped last: the head it follows (peers re-publish it).
     heads: HashMap<PeerId, Cid>,
-    /// Peer -> when a valid record of theirs last arrived (peers re-publish every second).
+    /// Peer -> when a valid record of theirs last arrived (peers re-publish at a pace).
     heard: HashMap<PeerId, Instant>,
 }
 
@@ -60,6 +60,9 @@ pub struct Inbox {
     changed: Arc<Notify>,
     task_cid: Cid,
     task: Arc<Task>,
+    /// When this node started listening: a peer not heard from since is only taken for gone
+    /// once a whole liveness window has passed.
+    listening_since: Instant,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -78,6 +81,7 @@ impl Inbox {
     ) -> Result<Self, crate::net::NodeError> {
         let inbox = Inbox {
             contents: Arc::default(),
+            listening_since: Instant::now(),
             changed: Arc::new(Notify::new()),
             task_cid,
             task,
@@ -314,12 +318,27 @@ impl Inbox {
     /// task.
     pub fn live_peers(&self) -> Vec<PeerId> {
         let c = lock(&self.contents);
-        let window = super::republish::liveness(c.heard.len());
+        let window = c.liveness_window();
         c.heard
             .iter()
             .filter(|(_, at)| at.elapsed() <= window)
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// Whether `peer` has gone quiet: this node listened for longer than peers' re-publishing
+    /// pace allows between two of their records and heard none from it (it stopped, or is
+    /// cut off). A round stops waiting for such a peer.
+    pub fn gone(&self, peer: &PeerId) -> bool {
+        let c = lock(&self.contents);
+        let window = c.liveness_window();
+        let since = match c.heard.get(peer) {
+            Some(at) => *at,
+            // Not tracked (past the cap): not known to be gone.
+            None if c.heard.len() >= MAX_ANNOUNCERS_PER_ROUND => return false,
+            None => self.listening_since,
+        };
+        since.elapsed() > window
     }
 
     /// Notes that `peer` gossiped manifest `cid` (peers re-publish the head they follow).
@@ -401,6 +420,13 @@ impl Inbox {
     /// Waits until something new is filed, or `timeout` passes.
     pub async fn changed(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+}
+
+impl Contents {
+    /// How long a peer stays alive after its last record, given the peers heard so far.
+    fn liveness_window(&self) -> std::time::Duration {
+        super::republish::liveness(self.heard.len())
     }
 }
 

@@ -319,6 +319,32 @@ enum Decision {
     Switch(Reorg),
 }
 
+/// Who a round waits for before its first-ranked aggregator closes it early.
+enum Expected {
+    /// Last round's contributors and latecomers, each while it is heard from.
+    Peers(HashSet<PeerId>),
+    /// First round: how many joined (no peer has re-published anything yet to be heard by).
+    Count(usize),
+}
+
+impl Expected {
+    /// How many updates to wait for now: a peer gone quiet (stopped, cut off) is not waited
+    /// for unless its update is in already, so the round need not wait out its deadline.
+    fn awaited(&self, inbox: &Inbox, me: &PeerId, announced: &[SignedAnnouncement]) -> usize {
+        match self {
+            Expected::Count(n) => *n,
+            Expected::Peers(peers) => {
+                let in_already: HashSet<&PeerId> =
+                    announced.iter().map(|(_, a)| &a.signer).collect();
+                peers
+                    .iter()
+                    .filter(|p| *p == me || in_already.contains(p) || !inbox.gone(p))
+                    .count()
+            }
+        }
+    }
+}
+
 /// Where a node stands on the chain: the last round decided, its manifest's CID and the
 /// manifest (none before round 1).
 type Position = (u32, Option<Cid>, Option<Signed<Manifest>>);
@@ -1105,7 +1131,10 @@ impl Participant {
                 if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
                     self.prefetch(ctx, round, &base.model_cid);
                 }
-                let awaited = expected.max(self.following(ctx, base));
+                let awaited = expected
+                    .awaited(&ctx.inbox, &me, &announced)
+                    .max(min)
+                    .max(self.following(ctx, base));
                 if said.elapsed() >= STATUS_EVERY {
                     said = Instant::now();
                     tracing::info!(
@@ -1121,13 +1150,25 @@ impl Participant {
                     let now = Instant::now();
                     let enough = announced.len() >= min;
                     let waiting = retry_at.is_some_and(|t| now < t);
+                    // Those ranked ahead that have gone quiet will not publish: the node
+                    // acts in the place of the first one still heard from.
+                    let ahead = order[..rank].iter().filter(|p| !ctx.inbox.gone(p)).count();
                     let due = !waiting
-                        && if rank == 0 {
-                            enough && (announced.len() >= awaited || now >= deadline)
+                        && enough
+                        && if ahead == 0 {
+                            announced.len() >= awaited || now >= deadline
                         } else {
-                            enough && now >= deadline + grace * rank as u32
+                            now >= deadline + grace * ahead as u32
                         };
                     if due {
+                        if ahead < rank {
+                            tracing::info!(
+                                round,
+                                rank,
+                                quiet = rank - ahead,
+                                "aggregating in the place of peers ranked ahead that went quiet"
+                            );
+                        }
                         emit(&Event::Aggregating {
                             round,
                             rank: rank as u32,
@@ -1352,16 +1393,15 @@ impl Participant {
         }
     }
 
-    /// How many updates close a round early (never fewer than the task's minimum): last
-    /// round's contributors and those whose updates came too late for it (they are back);
-    /// in the first round, the task's members, or in an open task this node and the peers
-    /// subscribed to its updates.
+    /// Who closes a round early once they have all announced: last round's contributors and
+    /// those whose updates came too late for it (they are back); in the first round, the
+    /// task's members, or in an open task this node and the peers subscribed to its updates.
     async fn expected_participants(
         &self,
         ctx: &Ctx,
         task: &Task,
         base: &RoundBase,
-    ) -> Result<usize, RoundError> {
+    ) -> Result<Expected, RoundError> {
         if let Some(prev) = base.prev {
             let m = self.load_manifest(&prev)?;
             let mut alive: HashSet<libp2p::PeerId> =
@@ -1375,7 +1415,7 @@ impl Participant {
                     .into_iter()
                     .map(|(_, a)| a.signer),
             );
-            return Ok(alive.len().max(task.min_participants as usize));
+            return Ok(Expected::Peers(alive));
         }
         let joined = match &task.members {
             Some(members) => members.len(),
@@ -1385,7 +1425,7 @@ impl Participant {
                 1 + self.node.topic_peers(&topic).await?.len()
             }
         };
-        Ok(joined.max(task.min_participants as usize))
+        Ok(Expected::Count(joined))
     }
 
     /// Starts fetching the updates announced for `round` on `base` that are not here yet,
