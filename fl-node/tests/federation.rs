@@ -545,8 +545,8 @@ fn the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes() {
         "round 2 not made by rank 1"
     );
     assert_eq!(round2[0]["rank"], 1);
-    // The failover waits for the aggregator to go quiet (a liveness window, 9 s among four
-    // nodes) and the held node's training, not for the deadline.
+    // The failover waits for the aggregator to go quiet (a liveness window, 9 s among five
+    // nodes) and the held nodes' training, not for the deadline.
     let delay = killed_at.elapsed().as_secs_f64();
     eprintln!("round 2 closed {delay:.1} s after its aggregator was killed");
     assert!(
