@@ -10,6 +10,13 @@ Reads a model file that `fl_core::model` saved (safetensors, PyTorch names and l
             on the first N images and saves the resulting model as safetensors
   baseline  centralized training on a CIFAR-10 directory from a given initial model, with
             the hyper-parameters and augmentation of `fl baseline`; a JSON line per epoch
+  dp-step   DP-SGD steps on the first N images taken whole (q = 1) and no noise: each
+            example's gradient clipped to C' = C (1 - 2^-10) by min(1, C' / (norm + 1e-6)),
+            summed, divided by N, then SGD with momentum and weight decay; saves the model
+  per-example
+            the gradient of each of the first N images' own cross-entropy loss, for every
+            parameter tensor (torch.func: vmap of grad), saved as safetensors with the
+            parameter names and a leading example dimension
 
 Needs torch and safetensors (pip install torch safetensors). Used by
 fl-core/tests/model/parity.rs; see experiments/pytorch/README.md.
@@ -115,6 +122,48 @@ def cmd_train(args):
             prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
             loss = loss + args.mu / 2 * prox
         loss.backward()
+        opt.step()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out,
+              metadata={"format": "pt"})
+
+
+def cmd_per_example(args):
+    from torch.func import functional_call, grad, vmap
+
+    model = load_model(args.model)
+    images, labels = load_cifar(args.data, args.n)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss_of_one(p, image, label):
+        logits = functional_call(model, p, (image.unsqueeze(0),))
+        return F.cross_entropy(logits, label.unsqueeze(0))
+
+    grads = vmap(grad(loss_of_one), in_dims=(None, 0, 0))(params, images, labels)
+    save_file({k: v.contiguous() for k, v in grads.items()}, args.out)
+
+
+def cmd_dp_step(args):
+    from torch.func import functional_call, grad, vmap
+
+    model = load_model(args.model)
+    images, labels = load_cifar(args.data, args.n)
+    clip = args.clip * (1.0 - 1.0 / 1024.0)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                          dampening=0.0, weight_decay=args.weight_decay)
+
+    def loss_of_one(p, image, label):
+        logits = functional_call(model, p, (image.unsqueeze(0),))
+        return F.cross_entropy(logits, label.unsqueeze(0))
+
+    for _ in range(args.steps):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        grads = vmap(grad(loss_of_one), in_dims=(None, 0, 0))(params, images, labels)
+        norms = torch.sqrt(sum((g.reshape(len(labels), -1) ** 2).sum(1) for g in grads.values()))
+        factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+        opt.zero_grad()
+        for name, p in model.named_parameters():
+            g = grads[name]
+            p.grad = (g * factors.reshape(-1, *([1] * (g.dim() - 1)))).sum(0) / len(labels)
         opt.step()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out,
               metadata={"format": "pt"})
@@ -251,6 +300,25 @@ def main():
     t.add_argument("--mu", type=float, default=0.0, help="FedProx proximal term")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("dp-step", help="DP-SGD steps with q = 1 and no noise on the first N images")
+    d.add_argument("model")
+    d.add_argument("data")
+    d.add_argument("--n", type=int, default=32)
+    d.add_argument("--steps", type=int, default=3)
+    d.add_argument("--clip", type=float, default=1.0)
+    d.add_argument("--lr", type=float, default=0.5)
+    d.add_argument("--momentum", type=float, default=0.9)
+    d.add_argument("--weight-decay", type=float, default=0.0)
+    d.add_argument("--out", required=True)
+    d.set_defaults(func=cmd_dp_step)
+
+    pe = sub.add_parser("per-example", help="per-example gradients of the first N images")
+    pe.add_argument("model")
+    pe.add_argument("data")
+    pe.add_argument("--n", type=int, default=32)
+    pe.add_argument("--out", required=True)
+    pe.set_defaults(func=cmd_per_example)
 
     b = sub.add_parser("baseline", help="centralized training, as `fl baseline`")
     b.add_argument("model", help="initial model (safetensors), e.g. `fl ipfs get` of the init CID")

@@ -9,7 +9,11 @@ use std::time::Instant;
 use anyhow::Context;
 use datasets::cifar10::Cifar10;
 use datasets::pipeline::{Pipeline, PipelineConfig};
-use fl_core::model::{Architecture, Backend, Classifier, LrSchedule, TrainConfig, Trainer};
+use fl_core::model::{
+    Architecture, Backend, Classifier, DpSgdConfig, LrSchedule, TrainConfig, Trainer,
+};
+use fl_core::privacy::plan::DpSgdTarget;
+use fl_core::records::DpLevel;
 use fl_node::simulate::{self, Plan, Progress, Report, RoundRow};
 
 /// Test images per evaluation batch.
@@ -139,12 +143,30 @@ pub struct Epoch {
 
 /// Trains the reference CNN on the whole training set, as `fl baseline` does, with the local
 /// settings of `plan` over `epochs` epochs (its per-round schedule spread over the epochs);
-/// evaluates after every epoch.
-pub fn centralize(plan: &Plan, data: &Cifar10, epochs: usize) -> anyhow::Result<Vec<Epoch>> {
+/// evaluates after every epoch. With a sample-level privacy target in `plan`, trains with
+/// DP-SGD (Poisson batches of the plan's batch size on average, no augmentation) at the
+/// smallest noise that reaches the target after the last epoch.
+pub fn centralize(plan: &Plan, data: &Cifar10, epochs: usize) -> anyhow::Result<Central> {
     let arch = Architecture::FedAvgCnn;
     let device = plan.backend.device();
     let global = arch.init(plan.seed)?;
     let t = &plan.train;
+    let steps = data.train.len().div_ceil((t.batch_size as usize).max(1));
+    let private = match plan.privacy {
+        Some(p) if p.level == DpLevel::Sample => Some(
+            DpSgdTarget {
+                epsilon: p.epsilon,
+                delta: p.delta,
+                clip_norm: p.clip_norm,
+            }
+            .plan(
+                data.train.len() as u64,
+                u64::from(t.batch_size),
+                (steps * epochs) as u64,
+            )?,
+        ),
+        _ => None,
+    };
     let config = TrainConfig {
         epochs,
         batch_size: t.batch_size as usize,
@@ -157,21 +179,43 @@ pub fn centralize(plan: &Plan, data: &Cifar10, epochs: usize) -> anyhow::Result<
             LrSchedule::Cosine { min_lr: 0.0 }
         },
         seed: plan.seed,
+        dp_sgd: private.map(|p| DpSgdConfig {
+            clip_norm: p.target.clip_norm,
+            noise_multiplier: p.noise_multiplier,
+            steps_per_epoch: None,
+        }),
         ..TrainConfig::default()
     };
     let mut pipeline = PipelineConfig::training(config.batch_size, plan.seed);
     pipeline.normalization = arch.normalization();
-    let steps = data.train.len().div_ceil(config.batch_size.max(1));
+    pipeline.augment &= private.is_none();
+    pipeline.shuffle &= private.is_none();
     let train = Pipeline::new(data.train.clone(), pipeline);
+    let all_images = match private {
+        Some(_) => train.collect_epoch(0),
+        None => Vec::new(),
+    };
     let test = test_batches(data, arch);
     let mut trainer = Trainer::new(arch, &global, &config, steps, &device)?;
     let started = Instant::now();
-    let mut out = Vec::with_capacity(epochs);
+    let mut out = Central {
+        epochs: Vec::with_capacity(epochs),
+        noise_multiplier: private.map(|p| p.noise_multiplier),
+        epsilon: private.map(|p| p.epsilon),
+        images_per_sec: 0.0,
+        initial: global,
+    };
+    let (mut images, mut seconds) = (0usize, 0.0);
     for epoch in 0..epochs {
-        trainer.epoch(train.epoch(epoch as u64), |_| {})?;
+        let metrics = match private {
+            Some(_) => trainer.private_epoch(&all_images, None, |_| {})?,
+            None => trainer.epoch(train.epoch(epoch as u64), |_| {})?,
+        };
+        images += metrics.samples;
+        seconds += metrics.seconds;
         let model = trainer.model()?;
         let eval = Classifier::new(arch, &model, &device)?.evaluate(&test, EVAL_BATCH)?;
-        out.push(Epoch {
+        out.epochs.push(Epoch {
             epoch: epoch + 1,
             elapsed: started.elapsed().as_secs_f64(),
             accuracy: eval.accuracy,
@@ -183,7 +227,30 @@ pub fn centralize(plan: &Plan, data: &Cifar10, epochs: usize) -> anyhow::Result<
             100.0 * eval.accuracy
         );
     }
+    out.images_per_sec = images as f64 / seconds.max(f64::MIN_POSITIVE);
     Ok(out)
+}
+
+/// A centralized run.
+#[derive(Debug, Clone)]
+pub struct Central {
+    /// Test figures after each epoch.
+    pub epochs: Vec<Epoch>,
+    /// DP-SGD's noise multiplier, when private.
+    pub noise_multiplier: Option<f64>,
+    /// Epsilon after the last epoch, when private.
+    pub epsilon: Option<f64>,
+    /// Training images per second over all epochs (evaluation left out).
+    pub images_per_sec: f64,
+    /// The initial model.
+    pub initial: fl_core::tensors::Bundle,
+}
+
+impl Central {
+    /// The last epoch's test accuracy.
+    pub fn final_accuracy(&self) -> Option<f64> {
+        self.epochs.last().map(|e| e.accuracy)
+    }
 }
 
 /// The test set as evaluation batches.

@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
-    let ctx = Ctx::new(data, scale, args.out.clone());
+    let ctx = Ctx::new(data, data_dir.clone(), scale, args.out.clone());
     let sections_dir = args.out.join("sections");
     std::fs::create_dir_all(&sections_dir)
         .with_context(|| format!("creating {}", sections_dir.display()))?;

@@ -13,10 +13,20 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // A usage error: one line, as every other error.
+            // A usage error: one line, as every other error (clap puts what is missing on the
+            // lines after its first, before the usage).
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("fl: {first} (see `fl --help`)");
+            let said: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = match said.is_empty() {
+                true => "invalid arguments".to_string(),
+                false => said.join(" "),
+            };
+            eprintln!("fl: {line} (see `fl --help`)");
             return ExitCode::from(2);
         }
     };

@@ -15,8 +15,11 @@ use datasets::shard;
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Blockstore, Repo};
 use fl_core::model::{Architecture, Backend};
+use fl_core::privacy::plan::DpSgdTarget;
 use fl_core::records::task::TASK_FORMAT;
-use fl_core::records::{DataSource, DpParams, RoundSchedule, Task, TrainParams};
+use fl_core::records::{
+    DataSource, DpLevel, DpParams, Neighbours, RoundSchedule, Task, TrainParams,
+};
 use fl_core::tensors::Encoding;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -92,11 +95,14 @@ pub enum Victim {
 /// DP-FedAvg settings given by the privacy to spend rather than the noise to add.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PrivacyTarget {
-    /// Epsilon over all rounds.
+    /// What is protected: each node's update (DP-FedAvg) or each example (DP-SGD).
+    pub level: DpLevel,
+    /// Epsilon over all rounds (sample level: each node's, at most).
     pub epsilon: f64,
     /// The delta it holds at.
     pub delta: f64,
-    /// L2 norm each update is clipped to.
+    /// L2 norm each update (client level) or each example's gradient (sample level) is
+    /// clipped to.
     pub clip_norm: f64,
 }
 
@@ -372,19 +378,42 @@ impl Plan {
         Ok(())
     }
 
-    /// The noise multiplier that spends the privacy target over the task's rounds.
-    pub fn noise_multiplier(&self) -> Result<Option<f64>, SimulationError> {
-        self.privacy
-            .map(|p| {
-                fl_core::privacy::accountant::noise_for_epsilon(
-                    1.0,
-                    u64::from(self.rounds),
-                    p.delta,
-                    p.epsilon,
-                )
-                .map_err(|e| SimulationError::Plan(format!("--dp-epsilon {}: {e}", p.epsilon)))
-            })
-            .transpose()
+    /// The noise multiplier that spends the privacy target over the task's rounds, for shards
+    /// of which the smallest holds `smallest_shard` images (the sample level accounts each
+    /// node's own examples, so the smallest shard spends fastest).
+    pub fn noise_multiplier(&self, smallest_shard: u64) -> Result<Option<f64>, SimulationError> {
+        let Some(p) = self.privacy else {
+            return Ok(None);
+        };
+        let refused = |e: &dyn std::fmt::Display| {
+            SimulationError::Plan(format!("--dp-epsilon {}: {e}", p.epsilon))
+        };
+        match p.level {
+            DpLevel::Client => fl_core::privacy::accountant::noise_for_epsilon(
+                1.0,
+                u64::from(self.rounds),
+                p.delta,
+                p.epsilon,
+            )
+            .map(Some)
+            .map_err(|e| refused(&e)),
+            DpLevel::Sample => {
+                let batch = u64::from(self.train.batch_size);
+                let per_round = match self.train.steps {
+                    Some(steps) => u64::from(steps),
+                    None => u64::from(self.train.epochs) * smallest_shard.div_ceil(batch.max(1)),
+                };
+                let target = DpSgdTarget {
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                    clip_norm: p.clip_norm,
+                };
+                target
+                    .plan(smallest_shard, batch, per_round * u64::from(self.rounds))
+                    .map(|plan| Some(plan.noise_multiplier))
+                    .map_err(|e| refused(&e))
+            }
+        }
     }
 }
 
@@ -406,7 +435,6 @@ pub async fn run(
     mut emit: impl FnMut(&Progress),
 ) -> Result<Report, SimulationError> {
     plan.check(data.train.len())?;
-    let noise_multiplier = plan.noise_multiplier()?;
     let arch = Architecture::FedAvgCnn;
     std::fs::create_dir_all(root)
         .map_err(|e| SimulationError::Plan(format!("cannot make {}: {e}", root.display())))?;
@@ -433,6 +461,8 @@ pub async fn run(
         plan.seed,
         MIN_SHARD,
     )?;
+    let smallest_shard = split.clients.iter().map(Vec::len).min().unwrap_or(0) as u64;
+    let noise_multiplier = plan.noise_multiplier(smallest_shard)?;
     let dataset = shard::publish(
         &seed_repo,
         data,
@@ -470,6 +500,9 @@ pub async fn run(
                 clip_norm: p.clip_norm,
                 noise_multiplier: z,
                 delta: p.delta,
+                level: Some(p.level),
+                neighbours: Some(Neighbours::AddRemove),
+                epsilon_budget: (p.level == DpLevel::Sample).then_some(p.epsilon),
             }),
             _ => None,
         },

@@ -273,3 +273,73 @@ fn a_record_is_refused_as_a_file() {
     let (_, err) = fl.fails(&["ipfs", "cat", &cid.to_string()]);
     assert!(err.contains("is not a UnixFS file"), "{err}");
 }
+
+#[test]
+fn task_create_refuses_dp_settings_that_cannot_work_with_one_message_each() {
+    let t = Fl::new();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--dp-clip", "1", "--dp-noise", "0"],
+            "DP noise multiplier must be a finite number > 0 (0 gives no privacy), got 0",
+        ),
+        (
+            &["--dp-clip", "0", "--dp-noise", "1"],
+            "DP clip norm must be a finite number > 0, got 0",
+        ),
+        (
+            &["--dp", "local", "--dp-noise", "1"],
+            "unknown DP level \"local\"",
+        ),
+        (
+            &["--dp", "sample", "--dp-epsilon", "8"],
+            "the task cannot know how many examples each node has; give --dp-noise",
+        ),
+        (
+            &[
+                "--dp",
+                "sample",
+                "--dp-noise",
+                "1",
+                "--dp-neighbours",
+                "replace-one",
+            ],
+            "sample-level DP is accounted for add-remove neighbours",
+        ),
+        (
+            &["--dp-noise", "1", "--dp-delta", "1.5"],
+            "dp.delta = 1.5: must be in (0, 1)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["task", "create", "--own-data"];
+        all.extend_from_slice(args);
+        let out = t.run(&all);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    // A sample-level task names its level, neighbours and budget in the record.
+    let cid = t.ok(&[
+        "task",
+        "create",
+        "--own-data",
+        "--dp",
+        "sample",
+        "--dp-noise",
+        "1.1",
+        "--dp-epsilon",
+        "8",
+    ]);
+    let cid = cid.trim();
+    let repo = fl_core::content::Repo::open(t.repo()).unwrap();
+    let block = fl_core::content::Blockstore::get(repo.blocks(), &cid.parse().unwrap()).unwrap();
+    let task = fl_core::records::Task::from_block(&block).unwrap();
+    let dp = task.dp.expect("a DP section");
+    assert_eq!(dp.level, Some(fl_core::records::DpLevel::Sample));
+    assert_eq!(dp.neighbours, Some(fl_core::records::Neighbours::AddRemove));
+    assert_eq!(dp.epsilon_budget, Some(8.0));
+    assert_eq!(dp.noise_multiplier, 1.1);
+}

@@ -721,6 +721,7 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
                 update: zero_cid,
                 samples: 10,
                 epochs: 1,
+                epsilon: None,
             },
             &Keypair::generate_ed25519(),
         )
@@ -746,6 +747,7 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
                 update: zero_cid,
                 samples: 10,
                 epochs: 1,
+                epsilon: None,
             },
             &key,
         )
@@ -825,4 +827,52 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
     }
     // The forged announcement counted nowhere: the honest three and the adversary's valid one.
     assert!(adopted[0]["participants"].as_u64().unwrap() <= 4);
+}
+
+#[test]
+fn a_node_whose_next_round_would_pass_its_privacy_budget_stops_and_says_so() {
+    let _serial = serial();
+    // DP-SGD on each node's 1,200 images at expected batch 64: q = 1/19 and 19 steps a
+    // round; with z = 1 a node has spent epsilon 2.54 after round 1 and would reach 3.05
+    // after round 2, past the budget of 2.8.
+    let Some(setup) = Setup::new(&[
+        "--rounds",
+        "3",
+        "--min-participants",
+        "1",
+        "--batch",
+        "64",
+        "--dp",
+        "sample",
+        "--dp-noise",
+        "1.0",
+        "--dp-epsilon",
+        "2.8",
+        "--deadline",
+        "300",
+        "--grace",
+        "30",
+    ]) else {
+        return;
+    };
+    let until = Instant::now() + LIMIT;
+    let mut nodes = setup.start(1);
+    let _logs = setup.logs(1);
+    let status = nodes[0].wait(until);
+    assert!(
+        !status.success(),
+        "the node should stop, not finish the task"
+    );
+    let announced = nodes[0].events("announced");
+    assert_eq!(announced.len(), 1, "one round trained: {announced:?}");
+    let eps = announced[0]["epsilon"]
+        .as_f64()
+        .expect("the announcement states epsilon");
+    assert!((eps - 2.5441).abs() < 1e-3, "{eps}");
+    assert!(nodes[0].adopted().contains_key(&1), "round 1 closed");
+    let log = std::fs::read_to_string(log_path(&setup.repo(0))).unwrap();
+    assert!(
+        log.contains("privacy budget spent: round 2 would take this node's epsilon to 3.0508, past the task's budget of 2.8; this node stops contributing"),
+        "{log}"
+    );
 }

@@ -228,3 +228,108 @@ fn eval_names_what_is_wrong_with_a_model_file() {
         assert!(msg.contains("--features gpu"), "{msg}");
     }
 }
+
+#[test]
+fn baseline_with_dp_sgd_reports_its_epsilon_every_epoch_and_stays_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    // 5 x 40 = 200 training images: delta must be below 1/200.
+    let data = small_cifar(dir.path(), 40);
+    let jsonl = dir.path().join("run.jsonl");
+    let out = ok(&fl(
+        &repo,
+        &[
+            "baseline",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch",
+            "50",
+            "--lr",
+            "0.5",
+            "--dp-epsilon",
+            "4",
+            "--dp-clip",
+            "0.5",
+            "--dp-delta",
+            "1e-3",
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.is_empty(), "JSON lines go to the file: {out}");
+    let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dp = &lines[0]["dp"];
+    assert_eq!(dp["level"], "sample", "{dp}");
+    assert_eq!(dp["steps"], 8, "4 steps an epoch (q = 1/4), 2 epochs: {dp}");
+    assert_eq!(dp["sampling_rate"], 0.25);
+    let z = dp["noise_multiplier"].as_f64().unwrap();
+    assert!(z > 0.5 && z < 10.0, "{z}");
+    assert_eq!(
+        lines[0]["augment"], false,
+        "DP-SGD trains on the images as they are"
+    );
+    let eps: Vec<f64> = lines[1..3]
+        .iter()
+        .map(|l| l["epsilon"].as_f64().unwrap())
+        .collect();
+    assert!(eps[0] > 0.0 && eps[0] < eps[1] && eps[1] <= 4.0, "{eps:?}");
+    assert!(
+        eps[1] > 3.99,
+        "the noise is the least that reaches the target: {eps:?}"
+    );
+    assert_eq!(lines[3]["epsilon"], lines[2]["epsilon"]);
+    assert!(lines[3]["test_accuracy"].as_f64().is_some());
+}
+
+#[test]
+fn baseline_refuses_dp_settings_that_cannot_work_with_one_message_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let data = small_cifar(dir.path(), 40);
+    let data = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--dp-epsilon", "0"],
+            "DP epsilon must be a finite number > 0, got 0",
+        ),
+        (
+            &["--dp-epsilon", "-2"],
+            "DP epsilon must be a finite number > 0, got -2",
+        ),
+        (
+            &["--dp-epsilon", "8", "--dp-delta", "0.005"],
+            "DP delta must be in (0, 1/n) for n = 200 training examples",
+        ),
+        (
+            &["--dp-epsilon", "8", "--dp-clip", "0"],
+            "DP clip norm must be a finite number > 0, got 0",
+        ),
+        (
+            &[
+                "--dp-epsilon",
+                "0.3",
+                "--dp-delta",
+                "1e-3",
+                "--epochs",
+                "50",
+            ],
+            "needs noise multiplier",
+        ),
+        (&["--dp-clip", "1"], "--dp-epsilon <EPSILON>"),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["baseline", "--data", data, "--batch", "50"];
+        all.extend_from_slice(args);
+        let stderr = err(&fl(&repo, &all));
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}

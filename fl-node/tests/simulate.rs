@@ -62,7 +62,50 @@ fn refused(args: &[&str]) -> String {
 fn settings_that_cannot_work_get_one_clear_message_each() {
     let data = shared_cifar();
     let data = data.to_str().expect("utf-8 path");
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 14] = [
+        (
+            &[
+                "--nodes",
+                "4",
+                "--dp",
+                "local",
+                "--dp-epsilon",
+                "8",
+                "--data",
+                data,
+            ],
+            "unknown DP level \"local\"",
+        ),
+        (
+            &[
+                "--nodes",
+                "4",
+                "--dp-epsilon",
+                "8",
+                "--dp-clip",
+                "0",
+                "--data",
+                data,
+            ],
+            "--dp-clip must be a number > 0, got 0",
+        ),
+        (
+            &[
+                "--nodes",
+                "4",
+                "--images",
+                "2400",
+                "--dp",
+                "sample",
+                "--dp-epsilon",
+                "8",
+                "--dp-delta",
+                "0.01",
+                "--data",
+                data,
+            ],
+            "DP delta must be in (0, 1/n) for n = 600 training examples",
+        ),
         (&["--nodse", "4"], "unexpected argument '--nodse'"),
         (
             &["--steps", "4", "--epochs", "2"],
@@ -395,4 +438,89 @@ fn int8_updates_travel_as_int8_files_and_the_nodes_still_agree() {
     assert_eq!(rows[1]["participants"], 3, "{stdout}");
     let summary = lines.last().expect("a summary");
     assert_eq!(summary["agreeing"], 3, "{summary}");
+}
+
+#[test]
+fn nodes_running_dp_sgd_state_their_epsilon_which_stays_within_the_target() {
+    // 600 images a node at expected batch 64: q = 1/10, 10 steps a round.
+    let keep = tempfile::tempdir().expect("a scratch directory");
+    let repos = keep.path().join("repos");
+    let Some((stdout, lines)) = simulate(&[
+        "--keep",
+        repos.to_str().expect("utf-8 path"),
+        "--nodes",
+        "2",
+        "--rounds",
+        "2",
+        "--images",
+        "1200",
+        "--batch",
+        "64",
+        "--lr",
+        "0.2",
+        "--dp",
+        "sample",
+        "--dp-epsilon",
+        "6",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+    ]) else {
+        return;
+    };
+    let started = lines
+        .iter()
+        .find(|l| l["type"] == "started")
+        .expect("a start line");
+    let z = started["noise_multiplier"]
+        .as_f64()
+        .expect("a noise multiplier");
+    assert!(z > 0.3 && z < 10.0, "{started}");
+    for node in 0..2u64 {
+        let eps: Vec<f64> = lines
+            .iter()
+            .filter(|l| l["type"] == "node" && l["event"] == "announced" && l["node"] == node)
+            .map(|l| {
+                l["epsilon"]
+                    .as_f64()
+                    .expect("each announcement states epsilon")
+            })
+            .collect();
+        assert_eq!(eps.len(), 2, "node {node}:\n{stdout}");
+        assert!(
+            eps[0] < eps[1] && eps[1] <= 6.0 && eps[1] > 5.9,
+            "node {node}: {eps:?}"
+        );
+    }
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let spent = rows[1]["epsilon"]
+        .as_f64()
+        .expect("the manifest states epsilon");
+    assert!(spent <= 6.0 && spent > 5.9, "{spent}");
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["agreeing"], 2, "{summary}");
+    // `fl status` shows the settings and each node's epsilon.
+    let task = started["task"].as_str().expect("a task CID");
+    let out = fl(&[
+        "status",
+        "--task",
+        task,
+        "--json",
+        "--repo",
+        repos.join("node-000").to_str().expect("utf-8 path"),
+    ]);
+    let (status, _) = json_lines(&out);
+    let status: serde_json::Value = serde_json::from_str(status.trim()).expect("JSON");
+    let privacy = &status["privacy"];
+    assert_eq!(privacy["level"], "sample", "{privacy}");
+    assert_eq!(privacy["neighbours"], "add-remove", "{privacy}");
+    assert_eq!(privacy["epsilon_budget"], 6.0, "{privacy}");
+    let per_node = privacy["nodes"].as_array().expect("each node's epsilon");
+    assert_eq!(per_node.len(), 2, "{privacy}");
+    for n in per_node {
+        let e = n["epsilon"].as_f64().expect("an epsilon");
+        assert!(e > 5.9 && e <= 6.0, "{n}");
+    }
 }

@@ -24,6 +24,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::ModelError;
 use super::params::{self, Layer};
+use super::per_example::{GradSampler, Tape};
 use crate::tensors::Bundle;
 
 /// Hyper-parameters of [`FedAvgCnn`].
@@ -149,6 +150,19 @@ impl FedAvgCnn {
         let x = self.activation.forward(self.fc1.forward(x)); // [b, 384]
         let x = self.activation.forward(self.fc2.forward(x)); // [b, 192]
         self.fc3.forward(x) // [b, classes]
+    }
+
+    /// As [`FedAvgCnn::forward`] on an autodiff device, with the parameters held constant and
+    /// every layer traced on `tape` for per-example gradients.
+    pub fn forward_traced(&self, images: Tensor<4>, tape: &mut Tape) -> Tensor<2> {
+        let x = self.conv1.traced("conv1", images, tape);
+        let x = self.pool1.forward(self.activation.forward(x));
+        let x = self.conv2.traced("conv2", x, tape);
+        let x = self.pool2.forward(self.activation.forward(x));
+        let x: Tensor<2> = x.flatten(1, 3);
+        let x = self.activation.forward(self.fc1.traced("fc1", x, tape));
+        let x = self.activation.forward(self.fc2.traced("fc2", x, tape));
+        self.fc3.traced("fc3", x, tape)
     }
 
     /// The parameters with PyTorch names and layouts (linear weights `[out, in]`).

@@ -94,6 +94,22 @@ impl std::fmt::Display for LrSchedule {
     }
 }
 
+/// DP-SGD's settings (see [`dp_sgd`](super::dp_sgd)): each step Poisson-samples its batch
+/// with rate `1 / ⌈n / batch_size⌉`, clips every example's gradient and adds noise.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpSgdConfig {
+    /// L2 bound `C` of each example's gradient over all parameters.
+    pub clip_norm: f64,
+    /// `z`: the noise's standard deviation over `C`; 0 clips without noise (no privacy).
+    pub noise_multiplier: f64,
+    /// Steps in one epoch; default `⌈n / batch_size⌉`, one expected pass over the data (a
+    /// node that trains a few steps a round sets it). The sampling rate stays
+    /// `1 / ⌈n / batch_size⌉` either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_epoch: Option<usize>,
+}
+
 /// Hyper-parameters of one local training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -114,6 +130,9 @@ pub struct TrainConfig {
     pub proximal_mu: f64,
     /// Seed of the per-epoch shuffles. Default 0.
     pub seed: u64,
+    /// DP-SGD in place of plain SGD, with `batch_size` as the expected batch. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp_sgd: Option<DpSgdConfig>,
 }
 
 impl Default for TrainConfig {
@@ -127,6 +146,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             proximal_mu: 0.0,
             seed: 0,
+            dp_sgd: None,
         }
     }
 }
@@ -154,6 +174,17 @@ impl TrainConfig {
         }
         if !finite_non_negative(self.proximal_mu) {
             return refuse("proximal_mu", "must be finite and non-negative");
+        }
+        if let Some(dp) = &self.dp_sgd {
+            if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {
+                return refuse("dp_sgd.clip_norm", "must be finite and positive");
+            }
+            if !finite_non_negative(dp.noise_multiplier) {
+                return refuse("dp_sgd.noise_multiplier", "must be finite and non-negative");
+            }
+            if dp.steps_per_epoch == Some(0) {
+                return refuse("dp_sgd.steps_per_epoch", "must be at least 1");
+            }
         }
         match self.schedule {
             LrSchedule::Constant => {}

@@ -13,6 +13,8 @@
 //! | [`batch`] | [`Batch`]: normalised NCHW images and labels; CIFAR-10 records |
 //! | [`config`] | [`TrainConfig`] (serde, for `fl.toml`) and [`LrSchedule`] |
 //! | [`train`](mod@train) | [`train()`](fn@train): SGD with momentum, weight decay, schedules, FedProx |
+//! | [`per_example`] | per-example gradient norms and clipped sums from one backward pass ([`per_example::GradSampler`]) |
+//! | `dp_sgd` | DP-SGD steps: Poisson sampling, per-example clipping, noise (feature `dp`) |
 //! | [`eval`] | [`Evaluation`]: loss, accuracy, per-class accuracy |
 //! | [`infer`] | [`Classifier`]: logits and probabilities |
 //! | [`device`] | [`Backend`]: `flex` (default), `ndarray` (feature `ndarray`), `wgpu` (feature `wgpu`) |
@@ -44,16 +46,19 @@ pub mod batch;
 pub mod cnn;
 pub mod config;
 pub mod device;
+#[cfg(feature = "dp")]
+pub mod dp_sgd;
 pub mod eval;
 pub mod infer;
 mod params;
+pub mod per_example;
 pub mod train;
 pub mod zoo;
 
 pub use batch::{Batch, BatchError, CIFAR10_NORMALIZATION, IMAGE_LEN, Normalization};
 pub use burn::tensor::Device;
 pub use cnn::{FedAvgCnn, FedAvgCnnConfig};
-pub use config::{BadSchedule, LrSchedule, TrainConfig};
+pub use config::{BadSchedule, DpSgdConfig, LrSchedule, TrainConfig};
 pub use device::{Backend, UnknownBackend};
 pub use eval::{ClassCount, Evaluation};
 pub use infer::{ClassScores, Classifier};

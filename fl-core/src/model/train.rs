@@ -112,6 +112,13 @@ pub enum TrainError {
     /// The global model does not fit, or a tensor could not be read from the device.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A DP-SGD step failed.
+    #[cfg(feature = "dp")]
+    #[error("DP-SGD step")]
+    Private(#[source] super::dp_sgd::DpSgdError),
+    /// DP-SGD was asked for in a build without differential privacy.
+    #[error("DP-SGD needs fl-core's `dp` feature")]
+    NoPrivacy,
 }
 
 /// Trains `global` (an `architecture` bundle) on `data` with `config` on `device` (autodiff is
@@ -164,6 +171,11 @@ pub fn train_carrying(
     }
     let mut epochs = Vec::with_capacity(config.epochs);
     for epoch in 0..config.epochs {
+        #[cfg(feature = "dp")]
+        if config.dp_sgd.is_some() {
+            epochs.push(trainer.private_epoch(data, None, |_| {})?);
+            continue;
+        }
         let order = shuffled(examples.len(), config.seed, epoch);
         let batches = order
             .chunks(config.batch_size)
@@ -250,6 +262,9 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self, TrainError> {
         config.validate()?;
+        if cfg!(not(feature = "dp")) && config.dp_sgd.is_some() {
+            return Err(TrainError::NoPrivacy);
+        }
         let device = device.clone().autodiff();
         // Parameters numbered the same in every network of the architecture, so that
         // carried momentum finds its parameters.
@@ -283,13 +298,108 @@ impl Trainer {
     }
 
     /// Runs one epoch over `batches`, calling `on_step` after every step.
+    ///
+    /// A DP-SGD trainer refuses: its batches are drawn by Poisson sampling, in
+    /// [`Trainer::private_epoch`].
     pub fn epoch<I>(
         &mut self,
         batches: I,
-        mut on_step: impl FnMut(StepProgress),
+        on_step: impl FnMut(StepProgress),
     ) -> Result<EpochMetrics, TrainError>
     where
         I: IntoIterator<Item = Batch>,
+    {
+        if self.config.dp_sgd.is_some() {
+            return Err(TrainError::Config {
+                field: "dp_sgd",
+                reason: "draws its own batches by Poisson sampling: train with Trainer::private_epoch",
+            });
+        }
+        self.run_epoch(
+            batches.into_iter().map(Ok),
+            on_step,
+            |trainer, network, batch| Ok(trainer.sgd_gradients(network, batch)),
+        )
+    }
+
+    /// Runs `steps` DP-SGD steps over `data` (all of this node's examples, normalised, no
+    /// augmentation; `None`: one epoch, `⌈n / batch_size⌉` steps), each on a fresh
+    /// Poisson-sampled batch, calling `on_step` after every step. Needs `config.dp_sgd`.
+    #[cfg(feature = "dp")]
+    pub fn private_epoch(
+        &mut self,
+        data: &[Batch],
+        steps: Option<usize>,
+        on_step: impl FnMut(StepProgress),
+    ) -> Result<EpochMetrics, TrainError> {
+        let Some(config) = self.config.dp_sgd else {
+            return Err(TrainError::Config {
+                field: "dp_sgd",
+                reason: "must be set for a private epoch",
+            });
+        };
+        let classes = self.architecture.num_classes();
+        for (index, batch) in data.iter().enumerate() {
+            batch
+                .check_for(classes)
+                .map_err(|source| TrainError::Batch { index, source })?;
+        }
+        let examples = Examples::new(data);
+        if examples.len() == 0 {
+            return Err(TrainError::NoData);
+        }
+        let private = super::dp_sgd::DpSgd::new(config, examples.len(), self.config.batch_size);
+        let mut sampler = super::dp_sgd::PoissonSampler::new(private.sampling_rate)
+            .map_err(|e| TrainError::Private(e.into()))?;
+        let steps = steps.unwrap_or(private.steps_per_epoch);
+        let batches = (0..steps).map(|_| {
+            let taken = sampler
+                .sample(examples.len())
+                .map_err(|e| TrainError::Private(e.into()))?;
+            Ok(examples.gather(&taken))
+        });
+        // The next step's noise is drawn while this step computes: it does not depend on the data.
+        let mut noise = private.noise_ahead(self.architecture.num_params())?;
+        self.run_epoch(batches, on_step, |trainer, network, batch| {
+            private.gradients(
+                trainer.architecture,
+                network,
+                batch,
+                &trainer.device,
+                &mut noise,
+            )
+        })
+    }
+
+    /// The gradient of the batch's mean cross-entropy, with its summed loss and hits.
+    fn sgd_gradients(&self, network: &Network, batch: Batch) -> StepGradients {
+        let Batch {
+            images: pixels,
+            labels,
+        } = batch;
+        let n = labels.len();
+        let logits = network.forward(images_tensor(self.architecture, pixels, &self.device));
+        let targets = labels_tensor(&labels, &self.device).reshape([n, 1]);
+        let loss = log_softmax(logits.clone(), 1)
+            .gather(1, targets.clone())
+            .mean()
+            .neg();
+        let hits = logits.detach().argmax(1).equal(targets).float().sum();
+        let weighted = loss.clone().detach().mul_scalar(n as f32);
+        let grads = GradientsParams::from_grads(loss.backward(), network);
+        (grads, Some((weighted, hits)))
+    }
+
+    /// The epoch loop shared by plain and private training: `gradients` turns a batch into the
+    /// gradient the optimizer takes (and the batch's summed loss and hits, on the device).
+    fn run_epoch<I>(
+        &mut self,
+        batches: I,
+        mut on_step: impl FnMut(StepProgress),
+        mut gradients: impl FnMut(&Self, &Network, Batch) -> Result<StepGradients, TrainError>,
+    ) -> Result<EpochMetrics, TrainError>
+    where
+        I: Iterator<Item = Result<Batch, TrainError>>,
     {
         let mut network = self.network.take().ok_or(TrainError::Stopped)?;
         let started = Instant::now();
@@ -301,32 +411,23 @@ impl Trainer {
         // Sums since the last read, kept on the device.
         let mut pending: Option<(Tensor<1>, Tensor<1>)> = None;
         let mut step = 0;
-        for (index, batch) in batches.into_iter().enumerate() {
+        for (index, batch) in batches.enumerate() {
+            let batch = batch?;
             batch
                 .check_for(classes)
                 .map_err(|source| TrainError::Batch { index, source })?;
-            let Batch {
-                images: pixels,
-                labels,
-            } = batch;
-            let n = labels.len();
-            if n == 0 {
+            let n = batch.labels.len();
+            // An empty batch is a step only for DP-SGD (noise alone); plain SGD skips it.
+            if n == 0 && self.config.dp_sgd.is_none() {
                 continue;
             }
-            let logits = network.forward(images_tensor(self.architecture, pixels, &self.device));
-            let targets = labels_tensor(&labels, &self.device).reshape([n, 1]);
-            let loss = log_softmax(logits.clone(), 1)
-                .gather(1, targets.clone())
-                .mean()
-                .neg();
-            let hits = logits.detach().argmax(1).equal(targets).float().sum();
-            let weighted = loss.clone().detach().mul_scalar(n as f32);
-            pending = Some(match pending {
-                None => (weighted, hits),
-                Some((l, c)) => (l + weighted, c + hits),
-            });
-
-            let mut grads = GradientsParams::from_grads(loss.backward(), &network);
+            let (mut grads, sums) = gradients(self, &network, batch)?;
+            if let Some((weighted, hits)) = sums {
+                pending = Some(match pending {
+                    None => (weighted, hits),
+                    Some((l, c)) => (l + weighted, c + hits),
+                });
+            }
             if let Some(anchor) = &self.anchor {
                 anchor.pull(&network, &mut grads, self.config.proximal_mu);
             }
@@ -351,7 +452,7 @@ impl Trainer {
                 images,
             });
         }
-        if images == 0 {
+        if step == 0 {
             return Err(TrainError::NoData);
         }
         let (l, c) = read_sums(pending.take(), epoch, step - 1)?;
@@ -363,8 +464,8 @@ impl Trainer {
         let seconds = started.elapsed().as_secs_f64();
         let metrics = EpochMetrics {
             epoch,
-            loss: loss_sum / images as f64,
-            accuracy: correct as f64 / images as f64,
+            loss: loss_sum / images.max(1) as f64,
+            accuracy: correct as f64 / images.max(1) as f64,
             samples: images,
             seconds,
             images_per_sec: images as f64 / seconds.max(f64::MIN_POSITIVE),
@@ -399,6 +500,9 @@ impl Trainer {
         Ok(model)
     }
 }
+
+/// A step's gradient, with the batch's summed loss and hits on the device (`None`: empty batch).
+type StepGradients = (GradientsParams, Option<(Tensor<1>, Tensor<1>)>);
 
 /// Reads the loss and hit sums kept on the device; a non-finite loss is divergence.
 fn read_sums(
@@ -437,7 +541,7 @@ fn shuffled(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// All examples of the input batches, addressed by one index.
-struct Examples<'a> {
+pub(crate) struct Examples<'a> {
     batches: &'a [Batch],
     /// `(batch, position)` of each example.
     index: Vec<(usize, usize)>,

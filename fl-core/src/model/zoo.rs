@@ -11,6 +11,7 @@ use super::ModelError;
 use super::batch::{CIFAR10_NORMALIZATION, Normalization};
 use super::cnn::{FedAvgCnn, FedAvgCnnConfig};
 use super::params::{self, Layer};
+use super::per_example::Tape;
 use crate::tensors::Bundle;
 
 /// Metadata key naming a bundle's architecture (`"fedavg-cnn"`).
@@ -201,6 +202,14 @@ impl Network {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
             Network::FedAvgCnn(m) => m.forward(images),
+        }
+    }
+
+    /// As [`Network::forward`], tracing every layer on `tape` for per-example gradients (an
+    /// autodiff device; the parameters are held constant).
+    pub fn forward_traced(&self, images: Tensor<4>, tape: &mut Tape) -> Tensor<2> {
+        match self {
+            Network::FedAvgCnn(m) => m.forward_traced(images, tape),
         }
     }
 

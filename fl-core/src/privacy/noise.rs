@@ -33,9 +33,12 @@
 //!   every quantity is an integer that fits `u128`), fed by opendp's secure byte source
 //!   `fill_bytes` (OpenSSL `RAND_priv_bytes`) in 64 KiB blocks rather than a call per
 //!   byte. Bernoulli(a/b)
-//!   compares the binary expansion of `a/b` with random bits lazily (2 bits expected). The
-//!   only departure from the exact law: a proposal more than 2⁶⁴ steps (2²³·σ) from the
-//!   mean, whose acceptance probability is below `exp(−2⁴⁵)`, is rejected outright.
+//!   compares the binary expansion of `a/b` with random bits lazily (2 bits expected), and
+//!   Bernoulli(e⁻¹), the commonest trial, compares them with e⁻¹'s first 128 bits. The
+//!   only departures from the exact law: a proposal more than 2⁶⁴ steps (2²³·σ) from the
+//!   mean, whose acceptance probability is below `exp(−2⁴⁵)`, is rejected outright, and a
+//!   Bernoulli(e⁻¹) whose first 128 random bits all equal e⁻¹'s (probability 2⁻¹²⁸) is drawn
+//!   afresh.
 //! - **Output**: `(round(x/2^k) + noise)·2^k` is computed in `i128`, then rounded to `f32`:
 //!   post-processing of an exact mechanism, so it costs no privacy.
 //!
@@ -110,6 +113,10 @@ const MAX_THREADS: usize = 8;
 /// Proposals this many grid steps or more from the mean are rejected (acceptance below `exp(−2⁴⁵)`), so squares fit `u128`.
 const MAX_DEVIATION: u128 = 1 << 64;
 
+/// ⌊e⁻¹ · 2¹²⁸⌋: the first 128 bits of e⁻¹'s binary expansion (mpmath at 400 bits and the
+/// series Σ (−1)ᵏ/k! in exact rationals agree; the test `inverse_e_has_its_bits` checks it).
+const INV_E: u128 = 0x5e2d_58d8_b3bc_df1a_bade_c782_9054_f90d;
+
 /// Denominators above this go through the product form of Bernoulli(a/(b·k)), so doubling a numerator never overflows.
 const MAX_DENOMINATOR: u128 = 1 << 126;
 
@@ -151,6 +158,14 @@ pub enum NoiseError {
         value: f32,
         /// The noise's standard deviation.
         std_dev: f64,
+    },
+    /// Noise drawn ahead was drawn for another number of values.
+    #[error("noise was drawn for {drawn} values, not {given}")]
+    Length {
+        /// Values it was drawn for.
+        drawn: usize,
+        /// Values given.
+        given: usize,
     },
     /// Clipping refused the update.
     #[error(transparent)]
@@ -365,11 +380,17 @@ impl GaussianNoise {
         self.granularity() * (len as f64).sqrt()
     }
 
-    /// Adds noise to every value in place (threads for large inputs); on an error from the randomness source the values are partly noised and must be discarded.
+    /// Adds noise to every value in place (threads for large inputs); on an error the values are left as they were.
     pub fn add_to(&self, values: &mut [f32]) -> Result<(), NoiseError> {
-        let Some(grid) = self.grid else {
+        self.check(values)?;
+        self.draw(values.len())?.add_to(values)
+    }
+
+    /// Refuses values the grid cannot hold: NaN, infinite, or beyond 2⁶⁰ standard deviations.
+    fn check(&self, values: &[f32]) -> Result<(), NoiseError> {
+        if self.grid.is_none() {
             return Ok(());
-        };
+        }
         let limit = MAX_VALUE_IN_STD_DEVS * self.std_dev();
         for (index, &value) in values.iter().enumerate() {
             if !value.is_finite() {
@@ -383,31 +404,52 @@ impl GaussianNoise {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Draws the noise for `len` values ahead of the values themselves (threads for large
+    /// inputs), so that it can be drawn while they are still being computed.
+    pub fn draw(&self, len: usize) -> Result<DrawnNoise, NoiseError> {
+        let Some(grid) = self.grid else {
+            return Ok(DrawnNoise {
+                grid: None,
+                std_dev: 0.0,
+                steps: Vec::new(),
+                len,
+            });
+        };
+        let mut steps = vec![0i128; len];
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(self.max_threads)
-            .min(values.len() / MIN_VALUES_PER_THREAD)
+            .min(len / MIN_VALUES_PER_THREAD)
             .max(1);
         if threads == 1 {
-            return add_chunk(values, 0, grid);
-        }
-        let chunk = values.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = values
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(i, part)| scope.spawn(move || add_chunk(part, i * chunk, grid)))
-                .collect();
-            let mut result = Ok(());
-            for handle in handles {
-                let r = handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                if result.is_ok() {
-                    result = r;
+            draw_chunk(&mut steps, grid)?;
+        } else {
+            let chunk = len.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = steps
+                    .chunks_mut(chunk)
+                    .map(|part| scope.spawn(move || draw_chunk(part, grid)))
+                    .collect();
+                let mut result = Ok(());
+                for handle in handles {
+                    let r = handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    if result.is_ok() {
+                        result = r;
+                    }
                 }
-            }
-            result
+                result
+            })?;
+        }
+        Ok(DrawnNoise {
+            grid: Some(grid),
+            std_dev: self.std_dev(),
+            steps,
+            len,
         })
     }
 
@@ -460,25 +502,89 @@ fn pow2(e: i32) -> f64 {
     f64::from_bits(((e + 1023) as u64) << 52)
 }
 
-/// Adds grid noise to `values` (already checked finite and in range); `offset` is their position in the update.
-fn add_chunk(values: &mut [f32], offset: usize, grid: Grid) -> Result<(), NoiseError> {
+/// Fills `out` with discrete-Gaussian integers of scale `grid.steps`.
+fn draw_chunk(out: &mut [i128], grid: Grid) -> Result<(), NoiseError> {
     let mut bits = RandomBits::new();
-    let (down, up) = (-grid.exp, grid.exp);
-    for (i, v) in values.iter_mut().enumerate() {
-        // Exact: a power-of-two scaling of a value below 2^101 steps, then rounding.
-        let x = pow2_scale(f64::from(*v), down).round() as i128;
-        let y = x + bits.discrete_gaussian(grid.steps)?;
-        let out = pow2_scale(y as f64, up) as f32;
-        if !out.is_finite() {
-            return Err(NoiseError::OutOfRange {
-                index: offset + i,
-                value: *v,
-                std_dev: pow2_scale(grid.steps as f64, up),
-            });
-        }
-        *v = out;
+    for v in out.iter_mut() {
+        *v = bits.discrete_gaussian(grid.steps)?;
     }
     Ok(())
+}
+
+/// Noise drawn for a number of values before they are known ([`GaussianNoise::draw`]): one
+/// discrete-Gaussian integer of grid steps per value. It is added once ([`DrawnNoise::add_to`]
+/// consumes it) and zeroed when dropped: noise that can be read back can be subtracted.
+pub struct DrawnNoise {
+    /// `None` when the standard deviation is 0.
+    grid: Option<Grid>,
+    std_dev: f64,
+    steps: Vec<i128>,
+    len: usize,
+}
+
+impl std::fmt::Debug for DrawnNoise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrawnNoise")
+            .field("len", &self.len)
+            .field("std_dev", &self.std_dev)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DrawnNoise {
+    /// The number of values it was drawn for.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it was drawn for no values.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds it to `values` (exactly as many as it was drawn for): each value rounded to the
+    /// grid, its integer added, the sum converted back. On an error the values are left as
+    /// they were.
+    pub fn add_to(self, values: &mut [f32]) -> Result<(), NoiseError> {
+        if values.len() != self.len {
+            return Err(NoiseError::Length {
+                drawn: self.len,
+                given: values.len(),
+            });
+        }
+        let Some(grid) = self.grid else {
+            return Ok(());
+        };
+        GaussianNoise {
+            grid: Some(grid),
+            max_threads: 1,
+        }
+        .check(values)?;
+        let (down, up) = (-grid.exp, grid.exp);
+        let mut out = Vec::with_capacity(values.len());
+        for (i, (&v, &noise)) in values.iter().zip(&self.steps).enumerate() {
+            // Exact: a power-of-two scaling of a value below 2^101 steps, then rounding.
+            let x = pow2_scale(f64::from(v), down).round() as i128;
+            let noised = pow2_scale((x + noise) as f64, up) as f32;
+            if !noised.is_finite() {
+                return Err(NoiseError::OutOfRange {
+                    index: i,
+                    value: v,
+                    std_dev: self.std_dev,
+                });
+            }
+            out.push(noised);
+        }
+        values.copy_from_slice(&out);
+        Ok(())
+    }
+}
+
+impl Drop for DrawnNoise {
+    fn drop(&mut self) {
+        self.steps.fill(0);
+        std::hint::black_box(&self.steps);
+    }
 }
 
 /// Random bits from opendp's secure source (`fill_bytes`, OpenSSL's `RAND_priv_bytes`), drawn in blocks.
@@ -579,12 +685,29 @@ impl RandomBits {
         }
     }
 
+    /// Bernoulli(e⁻¹): compares fresh random bits with e⁻¹'s binary expansion ([`INV_E`]),
+    /// most significant first, until they differ (2 bits expected, against about 7 for
+    /// [`RandomBits::exp_minus_frac`]`(1, 1)`). Should the first 128 bits all agree
+    /// (probability 2⁻¹²⁸) it draws Bernoulli(e⁻¹) afresh by CKS20, a departure from the exact
+    /// law of at most 2⁻¹²⁸ in total variation.
+    #[inline]
+    fn inverse_e(&mut self) -> Result<bool, NoiseError> {
+        for at in (0..128).rev() {
+            let p_bit = (INV_E >> at) & 1 == 1;
+            if self.bit()? != p_bit {
+                // The uniform is below e⁻¹ exactly when e⁻¹ has the 1.
+                return Ok(p_bit);
+            }
+        }
+        self.exp_minus_frac(1, 1)
+    }
+
     /// Bernoulli(exp(−num/den)) for any `num`, `den ≥ 1` (CKS20, Algorithm 1).
     fn exp_minus(&mut self, num: u128, den: u128) -> Result<bool, NoiseError> {
         let (whole, rest) = (num / den, num % den);
         let mut i = 0;
         while i < whole {
-            if !self.exp_minus_frac(1, 1)? {
+            if !self.inverse_e()? {
                 return Ok(false);
             }
             i += 1;
@@ -600,7 +723,7 @@ impl RandomBits {
                 continue;
             }
             let mut v: u64 = 0;
-            while self.exp_minus_frac(1, 1)? {
+            while self.inverse_e()? {
                 v += 1;
             }
             let negative = self.bit()?;
@@ -677,6 +800,19 @@ mod tests {
         }
     }
 
+    /// For `perf stat`: one update's worth of noise on one thread.
+    #[test]
+    #[ignore = "a measurement"]
+    fn noise_for_one_update_on_one_thread() {
+        let mut v = vec![0.0f32; 1_756_426];
+        GaussianNoise::new(1.0)
+            .unwrap()
+            .with_threads(1)
+            .add_to(&mut v)
+            .unwrap();
+        assert!(v.iter().any(|&x| x != 0.0));
+    }
+
     #[test]
     fn bernoulli_ratio_has_its_probability() {
         let mut bits = RandomBits::new();
@@ -691,6 +827,29 @@ mod tests {
         let hits = (0..n).filter(|_| bits.exp_minus(3, 2).unwrap()).count();
         let p = (-1.5f64).exp();
         assert!((hits as f64 / n as f64 - p).abs() < 6.0 * (p * (1.0 - p) / n as f64).sqrt());
+    }
+
+    #[test]
+    fn inverse_e_has_its_bits_and_its_probability() {
+        // ⌊e⁻¹ 2¹²⁸⌋ from the series in 2¹²⁸ fixed point: 34 terms take 1/k! below 2⁻¹²⁸.
+        let mut sum: i128 = 0;
+        let mut term: u128 = u128::MAX; // about 2¹²⁸ / 0!
+        for k in 0..34u128 {
+            term = term.checked_div(k).unwrap_or(term);
+            let t = (term >> 1) as i128; // halved to fit i128: the sum is of e⁻¹ 2¹²⁷
+            sum += if k % 2 == 0 { t } else { -t };
+        }
+        let from_series = (sum as u128) << 1;
+        assert!(
+            from_series.abs_diff(INV_E) < 1 << 8,
+            "{from_series:x} against {INV_E:x}"
+        );
+        let mut bits = RandomBits::new();
+        let n = 400_000;
+        let hits = (0..n).filter(|_| bits.inverse_e().unwrap()).count();
+        let p = (-1.0f64).exp();
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        assert!((hits as f64 / n as f64 - p).abs() < 6.0 * sd);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::signed::Record;
 use crate::content::Cid;
 
 /// "I trained on `samples` examples for `epochs` epochs from `base` and my update is `update`."
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Announcement {
     /// The task.
     pub task: Cid,
@@ -22,6 +22,10 @@ pub struct Announcement {
     pub samples: u64,
     /// Local epochs.
     pub epochs: u32,
+    /// Sample-level DP: the epsilon this node's data has spent, this round included, at the
+    /// task's delta (records without it: no sample-level DP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 impl Record for Announcement {

@@ -24,6 +24,10 @@ pub struct Contribution {
     pub weight: f64,
     /// Credits earned: samples x epochs x training FLOPs per sample.
     pub credits: u64,
+    /// Sample-level DP: the epsilon its author's data has spent through this round (records
+    /// without it: no sample-level DP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// An update that was announced in time but did not count, and why.
@@ -70,7 +74,8 @@ pub struct Manifest {
     pub contributions: Vec<Contribution>,
     /// The updates that did not.
     pub rejected: Vec<Rejected>,
-    /// Privacy spent so far (epsilon at `delta`), when the task uses DP.
+    /// Privacy spent so far (epsilon at `delta`), when the task uses DP: at the sample level
+    /// the largest of the contributions' own.
     pub epsilon: Option<f64>,
     /// The delta of `epsilon`.
     pub delta: Option<f64>,

@@ -16,7 +16,9 @@ pub use libp2p_identity::{Keypair, PeerId, PublicKey};
 pub use manifest::{Contribution, Manifest, Metrics, Rejected};
 pub use rank::{rank_key, ranking};
 pub use signed::{Record, Signed, SignedError};
-pub use task::{DataSource, DpParams, RoundSchedule, Task, TaskError, TrainParams};
+pub use task::{
+    DataSource, DpLevel, DpParams, Neighbours, RoundSchedule, Task, TaskError, TrainParams,
+};
 
 /// Serde for peer ids as their bytes (a multihash), so records carry them compactly.
 pub(crate) mod peer_bytes {

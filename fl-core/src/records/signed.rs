@@ -147,6 +147,7 @@ mod tests {
             update: cid(b"update"),
             samples: 5000,
             epochs: 1,
+            epsilon: None,
         }
     }
 

@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::content::dagcbor::{self, DagCborError};
 use crate::content::{Block, Cid};
+use crate::privacy::accountant::{self, AccountantError};
 use crate::tensors::Encoding;
+
+/// Smallest noise multiplier a task may name (the noise sampler's own floor, 2⁻⁴⁰).
+pub const MIN_NOISE_MULTIPLIER: f64 = 1.0 / (1u64 << 40) as f64;
 
 /// Version tag written in every task record.
 pub const TASK_FORMAT: &str = "fl-task/1";
@@ -110,17 +114,135 @@ impl std::str::FromStr for RoundSchedule {
     }
 }
 
-/// Client-level differential privacy: each update clipped to `clip_norm` and noised with
-/// N(0, (noise_multiplier * clip_norm)^2) per coordinate.
+/// What a task's differential privacy protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DpLevel {
+    /// A node's whole update (DP-FedAvg): clipped to `clip_norm` and noised once per round at
+    /// the node. Needs many clients per round to learn. Records without a level mean this.
+    #[default]
+    Client,
+    /// Each training example (DP-SGD): every local step clips each example's gradient and
+    /// noises their sum; each node states its own epsilon.
+    Sample,
+}
+
+impl DpLevel {
+    /// Its name in records and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DpLevel::Client => "client",
+            DpLevel::Sample => "sample",
+        }
+    }
+}
+
+impl std::fmt::Display for DpLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which datasets count as neighbours in the (epsilon, delta) a task states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Neighbours {
+    /// One unit (a client, or an example) added or removed: sensitivity `C`. Records without
+    /// the field mean this.
+    #[default]
+    AddRemove,
+    /// One unit's data replaced by any other: the clipped contribution can move by `2C`, so
+    /// epsilon is accounted at half the noise multiplier. Client level only (the
+    /// Poisson-subsampled accountant of DP-SGD is for add/remove).
+    ReplaceOne,
+}
+
+impl Neighbours {
+    /// Its name in records and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Neighbours::AddRemove => "add-remove",
+            Neighbours::ReplaceOne => "replace-one",
+        }
+    }
+}
+
+impl std::fmt::Display for Neighbours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Differential privacy: at the client level each update is clipped to `clip_norm` and
+/// noised with N(0, (noise_multiplier * clip_norm)^2) per coordinate; at the sample level each
+/// node runs DP-SGD with that clip norm and noise multiplier on every local step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpParams {
-    /// L2 bound of an update.
+    /// L2 bound of an update (client level) or of one example's gradient (sample level).
     pub clip_norm: f64,
     /// Noise standard deviation over the bound.
     pub noise_multiplier: f64,
     /// The delta epsilon is reported at.
     pub delta: f64,
+    /// What is protected (records without it: the client level). Tasks made by this version
+    /// always name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<DpLevel>,
+    /// The neighbouring relation epsilon is for (records without it: add-remove). Tasks made
+    /// by this version always name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbours: Option<Neighbours>,
+    /// Sample level: the epsilon each node may spend; a node whose next round would take it
+    /// past stops contributing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_budget: Option<f64>,
+}
+
+impl DpParams {
+    /// What is protected.
+    pub fn level(&self) -> DpLevel {
+        self.level.unwrap_or_default()
+    }
+
+    /// The neighbouring relation epsilon is for.
+    pub fn neighbours(&self) -> Neighbours {
+        self.neighbours.unwrap_or_default()
+    }
+
+    /// Client level: epsilon after `round` rounds in which every node's update is noised
+    /// (no sampling of nodes), over dp-accounting's orders.
+    pub fn client_epsilon(&self, round: u32) -> Result<f64, AccountantError> {
+        let z = match self.neighbours() {
+            Neighbours::AddRemove => self.noise_multiplier,
+            // Sensitivity 2C: the same mechanism at half the noise multiplier.
+            Neighbours::ReplaceOne => self.noise_multiplier / 2.0,
+        };
+        accountant::epsilon_for(1.0, z, u64::from(round), self.delta)
+    }
+
+    /// Sample level: the epsilon of a node with `samples` examples once it has trained in
+    /// rounds 1 to `round` with `train`'s settings (DP-SGD's sampling rate and steps, over
+    /// the orders Opacus and dp-accounting share). A node that skipped rounds spent less.
+    pub fn sample_epsilon(
+        &self,
+        train: &TrainParams,
+        samples: u64,
+        round: u32,
+    ) -> Result<f64, AccountantError> {
+        let batch = u64::from(train.batch_size);
+        let q = accountant::dp_sgd_sampling_rate(samples, batch);
+        let per_round = match train.steps {
+            Some(steps) => u64::from(steps),
+            None => u64::from(train.epochs).saturating_mul(samples.div_ceil(batch.max(1)).max(1)),
+        };
+        accountant::dp_sgd_epsilon(
+            q,
+            self.noise_multiplier,
+            per_round.saturating_mul(u64::from(round)),
+            self.delta,
+        )
+    }
 }
 
 /// A training task. A field this node does not know (a newer version's setting) is refused
@@ -257,15 +379,46 @@ impl Task {
             if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {
                 return Err(invalid("dp.clip_norm", dp.clip_norm, "must be > 0"));
             }
-            if !(dp.noise_multiplier.is_finite() && dp.noise_multiplier >= 0.0) {
+            // Zero noise is no privacy: its epsilon is infinite and no manifest could state it.
+            if !(dp.noise_multiplier.is_finite() && dp.noise_multiplier >= MIN_NOISE_MULTIPLIER) {
                 return Err(invalid(
                     "dp.noise_multiplier",
                     dp.noise_multiplier,
-                    "must be >= 0",
+                    "must be a finite number > 0 (zero noise gives no privacy)",
                 ));
             }
             if !(dp.delta > 0.0 && dp.delta < 1.0) {
                 return Err(invalid("dp.delta", dp.delta, "must be in (0, 1)"));
+            }
+            if dp.level() == DpLevel::Sample && dp.neighbours() == Neighbours::ReplaceOne {
+                return Err(invalid(
+                    "dp.neighbours",
+                    dp.neighbours(),
+                    "sample-level DP is accounted for add-remove neighbours (Poisson sampling)",
+                ));
+            }
+            if let Some(budget) = dp.epsilon_budget
+                && !(budget.is_finite() && budget > 0.0)
+            {
+                return Err(invalid(
+                    "dp.epsilon_budget",
+                    budget,
+                    "must be a finite number > 0",
+                ));
+            }
+            let epsilon = match dp.level() {
+                DpLevel::Client => dp.client_epsilon(self.rounds),
+                DpLevel::Sample => dp.sample_epsilon(t, u64::from(t.batch_size), self.rounds),
+            };
+            if !epsilon.is_ok_and(f64::is_finite) {
+                return Err(invalid(
+                    "dp",
+                    format!(
+                        "noise multiplier {} over {} rounds",
+                        dp.noise_multiplier, self.rounds
+                    ),
+                    "gives an infinite epsilon",
+                ));
             }
         }
         Ok(())

@@ -2,6 +2,8 @@
 //! throughput. One test binary, so that burn is linked once.
 #![cfg(feature = "train")]
 
+#[cfg(feature = "dp")]
+mod dp_sgd;
 mod params;
 mod parity;
 mod throughput;

@@ -15,7 +15,7 @@ use fl_core::model::{
 use fl_core::tensors::Bundle;
 
 const ARCH: Architecture = Architecture::FedAvgCnn;
-const TEST_BATCH: &str = concat!(
+pub(crate) const TEST_BATCH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/datasets/cifar10/test_batch.bin"
 );
@@ -50,7 +50,7 @@ pub(crate) fn torch_python() -> Option<String> {
 }
 
 /// Runs the PyTorch script with `args`; returns its stdout.
-fn pytorch(python: &str, args: &[&str]) -> String {
+pub(crate) fn pytorch(python: &str, args: &[&str]) -> String {
     let out = Command::new(python)
         .arg(SCRIPT)
         .args(args)
@@ -70,7 +70,7 @@ pub(crate) fn test_images(n: usize) -> Batch {
     Batch::from_cifar_records(&bytes[..n * CIFAR_RECORD_LEN], &CIFAR10_NORMALIZATION).unwrap()
 }
 
-fn save(bundle: &Bundle, dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn save(bundle: &Bundle, dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bundle.to_safetensors().unwrap()).unwrap();
     path

@@ -11,6 +11,14 @@
 //!   cargo test --release -p fl-core --features train,wgpu --test model throughput -- --ignored --nocapture
 //! ```
 //!
+//! DP-SGD (feature `dp`): burn's private step (Poisson batches, per-example clipping, noise)
+//! next to its own plain step and Opacus's (`bench_train.py --dp opacus` and `--dp ghost`):
+//!
+//! ```text
+//! FL_TORCH_PYTHON=python-with-torch-and-opacus FL_BENCH_BATCHES=64,256 \
+//!   cargo test --release -p fl-core --features train,dp --test model dp_sgd_throughput -- --ignored --nocapture
+//! ```
+//!
 //! `FL_BENCH_STEPS` (default 20) sets the timed steps, `FL_BENCH_BACKENDS` (default
 //! `flex`; `ndarray` needs the `ndarray` feature) the backends, `FL_BENCH_BATCHES` (default
 //! 64) the batch sizes.
@@ -59,13 +67,20 @@ where
 
 /// Images/s of `steps` training steps at `batch` on `backend`, after a warm-up.
 fn ours(backend: Backend, batch: usize, steps: usize) -> f64 {
-    let arch = Architecture::FedAvgCnn;
-    let global = arch.init(0).unwrap();
-    let device = backend.device();
     let config = TrainConfig {
         batch_size: batch,
         ..TrainConfig::default()
     };
+    images_per_sec(backend, &config, steps)
+}
+
+/// Images/s of `steps` steps of `config` on `backend`, after a warm-up.
+fn images_per_sec(backend: Backend, config: &TrainConfig, steps: usize) -> f64 {
+    let arch = Architecture::FedAvgCnn;
+    let global = arch.init(0).unwrap();
+    let device = backend.device();
+    let batch = config.batch_size;
+    let config = config.clone();
     // Warm-up: allocators, thread pools, kernel compilation and autotuning.
     train(arch, &global, &[synthetic(3 * batch)], &config, &device).unwrap();
     let out = train(arch, &global, &[synthetic(steps * batch)], &config, &device).unwrap();
@@ -74,10 +89,16 @@ fn ours(backend: Backend, batch: usize, steps: usize) -> f64 {
 
 /// PyTorch's CPU images/s at `batch` on this machine, when a Python with torch is at hand.
 fn pytorch_cpu(batch: usize, steps: usize) -> Option<f64> {
+    pytorch_bench(batch, steps, &[])
+}
+
+/// `bench_train.py`'s images/s with `extra` arguments.
+fn pytorch_bench(batch: usize, steps: usize, extra: &[&str]) -> Option<f64> {
     let python = super::parity::torch_python()?;
     let out = Command::new(python)
         .arg(BENCH_SCRIPT)
         .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -121,5 +142,53 @@ fn training_throughput() {
                 None => println!("{backend}: batch {batch}, {steps} steps: {ips:.1} images/s"),
             }
         }
+    }
+}
+
+/// DP-SGD steps (Poisson sampling at `q = 1 / steps`, clipping to 1.0, noise multiplier 1.0)
+/// next to our plain steps and Opacus's private steps, in turn, in one run.
+#[cfg(feature = "dp")]
+#[test]
+#[ignore = "measurement: run in release with --ignored --nocapture"]
+fn dp_sgd_throughput() {
+    use fl_core::model::DpSgdConfig;
+
+    let steps: usize = env_list("FL_BENCH_STEPS", "20")[0];
+    let batches: Vec<usize> = env_list("FL_BENCH_BATCHES", "64");
+    // FL_BENCH_NOISE=0 leaves the noise out, to see what clipping alone costs.
+    let noise: f64 = env_list("FL_BENCH_NOISE", "1.0")[0];
+    let with_torch = std::env::var("FL_BENCH_OPACUS").map_or(true, |v| v != "0");
+    for &batch in &batches {
+        let plain = TrainConfig {
+            batch_size: batch,
+            ..TrainConfig::default()
+        };
+        let private = TrainConfig {
+            dp_sgd: Some(DpSgdConfig {
+                clip_norm: 1.0,
+                noise_multiplier: noise,
+                steps_per_epoch: None,
+            }),
+            ..plain.clone()
+        };
+        let ours_plain = images_per_sec(Backend::Flex, &plain, steps);
+        let ours_private = images_per_sec(Backend::Flex, &private, steps);
+        let opacus = with_torch
+            .then(|| pytorch_bench(batch, steps, &["--dp", "opacus"]))
+            .flatten();
+        let ghost = with_torch
+            .then(|| pytorch_bench(batch, steps, &["--dp", "ghost"]))
+            .flatten();
+        let ratio = |theirs: Option<f64>| {
+            theirs.map_or("-".to_string(), |t| {
+                format!("{t:.1} (ratio {:.2})", ours_private / t)
+            })
+        };
+        println!(
+            "batch {batch}, {steps} steps: DP-SGD {ours_private:.1} images/s, our plain SGD {ours_plain:.1} (ratio {:.2}); Opacus {}; Opacus ghost clipping {}",
+            ours_private / ours_plain,
+            ratio(opacus),
+            ratio(ghost)
+        );
     }
 }

@@ -44,7 +44,7 @@ enum Command {
     /// Datasets: fetch CIFAR-10, partition it, publish shards as CIDs.
     #[command(subcommand)]
     Data(data::Data),
-    /// Epsilon spent by DP-FedAvg, or the noise a target epsilon needs.
+    /// Epsilon spent by DP-FedAvg or DP-SGD, or the noise a target epsilon needs.
     Privacy(privacy::Privacy),
     /// The node on the network: serves blocks (Bitswap), routes (Kademlia), gossips.
     #[command(subcommand)]
@@ -168,6 +168,18 @@ fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
         msg.push_str(&format!(" ({})", e.source));
         msg
     })
+}
+
+/// Parses a DP level: `client` or `sample`.
+fn dp_level_arg(text: &str) -> Result<fl_core::records::DpLevel, String> {
+    use fl_core::records::DpLevel;
+    match text {
+        "client" => Ok(DpLevel::Client),
+        "sample" => Ok(DpLevel::Sample),
+        other => Err(format!(
+            "unknown DP level {other:?}: `client` (DP-FedAvg, each node's update) or `sample` (DP-SGD, each example)"
+        )),
+    }
 }
 
 /// Local training settings of a task (and how its updates are written), shared by `fl task

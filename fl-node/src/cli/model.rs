@@ -13,8 +13,11 @@ use datasets::pipeline::{Pipeline, PipelineConfig};
 use fl_core::content::{Cid, Repo};
 use fl_core::model::batch::CIFAR_RECORD_LEN;
 use fl_core::model::{
-    Architecture, Backend, Batch, Classifier, Evaluation, LrSchedule, TrainConfig, Trainer,
+    Architecture, Backend, Batch, Classifier, DpSgdConfig, Evaluation, LrSchedule, TrainConfig,
+    Trainer,
 };
+use fl_core::privacy::accountant::dp_sgd_epsilon;
+use fl_core::privacy::plan::DpSgdTarget;
 use fl_core::tensors::Bundle;
 use serde_json::json;
 
@@ -94,6 +97,28 @@ pub(super) struct Baseline {
     /// Keep the training set's order every epoch (for exact comparisons).
     #[arg(long)]
     no_shuffle: bool,
+    /// DP-SGD reaching this epsilon after the last epoch: each step a Poisson-sampled batch
+    /// of --batch images on average, every example's gradient clipped to --dp-clip, Gaussian
+    /// noise added (the noise multiplier is derived); images as they are, no augmentation.
+    /// Default: no DP.
+    #[arg(long, value_name = "EPSILON", allow_negative_numbers = true)]
+    dp_epsilon: Option<f64>,
+    /// DP-SGD: the L2 norm each example's gradient is clipped to.
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        requires = "dp_epsilon",
+        allow_negative_numbers = true
+    )]
+    dp_clip: f64,
+    /// DP-SGD: the delta epsilon holds at (below 1 / the number of training images).
+    #[arg(
+        long,
+        default_value_t = 1e-5,
+        requires = "dp_epsilon",
+        allow_negative_numbers = true
+    )]
+    dp_delta: f64,
     /// Write the JSON lines here instead of standard output.
     #[arg(long, value_name = "FILE")]
     jsonl: Option<PathBuf>,
@@ -156,6 +181,24 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         bail!("the initial model is a {init_arch}, not a {arch}");
     }
     let init_cid = global.store(&repo)?;
+    let (train_len, test_len) = (data.train.len(), data.test.len());
+    let steps_per_epoch = train_len.div_ceil(cmd.batch.max(1));
+    let private = match cmd.dp_epsilon {
+        Some(epsilon) => {
+            let target = DpSgdTarget {
+                epsilon,
+                delta: cmd.dp_delta,
+                clip_norm: cmd.dp_clip,
+            };
+            let steps = (steps_per_epoch * cmd.epochs) as u64;
+            Some(
+                target
+                    .plan(train_len as u64, cmd.batch as u64, steps)
+                    .context("--dp-epsilon")?,
+            )
+        }
+        None => None,
+    };
     let config = TrainConfig {
         epochs: cmd.epochs,
         batch_size: cmd.batch,
@@ -165,15 +208,23 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         weight_decay: cmd.weight_decay,
         proximal_mu: 0.0,
         seed: cmd.seed,
+        dp_sgd: private.map(|plan| DpSgdConfig {
+            clip_norm: cmd.dp_clip,
+            noise_multiplier: plan.noise_multiplier,
+            steps_per_epoch: None,
+        }),
     };
     let mut pipeline_config = PipelineConfig::training(cmd.batch, cmd.seed);
-    pipeline_config.augment = !cmd.no_augment;
-    pipeline_config.shuffle = !cmd.no_shuffle;
+    // DP-SGD samples its own batches from the images as they are.
+    pipeline_config.augment = !cmd.no_augment && private.is_none();
+    pipeline_config.shuffle = !cmd.no_shuffle && private.is_none();
     pipeline_config.normalization = arch.normalization();
-    let (train_len, test_len) = (data.train.len(), data.test.len());
     let pipeline = Pipeline::new(data.train, pipeline_config);
+    let all_images = match private {
+        Some(_) => pipeline.collect_epoch(0),
+        None => Vec::new(),
+    };
     let test = test_batches(data.test, arch);
-    let steps_per_epoch = train_len.div_ceil(cmd.batch.max(1));
     let mut trainer = Trainer::new(arch, &global, &config, steps_per_epoch, &device)?;
 
     let mut out = JsonLines::open(cmd.jsonl.as_deref())?;
@@ -189,10 +240,30 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         "schedule": cmd.schedule.to_string(),
         "momentum": cmd.momentum,
         "weight_decay": cmd.weight_decay,
-        "augment": !cmd.no_augment,
+        "augment": !cmd.no_augment && private.is_none(),
         "seed": cmd.seed,
         "init": init_cid.to_string(),
+        "dp": private.map(|p| json!({
+            "level": "sample",
+            "epsilon": p.target.epsilon,
+            "delta": p.target.delta,
+            "clip_norm": p.target.clip_norm,
+            "noise_multiplier": p.noise_multiplier,
+            "sampling_rate": p.sampling_rate,
+            "steps": p.steps,
+        })),
     }))?;
+    if let Some(p) = &private {
+        eprintln!(
+            "DP-SGD: epsilon {} at delta {:e} over {} steps: sampling rate {:.5}, clip {}, noise multiplier {:.4}",
+            p.target.epsilon,
+            p.target.delta,
+            p.steps,
+            p.sampling_rate,
+            p.target.clip_norm,
+            p.noise_multiplier
+        );
+    }
     eprintln!(
         "training {arch} on {train_len} images ({test_len} test) with {backend}, {} epochs of batch {}; initial model {init_cid}",
         cmd.epochs, cmd.batch
@@ -208,7 +279,16 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
     let mut last_good = (global, None::<Evaluation>);
     for epoch in 0..cmd.epochs {
         bar.set_message(format!("{}/{}", epoch + 1, cmd.epochs));
-        let metrics = trainer.epoch(pipeline.epoch(epoch as u64), |_| bar.inc(1));
+        let metrics = match private {
+            Some(_) => trainer.private_epoch(&all_images, None, |_| bar.inc(1)),
+            None => trainer.epoch(pipeline.epoch(epoch as u64), |_| bar.inc(1)),
+        };
+        let epsilon = private
+            .map(|p| {
+                let steps = ((epoch + 1) * steps_per_epoch) as u64;
+                dp_sgd_epsilon(p.sampling_rate, p.noise_multiplier, steps, p.target.delta)
+            })
+            .transpose()?;
         let metrics = match metrics.and_then(|m| Ok((m, trainer.model()?))) {
             Ok(done) => done,
             Err(e) => {
@@ -224,12 +304,13 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         let eval = Classifier::new(arch, &model, &device)?.evaluate(&test, EVAL_BATCH)?;
         bar.suspend(|| {
             eprintln!(
-                "epoch {:>3}: loss {:.4}, train accuracy {:.2}%, test accuracy {:.2}%, {:.0} images/s",
+                "epoch {:>3}: loss {:.4}, train accuracy {:.2}%, test accuracy {:.2}%, {:.0} images/s{}",
                 epoch + 1,
                 metrics.loss,
                 100.0 * metrics.accuracy,
                 100.0 * eval.accuracy,
-                metrics.images_per_sec
+                metrics.images_per_sec,
+                epsilon.map_or(String::new(), |e| format!(", epsilon {e:.3}"))
             )
         });
         out.line(&json!({
@@ -242,6 +323,7 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
             "learning_rate": metrics.learning_rate,
             "test_loss": eval.loss,
             "test_accuracy": eval.accuracy,
+            "epsilon": epsilon,
         }))?;
         last_good = (model, Some(eval));
     }
@@ -260,6 +342,7 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         "model": cid.to_string(),
         "init": init_cid.to_string(),
         "seconds": started.elapsed().as_secs_f64(),
+        "epsilon": private.map(|p| p.epsilon),
     }))?;
     eprintln!(
         "test accuracy {:.2}% (loss {:.4}) after {} epochs; model {cid}",

@@ -26,14 +26,31 @@ pub(super) struct Simulate {
     /// How the training set is split: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
     #[arg(long, default_value = "iid")]
     partition: Scheme,
-    /// DP-FedAvg spending this epsilon over all rounds (the noise is derived); default: no DP.
+    /// Differential privacy spending this epsilon over all rounds (the noise is derived);
+    /// default: no DP.
     #[arg(long, value_name = "EPSILON", allow_negative_numbers = true)]
     dp_epsilon: Option<f64>,
+    /// What DP protects: `client` (DP-FedAvg: each node's update clipped and noised once a
+    /// round) or `sample` (DP-SGD on every node: each example's gradient clipped, noise at
+    /// every step; epsilon is each node's).
+    #[arg(long = "dp", value_name = "LEVEL", default_value = "client", value_parser = super::dp_level_arg, requires = "dp_epsilon")]
+    dp_level: fl_core::records::DpLevel,
     /// The delta epsilon holds at.
-    #[arg(long, default_value_t = 1e-5, requires = "dp_epsilon")]
+    #[arg(
+        long,
+        default_value_t = 1e-5,
+        requires = "dp_epsilon",
+        allow_negative_numbers = true
+    )]
     dp_delta: f64,
-    /// L2 norm each update is clipped to under DP.
-    #[arg(long, default_value_t = 1.0, requires = "dp_epsilon")]
+    /// L2 norm each update (client level) or each example's gradient (sample level) is
+    /// clipped to.
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        requires = "dp_epsilon",
+        allow_negative_numbers = true
+    )]
     dp_clip: f64,
     /// The aggregation rule: fedavg, fedavgm[:momentum=M], fedadam, fedyogi, median,
     /// trimmed-mean:F, krum:F, norm-bound:N.
@@ -120,6 +137,7 @@ impl Simulate {
             rule: self.aggregation.clone(),
             update_encoding: self.training.update_encoding,
             privacy: self.dp_epsilon.map(|epsilon| PrivacyTarget {
+                level: self.dp_level,
                 epsilon,
                 delta: self.dp_delta,
                 clip_norm: self.dp_clip,
@@ -258,7 +276,7 @@ impl View {
                 self.minimum_bytes = model_bytes + update_bytes;
                 println!("task {task}: {nodes} nodes, {rounds} rounds, dataset {dataset}");
                 if let Some(z) = noise_multiplier {
-                    println!("DP-FedAvg: noise multiplier {z:.3}");
+                    println!("differential privacy: noise multiplier {z:.3}");
                 }
                 println!(
                     "{:>5} {:>12} {:>10} {:>9} {:>8} {:>8} {:>10} {:>8}",

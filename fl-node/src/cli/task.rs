@@ -10,8 +10,10 @@ use clap::{Args, Subcommand};
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
+use fl_core::privacy::{accountant, plan};
 use fl_core::records::{
-    Announcement, DataSource, DpParams, Evaluation, Manifest, PeerId, Signed, Task, ranking,
+    Announcement, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed,
+    Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use fl_node::net::{Node, fetch_dag};
@@ -71,14 +73,28 @@ pub(super) struct Create {
     /// Only these peers may take part (repeatable); default: anyone.
     #[arg(long = "member", value_name = "PEER_ID")]
     members: Vec<PeerId>,
-    /// DP: clip each update to this L2 norm.
-    #[arg(long, requires = "dp_noise")]
+    /// DP: what is protected: `client` (DP-FedAvg, each node's update clipped and noised
+    /// once a round) or `sample` (DP-SGD on every node, each example's gradient clipped and
+    /// noise at every step). DP is on when --dp-clip, --dp-noise or --dp-epsilon is given.
+    #[arg(long = "dp", value_name = "LEVEL", default_value = "client", value_parser = super::dp_level_arg)]
+    dp_level: DpLevel,
+    /// DP: the L2 norm each update (client) or each example's gradient (sample) is clipped
+    /// to; default 1.0.
+    #[arg(long, allow_negative_numbers = true)]
     dp_clip: Option<f64>,
-    /// DP: noise multiplier z (std dev z x clip per coordinate).
-    #[arg(long, requires = "dp_clip")]
+    /// DP: noise multiplier z (std dev z x clip); omit it and give --dp-epsilon to derive it.
+    #[arg(long, allow_negative_numbers = true)]
     dp_noise: Option<f64>,
+    /// DP: the epsilon to spend over all rounds. At the sample level it is each node's
+    /// budget: a node stops contributing before a round that would take it past.
+    #[arg(long, allow_negative_numbers = true)]
+    dp_epsilon: Option<f64>,
+    /// DP: the neighbouring relation epsilon is for: add-remove, or replace-one (client
+    /// level; accounted at sensitivity 2 x clip).
+    #[arg(long, default_value = "add-remove", value_parser = neighbours_arg)]
+    dp_neighbours: Neighbours,
     /// DP: the delta epsilon is reported at.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     dp_delta: f64,
     /// Seed for data order and noise streams.
     #[arg(long, default_value_t = 0)]
@@ -121,18 +137,21 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         .rule
         .parse()
         .with_context(|| format!("--rule {}", c.rule))?;
-    let data = match (c.data, c.own_data) {
+    let (data, smallest_shard) = match (c.data, c.own_data) {
         (Some(manifest), _) => {
-            datasets::shard::manifest(repo.blocks(), &manifest).with_context(|| {
+            let m = datasets::shard::manifest(repo.blocks(), &manifest).with_context(|| {
                 format!(
                     "--data {manifest}: not a dataset manifest in this repo (run `fl data publish`)"
                 )
             })?;
-            DataSource::Shards { manifest }
+            let smallest = m.shards.iter().map(|s| s.samples).min();
+            (DataSource::Shards { manifest }, smallest)
         }
-        (None, true) => DataSource::OwnData,
+        (None, true) => (DataSource::OwnData, None),
         (None, false) => bail!("give --data MANIFEST_CID (from `fl data publish`) or --own-data"),
     };
+    let train = c.training.params(c.schedule);
+    let dp = dp_params(&c, &train, smallest_shard)?;
     let initial_model = match c.init {
         Some(cid) => {
             let model = Bundle::load(repo, &cid).with_context(|| format!("--init {cid}"))?;
@@ -154,19 +173,12 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         architecture: arch.name().to_string(),
         initial_model,
         data,
-        train: c.training.params(c.schedule),
+        train,
         rounds: c.rounds,
         min_participants: c.min_participants,
         round_deadline_ms: seconds("deadline", c.deadline)?,
         grace_ms: seconds("grace", c.grace)?,
-        dp: match (c.dp_clip, c.dp_noise) {
-            (Some(clip_norm), Some(noise_multiplier)) => Some(DpParams {
-                clip_norm,
-                noise_multiplier,
-                delta: c.dp_delta,
-            }),
-            _ => None,
-        },
+        dp,
         rule: c.rule,
         members: (!c.members.is_empty()).then_some(c.members),
         flops_per_sample: arch.training_flops_per_sample(),
@@ -180,6 +192,94 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
     repo.pin(&cid, PinMode::Recursive)?;
     println!("{cid}");
     Ok(())
+}
+
+/// Parses a neighbouring relation: `add-remove` or `replace-one`.
+fn neighbours_arg(text: &str) -> Result<Neighbours, String> {
+    match text {
+        "add-remove" => Ok(Neighbours::AddRemove),
+        "replace-one" => Ok(Neighbours::ReplaceOne),
+        other => Err(format!(
+            "unknown neighbouring relation {other:?}: `add-remove` or `replace-one`"
+        )),
+    }
+}
+
+/// The task's DP section from the `--dp*` flags, deriving the noise from --dp-epsilon where
+/// it is not given; `smallest_shard` is the fewest examples a node trains on, when known.
+fn dp_params(
+    c: &Create,
+    train: &fl_core::records::TrainParams,
+    smallest_shard: Option<u64>,
+) -> anyhow::Result<Option<DpParams>> {
+    if c.dp_clip.is_none() && c.dp_noise.is_none() && c.dp_epsilon.is_none() {
+        return Ok(None);
+    }
+    let clip_norm = c.dp_clip.unwrap_or(1.0);
+    plan::check_clip(clip_norm).context("--dp-clip")?;
+    if let Some(z) = c.dp_noise {
+        plan::check_noise(z).context("--dp-noise")?;
+    }
+    if let Some(e) = c.dp_epsilon
+        && !(e.is_finite() && e > 0.0)
+    {
+        return Err(plan::PlanError::Epsilon(e)).context("--dp-epsilon");
+    }
+    let noise_multiplier = match (c.dp_level, c.dp_noise, c.dp_epsilon) {
+        (_, Some(z), _) => z,
+        (DpLevel::Client, None, Some(epsilon)) => {
+            let z = accountant::noise_for_epsilon(1.0, u64::from(c.rounds), c.dp_delta, epsilon)
+                .context("--dp-epsilon")?;
+            match c.dp_neighbours {
+                Neighbours::AddRemove => z,
+                // Sensitivity 2C: twice the noise for the same epsilon.
+                Neighbours::ReplaceOne => 2.0 * z,
+            }
+        }
+        (DpLevel::Sample, None, Some(epsilon)) => {
+            let Some(n) = smallest_shard else {
+                bail!(
+                    "--dp-epsilon at the sample level with --own-data: the task cannot know how many examples each node has; give --dp-noise"
+                );
+            };
+            let batch = u64::from(train.batch_size);
+            let per_round = match train.steps {
+                Some(steps) => u64::from(steps),
+                None => u64::from(train.epochs) * n.div_ceil(batch.max(1)),
+            };
+            let target = plan::DpSgdTarget {
+                epsilon,
+                delta: c.dp_delta,
+                clip_norm,
+            };
+            target
+                .plan(n, batch, per_round * u64::from(c.rounds))
+                .context("--dp-epsilon")?
+                .noise_multiplier
+        }
+        (_, None, None) => bail!("give --dp-noise or --dp-epsilon with --dp-clip"),
+    };
+    if c.dp_level == DpLevel::Sample
+        && let Some(n) = smallest_shard
+        && !(c.dp_delta > 0.0 && c.dp_delta < 1.0 / n as f64)
+    {
+        return Err(plan::PlanError::Delta {
+            delta: c.dp_delta,
+            examples: n,
+        })
+        .context("--dp-delta");
+    }
+    Ok(Some(DpParams {
+        clip_norm,
+        noise_multiplier,
+        delta: c.dp_delta,
+        level: Some(c.dp_level),
+        neighbours: Some(c.dp_neighbours),
+        epsilon_budget: match c.dp_level {
+            DpLevel::Sample => c.dp_epsilon,
+            DpLevel::Client => None,
+        },
+    }))
 }
 
 pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
@@ -393,6 +493,31 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
         }
     }
     let total: u128 = credits.values().sum();
+    // Sample-level DP: each node's epsilon, the latest (largest) its contributions state.
+    let mut spent: BTreeMap<PeerId, f64> = BTreeMap::new();
+    for (_, m) in &chain {
+        for c in &m.body.contributions {
+            if let Some(e) = c.epsilon {
+                let at = spent.entry(c.peer).or_insert(e);
+                *at = at.max(e);
+            }
+        }
+    }
+    let privacy = task.dp.as_ref().map(|dp| {
+        serde_json::json!({
+            "level": dp.level().name(),
+            "neighbours": dp.neighbours().name(),
+            "delta": dp.delta,
+            "noise_multiplier": dp.noise_multiplier,
+            "clip_norm": dp.clip_norm,
+            "epsilon_budget": dp.epsilon_budget,
+            "epsilon": chain.last().and_then(|(_, m)| m.body.epsilon),
+            "nodes": spent.iter().map(|(p, e)| serde_json::json!({
+                "peer": p.to_string(),
+                "epsilon": e,
+            })).collect::<Vec<_>>(),
+        })
+    });
     let next_ranking: Vec<PeerId> = match chain.last() {
         Some((cid, m)) if head_round < task.rounds => ranking(
             cid,
@@ -425,6 +550,7 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
                 "credits": c.to_string(),
                 "share": if total == 0 { 0.0 } else { *c as f64 / total as f64 },
             })).collect::<Vec<_>>(),
+            "privacy": privacy,
         });
         println!("{value}");
         return Ok(());
@@ -455,6 +581,26 @@ pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {
         println!("next round's aggregators, in rank order (if the same peers take part):");
         for (rank, peer) in next_ranking.iter().enumerate() {
             println!("  {rank}: {peer}");
+        }
+    }
+    if let Some(dp) = &task.dp {
+        let budget = dp
+            .epsilon_budget
+            .map_or(String::new(), |b| format!(", budget {b} per node"));
+        println!(
+            "privacy: {} level, {} neighbours, delta {:e}, noise multiplier {:.4}, clip {}{budget}",
+            dp.level(),
+            dp.neighbours(),
+            dp.delta,
+            dp.noise_multiplier,
+            dp.clip_norm
+        );
+        match chain.last().and_then(|(_, m)| m.body.epsilon) {
+            Some(e) if spent.is_empty() => println!("  epsilon so far: {e:.4}"),
+            _ => {}
+        }
+        for (peer, e) in &spent {
+            println!("  {peer}  epsilon {e:.4}");
         }
     }
     println!("credits (samples x epochs x training FLOPs per sample):");

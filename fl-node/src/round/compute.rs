@@ -7,7 +7,9 @@ use std::sync::Arc;
 use aggregator::{AggregatorConfig, Contribution as Offered, ServerState, aggregate_round};
 use cid::Cid;
 use fl_core::content::Repo;
-use fl_core::records::{Announcement, Contribution, Manifest, PeerId, Rejected, Signed, Task};
+use fl_core::records::{
+    Announcement, Contribution, DpLevel, Manifest, PeerId, Rejected, Signed, Task,
+};
 use fl_core::tensors::Bundle;
 
 use super::RoundError;
@@ -114,9 +116,10 @@ pub fn aggregate(
                     samples as f64 / total as f64
                 },
                 credits: task.credits(samples),
+                epsilon: sample_epsilon(task, samples, base.round),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
     let rejected = outcome
         .rejected
         .iter()
@@ -160,13 +163,16 @@ pub fn aggregate(
     };
     let (epsilon, delta) = match &task.dp {
         Some(dp) => {
-            let eps = fl_core::privacy::accountant::epsilon_for(
-                1.0,
-                dp.noise_multiplier,
-                u64::from(base.round),
-                dp.delta,
-            )
-            .ok();
+            let eps = match dp.level() {
+                DpLevel::Client => dp.client_epsilon(base.round).ok(),
+                // Each node's own; the round states the weakest guarantee among them.
+                DpLevel::Sample => contributions
+                    .iter()
+                    .filter_map(|c| c.epsilon)
+                    .fold(None, |most: Option<f64>, e| {
+                        Some(most.map_or(e, |m| m.max(e)))
+                    }),
+            };
             (eps, Some(dp.delta))
         }
         None => (None, None),
@@ -190,6 +196,16 @@ pub fn aggregate(
         model: outcome.model,
         state: outcome.state,
     })
+}
+
+/// Sample-level DP: the epsilon a contributor with `samples` examples has spent through
+/// `round` (see [`DpParams::sample_epsilon`](fl_core::records::DpParams::sample_epsilon)).
+pub fn sample_epsilon(task: &Task, samples: u64, round: u32) -> Option<f64> {
+    let dp = task
+        .dp
+        .as_ref()
+        .filter(|dp| dp.level() == DpLevel::Sample)?;
+    dp.sample_epsilon(&task.train, samples, round).ok()
 }
 
 /// Largest sample count an announcement may claim (more than any single node holds).

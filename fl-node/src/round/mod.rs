@@ -73,6 +73,19 @@ pub enum RoundError {
     /// The training data is unusable.
     #[error("data: {0}")]
     Data(String),
+    /// Sample-level DP: training this round would take this node's data past the task's
+    /// epsilon budget, so the node stops contributing.
+    #[error(
+        "privacy budget spent: round {round} would take this node's epsilon to {epsilon:.4}, past the task's budget of {budget}; this node stops contributing"
+    )]
+    BudgetSpent {
+        /// The round it would have trained.
+        round: u32,
+        /// The epsilon after that round.
+        epsilon: f64,
+        /// The task's budget.
+        budget: f64,
+    },
     /// A manifest does not hold up to recomputation.
     #[error("manifest refuted: {0}")]
     Refuted(String),

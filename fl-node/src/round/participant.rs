@@ -16,7 +16,9 @@ use datasets::pipeline::{Pipeline, PipelineConfig};
 use datasets::shard;
 use fl_core::content::{Blockstore, Repo, pins::PinMode};
 use fl_core::errors::chain;
-use fl_core::model::{Architecture, Backend, Batch, Classifier, Momentum, TrainConfig};
+use fl_core::model::{
+    Architecture, Backend, Batch, Classifier, DpSgdConfig, Momentum, TrainConfig,
+};
 use fl_core::records::{
     Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
 };
@@ -133,6 +135,9 @@ pub enum Event {
         samples: u64,
         /// Seconds of local training.
         train_seconds: f64,
+        /// Sample-level DP: the epsilon this node's data has spent, this round included.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epsilon: Option<f64>,
     },
     /// This node is aggregating the round.
     Aggregating {
@@ -368,6 +373,8 @@ struct Trained {
     update: Bundle,
     samples: u64,
     seconds: f64,
+    /// Sample-level DP: the epsilon this node's data has spent, this round included.
+    epsilon: Option<f64>,
 }
 
 /// A better chain: its manifests from round `from` (where it parts from this node's) on.
@@ -518,12 +525,15 @@ impl Participant {
                         (done, head, head_manifest) = before;
                         continue;
                     }
-                    if let Some((update, samples)) = self.announced_before(&ctx, &base).await? {
+                    if let Some((update, samples, epsilon)) =
+                        self.announced_before(&ctx, &base).await?
+                    {
                         emit(&Event::Announced {
                             round,
                             update: update.to_string(),
                             samples,
                             train_seconds: 0.0,
+                            epsilon,
                         });
                     }
                 } else {
@@ -552,12 +562,14 @@ impl Participant {
                         }
                     };
                     train_seconds = trained.seconds;
+                    let epsilon = trained.epsilon;
                     let (update, samples) = self.announce(&ctx, &base, trained).await?;
                     emit(&Event::Announced {
                         round,
                         update: update.to_string(),
                         samples,
                         train_seconds,
+                        epsilon,
                     });
                 }
                 let (cid, signed, checked) = match self
@@ -729,7 +741,7 @@ impl Participant {
         &self,
         ctx: &Ctx,
         base: &RoundBase,
-    ) -> Result<Option<(Cid, u64)>, RoundError> {
+    ) -> Result<Option<(Cid, u64, Option<f64>)>, RoundError> {
         let round = base.round;
         let Some(cid) = self.rounds.announced(&ctx.task_cid, round)? else {
             return Ok(None);
@@ -742,7 +754,11 @@ impl Participant {
         }
         // Otherwise it was made on a model the chain no longer holds: that round went on
         // without it.
-        Ok(Some((signed.body.update, signed.body.samples)))
+        Ok(Some((
+            signed.body.update,
+            signed.body.samples,
+            signed.body.epsilon,
+        )))
     }
 
     /// Trains on the local data from the round's model, then clips and noises the update
@@ -780,6 +796,35 @@ impl Participant {
             .filter(|(last, _)| last + 1 == round)
             .map(|(_, momentum)| momentum);
         let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
+        // Sample-level DP: DP-SGD on every local step, within the task's epsilon budget.
+        let private = task
+            .dp
+            .clone()
+            .filter(|dp| dp.level() == fl_core::records::DpLevel::Sample);
+        let epsilon = match &private {
+            Some(dp) => {
+                let samples = images.len() as u64;
+                if dp.delta >= 1.0 / samples.max(1) as f64 {
+                    let refused = fl_core::privacy::plan::PlanError::Delta {
+                        delta: dp.delta,
+                        examples: samples,
+                    };
+                    return Err(RoundError::Train(refused.to_string()));
+                }
+                let epsilon = dp
+                    .sample_epsilon(&task.train, samples, round)
+                    .map_err(|e| RoundError::Train(format!("privacy accounting: {e}")))?;
+                if let Some(budget) = dp.epsilon_budget.filter(|&b| epsilon > b) {
+                    return Err(RoundError::BudgetSpent {
+                        round,
+                        epsilon,
+                        budget,
+                    });
+                }
+                Some(epsilon)
+            }
+            None => None,
+        };
         let started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -792,11 +837,22 @@ impl Participant {
                 weight_decay: t.weight_decay,
                 proximal_mu: t.proximal_mu,
                 seed,
+                dp_sgd: private.map(|dp| DpSgdConfig {
+                    clip_norm: dp.clip_norm,
+                    noise_multiplier: dp.noise_multiplier,
+                    steps_per_epoch: t.steps.map(|s| s as usize),
+                }),
                 ..TrainConfig::default()
             };
             let mut pipeline = PipelineConfig::training(config.batch_size, seed);
             pipeline.normalization = arch.normalization();
             let batches = match t.steps {
+                // DP-SGD draws its own batches from all the examples, as they are.
+                _ if config.dp_sgd.is_some() => {
+                    pipeline.augment = false;
+                    pipeline.shuffle = false;
+                    Pipeline::new(images, pipeline).collect_epoch(0)
+                }
                 None => Pipeline::new(images, pipeline).collect_epoch(u64::from(round)),
                 Some(steps) => {
                     // One stream of epochs for the node's whole run: each round takes the
@@ -817,7 +873,12 @@ impl Participant {
         .map_err(|e| RoundError::Train(e.to_string()))?
         .map_err(|e| RoundError::Train(e.to_string()))?;
         let mut update = outcome.update;
-        if let Some(dp) = &ctx.task.dp {
+        if let Some(dp) = ctx
+            .task
+            .dp
+            .as_ref()
+            .filter(|dp| dp.level() == fl_core::records::DpLevel::Client)
+        {
             let noise = fl_core::privacy::NoiseConfig::new(dp.clip_norm, dp.noise_multiplier);
             update = fl_core::privacy::privatize(&update, &noise)
                 .map_err(|e| RoundError::Train(format!("clipping and noising: {e}")))?
@@ -827,6 +888,7 @@ impl Participant {
             update,
             samples: outcome.samples as u64,
             seconds: started.elapsed().as_secs_f64(),
+            epsilon,
         })
     }
 
@@ -855,6 +917,7 @@ impl Participant {
                 update: update_cid,
                 samples,
                 epochs: ctx.task.train.epochs,
+                epsilon: trained.epsilon,
             },
             &self.key,
         )?;
