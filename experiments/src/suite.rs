@@ -870,7 +870,9 @@ impl Ctx {
              recipe and z, its own RDP accountant's epsilon. Federated: {nodes} nodes with {shard} images each (IID), one local \
              epoch a round for {epochs} rounds, expected batch {FED_DP_BATCH}, each node running DP-SGD on its own images and \
              stating its own epsilon (the table gives the largest); z is set by the smallest shard. Without DP the same recipe \
-             runs plain SGD (shuffled batches, no clipping, no noise).\n\n{table}\n{opacus_line}\
+             runs plain SGD (shuffled batches, no clipping, no noise): a rate and momentum chosen for clipped gradients, which \
+             plain SGD on unclipped ones can overshoot in its first epochs (the non-private reference of the project's own \
+             recipe is the federated-vs-centralized section).\n\n{table}\n{opacus_line}\
              Client-level DP (each node clipping and noising its whole update, `--dp client`) is not in this table: with \
              {nodes} clients its signal-to-noise ratio is about sqrt(N) / (z sqrt(d)) = 0.001 and every run diverged; it needs \
              populations of many clients sampled each round.\n",

@@ -343,3 +343,48 @@ fn task_create_refuses_dp_settings_that_cannot_work_with_one_message_each() {
     assert_eq!(dp.epsilon_budget, Some(8.0));
     assert_eq!(dp.noise_multiplier, 1.1);
 }
+
+#[test]
+fn privacy_answers_for_dp_sgd_steps_as_well_as_rounds() {
+    let t = Fl::new();
+    // 12,000 examples at expected batch 256 (q = 1/47) for 10 epochs: z = 0.697 spends 8.
+    let out = t.ok(&[
+        "privacy",
+        "--examples",
+        "12000",
+        "--batch",
+        "256",
+        "--steps",
+        "470",
+        "--z",
+        "0.697",
+    ]);
+    let eps: f64 = out
+        .strip_prefix("epsilon = ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((eps - 8.0).abs() < 0.01, "{out}");
+    assert!(
+        out.contains("DP-SGD") && out.contains("steps = 470"),
+        "{out}"
+    );
+    let out = t.ok(&[
+        "privacy",
+        "--q",
+        "0.0212766",
+        "--steps",
+        "470",
+        "--epsilon",
+        "8",
+    ]);
+    assert!(out.starts_with("z = 0.69"), "{out}");
+    // Client level, as before: rounds.
+    let out = t.ok(&["privacy", "--q", "1", "--z", "2", "--rounds", "10"]);
+    assert!(
+        out.starts_with("epsilon = ") && out.contains("rounds = 10"),
+        "{out}"
+    );
+    let (_, err) = t.fails(&["privacy", "--q", "1", "--z", "2"]);
+    assert!(err.contains("--rounds") || err.contains("--steps"), "{err}");
+}

@@ -58,6 +58,12 @@ pub enum DpSgdError {
     /// The accountant refused the settings.
     #[error("privacy accounting")]
     Accountant(#[from] AccountantError),
+    /// A clipped gradient holds NaN or infinity: the loss diverged.
+    #[error("training diverged: the clipped gradient sum of a step holds {value}")]
+    NonFinite {
+        /// The first non-finite value.
+        value: f32,
+    },
 }
 
 /// The settings of one DP-SGD run over `examples` examples, resolved: sampling rate, steps
@@ -156,6 +162,9 @@ impl DpSgd {
             shapes,
             ..
         } = gather;
+        if let Some(&value) = flat.iter().find(|v| !v.is_finite()) {
+            return Err(DpSgdError::NonFinite { value }.into());
+        }
         noise.add_to(&mut flat).map_err(DpSgdError::from)?;
         let scale = (1.0 / self.expected_batch) as f32;
         flat.iter_mut().for_each(|v| *v *= scale);
@@ -291,6 +300,9 @@ pub fn clipped_sum(
     if batch.labels.is_empty() {
         return Err(TrainError::NoData);
     }
+    batch
+        .check_for(architecture.num_classes())
+        .map_err(|source| TrainError::Batch { index: 0, source })?;
     let device = device.clone().autodiff();
     let network = architecture.build(model, &device)?;
     let mut clip = clip(architecture, &network, batch.clone(), clip_norm, &device)?;

@@ -10,7 +10,7 @@
 //! | layer | per-example squared norm | clipped sum `Σ cᵢ gᵢ` |
 //! | --- | --- | --- |
 //! | linear, `y = x W + b` | `‖xᵢ‖² ‖δᵢ‖² + ‖δᵢ‖²` (ghost norm: rank one, never materialised) | `xᵀ (c ⊙ δ)`, `Σ cᵢ δᵢ` |
-//! | conv2d | `‖Uᵢ δᵢᵀ‖² + ‖Σₗ δᵢ‖²` from the unfolded input `Uᵢ`, materialised (`d·p` values per example, fewer than ghost clipping's `2L²` here) | `Σ cᵢ (Uᵢ δᵢᵀ)` |
+//! | conv2d | `‖Uᵢ δᵢᵀ‖² + ‖Σₗ δᵢ‖²` from the unfolded input `Uᵢ`, materialised a few examples at a time (`d·p` values per example, fewer than ghost clipping's `2L²` here) | `Σ cᵢ (Uᵢ δᵢᵀ)` |
 //!
 //! This is book-keeping (Bu et al. 2023, <https://arxiv.org/abs/2210.00038>) with the mixed
 //! ghost norm (Bu et al. 2022, <https://arxiv.org/abs/2205.10683>): the clipped gradient comes
@@ -45,9 +45,15 @@ pub fn gradients(
     batch: &Batch,
     device: &Device,
 ) -> Result<Bundle, PerExampleError> {
+    batch
+        .check_for(architecture.num_classes())
+        .map_err(|e| PerExampleError::Model(e.into()))?;
+    let n = batch.labels.len();
+    if n == 0 {
+        return Err(PerExampleError::NoExamples);
+    }
     let device = device.clone().autodiff();
     let network = architecture.build(model, &device)?;
-    let n = batch.labels.len();
     let mut tape = Tape::default();
     let logits = network.forward_traced(
         images_tensor(architecture, batch.images.clone(), &device),
@@ -77,7 +83,10 @@ pub enum PerExampleError {
         /// What it has.
         what: &'static str,
     },
-    /// A tensor could not be read from the device.
+    /// The batch is empty.
+    #[error("no examples to take gradients of")]
+    NoExamples,
+    /// A tensor could not be read from the device, or the model or batch does not fit.
     #[error(transparent)]
     Model(#[from] ModelError),
 }

@@ -149,16 +149,7 @@ pub fn train_carrying(
     carried: Option<Momentum>,
 ) -> Result<(TrainOutcome, Momentum), TrainError> {
     config.validate()?;
-    let classes = architecture.num_classes();
-    for (index, batch) in data.iter().enumerate() {
-        batch
-            .check_for(classes)
-            .map_err(|source| TrainError::Batch { index, source })?;
-    }
-    let examples = Examples::new(data);
-    if examples.len() == 0 {
-        return Err(TrainError::NoData);
-    }
+    let examples = Examples::checked(data, architecture.num_classes())?;
     let mut trainer = Trainer::new(
         architecture,
         global,
@@ -338,16 +329,7 @@ impl Trainer {
                 reason: "must be set for a private epoch",
             });
         };
-        let classes = self.architecture.num_classes();
-        for (index, batch) in data.iter().enumerate() {
-            batch
-                .check_for(classes)
-                .map_err(|source| TrainError::Batch { index, source })?;
-        }
-        let examples = Examples::new(data);
-        if examples.len() == 0 {
-            return Err(TrainError::NoData);
-        }
+        let examples = Examples::checked(data, self.architecture.num_classes())?;
         let private = super::dp_sgd::DpSgd::new(config, examples.len(), self.config.batch_size);
         let mut sampler = super::dp_sgd::PoissonSampler::new(private.sampling_rate)
             .map_err(|e| TrainError::Private(e.into()))?;
@@ -548,6 +530,21 @@ pub(crate) struct Examples<'a> {
 }
 
 impl<'a> Examples<'a> {
+    /// The examples of `batches`, each batch checked for a model of `classes` classes; at
+    /// least one.
+    fn checked(batches: &'a [Batch], classes: usize) -> Result<Self, TrainError> {
+        for (index, batch) in batches.iter().enumerate() {
+            batch
+                .check_for(classes)
+                .map_err(|source| TrainError::Batch { index, source })?;
+        }
+        let examples = Examples::new(batches);
+        if examples.len() == 0 {
+            return Err(TrainError::NoData);
+        }
+        Ok(examples)
+    }
+
     fn new(batches: &'a [Batch]) -> Self {
         let index = batches
             .iter()

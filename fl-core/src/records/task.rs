@@ -600,4 +600,69 @@ mod tests {
             }
         }
     }
+
+    fn dp(level: Option<DpLevel>, neighbours: Option<Neighbours>, z: f64) -> DpParams {
+        DpParams {
+            clip_norm: 1.0,
+            noise_multiplier: z,
+            delta: 1e-5,
+            level,
+            neighbours,
+            epsilon_budget: None,
+        }
+    }
+
+    #[test]
+    fn replace_one_is_accounted_at_sensitivity_two_c_and_old_records_mean_add_remove() {
+        // Replacing one client's data moves its clipped update by up to 2C: the Gaussian
+        // mechanism at noise z·C with sensitivity 2C is the one at z/2 with sensitivity C.
+        let add_remove = dp(None, None, 4.0);
+        let replace_one = dp(Some(DpLevel::Client), Some(Neighbours::ReplaceOne), 4.0);
+        for round in [1, 10, 100] {
+            let a = add_remove.client_epsilon(round).unwrap();
+            let r = replace_one.client_epsilon(round).unwrap();
+            let half = accountant::epsilon_for(1.0, 2.0, u64::from(round), 1e-5).unwrap();
+            assert_eq!(r, half, "round {round}");
+            assert!(r > a, "round {round}: {r} against {a}");
+        }
+        // A record without the fields is the client level, add-remove, as before they existed.
+        assert_eq!(add_remove.level(), DpLevel::Client);
+        assert_eq!(add_remove.neighbours(), Neighbours::AddRemove);
+        let old = accountant::epsilon_for(1.0, 4.0, 10, 1e-5).unwrap();
+        assert_eq!(add_remove.client_epsilon(10).unwrap(), old);
+    }
+
+    #[test]
+    fn dp_settings_without_privacy_or_with_a_relation_the_level_cannot_account_are_refused() {
+        let mut t = task(RoundSchedule::Constant);
+        for (dp, field) in [
+            (dp(None, None, 0.0), "dp.noise_multiplier"),
+            (dp(None, None, f64::NAN), "dp.noise_multiplier"),
+            (
+                dp(Some(DpLevel::Sample), Some(Neighbours::ReplaceOne), 1.0),
+                "dp.neighbours",
+            ),
+            (
+                DpParams {
+                    epsilon_budget: Some(0.0),
+                    ..dp(Some(DpLevel::Sample), None, 1.0)
+                },
+                "dp.epsilon_budget",
+            ),
+        ] {
+            t.dp = Some(dp);
+            let err = t.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("task: {field} = ")), "{err}");
+        }
+        t.dp = Some(dp(Some(DpLevel::Sample), Some(Neighbours::AddRemove), 1.0));
+        t.validate().unwrap();
+        // The optional fields are left out when absent: older records keep their bytes.
+        t.dp = Some(dp(None, None, 1.0));
+        let bytes = t.to_block().unwrap();
+        let text = format!("{:?}", bytes.data());
+        assert!(
+            !String::from_utf8_lossy(bytes.data()).contains("level"),
+            "{text}"
+        );
+    }
 }

@@ -54,3 +54,35 @@ fn wgpu_training_gives_the_cpu_update() {
     assert!(diff < 1e-2 * largest, "updates differ by {diff}");
     assert!((cpu.epochs[0].loss - gpu.epochs[0].loss).abs() < 1e-3);
 }
+
+/// DP-SGD's per-example gradients (probes, unfolded inputs, batched matmuls) come out the
+/// same on the GPU path: no CPU-only shortcut in the private step.
+#[cfg(feature = "dp")]
+#[test]
+fn wgpu_per_example_gradients_and_clipping_match_the_cpu_backend() {
+    use fl_core::model::dp_sgd::clipped_sum;
+    use fl_core::model::per_example;
+
+    let model = sharpened(23);
+    let images = test_images(8);
+    let cpu = per_example::gradients(ARCH, &model, &images, &Backend::Flex.device()).unwrap();
+    let gpu = per_example::gradients(ARCH, &model, &images, &Backend::Wgpu.device()).unwrap();
+    for (name, t) in cpu.iter() {
+        let g = gpu.get(name).unwrap_or_else(|| panic!("no {name} on wgpu"));
+        assert_eq!(g.shape, t.shape, "{name}");
+        let largest = t.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&t.data, &g.data);
+        eprintln!(
+            "{name}: wgpu vs flex per-example gradients, max abs difference {diff:.3e} (max {largest:.3e})"
+        );
+        assert!(diff < 1e-3 * largest.max(1e-6), "{name}: differ by {diff}");
+    }
+    let cpu = clipped_sum(ARCH, &model, &images, 1.0, &Backend::Flex.device()).unwrap();
+    let gpu = clipped_sum(ARCH, &model, &images, 1.0, &Backend::Wgpu.device()).unwrap();
+    for (a, b) in cpu.norms.iter().zip(&gpu.norms) {
+        assert!((a - b).abs() <= 1e-3 * a, "norms {a} and {b}");
+    }
+    let (a, b) = (cpu.sum.flatten(), gpu.sum.flatten());
+    let largest = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&a, &b) < 1e-3 * largest, "clipped sums differ");
+}

@@ -170,6 +170,33 @@ fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
     })
 }
 
+/// A target epsilon with its clip norm and delta, shared by `fl baseline` (DP-SGD) and `fl
+/// simulate` (either level).
+#[derive(Debug, clap::Args)]
+struct DpTarget {
+    /// Differential privacy reaching this epsilon by the end of training (the noise
+    /// multiplier is derived); default: no DP.
+    #[arg(long, value_name = "EPSILON", allow_negative_numbers = true)]
+    dp_epsilon: Option<f64>,
+    /// The L2 norm each example's gradient (DP-SGD) or each node's update (client level) is
+    /// clipped to.
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        requires = "dp_epsilon",
+        allow_negative_numbers = true
+    )]
+    dp_clip: f64,
+    /// The delta epsilon holds at (DP-SGD: below 1 / the number of training images).
+    #[arg(
+        long,
+        default_value_t = 1e-5,
+        requires = "dp_epsilon",
+        allow_negative_numbers = true
+    )]
+    dp_delta: f64,
+}
+
 /// Parses a DP level: `client` or `sample`.
 fn dp_level_arg(text: &str) -> Result<fl_core::records::DpLevel, String> {
     use fl_core::records::DpLevel;

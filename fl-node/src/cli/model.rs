@@ -97,28 +97,11 @@ pub(super) struct Baseline {
     /// Keep the training set's order every epoch (for exact comparisons).
     #[arg(long)]
     no_shuffle: bool,
-    /// DP-SGD reaching this epsilon after the last epoch: each step a Poisson-sampled batch
-    /// of --batch images on average, every example's gradient clipped to --dp-clip, Gaussian
-    /// noise added (the noise multiplier is derived); images as they are, no augmentation.
-    /// Default: no DP.
-    #[arg(long, value_name = "EPSILON", allow_negative_numbers = true)]
-    dp_epsilon: Option<f64>,
-    /// DP-SGD: the L2 norm each example's gradient is clipped to.
-    #[arg(
-        long,
-        default_value_t = 1.0,
-        requires = "dp_epsilon",
-        allow_negative_numbers = true
-    )]
-    dp_clip: f64,
-    /// DP-SGD: the delta epsilon holds at (below 1 / the number of training images).
-    #[arg(
-        long,
-        default_value_t = 1e-5,
-        requires = "dp_epsilon",
-        allow_negative_numbers = true
-    )]
-    dp_delta: f64,
+    /// DP-SGD with `--dp-epsilon`: each step a Poisson-sampled batch of --batch images on
+    /// average, every example's gradient clipped, Gaussian noise added; images as they are,
+    /// no augmentation.
+    #[command(flatten)]
+    dp: super::DpTarget,
     /// Write the JSON lines here instead of standard output.
     #[arg(long, value_name = "FILE")]
     jsonl: Option<PathBuf>,
@@ -183,12 +166,12 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
     let init_cid = global.store(&repo)?;
     let (train_len, test_len) = (data.train.len(), data.test.len());
     let steps_per_epoch = train_len.div_ceil(cmd.batch.max(1));
-    let private = match cmd.dp_epsilon {
+    let private = match cmd.dp.dp_epsilon {
         Some(epsilon) => {
             let target = DpSgdTarget {
                 epsilon,
-                delta: cmd.dp_delta,
-                clip_norm: cmd.dp_clip,
+                delta: cmd.dp.dp_delta,
+                clip_norm: cmd.dp.dp_clip,
             };
             let steps = (steps_per_epoch * cmd.epochs) as u64;
             Some(
@@ -209,7 +192,7 @@ pub(super) fn baseline(cmd: Baseline, repo: &RepoPath) -> anyhow::Result<()> {
         proximal_mu: 0.0,
         seed: cmd.seed,
         dp_sgd: private.map(|plan| DpSgdConfig {
-            clip_norm: cmd.dp_clip,
+            clip_norm: plan.target.clip_norm,
             noise_multiplier: plan.noise_multiplier,
             steps_per_epoch: None,
         }),

@@ -26,32 +26,13 @@ pub(super) struct Simulate {
     /// How the training set is split: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
     #[arg(long, default_value = "iid")]
     partition: Scheme,
-    /// Differential privacy spending this epsilon over all rounds (the noise is derived);
-    /// default: no DP.
-    #[arg(long, value_name = "EPSILON", allow_negative_numbers = true)]
-    dp_epsilon: Option<f64>,
+    #[command(flatten)]
+    dp: super::DpTarget,
     /// What DP protects: `client` (DP-FedAvg: each node's update clipped and noised once a
     /// round) or `sample` (DP-SGD on every node: each example's gradient clipped, noise at
     /// every step; epsilon is each node's).
     #[arg(long = "dp", value_name = "LEVEL", default_value = "client", value_parser = super::dp_level_arg, requires = "dp_epsilon")]
     dp_level: fl_core::records::DpLevel,
-    /// The delta epsilon holds at.
-    #[arg(
-        long,
-        default_value_t = 1e-5,
-        requires = "dp_epsilon",
-        allow_negative_numbers = true
-    )]
-    dp_delta: f64,
-    /// L2 norm each update (client level) or each example's gradient (sample level) is
-    /// clipped to.
-    #[arg(
-        long,
-        default_value_t = 1.0,
-        requires = "dp_epsilon",
-        allow_negative_numbers = true
-    )]
-    dp_clip: f64,
     /// The aggregation rule: fedavg, fedavgm[:momentum=M], fedadam, fedyogi, median,
     /// trimmed-mean:F, krum:F, norm-bound:N.
     #[arg(long, default_value = "fedavg")]
@@ -136,11 +117,11 @@ impl Simulate {
             train: self.training.params(self.schedule),
             rule: self.aggregation.clone(),
             update_encoding: self.training.update_encoding,
-            privacy: self.dp_epsilon.map(|epsilon| PrivacyTarget {
+            privacy: self.dp.dp_epsilon.map(|epsilon| PrivacyTarget {
                 level: self.dp_level,
                 epsilon,
-                delta: self.dp_delta,
-                clip_norm: self.dp_clip,
+                delta: self.dp.dp_delta,
+                clip_norm: self.dp.dp_clip,
             }),
             min_participants: self.min_participants.unwrap_or(defaults.min_participants),
             deadline: seconds("deadline", self.deadline)?,

@@ -871,7 +871,7 @@ impl Participant {
         })
         .await
         .map_err(|e| RoundError::Train(e.to_string()))?
-        .map_err(|e| RoundError::Train(e.to_string()))?;
+        .map_err(|e| RoundError::Train(chain(&e)))?;
         let mut update = outcome.update;
         if let Some(dp) = ctx
             .task
