@@ -523,4 +523,14 @@ fn nodes_running_dp_sgd_state_their_epsilon_which_stays_within_the_target() {
         let e = n["epsilon"].as_f64().expect("an epsilon");
         assert!(e > 5.9 && e <= 6.0, "{n}");
     }
+    // Anyone can recompute a sample-level round, each contribution's epsilon included.
+    let manifest = rows[1]["manifest"].as_str().expect("a manifest CID");
+    let out = fl(&[
+        "verify",
+        manifest,
+        "--repo",
+        repos.join("node-001").to_str().expect("utf-8 path"),
+    ]);
+    let verdict = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && verdict.contains("valid"), "{verdict}");
 }
