@@ -532,5 +532,8 @@ fn nodes_running_dp_sgd_state_their_epsilon_which_stays_within_the_target() {
         repos.join("node-001").to_str().expect("utf-8 path"),
     ]);
     let verdict = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && verdict.contains("valid"), "{verdict}");
+    assert!(
+        out.status.success() && verdict.contains("valid"),
+        "{verdict}"
+    );
 }
