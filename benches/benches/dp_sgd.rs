@@ -2,7 +2,8 @@
 //! same run, at batch 64 and 256: what per-example clipping and the noise cost, as a ratio.
 //! Each step takes every one of `batch` synthetic CIFAR-shaped images (q = 1, so the batch
 //! size is exactly `batch`); the private step clips each example's gradient to 1 and adds
-//! noise of multiplier 1 to their sum. `clip_only` is the private step without noise.
+//! noise of multiplier 1 to their sum, drawn a step ahead as in training (the trainer keeps the
+//! next draw from one call to the next). `clip_only` is the private step without noise.
 //!
 //!     cargo bench -p benches --bench dp_sgd
 //!

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use datasets::cifar10;
 
-use suite::{Ctx, EXPERIMENTS, Scale, relative};
+use suite::{Ctx, EXPERIMENTS, PrivacyPoint, Scale, relative};
 
 /// The evaluation: CSV, PNG plots and a markdown report from one command.
 #[derive(Debug, Parser)]
@@ -30,6 +30,12 @@ struct Args {
     /// Where the results go.
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// The privacy experiment's targets: epsilons at delta 1e-5, and `none` for no DP.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,8,none")]
+    epsilons: Vec<PrivacyPoint>,
+    /// The seed of every run's initial model and data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Training images of the quick suite.
@@ -69,7 +75,19 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
-    let ctx = Ctx::new(data, data_dir.clone(), scale, args.out.clone());
+    let mut ctx = Ctx::new(data, data_dir.clone(), scale, args.out.clone());
+    let epsilons_flag = if args.epsilons == PrivacyPoint::DEFAULT {
+        String::new()
+    } else {
+        let list: Vec<String> = args.epsilons.iter().map(ToString::to_string).collect();
+        format!("--epsilons {} ", list.join(","))
+    };
+    ctx.privacy_points = args.epsilons;
+    ctx.seed = args.seed;
+    let seed_flag = match args.seed {
+        0 => String::new(),
+        s => format!("--seed {s} "),
+    };
     let sections_dir = args.out.join("sections");
     std::fs::create_dir_all(&sections_dir)
         .with_context(|| format!("creating {}", sections_dir.display()))?;
@@ -79,8 +97,13 @@ fn main() -> anyhow::Result<()> {
             .run(name)
             .with_context(|| format!("experiment {name}"))?;
         eprintln!("{name}: {:.0} s", s.seconds);
+        let flags = if *name == "privacy" {
+            format!("{seed_flag}{epsilons_flag}")
+        } else {
+            seed_flag.clone()
+        };
         let mut text = format!(
-            "## {} ({:.0} s)\n\nMade by `cargo run --release -p experiments -- {name} {suite}--data DIR` on {} training \
+            "## {} ({:.0} s)\n\nMade by `cargo run --release -p experiments -- {name} {suite}{flags}--data DIR` on {} training \
              and {} test images.\n\n{}\n",
             s.title,
             s.seconds,

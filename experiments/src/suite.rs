@@ -56,6 +56,43 @@ struct AnchorRun {
     images_per_sec: f64,
 }
 
+/// One point of the privacy experiment: a target epsilon, or training without DP (`none`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivacyPoint(pub Option<f64>);
+
+impl PrivacyPoint {
+    /// The privacy experiment's points unless told otherwise: epsilon 1, 3, 8 and no DP.
+    pub const DEFAULT: [PrivacyPoint; 4] = [
+        PrivacyPoint(Some(1.0)),
+        PrivacyPoint(Some(3.0)),
+        PrivacyPoint(Some(8.0)),
+        PrivacyPoint(None),
+    ];
+}
+
+impl std::str::FromStr for PrivacyPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Self(None));
+        }
+        match s.parse::<f64>() {
+            Ok(e) if e.is_finite() && e > 0.0 => Ok(Self(Some(e))),
+            _ => Err(format!("{s:?} is neither a positive epsilon nor `none`")),
+        }
+    }
+}
+
+impl std::fmt::Display for PrivacyPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => write!(f, "{e}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 /// How big the runs are.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
@@ -100,6 +137,10 @@ pub struct Ctx {
     pub scale: Scale,
     /// Where files go.
     pub out: PathBuf,
+    /// The privacy experiment's points.
+    pub privacy_points: Vec<PrivacyPoint>,
+    /// The seed of every run's initial model and data order (and of the Opacus runs).
+    pub seed: u64,
     /// The scalability runs, shared with the communication and resource experiments.
     scaling: OnceCell<Vec<(usize, FedRun)>>,
 }
@@ -157,6 +198,8 @@ impl Ctx {
             data_dir,
             scale,
             out,
+            privacy_points: PrivacyPoint::DEFAULT.to_vec(),
+            seed: 0,
             scaling: OnceCell::new(),
         }
     }
@@ -187,6 +230,7 @@ impl Ctx {
     /// The plan every experiment starts from: `nodes` nodes, the suite's rounds.
     fn plan(&self, nodes: usize) -> Plan {
         let mut plan = Plan::new(nodes, self.scale.rounds);
+        plan.seed = self.seed;
         plan.checkers = nodes.min(4);
         plan
     }
@@ -703,7 +747,7 @@ impl Ctx {
         let mut flat: Vec<(String, f64)> = Vec::new();
         let mut opacus_note = None;
         let target = |e: Option<f64>| e.map_or("none".to_string(), |e| e.to_string());
-        for eps in [Some(1.0), Some(3.0), Some(8.0), None] {
+        for &PrivacyPoint(eps) in &self.privacy_points {
             let privacy = eps.map(|epsilon| PrivacyTarget {
                 level: DpLevel::Sample,
                 epsilon,
@@ -904,6 +948,7 @@ impl Ctx {
             .args(["--clip", &DP_CLIP.to_string()])
             .args(["--delta", &DP_DELTA.to_string()])
             .args(["--noise-multiplier", &z.to_string()])
+            .args(["--seed", &self.seed.to_string()])
             .output()
             .with_context(|| {
                 format!("running {python} {script} (set FL_TORCH_PYTHON to a Python with opacus)")
@@ -1200,4 +1245,22 @@ fn failure(e: &anyhow::Error) -> String {
 /// Relative path of `file` from `dir`, for links in the report.
 pub fn relative(file: &Path, dir: &Path) -> String {
     file.strip_prefix(dir).unwrap_or(file).display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrivacyPoint;
+
+    #[test]
+    fn privacy_points_parse_and_print_back() {
+        assert_eq!("none".parse(), Ok(PrivacyPoint(None)));
+        assert_eq!("3".parse(), Ok(PrivacyPoint(Some(3.0))));
+        assert_eq!("0.5".parse(), Ok(PrivacyPoint(Some(0.5))));
+        for bad in ["0", "-1", "inf", "NaN", "eight", ""] {
+            assert!(bad.parse::<PrivacyPoint>().is_err(), "{bad:?}");
+        }
+        for p in PrivacyPoint::DEFAULT {
+            assert_eq!(p.to_string().parse(), Ok(p));
+        }
+    }
 }

@@ -229,6 +229,10 @@ pub struct Trainer {
     device: Device,
     steps_per_epoch: usize,
     epochs_done: usize,
+    /// DP-SGD's next noise, drawn while a step computes; kept from one epoch to the next so
+    /// that an epoch's first step does not wait for its noise either.
+    #[cfg(feature = "dp")]
+    noise: Option<super::dp_sgd::NoiseAhead>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -280,6 +284,8 @@ impl Trainer {
             device,
             steps_per_epoch: steps_per_epoch.max(1),
             epochs_done: 0,
+            #[cfg(feature = "dp")]
+            noise: None,
         })
     }
 
@@ -341,8 +347,11 @@ impl Trainer {
             Ok(examples.gather(&taken))
         });
         // The next step's noise is drawn while this step computes: it does not depend on the data.
-        let mut noise = private.noise_ahead(self.architecture.num_params())?;
-        self.run_epoch(batches, on_step, |trainer, network, batch| {
+        let mut noise = match self.noise.take() {
+            Some(noise) => noise,
+            None => private.noise_ahead(self.architecture.num_params())?,
+        };
+        let metrics = self.run_epoch(batches, on_step, |trainer, network, batch| {
             private.gradients(
                 trainer.architecture,
                 network,
@@ -350,7 +359,9 @@ impl Trainer {
                 &trainer.device,
                 &mut noise,
             )
-        })
+        })?;
+        self.noise = Some(noise);
+        Ok(metrics)
     }
 
     /// The gradient of the batch's mean cross-entropy, with its summed loss and hits.
