@@ -3,6 +3,7 @@
 //! PNG plots and its section of `results/REPORT.md` (kept in `results/sections/`).
 
 mod harness;
+mod privacy;
 mod suite;
 
 use std::path::PathBuf;
@@ -12,7 +13,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use datasets::cifar10;
 
-use suite::{Ctx, EXPERIMENTS, PrivacyPoint, Scale, relative};
+use privacy::PrivacyPoint;
+use suite::{Ctx, EXPERIMENTS, Scale, relative};
 
 /// The evaluation: CSV, PNG plots and a markdown report from one command.
 #[derive(Debug, Parser)]
@@ -36,6 +38,10 @@ struct Args {
     /// The seed of every run's initial model and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The privacy experiment keeps the points already in OUT/privacy.csv that this run does
+    /// not redo (they must have the same seed), so one table and plot show them all.
+    #[arg(long)]
+    merge: bool,
 }
 
 /// Training images of the quick suite.
@@ -84,6 +90,7 @@ fn main() -> anyhow::Result<()> {
     };
     ctx.privacy_points = args.epsilons;
     ctx.seed = args.seed;
+    ctx.merge_privacy = args.merge;
     let seed_flag = match args.seed {
         0 => String::new(),
         s => format!("--seed {s} "),
@@ -98,7 +105,8 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("experiment {name}"))?;
         eprintln!("{name}: {:.0} s", s.seconds);
         let flags = if *name == "privacy" {
-            format!("{seed_flag}{epsilons_flag}")
+            let merge = if args.merge { "--merge " } else { "" };
+            format!("{seed_flag}{epsilons_flag}{merge}")
         } else {
             seed_flag.clone()
         };

@@ -10,88 +10,20 @@ use datasets::cifar10::Cifar10;
 use datasets::partition::Scheme;
 use fl_core::content::Repo;
 use fl_core::model::{Architecture, Batch, Classifier};
-use fl_core::records::{DpLevel, RoundSchedule, TrainParams};
 use fl_core::tensors::{Bundle, Encoding};
 use fl_node::net::{Node, NodeConfig, keys};
 use fl_node::plot::{Series, bar_chart, line_chart};
-use fl_node::simulate::{Failure, Plan, PrivacyTarget, Victim};
+use fl_node::simulate::{Failure, Plan, Victim};
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{Csv, FedRun, centralize, federate, field, pct};
+use crate::privacy::PrivacyPoint;
 
 /// Nodes that recompute every manifest in the scalability runs (the rest check claims).
 const SCALING_CHECKERS: usize = 2;
 
 /// Local SGD steps a round in the short-round federation: the main job's.
 const LOCAL_STEPS: u32 = 5;
-
-/// The privacy experiment's DP-SGD recipe, shared with the Opacus runs: expected batch of the
-/// centralized runs and of each node, learning rate, momentum, clip norm and delta.
-const DP_BATCH: u32 = 256;
-const FED_DP_BATCH: u32 = 128;
-const DP_LR: f64 = 0.1;
-const DP_MOMENTUM: f64 = 0.9;
-const DP_CLIP: f64 = 1.0;
-const DP_DELTA: f64 = 1e-5;
-
-/// The privacy experiment's local training: `batch`, [`DP_LR`], [`DP_MOMENTUM`], no weight
-/// decay, one local epoch a round, a constant rate.
-fn dp_recipe(batch: u32) -> TrainParams {
-    TrainParams {
-        epochs: 1,
-        batch_size: batch,
-        learning_rate: DP_LR,
-        momentum: DP_MOMENTUM,
-        weight_decay: 0.0,
-        proximal_mu: 0.0,
-        schedule: RoundSchedule::Constant,
-        steps: None,
-    }
-}
-
-/// What an anchor's run (Opacus) ended with.
-struct AnchorRun {
-    accuracy: f64,
-    epsilon: f64,
-    images_per_sec: f64,
-}
-
-/// One point of the privacy experiment: a target epsilon, or training without DP (`none`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PrivacyPoint(pub Option<f64>);
-
-impl PrivacyPoint {
-    /// The privacy experiment's points unless told otherwise: epsilon 1, 3, 8 and no DP.
-    pub const DEFAULT: [PrivacyPoint; 4] = [
-        PrivacyPoint(Some(1.0)),
-        PrivacyPoint(Some(3.0)),
-        PrivacyPoint(Some(8.0)),
-        PrivacyPoint(None),
-    ];
-}
-
-impl std::str::FromStr for PrivacyPoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "none" {
-            return Ok(Self(None));
-        }
-        match s.parse::<f64>() {
-            Ok(e) if e.is_finite() && e > 0.0 => Ok(Self(Some(e))),
-            _ => Err(format!("{s:?} is neither a positive epsilon nor `none`")),
-        }
-    }
-}
-
-impl std::fmt::Display for PrivacyPoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(e) => write!(f, "{e}"),
-            None => f.write_str("none"),
-        }
-    }
-}
 
 /// How big the runs are.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +73,8 @@ pub struct Ctx {
     pub privacy_points: Vec<PrivacyPoint>,
     /// The seed of every run's initial model and data order (and of the Opacus runs).
     pub seed: u64,
+    /// The privacy experiment keeps the points of `out/privacy.csv` that it does not redo.
+    pub merge_privacy: bool,
     /// The scalability runs, shared with the communication and resource experiments.
     scaling: OnceCell<Vec<(usize, FedRun)>>,
 }
@@ -200,6 +134,7 @@ impl Ctx {
             out,
             privacy_points: PrivacyPoint::DEFAULT.to_vec(),
             seed: 0,
+            merge_privacy: false,
             scaling: OnceCell::new(),
         }
     }
@@ -228,7 +163,7 @@ impl Ctx {
     }
 
     /// The plan every experiment starts from: `nodes` nodes, the suite's rounds.
-    fn plan(&self, nodes: usize) -> Plan {
+    pub(crate) fn plan(&self, nodes: usize) -> Plan {
         let mut plan = Plan::new(nodes, self.scale.rounds);
         plan.seed = self.seed;
         plan.checkers = nodes.min(4);
@@ -250,7 +185,7 @@ impl Ctx {
         plan
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.out.join(name)
     }
 
@@ -723,270 +658,6 @@ impl Ctx {
         Ok(("Fault tolerance".into(), body, vec![csv, acc, time]))
     }
 
-    fn privacy(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
-        let mut csv = Csv::create(
-            &self.out,
-            "privacy.csv",
-            &[
-                "setup",
-                "epsilon_target",
-                "noise_multiplier",
-                "epsilon_spent",
-                "accuracy",
-                "images_per_sec",
-                "failure",
-            ],
-        )?;
-        let epochs = self.scale.rounds as usize;
-        let nodes = self.scale.nodes;
-        let shard = self.data.train.len() / nodes;
-        let mut table = format!(
-            "| epsilon (delta {DP_DELTA:e}) | centralized DP-SGD | noise z | Opacus, same z | {nodes} nodes, DP-SGD on each | noise z |\n| --- | --- | --- | --- | --- | --- |\n"
-        );
-        let mut points: [Vec<(f64, f64)>; 3] = Default::default();
-        let mut flat: Vec<(String, f64)> = Vec::new();
-        let mut opacus_note = None;
-        let target = |e: Option<f64>| e.map_or("none".to_string(), |e| e.to_string());
-        for &PrivacyPoint(eps) in &self.privacy_points {
-            let privacy = eps.map(|epsilon| PrivacyTarget {
-                level: DpLevel::Sample,
-                epsilon,
-                delta: DP_DELTA,
-                clip_norm: DP_CLIP,
-            });
-            // Centralized: the whole training set, expected batch DP_BATCH.
-            let mut central_plan = self.plan(1);
-            central_plan.train = dp_recipe(DP_BATCH);
-            central_plan.privacy = privacy;
-            let central = centralize(&central_plan, &self.data, epochs)?;
-            csv.row([
-                "centralized".into(),
-                target(eps),
-                field(central.noise_multiplier),
-                field(central.epsilon),
-                field(central.final_accuracy()),
-                format!("{:.2}", central.images_per_sec),
-                String::new(),
-            ])?;
-            // Opacus with the same initial model, data, recipe and noise.
-            let opacus = match (eps, central.noise_multiplier) {
-                (Some(_), Some(z)) => match self.opacus(&central.initial, z, epochs) {
-                    Ok(run) => Some(run),
-                    Err(e) => {
-                        opacus_note.get_or_insert(format!("{e:#}"));
-                        None
-                    }
-                },
-                _ => None,
-            };
-            if let Some(o) = &opacus {
-                csv.row([
-                    "opacus".into(),
-                    target(eps),
-                    field(central.noise_multiplier),
-                    field(Some(o.epsilon)),
-                    field(Some(o.accuracy)),
-                    format!("{:.2}", o.images_per_sec),
-                    String::new(),
-                ])?;
-            }
-            // Federated: every node runs DP-SGD on its own shard, one local epoch a round.
-            let mut fed_plan = self.plan(nodes);
-            fed_plan.train = dp_recipe(FED_DP_BATCH);
-            fed_plan.privacy = privacy;
-            let label = format!("{} nodes, epsilon {}", nodes, target(eps));
-            let fed_z = fed_plan.noise_multiplier(shard as u64).ok().flatten();
-            let fed = federate(&label, &fed_plan, &self.data);
-            let (fed_cell, fed_acc) = match &fed {
-                Ok(run) => {
-                    for r in &run.report.rounds {
-                        csv.row([
-                            format!("federated round {}", r.round),
-                            target(eps),
-                            field(fed_z),
-                            field(r.epsilon),
-                            field(r.accuracy),
-                            String::new(),
-                            String::new(),
-                        ])?;
-                    }
-                    let spent = run.report.rounds.last().and_then(|r| r.epsilon);
-                    let cell = format!(
-                        "{}{}",
-                        pct(run.final_accuracy()),
-                        spent.map_or(String::new(), |e| format!(" (epsilon {e:.2})"))
-                    );
-                    (cell, run.final_accuracy())
-                }
-                Err(e) => {
-                    let why = failure(e);
-                    csv.row([
-                        "federated".into(),
-                        target(eps),
-                        field(fed_z),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        why.clone(),
-                    ])?;
-                    (format!("failed: {why}"), None)
-                }
-            };
-            let z_cell = |z: Option<f64>| z.map_or("-".into(), |z| format!("{z:.3}"));
-            table.push_str(&format!(
-                "| {} | {}{} | {} | {} | {} | {} |\n",
-                target(eps),
-                pct(central.final_accuracy()),
-                central
-                    .epsilon
-                    .map_or(String::new(), |e| format!(" (epsilon {e:.2})")),
-                z_cell(central.noise_multiplier),
-                opacus.as_ref().map_or("-".into(), |o| format!(
-                    "{} (epsilon {:.2})",
-                    pct(Some(o.accuracy)),
-                    o.epsilon
-                )),
-                fed_cell,
-                z_cell(fed_z),
-            ));
-            match eps {
-                Some(e) => {
-                    let mut add = |i: usize, acc: Option<f64>| {
-                        if let Some(a) = acc {
-                            points[i].push((e, 100.0 * a));
-                        }
-                    };
-                    add(0, central.final_accuracy());
-                    add(1, fed_acc);
-                    add(2, opacus.as_ref().map(|o| o.accuracy));
-                }
-                None => {
-                    if let Some(a) = central.final_accuracy() {
-                        flat.push(("centralized, no DP".into(), 100.0 * a));
-                    }
-                    if let Some(a) = fed_acc {
-                        flat.push((format!("{nodes} nodes, no DP"), 100.0 * a));
-                    }
-                }
-            }
-        }
-        let csv = csv.finish()?;
-        let [central, fed, opacus] = points;
-        let mut series = vec![
-            Series {
-                label: "centralized DP-SGD (fl)".into(),
-                points: central,
-            },
-            Series {
-                label: format!("{nodes} nodes, DP-SGD on each (fl)"),
-                points: fed,
-            },
-        ];
-        if !opacus.is_empty() {
-            series.push(Series {
-                label: "centralized DP-SGD (Opacus, same noise)".into(),
-                points: opacus,
-            });
-        }
-        for (label, acc) in flat {
-            series.push(Series {
-                label,
-                points: vec![(1.0, acc), (8.0, acc)],
-            });
-        }
-        let png = self.path("privacy.png");
-        line_chart(
-            &series,
-            "Test accuracy against epsilon (delta 1e-5), DP-SGD with per-example clipping",
-            ("epsilon", "test accuracy (%)"),
-            &png,
-        )?;
-        let opacus_line = match opacus_note {
-            Some(why) => format!("Opacus points are missing: {why}.\n"),
-            None => String::new(),
-        };
-        let body = format!(
-            "Sample-level DP: DP-SGD (Poisson batches, every example's gradient clipped to L2 norm {DP_CLIP}, Gaussian noise \
-             z x {DP_CLIP} on their sum at every step, the Rényi-DP accountant over every step, delta {DP_DELTA:e}), SGD with \
-             learning rate {DP_LR}, momentum {DP_MOMENTUM}, no weight decay, no augmentation, {epochs} epochs. z is the smallest \
-             noise multiplier whose accounting reaches the target epsilon after the last step. Centralized: all {} training \
-             images, expected batch {DP_BATCH}. Opacus 1.6 (`experiments/pytorch/dp_sgd.py`): the same initial model, data, \
-             recipe and z, its own RDP accountant's epsilon. Federated: {nodes} nodes with {shard} images each (IID), one local \
-             epoch a round for {epochs} rounds, expected batch {FED_DP_BATCH}, each node running DP-SGD on its own images and \
-             stating its own epsilon (the table gives the largest); z is set by the smallest shard. Without DP the same recipe \
-             runs plain SGD (shuffled batches, no clipping, no noise): a rate and momentum chosen for clipped gradients, which \
-             plain SGD on unclipped ones can overshoot in its first epochs (the non-private reference of the project's own \
-             recipe is the federated-vs-centralized section).\n\n{table}\n{opacus_line}\
-             Client-level DP (each node clipping and noising its whole update, `--dp client`) is not in this table: with \
-             {nodes} clients its signal-to-noise ratio is about sqrt(N) / (z sqrt(d)) = 0.001 and every run diverged; it needs \
-             populations of many clients sampled each round.\n",
-            self.data.train.len(),
-        );
-        Ok(("Privacy".into(), body, vec![csv, png]))
-    }
-
-    /// Opacus on the same initial model and data with the privacy experiment's recipe and
-    /// noise multiplier `z`, run by `experiments/pytorch/dp_sgd.py` in `$FL_TORCH_PYTHON`.
-    fn opacus(&self, initial: &Bundle, z: f64, epochs: usize) -> anyhow::Result<AnchorRun> {
-        let python = std::env::var("FL_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-        let dir = tempfile::tempdir().context("making a scratch directory")?;
-        let init = dir.path().join("init.safetensors");
-        std::fs::write(&init, initial.to_safetensors()?)
-            .with_context(|| format!("writing {}", init.display()))?;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pytorch/dp_sgd.py");
-        let out = std::process::Command::new(&python)
-            .arg(script)
-            .arg(&init)
-            .arg(&self.data_dir)
-            .args(["--mode", "opacus", "--images"])
-            .arg(self.data.train.len().to_string())
-            .args(["--epochs", &epochs.to_string()])
-            .args(["--batch", &DP_BATCH.to_string()])
-            .args(["--lr", &DP_LR.to_string()])
-            .args(["--momentum", &DP_MOMENTUM.to_string()])
-            .args(["--weight-decay", "0"])
-            .args(["--clip", &DP_CLIP.to_string()])
-            .args(["--delta", &DP_DELTA.to_string()])
-            .args(["--noise-multiplier", &z.to_string()])
-            .args(["--seed", &self.seed.to_string()])
-            .output()
-            .with_context(|| {
-                format!("running {python} {script} (set FL_TORCH_PYTHON to a Python with opacus)")
-            })?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            anyhow::bail!(
-                "{python} {script} failed: {}",
-                err.trim().lines().last().unwrap_or("")
-            );
-        }
-        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let done = lines
-            .iter()
-            .find(|l| l["event"] == "done")
-            .context("Opacus printed no result")?;
-        let epochs_run: Vec<&serde_json::Value> =
-            lines.iter().filter(|l| l["event"] == "epoch").collect();
-        let speed = epochs_run
-            .iter()
-            .filter_map(|l| l["images_per_sec"].as_f64())
-            .sum::<f64>()
-            / epochs_run.len().max(1) as f64;
-        eprintln!(
-            "  Opacus: accuracy {:.2}%, epsilon {:.3}, {speed:.1} images/s",
-            100.0 * done["test_accuracy"].as_f64().unwrap_or(f64::NAN),
-            done["epsilon"].as_f64().unwrap_or(f64::NAN)
-        );
-        Ok(AnchorRun {
-            accuracy: done["test_accuracy"].as_f64().context("no test accuracy")?,
-            epsilon: done["epsilon"].as_f64().context("no epsilon")?,
-            images_per_sec: speed,
-        })
-    }
-
     fn non_iid(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
         let mut csv = Csv::create(
             &self.out,
@@ -1236,7 +907,7 @@ impl Ctx {
 }
 
 /// Why a federation failed, in one line fit for a CSV field and a table cell.
-fn failure(e: &anyhow::Error) -> String {
+pub(crate) fn failure(e: &anyhow::Error) -> String {
     let root = e.chain().last().map_or(String::new(), |c| c.to_string());
     eprintln!("  failed: {e:#}");
     root.replace([',', '|', '\n'], ";")
@@ -1245,22 +916,4 @@ fn failure(e: &anyhow::Error) -> String {
 /// Relative path of `file` from `dir`, for links in the report.
 pub fn relative(file: &Path, dir: &Path) -> String {
     file.strip_prefix(dir).unwrap_or(file).display().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PrivacyPoint;
-
-    #[test]
-    fn privacy_points_parse_and_print_back() {
-        assert_eq!("none".parse(), Ok(PrivacyPoint(None)));
-        assert_eq!("3".parse(), Ok(PrivacyPoint(Some(3.0))));
-        assert_eq!("0.5".parse(), Ok(PrivacyPoint(Some(0.5))));
-        for bad in ["0", "-1", "inf", "NaN", "eight", ""] {
-            assert!(bad.parse::<PrivacyPoint>().is_err(), "{bad:?}");
-        }
-        for p in PrivacyPoint::DEFAULT {
-            assert_eq!(p.to_string().parse(), Ok(p));
-        }
-    }
 }
