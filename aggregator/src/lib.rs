@@ -50,7 +50,7 @@
 //! // 1 + (1 * 0.5 + 3 * 2.0) / 4 and 1 + (1 * -1.0 + 3 * 1.0) / 4
 //! assert_eq!(out.model.get("fc.weight").map(|t| t.data.clone()), Some(vec![2.625, 1.5]));
 //! assert_eq!(out.rejected.len(), 1);
-//! assert_eq!(out.rejected[0].reason(), "non-finite");
+//! assert_eq!(out.rejected[0].reason().code(), "non-finite");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use cid::Cid;
+use fl_core::records::RejectReason;
 use fl_core::tensors::{Bundle, TensorError};
 
 use crate::contribution::{Contribution, NodeId, sort_contributions};
@@ -116,15 +117,15 @@ impl Rejection {
         }
     }
 
-    /// A short, stable name of the reason, for metrics and manifests (`"non-finite"`).
-    pub fn reason(&self) -> &'static str {
+    /// The reason's stable code, as manifests record it.
+    pub fn reason(&self) -> RejectReason {
         match self {
-            Rejection::DuplicateSender { .. } => "duplicate-sender",
-            Rejection::WrongBase { .. } => "wrong-base",
-            Rejection::ZeroSamples { .. } => "zero-samples",
-            Rejection::Layout { .. } => "layout",
-            Rejection::NonFinite { .. } => "non-finite",
-            Rejection::NormTooLarge { .. } => "norm-too-large",
+            Rejection::DuplicateSender { .. } => RejectReason::DuplicateSender,
+            Rejection::WrongBase { .. } => RejectReason::WrongBase,
+            Rejection::ZeroSamples { .. } => RejectReason::ZeroSamples,
+            Rejection::Layout { .. } => RejectReason::Layout,
+            Rejection::NonFinite { .. } => RejectReason::NonFinite,
+            Rejection::NormTooLarge { .. } => RejectReason::NormTooLarge,
         }
     }
 }
@@ -159,7 +160,7 @@ impl<'g> Validator<'g> {
                 sender = %r.sender(),
                 update = %r.update(),
                 model = %self.model,
-                reason = r.reason(),
+                reason = r.reason().code(),
                 "update rejected: {r}"
             );
         }

@@ -9,6 +9,7 @@ use aggregator::{
     AggregatorConfig, Contribution, Krum, Rule, ServerState, Strategy, aggregate_round,
 };
 use common::{Gauss, REFERENCE_CNN, bundle, cid, contribution, size};
+use fl_core::records::RejectReason;
 use fl_core::tensors::Bundle;
 
 /// Per-coordinate spread of the common mean, of honest noise, and of the noise attack.
@@ -134,12 +135,12 @@ fn robust_rules_end_near_the_honest_mean_despite_three_attacks() {
         .unwrap()
     };
     let out = validated("fedavg");
-    let rejected: Vec<(&str, &str)> = out
+    let rejected: Vec<(&str, RejectReason)> = out
         .rejected
         .iter()
         .map(|r| (r.sender().as_str(), r.reason()))
         .collect();
-    assert_eq!(rejected, vec![("attack-nan", "non-finite")]);
+    assert_eq!(rejected, vec![("attack-nan", RejectReason::NonFinite)]);
     assert_eq!(out.accepted.len(), 9);
     let fedavg_valid = distance(&out.model, &global, &honest_mean);
     rows.push(("fedavg".into(), "validated (NaN rejected)", fedavg_valid));

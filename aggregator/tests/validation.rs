@@ -86,22 +86,26 @@ fn each_bad_update_is_rejected_with_its_reason_and_the_result_is_unchanged() {
         assert_eq!(out.state, clean.state, "{rule}");
         assert_eq!(out.accepted, clean.accepted, "{rule}");
 
-        let mut reasons: Vec<(String, &str)> = out
+        let mut reasons: Vec<(String, String)> = out
             .rejected
             .iter()
-            .map(|r| (r.sender().to_string(), r.reason()))
+            .map(|r| (r.sender().to_string(), r.reason().to_string()))
             .collect();
         reasons.sort();
+        let reasons: Vec<(&str, &str)> = reasons
+            .iter()
+            .map(|(s, r)| (s.as_str(), r.as_str()))
+            .collect();
         assert_eq!(
             reasons,
             vec![
-                ("bob".to_string(), "duplicate-sender"),
-                ("dave".to_string(), "layout"),
-                ("erin".to_string(), "wrong-base"),
-                ("frank".to_string(), "non-finite"),
-                ("grace".to_string(), "non-finite"),
-                ("heidi".to_string(), "norm-too-large"),
-                ("ivan".to_string(), "zero-samples"),
+                ("bob", "duplicate-sender"),
+                ("dave", "layout"),
+                ("erin", "wrong-base"),
+                ("frank", "non-finite"),
+                ("grace", "non-finite"),
+                ("heidi", "norm-too-large"),
+                ("ivan", "zero-samples"),
             ],
             "{rule}"
         );

@@ -40,8 +40,106 @@ pub struct Rejected {
     pub announcement: Cid,
     /// The update file.
     pub update: Cid,
-    /// Why (the aggregator's reason).
-    pub reason: String,
+    /// Why, as a stable code.
+    pub reason: RejectReason,
+}
+
+/// Why a round left an announced update out, as a stable code. A manifest holds the code and
+/// never an error message, so rewording a message cannot change a manifest's bytes; the
+/// detail goes to the logs of whoever aggregates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// A second update from the same author this round.
+    DuplicateSender,
+    /// Computed against another model than the round's.
+    WrongBase,
+    /// Claims no training samples.
+    ZeroSamples,
+    /// Its tensors do not have the model's names and shapes.
+    Layout,
+    /// It holds a NaN or an infinity.
+    NonFinite,
+    /// Its L2 norm exceeds the task's bound.
+    NormTooLarge,
+    /// Its file is not a tensor bundle.
+    Unreadable,
+    /// Its author did not serve it in time.
+    Unavailable,
+    /// A reason this version has no code for: the free text of a manifest made before reasons
+    /// were codes, or a code of a newer version. Kept as written, so the record still loads
+    /// and its signature verifies, but such a manifest cannot be recomputed here.
+    Unknown(String),
+}
+
+impl RejectReason {
+    /// Every reason this version has a code for.
+    pub const KNOWN: [RejectReason; 8] = [
+        RejectReason::DuplicateSender,
+        RejectReason::WrongBase,
+        RejectReason::ZeroSamples,
+        RejectReason::Layout,
+        RejectReason::NonFinite,
+        RejectReason::NormTooLarge,
+        RejectReason::Unreadable,
+        RejectReason::Unavailable,
+    ];
+
+    /// Its code in manifests (`"non-finite"`), or the text of an unknown reason.
+    pub fn code(&self) -> &str {
+        match self {
+            RejectReason::DuplicateSender => "duplicate-sender",
+            RejectReason::WrongBase => "wrong-base",
+            RejectReason::ZeroSamples => "zero-samples",
+            RejectReason::Layout => "layout",
+            RejectReason::NonFinite => "non-finite",
+            RejectReason::NormTooLarge => "norm-too-large",
+            RejectReason::Unreadable => "unreadable",
+            RejectReason::Unavailable => "unavailable",
+            RejectReason::Unknown(text) => text,
+        }
+    }
+
+    /// The reason a manifest's code names; [`RejectReason::Unknown`] for any other text.
+    pub fn from_code(code: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|r| r.code() == code)
+            .unwrap_or_else(|| RejectReason::Unknown(code.to_string()))
+    }
+
+    /// What it means, for people reading a manifest.
+    pub fn meaning(&self) -> &'static str {
+        match self {
+            RejectReason::DuplicateSender => "a second update from the same author",
+            RejectReason::WrongBase => "computed against another model than the round's",
+            RejectReason::ZeroSamples => "claims no training samples",
+            RejectReason::Layout => "its tensors do not have the model's names and shapes",
+            RejectReason::NonFinite => "holds a NaN or an infinity",
+            RejectReason::NormTooLarge => "its L2 norm exceeds the task's bound",
+            RejectReason::Unreadable => "its file is not a tensor bundle",
+            RejectReason::Unavailable => "its author did not serve it in time",
+            RejectReason::Unknown(_) => "a reason this version does not know",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for RejectReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for RejectReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        Ok(Self::from_code(&code))
+    }
 }
 
 /// Test-set figures of the new model.

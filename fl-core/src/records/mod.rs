@@ -13,7 +13,7 @@ pub mod task;
 pub use announcement::Announcement;
 pub use evaluation::Evaluation;
 pub use libp2p_identity::{Keypair, PeerId, PublicKey};
-pub use manifest::{Contribution, Manifest, Metrics, Rejected};
+pub use manifest::{Contribution, Manifest, Metrics, RejectReason, Rejected};
 pub use rank::{rank_key, ranking};
 pub use signed::{Record, Signed, SignedError};
 pub use task::{

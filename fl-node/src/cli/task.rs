@@ -12,8 +12,8 @@ use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
 use fl_core::privacy::{accountant, plan};
 use fl_core::records::{
-    Announcement, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed,
-    Task, ranking,
+    Announcement, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId,
+    RejectReason, Signed, Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use fl_node::net::{Node, fetch_dag};
@@ -346,7 +346,7 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
         let unavailable: std::collections::HashSet<Cid> = m
             .rejected
             .iter()
-            .filter(|r| r.reason == compute::UNAVAILABLE)
+            .filter(|r| r.reason == RejectReason::Unavailable)
             .map(|r| r.announcement)
             .collect();
         for cid in m
@@ -382,6 +382,15 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
             manifest.signer,
             m.rank
         );
+        for r in &m.rejected {
+            println!(
+                "  rejected: update {} by {}: {} ({})",
+                r.update,
+                r.peer,
+                r.reason,
+                r.reason.meaning()
+            );
+        }
         Ok(())
     })
 }

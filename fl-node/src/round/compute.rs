@@ -8,7 +8,7 @@ use aggregator::{AggregatorConfig, Contribution as Offered, ServerState, aggrega
 use cid::Cid;
 use fl_core::content::Repo;
 use fl_core::records::{
-    Announcement, Contribution, DpLevel, Manifest, PeerId, Rejected, Signed, Task,
+    Announcement, Contribution, DpLevel, Manifest, PeerId, RejectReason, Rejected, Signed, Task,
 };
 use fl_core::tensors::Bundle;
 
@@ -41,9 +41,6 @@ pub struct Aggregated {
     pub state: ServerState,
 }
 
-/// The reason recorded for an announced update the aggregator could not fetch.
-pub const UNAVAILABLE: &str = "update unavailable: its author did not serve it in time";
-
 /// Aggregates the updates `announcements` name (all already in `repo`) onto `base`, as
 /// `task` says, storing the new model (and server state) in `repo`. `unavailable` are
 /// announcements whose updates could not be fetched: listed as rejected, they still count
@@ -69,11 +66,12 @@ pub fn aggregate(
         let delta = match Bundle::load(repo, &body.update) {
             Ok(delta) => delta,
             Err(e) => {
+                tracing::info!(update = %body.update, author = %a.signer, "update unreadable: {e}");
                 unreadable.push(Rejected {
                     peer: a.signer,
                     announcement: *cid,
                     update: body.update,
-                    reason: format!("update unreadable: {e}"),
+                    reason: RejectReason::Unreadable,
                 });
                 continue;
             }
@@ -129,7 +127,7 @@ pub fn aggregate(
                 peer,
                 announcement,
                 update: *r.update(),
-                reason: r.to_string(),
+                reason: r.reason(),
             }
         })
         .chain(unreadable)
@@ -137,7 +135,7 @@ pub fn aggregate(
             peer: a.signer,
             announcement: *cid,
             update: a.body.update,
-            reason: UNAVAILABLE.to_string(),
+            reason: RejectReason::Unavailable,
         }))
         .collect();
     let model_cid = outcome
@@ -309,10 +307,22 @@ pub fn check(
 ) -> Result<(), RoundError> {
     check_claims(task_cid, task, base, manifest, signer, announcements)?;
     let refuted = |why: String| Err(RoundError::Refuted(why));
+    if let Some(r) = manifest
+        .rejected
+        .iter()
+        .find(|r| matches!(r.reason, RejectReason::Unknown(_)))
+    {
+        return refuted(format!(
+            "format: it rejects {} for {:?}, which is not a reason code of this version (a manifest \
+             written before reasons were codes, or by a newer version): it cannot be recomputed here",
+            r.update,
+            r.reason.code()
+        ));
+    }
     let unavailable: HashSet<Cid> = manifest
         .rejected
         .iter()
-        .filter(|r| r.reason == UNAVAILABLE)
+        .filter(|r| r.reason == RejectReason::Unavailable)
         .map(|r| r.announcement)
         .collect();
     let (missing, present): (Vec<_>, Vec<_>) = announcements
@@ -338,4 +348,207 @@ pub fn check(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use fl_core::content::dagcbor;
+    use fl_core::content::unixfs::ImportOptions;
+    use fl_core::records::task::TASK_FORMAT;
+    use fl_core::records::{DataSource, Keypair, RoundSchedule, TrainParams};
+    use fl_core::tensors::Encoding;
+
+    use super::*;
+
+    /// A round of four authors: one good update, one holding a NaN, one file that is not a
+    /// tensor bundle and one its author never served.
+    struct Round {
+        _dir: tempfile::TempDir,
+        repo: Repo,
+        task_cid: Cid,
+        task: Task,
+        base: RoundBase,
+        present: Vec<(Cid, Signed<Announcement>)>,
+        missing: Vec<(Cid, Signed<Announcement>)>,
+    }
+
+    fn round() -> Round {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path().join("repo")).unwrap();
+        let bundle = |values: [f32; 2]| {
+            let mut b = Bundle::new();
+            b.insert("fc.weight", vec![2], values.to_vec()).unwrap();
+            b
+        };
+        let model = bundle([1.0, 1.0]);
+        let model_cid = model.store(&repo).unwrap();
+        let task = Task {
+            format: TASK_FORMAT.into(),
+            name: "typed reasons".into(),
+            architecture: "fedavg-cnn".into(),
+            initial_model: model_cid,
+            data: DataSource::OwnData,
+            train: TrainParams {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                proximal_mu: 0.0,
+                schedule: RoundSchedule::Constant,
+                steps: None,
+            },
+            rounds: 1,
+            min_participants: 1,
+            round_deadline_ms: 1000,
+            grace_ms: 1000,
+            dp: None,
+            rule: "fedavg".into(),
+            members: None,
+            flops_per_sample: 1,
+            seed: 0,
+            update_encoding: Encoding::F32,
+        };
+        let task_cid = dagcbor::encode(&task).unwrap().cid().to_owned();
+        let not_a_bundle = repo
+            .add(&b"not a tensor bundle"[..], &ImportOptions::default())
+            .unwrap()
+            .root;
+        let never_served = repo
+            .add(&b"stored elsewhere"[..], &ImportOptions::default())
+            .unwrap()
+            .root;
+        let updates = [
+            bundle([0.5, -1.0]).store(&repo).unwrap(),
+            bundle([f32::NAN, 0.0]).store(&repo).unwrap(),
+            not_a_bundle,
+            never_served,
+        ];
+        let announced: Vec<(Cid, Signed<Announcement>)> = updates
+            .iter()
+            .enumerate()
+            .map(|(i, update)| {
+                let key = Keypair::ed25519_from_bytes([i as u8 + 1; 32]).unwrap();
+                let body = Announcement {
+                    task: task_cid,
+                    round: 1,
+                    base: model_cid,
+                    update: *update,
+                    samples: 10 * (i as u64 + 1),
+                    epochs: 1,
+                    epsilon: None,
+                };
+                let signed = Signed::sign(body, &key).unwrap();
+                (*signed.to_block().unwrap().cid(), signed)
+            })
+            .collect();
+        let (present, missing) = announced.split_at(3);
+        Round {
+            _dir: dir,
+            repo,
+            task_cid,
+            task,
+            base: RoundBase {
+                round: 1,
+                prev: None,
+                model: Arc::new(model),
+                model_cid,
+                state: ServerState::empty(),
+            },
+            present: present.to_vec(),
+            missing: missing.to_vec(),
+        }
+    }
+
+    impl Round {
+        fn manifest(&self) -> Manifest {
+            aggregate(
+                &self.repo,
+                &self.task_cid,
+                &self.task,
+                &self.base,
+                &self.present,
+                &self.missing,
+            )
+            .unwrap()
+            .manifest
+        }
+
+        fn check(&self, manifest: &Manifest) -> Result<(), RoundError> {
+            let all: Vec<_> = self.present.iter().chain(&self.missing).cloned().collect();
+            let signer = all[0].1.signer;
+            let rank = fl_core::records::ranking(
+                &manifest.rank_anchor(),
+                manifest.round,
+                all.iter().map(|(_, a)| a.signer),
+            )
+            .iter()
+            .position(|p| *p == signer)
+            .unwrap();
+            let manifest = Manifest {
+                rank: rank as u32,
+                ..manifest.clone()
+            };
+            check(
+                &self.repo,
+                &self.task_cid,
+                &self.task,
+                &self.base,
+                &manifest,
+                &signer,
+                &all,
+            )
+        }
+    }
+
+    /// The manifest this round gives, as this version wrote it: a round recomputed by any
+    /// later version, whatever its error messages say, must give these bytes again.
+    const MANIFEST_CID: &str = "bafyreiej42ngi6xz275ydirfpbz5wjatoqeslomlrtp2xcolgupejpagby";
+
+    #[test]
+    fn rejections_are_codes_so_rewording_a_message_cannot_change_a_manifest() {
+        let round = round();
+        let manifest = round.manifest();
+        let reasons: Vec<&RejectReason> = manifest.rejected.iter().map(|r| &r.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                &RejectReason::NonFinite,
+                &RejectReason::Unreadable,
+                &RejectReason::Unavailable
+            ]
+        );
+        let block = dagcbor::encode(&manifest).unwrap();
+        // No error text reaches the bytes: only the codes.
+        let text = String::from_utf8_lossy(block.data());
+        for message in [
+            "holds",
+            "NaN",
+            "unreadable:",
+            "did not serve",
+            "update bafy",
+        ] {
+            assert!(!text.contains(message), "{message:?} in the manifest");
+        }
+        assert_eq!(block.cid().to_string(), MANIFEST_CID);
+        round.check(&manifest).unwrap();
+    }
+
+    #[test]
+    fn a_reason_without_a_code_loads_as_written_and_is_refused_as_a_format() {
+        let round = round();
+        let mut manifest = round.manifest();
+        // As a manifest written before reasons were codes said it.
+        let old = "update unreadable: not a safetensors file";
+        manifest.rejected[1].reason = RejectReason::Unknown(old.into());
+        let block = dagcbor::encode(&manifest).unwrap();
+        let back: Manifest = dagcbor::decode(&block).unwrap();
+        assert_eq!(back, manifest);
+        assert_eq!(dagcbor::encode(&back).unwrap().cid(), block.cid());
+        let err = round.check(&back).unwrap_err().to_string();
+        assert!(err.contains("format:") && err.contains(old), "{err}");
+        for code in RejectReason::KNOWN {
+            assert_eq!(RejectReason::from_code(code.code()), code);
+        }
+    }
 }

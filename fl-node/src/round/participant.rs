@@ -20,7 +20,8 @@ use fl_core::model::{
     Architecture, Backend, Batch, Classifier, DpSgdConfig, Momentum, TrainConfig,
 };
 use fl_core::records::{
-    Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
+    Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, RejectReason, Signed, Task,
+    ranking,
 };
 use fl_core::tensors::Bundle;
 use libp2p::PeerId;
@@ -1665,7 +1666,7 @@ impl Participant {
         let unavailable: HashSet<Cid> = m
             .rejected
             .iter()
-            .filter(|r| r.reason == compute::UNAVAILABLE)
+            .filter(|r| r.reason == RejectReason::Unavailable)
             .map(|r| r.announcement)
             .collect();
         for (cid, a) in &announcements {
