@@ -5,6 +5,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`compute`] | a round's aggregation as a function of published bytes, and its check |
+//! | [`machine`] | the round's decisions (turn, waiting, fork choice, rechecks) as pure functions |
 //! | [`participant`] | the round loop of one node |
 //! | [`inbox`] | announcements and manifests arriving over gossip, verified and sorted by round |
 //! | [`republish`] | a node's latest records sent again, at pauses that grow, for peers that missed them |
@@ -12,6 +13,7 @@
 
 pub mod compute;
 pub mod inbox;
+pub mod machine;
 pub mod participant;
 pub mod republish;
 pub mod store;

@@ -4,7 +4,7 @@
 //! announcers (or the ones before it let their turn pass). Every manifest is recomputed
 //! before it is adopted; adopted rounds and announced updates survive restarts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
+use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
 use super::{RoundError, RoundStore};
 use crate::net::{self, Node, fetch_dag};
@@ -52,10 +53,6 @@ const SETTLE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(200);
 /// How long an aggregator with too few usable updates waits before trying again.
 const RETRY_AGGREGATION: Duration = Duration::from_secs(2);
-/// First pause before a manifest whose inputs could not be fetched is checked again.
-const RECHECK_AFTER: Duration = Duration::from_secs(2);
-/// Longest such pause.
-const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
 /// Tries beyond the first at recomputing a manifest taken on its claims whose inputs cannot
 /// be fetched (pauses of 2, 4, 8 and 16 s) before the node goes back on it.
 const CONFIRM_TRIES: u32 = 4;
@@ -259,61 +256,12 @@ struct Ctx {
     momentum: Arc<Mutex<Option<(u32, Momentum)>>>,
 }
 
-/// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
-/// inputs could not be fetched yet (checked again after a pause that doubles each time).
-#[derive(Default)]
-struct Verdicts {
-    valid: HashSet<Cid>,
-    refuted: HashSet<Cid>,
-    unreachable: HashMap<Cid, (Instant, Duration)>,
-    /// Manifests off this node's chain found no better than it (or not forks of it), and
-    /// the last round decided when they were: looked at again once that changes.
-    settled: HashSet<Cid>,
-    settled_at: u32,
-}
-
 /// What a look at one manifest concluded.
 enum Verdict {
     Valid,
     Refuted,
     /// Its inputs could not be fetched; not to be looked at again before the pause ends.
     NotNow,
-}
-
-impl Verdicts {
-    /// Notes how many rounds are decided: forks settled before that are looked at again.
-    fn decided(&mut self, done: u32) {
-        if self.settled_at != done {
-            self.settled.clear();
-            self.settled_at = done;
-        }
-    }
-
-    /// Notes that what `cid` needs could not be fetched: it is looked at again after a pause
-    /// that doubles each time (returned).
-    fn unreachable_now(&mut self, cid: Cid) -> Duration {
-        let pause = self
-            .unreachable
-            .get(&cid)
-            .map_or(RECHECK_AFTER, |(_, p)| (*p * 2).min(RECHECK_AT_MOST));
-        self.unreachable
-            .insert(cid, (Instant::now() + pause, pause));
-        pause
-    }
-
-    /// Forgets which forks were settled: this node's chain changed.
-    fn forget_forks(&mut self) {
-        self.settled.clear();
-    }
-
-    /// Whether `cid` is worth checking (or is known valid) now.
-    fn open(&self, cid: &Cid) -> bool {
-        !self.refuted.contains(cid)
-            && self
-                .unreachable
-                .get(cid)
-                .is_none_or(|(at, _)| Instant::now() >= *at)
-    }
 }
 
 /// How a round ended for this node.
@@ -323,32 +271,6 @@ enum Decision {
     Adopt(Cid, Signed<Manifest>, bool),
     /// A chain that wins the fork choice against this node's, to follow instead.
     Switch(Reorg),
-}
-
-/// Who a round waits for before its first-ranked aggregator closes it early.
-enum Expected {
-    /// Last round's contributors and latecomers, each while it is heard from.
-    Peers(HashSet<PeerId>),
-    /// First round: how many joined (no peer has re-published anything yet to be heard by).
-    Count(usize),
-}
-
-impl Expected {
-    /// How many updates to wait for now: a peer gone quiet (stopped, cut off) is not waited
-    /// for unless its update is in already, so the round need not wait out its deadline.
-    fn awaited(&self, inbox: &Inbox, me: &PeerId, announced: &[SignedAnnouncement]) -> usize {
-        match self {
-            Expected::Count(n) => *n,
-            Expected::Peers(peers) => {
-                let in_already: HashSet<&PeerId> =
-                    announced.iter().map(|(_, a)| &a.signer).collect();
-                peers
-                    .iter()
-                    .filter(|p| *p == me || in_already.contains(p) || !inbox.gone(p))
-                    .count()
-            }
-        }
-    }
 }
 
 /// Where a node stands on the chain: the last round decided, its manifest's CID and the
@@ -500,14 +422,14 @@ impl Participant {
                     if let Err(e) = self.walk_back(&ctx, round).await {
                         tracing::info!(round, "cannot follow a newer manifest back: {}", chain(&e));
                     }
-                    ctx.inbox
-                        .manifests(round)
-                        .iter()
-                        .any(|(c, m)| m.body.prev == base.prev && lock(&ctx.verdicts).open(c))
+                    ctx.inbox.manifests(round).iter().any(|(c, m)| {
+                        m.body.prev == base.prev && lock(&ctx.verdicts).open(c, Instant::now())
+                    })
                 };
                 if latest == round {
                     for (c, m) in ctx.inbox.manifests(round) {
-                        let open = m.body.prev == base.prev && lock(&ctx.verdicts).open(&c);
+                        let open = m.body.prev == base.prev
+                            && lock(&ctx.verdicts).open(&c, Instant::now());
                         if open
                             && matches!(
                                 self.take_on_claims(&ctx, &base, &c, &m, &mut emit).await,
@@ -963,9 +885,8 @@ impl Participant {
                 Verdict::NotNow if tries < CONFIRM_TRIES => {
                     tries += 1;
                     let pause = lock(&ctx.verdicts)
-                        .unreachable
-                        .get(&p.cid)
-                        .map_or(RECHECK_AFTER, |(_, pause)| *pause);
+                        .pause(&p.cid)
+                        .unwrap_or(machine::RECHECK_AFTER);
                     tokio::time::sleep(pause).await;
                 }
                 Verdict::Refuted | Verdict::NotNow => {
@@ -1142,13 +1063,15 @@ impl Participant {
                 .inbox
                 .manifests(round)
                 .into_iter()
-                .filter(|(c, m)| m.body.prev == base.prev && lock(&ctx.verdicts).open(c))
+                .filter(|(c, m)| {
+                    m.body.prev == base.prev && lock(&ctx.verdicts).open(c, Instant::now())
+                })
                 .collect();
             candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
             for (cid, signed) in candidates {
                 let (checked, missed) = {
                     let v = lock(&ctx.verdicts);
-                    (v.valid.contains(&cid), v.unreachable.contains_key(&cid))
+                    (v.is_valid(&cid), v.pause(&cid).is_some())
                 };
                 if checked || made.as_ref().is_some_and(|(c, _)| *c == cid) {
                     return Ok(Decision::Adopt(cid, signed, true));
@@ -1176,7 +1099,7 @@ impl Participant {
                     .inbox
                     .manifests(round)
                     .iter()
-                    .any(|(c, _)| lock(&ctx.verdicts).open(c));
+                    .any(|(c, _)| lock(&ctx.verdicts).open(c, Instant::now()));
                 if fresh {
                     continue;
                 }
@@ -1196,7 +1119,9 @@ impl Participant {
                     self.prefetch(ctx, round, &base.model_cid);
                 }
                 let awaited = expected
-                    .awaited(&ctx.inbox, &me, &announced)
+                    .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {
+                        ctx.inbox.gone(p)
+                    })
                     .max(min)
                     .max(self.following(ctx, base));
                 if said.elapsed() >= STATUS_EVERY {
@@ -1210,52 +1135,49 @@ impl Participant {
                         "waiting for the round's manifest"
                     );
                 }
-                if let Some(rank) = order.iter().position(|p| *p == me) {
-                    let now = Instant::now();
-                    let enough = announced.len() >= min;
-                    let waiting = retry_at.is_some_and(|t| now < t);
-                    // Those ranked ahead that have gone quiet will not publish: the node
-                    // acts in the place of the first one still heard from.
-                    let ahead = order[..rank].iter().filter(|p| !ctx.inbox.gone(p)).count();
-                    let due = !waiting
-                        && enough
-                        && if ahead == 0 {
-                            announced.len() >= awaited || now >= deadline
-                        } else {
-                            now >= deadline + grace * ahead as u32
-                        };
-                    if due {
-                        if ahead < rank {
-                            tracing::info!(
-                                round,
-                                rank,
-                                quiet = rank - ahead,
-                                "aggregating in the place of peers ranked ahead that went quiet"
-                            );
-                        }
-                        emit(&Event::Aggregating {
+                let view = machine::Round {
+                    order: &order,
+                    announced: announced.len(),
+                    awaited,
+                    min,
+                    deadline,
+                    grace,
+                };
+                let turn =
+                    machine::turn(&view, &me, |p| ctx.inbox.gone(p), retry_at, Instant::now());
+                // Those ranked ahead that have gone quiet will not publish: the node acts in
+                // the place of the first one still heard from.
+                if let Turn::Aggregate { rank, ahead } = turn {
+                    if ahead < rank {
+                        tracing::info!(
                             round,
-                            rank: rank as u32,
-                            updates: announced.len(),
-                        });
-                        match self
-                            .aggregate(ctx, base, data, &announced, rank as u32)
-                            .await
-                        {
-                            Ok(m) => made = Some(m),
-                            Err(e @ RoundError::TooFew { .. }) => {
-                                // Wait for more updates, and try again.
-                                tracing::info!(round, "not closing yet: {e}");
-                                retry_at = Some(Instant::now() + RETRY_AGGREGATION);
-                            }
-                            Err(e) => {
-                                // Leave the round to the next rank rather than stop.
-                                tracing::warn!(round, "cannot aggregate: {e}");
-                                gave_up = true;
-                            }
-                        }
-                        continue;
+                            rank,
+                            quiet = rank - ahead,
+                            "aggregating in the place of peers ranked ahead that went quiet"
+                        );
                     }
+                    emit(&Event::Aggregating {
+                        round,
+                        rank: rank as u32,
+                        updates: announced.len(),
+                    });
+                    match self
+                        .aggregate(ctx, base, data, &announced, rank as u32)
+                        .await
+                    {
+                        Ok(m) => made = Some(m),
+                        Err(e @ RoundError::TooFew { .. }) => {
+                            // Wait for more updates, and try again.
+                            tracing::info!(round, "not closing yet: {e}");
+                            retry_at = Some(Instant::now() + RETRY_AGGREGATION);
+                        }
+                        Err(e) => {
+                            // Leave the round to the next rank rather than stop.
+                            tracing::warn!(round, "cannot aggregate: {e}");
+                            gave_up = true;
+                        }
+                    }
+                    continue;
                 }
             }
             ctx.inbox.changed(POLL).await;
@@ -1282,12 +1204,9 @@ impl Participant {
         for round in ctx.inbox.manifest_rounds() {
             let adopted = ours(round)?;
             let v = lock(&ctx.verdicts);
-            tips.extend(
-                ctx.inbox
-                    .manifests(round)
-                    .into_iter()
-                    .filter(|(c, _)| Some(*c) != adopted && v.open(c) && !v.settled.contains(c)),
-            );
+            tips.extend(ctx.inbox.manifests(round).into_iter().filter(|(c, _)| {
+                Some(*c) != adopted && v.open(c, Instant::now()) && !v.is_settled(c)
+            }));
             if tips.len() >= MAX_TIPS {
                 break;
             }
@@ -1318,7 +1237,7 @@ impl Participant {
                     Ok(bytes) => bytes,
                     Err(e) => {
                         // Looked at again after a pause, like a manifest it cannot check.
-                        let pause = lock(&ctx.verdicts).unreachable_now(tip);
+                        let pause = lock(&ctx.verdicts).unreachable(tip, Instant::now());
                         tracing::info!(%tip, "cannot follow a chain back (again in {pause:?}): {}", chain(&e));
                         continue 'tips;
                     }
@@ -1334,15 +1253,15 @@ impl Participant {
                 }
             };
             let Some(from) = parts.filter(|r| *r <= done) else {
-                lock(&ctx.verdicts).settled.insert(tip);
+                lock(&ctx.verdicts).settled(tip);
                 continue;
             };
             path.reverse();
             let Some(our_cid) = ours(from)? else { continue };
             let our = self.load_manifest(&our_cid)?;
             let (first_cid, first) = &path[0];
-            if (first.body.rank, *first_cid) >= (our.body.rank, our_cid) {
-                lock(&ctx.verdicts).settled.insert(tip);
+            if !machine::wins((first.body.rank, first_cid), (our.body.rank, &our_cid)) {
+                lock(&ctx.verdicts).settled(tip);
                 continue;
             }
             // It wins where it parts: check it round by round from the base we share.
@@ -1363,7 +1282,7 @@ impl Participant {
                     Ok(base) => base,
                     Err(e) => {
                         // Its model could not be fetched yet: the valid part so far counts.
-                        lock(&ctx.verdicts).unreachable_now(cid);
+                        lock(&ctx.verdicts).unreachable(cid, Instant::now());
                         tracing::info!(%cid, "cannot load a rival chain's model: {}", chain(&e));
                         break;
                     }
@@ -1392,14 +1311,12 @@ impl Participant {
         signed: &Signed<Manifest>,
         emit: &mut impl FnMut(&Event),
     ) -> Verdict {
-        if lock(&ctx.verdicts).valid.contains(cid) {
+        if lock(&ctx.verdicts).is_valid(cid) {
             return Verdict::Valid;
         }
         let checked = self.check(ctx, base, signed).await;
         if checked.is_ok() {
-            let mut v = lock(&ctx.verdicts);
-            v.unreachable.remove(cid);
-            v.valid.insert(*cid);
+            lock(&ctx.verdicts).valid(*cid);
         }
         Self::verdict(ctx, cid, signed.body.round, checked, emit)
     }
@@ -1439,12 +1356,12 @@ impl Participant {
             Ok(()) => Verdict::Valid,
             Err(e @ RoundError::Fetch { .. }) => {
                 // Its inputs may turn up (a provider restarts, a connection comes back).
-                let pause = lock(&ctx.verdicts).unreachable_now(*cid);
+                let pause = lock(&ctx.verdicts).unreachable(*cid, Instant::now());
                 tracing::info!(round, %cid, "cannot check a manifest yet (again in {pause:?}): {}", chain(&e));
                 Verdict::NotNow
             }
             Err(e) => {
-                lock(&ctx.verdicts).refuted.insert(*cid);
+                lock(&ctx.verdicts).refuted(*cid);
                 let reason = chain(&e);
                 tracing::warn!(round, %cid, "manifest refuted: {reason}");
                 emit(&Event::Refuted {

@@ -1,0 +1,386 @@
+//! The round's decisions as pure functions of what a node knows and of the time it is told:
+//! whose turn it is to aggregate, how many updates a round waits for, which of two rival
+//! manifests wins, and when a manifest is looked at again. No I/O and no clock of its own,
+//! so each decision is unit-tested in milliseconds; [`Participant`](super::Participant)
+//! gathers what they need, calls them and acts.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use libp2p::PeerId;
+
+/// Pause before a manifest whose inputs could not be fetched is looked at again.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(2);
+/// Longest such pause (it doubles each time).
+pub const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Who a round waits for before its first-ranked aggregator closes it early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Last round's contributors and latecomers, each while it is heard from.
+    Peers(HashSet<PeerId>),
+    /// First round: how many joined (no peer has re-published anything yet to be heard by).
+    Count(usize),
+}
+
+impl Expected {
+    /// How many updates to wait for now: a peer gone `quiet` (stopped, cut off) is not
+    /// waited for unless its update is in already, so the round need not wait out its
+    /// deadline; one heard from again is waited for again.
+    pub fn awaited<'a>(
+        &self,
+        me: &PeerId,
+        announced: impl IntoIterator<Item = &'a PeerId>,
+        quiet: impl Fn(&PeerId) -> bool,
+    ) -> usize {
+        match self {
+            Expected::Count(n) => *n,
+            Expected::Peers(peers) => {
+                let in_already: HashSet<&PeerId> = announced.into_iter().collect();
+                peers
+                    .iter()
+                    .filter(|p| *p == me || in_already.contains(p) || !quiet(p))
+                    .count()
+            }
+        }
+    }
+}
+
+/// What a node knows of a round when it asks whether to aggregate it.
+#[derive(Debug, Clone)]
+pub struct Round<'a> {
+    /// The announcers in rank order (the round's ranking).
+    pub order: &'a [PeerId],
+    /// Updates announced on the round's model.
+    pub announced: usize,
+    /// Updates the first-ranked aggregator waits for before closing early
+    /// ([`Expected::awaited`], at least the task's minimum).
+    pub awaited: usize,
+    /// The task's minimum of updates.
+    pub min: usize,
+    /// When the round closes with whatever arrived.
+    pub deadline: Instant,
+    /// How long each next-ranked aggregator waits for the one before it.
+    pub grace: Duration,
+}
+
+/// Whether it is this node's turn to aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Not an announcer this round: never entitled to aggregate it.
+    NotEntitled,
+    /// Not yet (or not at all, while a peer ranked ahead is still heard from).
+    Wait,
+    /// Aggregate now, as `rank`; `ahead` peers ranked before it are still heard from (fewer
+    /// than `rank` when some went quiet: it acts in their place).
+    Aggregate {
+        /// This node's rank.
+        rank: usize,
+        /// Peers ranked ahead still heard from.
+        ahead: usize,
+    },
+}
+
+/// Whether `me` aggregates `round` at `now`. The first peer still heard from aggregates once
+/// every awaited update is in, or at the deadline; the one after it waits one grace period
+/// more, and so on. Never with fewer than the minimum, nor before `retry_at`.
+pub fn turn(
+    round: &Round<'_>,
+    me: &PeerId,
+    quiet: impl Fn(&PeerId) -> bool,
+    retry_at: Option<Instant>,
+    now: Instant,
+) -> Turn {
+    let Some(rank) = round.order.iter().position(|p| p == me) else {
+        return Turn::NotEntitled;
+    };
+    if retry_at.is_some_and(|t| now < t) || round.announced < round.min {
+        return Turn::Wait;
+    }
+    let ahead = round.order[..rank].iter().filter(|p| !quiet(p)).count();
+    let due = if ahead == 0 {
+        round.announced >= round.awaited || now >= round.deadline
+    } else {
+        now >= round.deadline + round.grace * ahead as u32
+    };
+    if due {
+        Turn::Aggregate { rank, ahead }
+    } else {
+        Turn::Wait
+    }
+}
+
+/// The fork choice between two manifests for one round: the lower rank wins, then the lower
+/// CID. Every honest node that sees both picks the same one.
+pub fn wins(rival: (u32, &Cid), ours: (u32, &Cid)) -> bool {
+    rival < ours
+}
+
+/// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
+/// inputs could not be fetched yet (checked again after a pause that doubles each time).
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    valid: HashSet<Cid>,
+    refuted: HashSet<Cid>,
+    unreachable: HashMap<Cid, (Instant, Duration)>,
+    /// Manifests off this node's chain found no better than it (or not forks of it), and
+    /// the last round decided when they were: looked at again once that changes.
+    settled: HashSet<Cid>,
+    settled_at: u32,
+}
+
+impl Verdicts {
+    /// Notes how many rounds are decided: forks settled before that are looked at again.
+    pub fn decided(&mut self, done: u32) {
+        if self.settled_at != done {
+            self.settled.clear();
+            self.settled_at = done;
+        }
+    }
+
+    /// Notes that what `cid` needs could not be fetched at `now`: it is looked at again after
+    /// a pause that doubles each time (returned).
+    pub fn unreachable(&mut self, cid: Cid, now: Instant) -> Duration {
+        let pause = self
+            .unreachable
+            .get(&cid)
+            .map_or(RECHECK_AFTER, |(_, p)| (*p * 2).min(RECHECK_AT_MOST));
+        self.unreachable.insert(cid, (now + pause, pause));
+        pause
+    }
+
+    /// The pause before `cid` is looked at again, if its inputs were missing.
+    pub fn pause(&self, cid: &Cid) -> Option<Duration> {
+        self.unreachable.get(cid).map(|(_, p)| *p)
+    }
+
+    /// Notes that `cid` held up to recomputation.
+    pub fn valid(&mut self, cid: Cid) {
+        self.unreachable.remove(&cid);
+        self.valid.insert(cid);
+    }
+
+    /// Whether `cid` held up to recomputation.
+    pub fn is_valid(&self, cid: &Cid) -> bool {
+        self.valid.contains(cid)
+    }
+
+    /// Notes that `cid` is wrong: it is never looked at again.
+    pub fn refuted(&mut self, cid: Cid) {
+        self.refuted.insert(cid);
+    }
+
+    /// Notes that fork `cid` is no better than this node's chain (or not a fork of it) while
+    /// the rounds decided stay as they are.
+    pub fn settled(&mut self, cid: Cid) {
+        self.settled.insert(cid);
+    }
+
+    /// Whether `cid` was found no better than this node's chain since the last change.
+    pub fn is_settled(&self, cid: &Cid) -> bool {
+        self.settled.contains(cid)
+    }
+
+    /// Forgets which forks were settled: this node's chain changed.
+    pub fn forget_forks(&mut self) {
+        self.settled.clear();
+    }
+
+    /// Whether `cid` is worth checking (or is known valid) at `now`.
+    pub fn open(&self, cid: &Cid, now: Instant) -> bool {
+        !self.refuted.contains(cid) && self.unreachable.get(cid).is_none_or(|(at, _)| now >= *at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fl_core::content::dagcbor;
+
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    fn cid(n: u8) -> Cid {
+        *dagcbor::encode(&n).unwrap().cid()
+    }
+
+    /// A round of `order` where `announced` updates are in, awaiting `awaited`, minimum 2,
+    /// deadline 60 s after `t0`, grace 10 s.
+    fn round(order: &[PeerId], announced: usize, awaited: usize, t0: Instant) -> Round<'_> {
+        Round {
+            order,
+            announced,
+            awaited,
+            min: 2,
+            deadline: t0 + Duration::from_secs(60),
+            grace: Duration::from_secs(10),
+        }
+    }
+
+    const NONE_QUIET: fn(&PeerId) -> bool = |_| false;
+
+    /// The turn order, everyone heard from: rank 0 closes early when all are in, the others
+    /// only a grace period per rank after the deadline. (Reached otherwise only by real
+    /// processes: `federation.rs::five_nodes_three_rounds_agree_verify_and_improve`.)
+    #[test]
+    fn the_first_ranked_closes_early_and_the_others_wait_their_grace() {
+        let t0 = Instant::now();
+        let order = peers(4);
+        let all_in = round(&order, 4, 4, t0);
+        assert_eq!(
+            turn(&all_in, &order[0], NONE_QUIET, None, t0),
+            Turn::Aggregate { rank: 0, ahead: 0 }
+        );
+        for (rank, p) in order.iter().enumerate().skip(1) {
+            let at = |s: u64| t0 + Duration::from_secs(s);
+            let due = 60 + 10 * rank as u64;
+            assert_eq!(turn(&all_in, p, NONE_QUIET, None, at(due - 1)), Turn::Wait);
+            assert_eq!(
+                turn(&all_in, p, NONE_QUIET, None, at(due)),
+                Turn::Aggregate { rank, ahead: rank }
+            );
+        }
+        assert_eq!(
+            turn(&all_in, &PeerId::random(), NONE_QUIET, None, t0),
+            Turn::NotEntitled
+        );
+    }
+
+    /// Closing with the minimum: before the deadline rank 0 waits for everyone awaited; at
+    /// the deadline it closes with what it has, never with fewer than the minimum.
+    /// (`simulate.rs::rounds_go_on_when_a_node_stops_mid_round` reaches it after a real
+    /// deadline.)
+    #[test]
+    fn a_round_closes_at_its_deadline_with_the_minimum_and_not_below() {
+        let t0 = Instant::now();
+        let order = peers(3);
+        let partial = round(&order[..2], 2, 3, t0);
+        let before = t0 + Duration::from_secs(59);
+        let deadline = t0 + Duration::from_secs(60);
+        assert_eq!(
+            turn(&partial, &order[0], NONE_QUIET, None, before),
+            Turn::Wait
+        );
+        assert_eq!(
+            turn(&partial, &order[0], NONE_QUIET, None, deadline),
+            Turn::Aggregate { rank: 0, ahead: 0 }
+        );
+        let lone = round(&order[..1], 1, 3, t0);
+        let late = t0 + Duration::from_secs(3600);
+        assert_eq!(turn(&lone, &order[0], NONE_QUIET, None, late), Turn::Wait);
+        // After a failed try (too few usable updates), not again before the retry time.
+        let retry = Some(deadline + Duration::from_secs(2));
+        assert_eq!(
+            turn(&partial, &order[0], NONE_QUIET, retry, deadline),
+            Turn::Wait
+        );
+    }
+
+    /// Aggregator failover: peers ranked ahead that went quiet do not hold the round; the
+    /// next one still heard from acts in their place at once, and one that comes back takes
+    /// its turn again. (The decision behind
+    /// `federation.rs::the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes`
+    /// and `simulate.rs::the_aggregator_stops_as_it_starts_and_the_next_in_rank_publishes`.)
+    #[test]
+    fn quiet_peers_ranked_ahead_are_passed_over_and_resume_when_heard_again() {
+        let t0 = Instant::now();
+        let order = peers(4);
+        let all_in = round(&order, 4, 4, t0);
+        let first_two_quiet = |p: &PeerId| *p == order[0] || *p == order[1];
+        assert_eq!(
+            turn(&all_in, &order[2], first_two_quiet, None, t0),
+            Turn::Aggregate { rank: 2, ahead: 0 }
+        );
+        assert_eq!(
+            turn(&all_in, &order[3], first_two_quiet, None, t0),
+            Turn::Wait
+        );
+        let first_back = |p: &PeerId| *p == order[1];
+        assert_eq!(turn(&all_in, &order[2], first_back, None, t0), Turn::Wait);
+        assert_eq!(
+            turn(
+                &all_in,
+                &order[2],
+                first_back,
+                None,
+                t0 + Duration::from_secs(70)
+            ),
+            Turn::Aggregate { rank: 2, ahead: 1 }
+        );
+    }
+
+    /// A peer that goes quiet is not waited for unless its update is in; when it is heard
+    /// again it is awaited again. (The waiting part of
+    /// `federation.rs::two_of_five_killed_the_rest_go_on_and_a_restarted_node_catches_up`.)
+    #[test]
+    fn a_quiet_peer_is_not_awaited_until_it_comes_back() {
+        let all = peers(4);
+        let (me, a, b, c) = (all[0], all[1], all[2], all[3]);
+        let expected = Expected::Peers(all.iter().copied().collect());
+        let quiet_b_c = |p: &PeerId| *p == b || *p == c;
+        assert_eq!(expected.awaited(&me, [&a], quiet_b_c), 2);
+        // c's update arrived before it went quiet: it counts.
+        assert_eq!(expected.awaited(&me, [&a, &c], quiet_b_c), 3);
+        assert_eq!(expected.awaited(&me, [&a], |p| *p == b), 3);
+        assert_eq!(expected.awaited(&me, [&a], NONE_QUIET), 4);
+        // Even quiet, this node waits for itself.
+        assert_eq!(expected.awaited(&me, [], |_| true), 1);
+        assert_eq!(Expected::Count(5).awaited(&me, [], |_| true), 5);
+    }
+
+    /// Fork choice between two rank-0 manifests (two aggregators that each saw a different
+    /// set of updates): the lower CID wins on every node, whichever it adopted first; a lower
+    /// rank wins over any CID. (The choice itself in
+    /// `federation.rs::a_partition_forks_the_chain_and_after_it_heals_every_node_follows_one`.)
+    #[test]
+    fn between_rival_manifests_the_lower_rank_then_the_lower_cid_wins() {
+        let (x, y) = (cid(1), cid(2));
+        let (low, high) = if x < y { (x, y) } else { (y, x) };
+        assert!(wins((0, &low), (0, &high)));
+        assert!(!wins((0, &high), (0, &low)));
+        assert!(!wins((0, &low), (0, &low)));
+        assert!(wins((0, &high), (1, &low)));
+        assert!(!wins((1, &low), (0, &high)));
+    }
+
+    /// A manifest whose inputs are missing is looked at again after 2, 4, 8 ... 30 s; a
+    /// refuted one never; a valid one stays valid. A node that restarts mid-round starts
+    /// from empty verdicts and looks at everything once more.
+    #[test]
+    fn unreachable_manifests_back_off_and_refuted_ones_stay_closed() {
+        let t0 = Instant::now();
+        let m = cid(3);
+        let mut v = Verdicts::default();
+        assert!(v.open(&m, t0));
+        let pauses: Vec<u64> = (0..6).map(|_| v.unreachable(m, t0).as_secs()).collect();
+        assert_eq!(pauses, [2, 4, 8, 16, 30, 30]);
+        assert!(!v.open(&m, t0 + Duration::from_secs(29)));
+        assert!(v.open(&m, t0 + Duration::from_secs(30)));
+        v.valid(m);
+        assert!(v.is_valid(&m) && v.pause(&m).is_none() && v.open(&m, t0));
+        let bad = cid(4);
+        v.refuted(bad);
+        assert!(!v.open(&bad, t0 + Duration::from_secs(3600)));
+        assert!(Verdicts::default().open(&bad, t0));
+    }
+
+    /// A fork found no better stays settled while the rounds decided stay as they are, and is
+    /// looked at again when they change or the chain switches.
+    #[test]
+    fn settled_forks_are_looked_at_again_when_the_chain_moves() {
+        let fork = cid(5);
+        let mut v = Verdicts::default();
+        v.decided(3);
+        v.settled(fork);
+        v.decided(3);
+        assert!(v.is_settled(&fork));
+        v.decided(4);
+        assert!(!v.is_settled(&fork));
+        v.settled(fork);
+        v.forget_forks();
+        assert!(!v.is_settled(&fork));
+    }
+}
