@@ -24,6 +24,7 @@ use fl_core::tensors::Encoding;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::net::{Bitswap, Node, NodeConfig, keys};
 use crate::round::{Event, Limits, Participant, ParticipantConfig, RoundStore};
@@ -631,7 +632,7 @@ pub async fn run(
                 }
             };
             let outcome = tokio::select! {
-                r = participant.run(emit) => Some(r),
+                r = participant.run(emit).instrument(tracing::info_span!("node", n = index)) => Some(r),
                 () = stopped => None,
             };
             (index, outcome)

@@ -26,6 +26,7 @@ use fl_core::records::{
 use fl_core::tensors::Bundle;
 use libp2p::PeerId;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
@@ -325,7 +326,19 @@ impl Participant {
     }
 
     /// Runs the task to its last round; returns the final model's CID.
-    pub async fn run(self, mut emit: impl FnMut(&Event)) -> Result<Cid, RoundError> {
+    pub async fn run(self, emit: impl FnMut(&Event)) -> Result<Cid, RoundError> {
+        // Every line this node logs names it, its task and the round it is in (many nodes
+        // share one process in `fl simulate`).
+        let span = tracing::info_span!(
+            "participant",
+            peer = %short(&self.node.peer_id().to_string()),
+            task = %short(&self.config.task.to_string()),
+            round = tracing::field::Empty,
+        );
+        self.rounds_of_task(emit).instrument(span).await
+    }
+
+    async fn rounds_of_task(self, mut emit: impl FnMut(&Event)) -> Result<Cid, RoundError> {
         let me = self.node.peer_id();
         let task_cid = self.config.task;
         // The record alone: what it links to (model, data) is fetched as it is needed. A
@@ -409,6 +422,7 @@ impl Participant {
         'task: loop {
             while done < task.rounds {
                 let round = done + 1;
+                tracing::Span::current().record("round", round);
                 let opened = Instant::now();
                 let base = self.base(&ctx, round, head, head_manifest.as_ref()).await?;
                 // A node that is behind (restarted, or joined late) does not train for rounds
@@ -749,7 +763,7 @@ impl Participant {
             None => None,
         };
         let started = Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = blocking(move || {
             let _slot = slot;
             let t = &task.train;
             let config = TrainConfig {
@@ -975,10 +989,10 @@ impl Participant {
         let (arch, device) = (ctx.arch, self.config.backend.device());
         let (key, node, repo) = (self.key.clone(), self.node.clone(), self.repo.clone());
         let (inbox, republish, task) = (ctx.inbox.clone(), ctx.republish.clone(), ctx.task_cid);
-        tokio::spawn(async move {
+        spawn(async move {
             let started = Instant::now();
             let (model_cid, bundle) = model;
-            let scored = tokio::task::spawn_blocking(move || {
+            let scored = blocking(move || {
                 Classifier::new(arch, &bundle, &device)?.evaluate(&test, EVAL_BATCH)
             })
             .await;
@@ -1427,7 +1441,7 @@ impl Participant {
             let node = self.node.clone();
             let slots = ctx.prefetching.clone();
             let per_block = self.config.block_timeout;
-            tokio::spawn(async move {
+            spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
@@ -1513,7 +1527,7 @@ impl Participant {
                 base.clone(),
             );
             let slot = self.computing().await?;
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 let _slot = slot;
                 compute::aggregate(&repo, &task_cid, &task, &base, &present, &missing)
             })
@@ -1602,7 +1616,7 @@ impl Participant {
             signed.signer,
         );
         let slot = self.computing().await?;
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let _slot = slot;
             compute::check(
                 &repo,
@@ -1761,6 +1775,24 @@ impl Participant {
         let bytes = self.block_bytes(cid)?;
         Ok(Signed::<Manifest>::from_bytes(cid, &bytes)?)
     }
+}
+
+/// The last six characters of a peer id or CID: enough to tell a task's nodes apart in logs.
+fn short(id: &str) -> &str {
+    id.get(id.len().saturating_sub(6)..).unwrap_or(id)
+}
+
+/// Spawns `task` inside the current span, so that its log lines name the node and round.
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(task.in_current_span());
+}
+
+/// Runs `work` on the blocking pool inside the current span.
+fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> tokio::task::JoinHandle<R> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
