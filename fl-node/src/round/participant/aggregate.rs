@@ -1,0 +1,174 @@
+//! The aggregator's part: who a round waits for, fetching updates ahead, and making the
+//! round's manifest when this node's turn comes.
+
+use super::*;
+
+impl Participant {
+    /// Who closes a round early once they have all announced: last round's contributors and
+    /// those whose updates came too late for it (they are back); in the first round, the
+    /// task's members, or in an open task this node and the peers subscribed to its updates.
+    pub(super) async fn expected_participants(
+        &self,
+        ctx: &Ctx,
+        task: &Task,
+        base: &RoundBase,
+    ) -> Result<Expected, RoundError> {
+        if let Some(prev) = base.prev {
+            let m = self.load_manifest(&prev)?;
+            let mut alive: HashSet<libp2p::PeerId> =
+                m.body.contributions.iter().map(|c| c.peer).collect();
+            // Those whose updates came after the aggregator closed the round, before or
+            // after this node did.
+            alive.extend(ctx.inbox.late(m.body.round));
+            alive.extend(
+                ctx.inbox
+                    .announcements(m.body.round)
+                    .into_iter()
+                    .map(|(_, a)| a.signer),
+            );
+            return Ok(Expected::Peers(alive));
+        }
+        let joined = match &task.members {
+            Some(members) => members.len(),
+            // An open task: this node and the peers following the task's updates.
+            None => {
+                let topic = Task::updates_topic(&ctx.task_cid);
+                1 + self.node.topic_peers(&topic).await?.len()
+            }
+        };
+        Ok(Expected::Count(joined))
+    }
+
+    /// Starts fetching the updates announced for `round` on `base` that are not here yet,
+    /// so an aggregator finds them here (communication overlaps the wait for the slowest
+    /// node).
+    pub(super) fn prefetch(&self, ctx: &Ctx, round: u32, base: &Cid) {
+        let fresh: Vec<(Cid, PeerId)> = {
+            let mut seen = lock(&ctx.prefetched);
+            ctx.inbox
+                .announcements(round)
+                .into_iter()
+                .filter(|(_, a)| a.body.base == *base && a.signer != self.node.peer_id())
+                .map(|(_, a)| (a.body.update, a.signer))
+                .filter(|(u, _)| seen.insert(*u))
+                .collect()
+        };
+        for (update, author) in fresh {
+            let node = self.node.clone();
+            let slots = ctx.prefetching.clone();
+            let per_block = self.config.block_timeout;
+            spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
+                if let Err(e) = fetch_held(&node, update, Some(author), per_block, false).await {
+                    tracing::debug!(%update, "fetching ahead failed (fetched again when needed): {e}");
+                }
+            });
+        }
+    }
+
+    /// This node and the live peers that follow the chain to `base` (they re-publish its
+    /// head): they will announce updates on it, so the round waits for them too.
+    pub(super) fn following(&self, ctx: &Ctx, base: &RoundBase) -> usize {
+        let Some(head) = base.prev else { return 1 };
+        let me = self.node.peer_id();
+        1 + ctx
+            .inbox
+            .live_peers()
+            .iter()
+            .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
+            .count()
+    }
+
+    /// Aggregates the round as rank `rank`, publishes the signed manifest and files it.
+    pub(super) async fn aggregate(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        data: &LocalData,
+        announced: &[SignedAnnouncement],
+        rank: u32,
+    ) -> Result<SignedManifest, RoundError> {
+        let started = Instant::now();
+        // An author that vanished after announcing leaves its update out, not the round.
+        let mut present = Vec::new();
+        let mut missing = Vec::new();
+        for entry in announced {
+            match self
+                .ensure(entry.1.body.update, "an update", Some(entry.1.signer))
+                .await
+            {
+                Ok(()) => present.push(entry.clone()),
+                Err(e) => {
+                    tracing::warn!(peer = %entry.1.signer, "leaving out an update: {e}");
+                    missing.push(entry.clone());
+                }
+            }
+        }
+        let fetched = started.elapsed();
+        let mut aggregated = {
+            let (repo, task_cid, task, base) = (
+                self.repo.clone(),
+                ctx.task_cid,
+                ctx.task.clone(),
+                base.clone(),
+            );
+            let slot = self.computing().await?;
+            blocking(move || {
+                let _slot = slot;
+                compute::aggregate(&repo, &task_cid, &task, &base, &present, &missing)
+            })
+            .await
+            .map_err(|e| RoundError::Aggregate(e.to_string()))??
+        };
+        let computed = started.elapsed();
+        aggregated.manifest.rank = rank;
+        let needed = ctx.task.min_participants as usize;
+        let usable = aggregated.manifest.contributions.len();
+        if usable < needed {
+            return Err(RoundError::TooFew { usable, needed });
+        }
+        let signed = Signed::sign(aggregated.manifest, &self.key)?;
+        let block = signed.to_block()?;
+        let cid = *block.cid();
+        let bytes = block.data().to_vec();
+        self.repo
+            .blocks()
+            .put(block)
+            .map_err(|e| RoundError::Task(format!("storing the manifest: {e}")))?;
+        self.repo.pin(&signed.body.model, PinMode::Recursive)?;
+        ctx.inbox
+            .file_manifest(self.repo.blocks(), bytes.clone())
+            .map_err(RoundError::Refuted)?;
+        let _ = self
+            .node
+            .publish(&Task::manifests_topic(&ctx.task_cid), bytes)
+            .await;
+        if let Some(test) = &data.test {
+            let model = (signed.body.model, Arc::new(aggregated.model));
+            self.spawn_evaluation(ctx, cid, base.round, model, test.clone());
+        }
+        tracing::info!(
+            round = base.round,
+            %cid,
+            "published the round's manifest after {:.2} s (updates here at {:.2} s, \
+             aggregated at {:.2} s)",
+            started.elapsed().as_secs_f64(),
+            fetched.as_secs_f64(),
+            computed.as_secs_f64()
+        );
+        Ok((cid, signed))
+    }
+
+    /// A turn at aggregating or recomputing a round (it holds the round's updates in memory).
+    pub(super) async fn computing(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RoundError> {
+        self.config
+            .limits
+            .computing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| RoundError::Aggregate(e.to_string()))
+    }
+}

@@ -1,0 +1,108 @@
+//! The progress events a participant reports, one JSON line each.
+
+use serde::Serialize;
+
+/// What happened, for progress output (one JSON line each).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The node joined the task.
+    Joined {
+        /// This node.
+        peer: String,
+        /// The task.
+        task: String,
+        /// The task's rounds.
+        rounds: u32,
+        /// The first round this node will work on.
+        from_round: u32,
+    },
+    /// Local training finished and the update was announced.
+    Announced {
+        /// The round.
+        round: u32,
+        /// The update file.
+        update: String,
+        /// Training samples.
+        samples: u64,
+        /// Seconds of local training.
+        train_seconds: f64,
+        /// Sample-level DP: the epsilon this node's data has spent, this round included.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epsilon: Option<f64>,
+    },
+    /// This node is aggregating the round.
+    Aggregating {
+        /// The round.
+        round: u32,
+        /// Its rank.
+        rank: u32,
+        /// Updates it aggregates.
+        updates: usize,
+    },
+    /// A manifest did not hold up and was ignored.
+    Refuted {
+        /// The round.
+        round: u32,
+        /// The manifest.
+        manifest: String,
+        /// Why.
+        reason: String,
+    },
+    /// A better-ranked manifest for a round already adopted was checked and is followed now.
+    Switched {
+        /// The round.
+        round: u32,
+        /// The manifest now followed.
+        manifest: String,
+        /// Its aggregator's rank.
+        rank: u32,
+        /// Updates that counted.
+        participants: usize,
+    },
+    /// The round's manifest was checked and adopted.
+    Adopted {
+        /// The round.
+        round: u32,
+        /// The manifest.
+        manifest: String,
+        /// The new model.
+        model: String,
+        /// Who aggregated.
+        aggregator: String,
+        /// Its rank.
+        rank: u32,
+        /// Updates that counted.
+        participants: usize,
+        /// Test accuracy of the new model, if the task has a test set.
+        accuracy: Option<f64>,
+        /// Test loss.
+        loss: Option<f64>,
+        /// Privacy spent so far.
+        epsilon: Option<f64>,
+        /// Seconds from the round's start here to taking its manifest: the next round
+        /// trains from then on, while the manifest is recomputed.
+        seconds: f64,
+        /// Seconds of this node's local training in the round (0 when it did not train).
+        train_seconds: f64,
+    },
+    /// The aggregator's evaluation of an adopted round's model arrived (it comes after the
+    /// manifest, so the next round does not wait for the test pass).
+    Evaluated {
+        /// The round.
+        round: u32,
+        /// Its manifest.
+        manifest: String,
+        /// Test accuracy of its model.
+        accuracy: f64,
+        /// Test loss.
+        loss: f64,
+    },
+    /// The task is over.
+    Done {
+        /// The final model.
+        model: String,
+        /// Rounds run.
+        rounds: u32,
+    },
+}

@@ -1,0 +1,273 @@
+//! Training a round's update on the local data, and announcing it (once per round, even
+//! across restarts).
+
+use super::*;
+
+impl Participant {
+    /// The update this node announced for the round before a restart, if any (announced
+    /// again when the chain still holds its base): a round gets one update from a node.
+    pub(super) async fn announced_before(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+    ) -> Result<Option<(Cid, u64, Option<f64>)>, RoundError> {
+        let round = base.round;
+        let Some(cid) = self.rounds.announced(&ctx.task_cid, round)? else {
+            return Ok(None);
+        };
+        let bytes = self.block_bytes(&cid)?;
+        let signed = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
+        if signed.body.base == base.model_cid {
+            tracing::info!(round, %cid, "announcing again the update made before a restart");
+            self.publish_announcement(ctx, bytes).await;
+        }
+        // Otherwise it was made on a model the chain no longer holds: that round went on
+        // without it.
+        Ok(Some((
+            signed.body.update,
+            signed.body.samples,
+            signed.body.epsilon,
+        )))
+    }
+
+    /// Trains on the local data from the round's model, then clips and noises the update
+    /// when the task asks.
+    pub(super) async fn train(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        data: &LocalData,
+    ) -> Result<Trained, RoundError> {
+        let round = base.round;
+        let task = ctx.task.clone();
+        let arch = ctx.arch;
+        let images = data.train.clone();
+        let global = base.model.clone();
+        let device = self.config.backend.device();
+        let node_seed = task
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(self.config.shard.unwrap_or(0) as u64);
+        let seed = node_seed.wrapping_add(u64::from(round) * 7919);
+        // Held until the training ends, even one whose result is no longer wanted.
+        let slot = self
+            .config
+            .limits
+            .training
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| RoundError::Train(e.to_string()))?;
+        // Rounds of a few steps go on with the momentum of the node's last round, as they go
+        // on with its data; only the previous round's still points where the model is going.
+        let carried = lock(&ctx.momentum)
+            .take()
+            .filter(|(last, _)| last + 1 == round)
+            .map(|(_, momentum)| momentum);
+        let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
+        // Sample-level DP: DP-SGD on every local step, within the task's epsilon budget.
+        let private = task
+            .dp
+            .clone()
+            .filter(|dp| dp.level() == fl_core::records::DpLevel::Sample);
+        let epsilon = match &private {
+            Some(dp) => {
+                let samples = images.len() as u64;
+                if dp.delta >= 1.0 / samples.max(1) as f64 {
+                    let refused = fl_core::privacy::plan::PlanError::Delta {
+                        delta: dp.delta,
+                        examples: samples,
+                    };
+                    return Err(RoundError::Train(refused.to_string()));
+                }
+                let epsilon = dp
+                    .sample_epsilon(&task.train, samples, round)
+                    .map_err(|e| RoundError::Train(format!("privacy accounting: {e}")))?;
+                if let Some(budget) = dp.epsilon_budget.filter(|&b| epsilon > b) {
+                    return Err(RoundError::BudgetSpent {
+                        round,
+                        epsilon,
+                        budget,
+                    });
+                }
+                Some(epsilon)
+            }
+            None => None,
+        };
+        let started = Instant::now();
+        let outcome = blocking(move || {
+            let _slot = slot;
+            let t = &task.train;
+            let config = TrainConfig {
+                epochs: t.epochs as usize,
+                batch_size: t.batch_size as usize,
+                learning_rate: t.schedule.rate(t.learning_rate, round, task.rounds),
+                momentum: t.momentum,
+                weight_decay: t.weight_decay,
+                proximal_mu: t.proximal_mu,
+                seed,
+                dp_sgd: private.map(|dp| DpSgdConfig {
+                    clip_norm: dp.clip_norm,
+                    noise_multiplier: dp.noise_multiplier,
+                    steps_per_epoch: t.steps.map(|s| s as usize),
+                }),
+                ..TrainConfig::default()
+            };
+            let mut pipeline = PipelineConfig::training(config.batch_size, seed);
+            pipeline.normalization = arch.normalization();
+            let batches = match t.steps {
+                // DP-SGD draws its own batches from all the examples, as they are.
+                _ if config.dp_sgd.is_some() => {
+                    pipeline.augment = false;
+                    pipeline.shuffle = false;
+                    Pipeline::new(images, pipeline).collect_epoch(0)
+                }
+                None => Pipeline::new(images, pipeline).collect_epoch(u64::from(round)),
+                Some(steps) => {
+                    // One stream of epochs for the node's whole run: each round takes the
+                    // steps after the last round's.
+                    pipeline.seed = node_seed;
+                    let first = u64::from(round.saturating_sub(1)) * u64::from(steps);
+                    Pipeline::new(images, pipeline).steps(first, steps as usize)
+                }
+            };
+            let (outcome, ended) =
+                fl_core::model::train_carrying(arch, &global, &batches, &config, &device, carried)?;
+            if let Some(momentum) = momentum {
+                *lock(&momentum) = Some((round, ended));
+            }
+            Ok::<_, fl_core::model::TrainError>(outcome)
+        })
+        .await
+        .map_err(|e| RoundError::Train(e.to_string()))?
+        .map_err(|e| RoundError::Train(chain(&e)))?;
+        let mut update = outcome.update;
+        if let Some(dp) = ctx
+            .task
+            .dp
+            .as_ref()
+            .filter(|dp| dp.level() == fl_core::records::DpLevel::Client)
+        {
+            let noise = fl_core::privacy::NoiseConfig::new(dp.clip_norm, dp.noise_multiplier);
+            update = fl_core::privacy::privatize(&update, &noise)
+                .map_err(|e| RoundError::Train(format!("clipping and noising: {e}")))?
+                .0;
+        }
+        Ok(Trained {
+            update,
+            samples: outcome.samples as u64,
+            seconds: started.elapsed().as_secs_f64(),
+            epsilon,
+        })
+    }
+
+    /// Stores a trained update and announces it (signed); returns the update and its
+    /// samples.
+    pub(super) async fn announce(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        trained: Trained,
+    ) -> Result<(Cid, u64), RoundError> {
+        let round = base.round;
+        let update_cid = trained
+            .update
+            .store_encoded(&self.repo, ctx.task.update_encoding)
+            .map_err(|source| RoundError::Store {
+                what: "update",
+                source,
+            })?;
+        let samples = trained.samples;
+        let signed = Signed::sign(
+            Announcement {
+                task: ctx.task_cid,
+                round,
+                base: base.model_cid,
+                update: update_cid,
+                samples,
+                epochs: ctx.task.train.epochs,
+                epsilon: trained.epsilon,
+            },
+            &self.key,
+        )?;
+        let block = signed.to_block()?;
+        let cid = *block.cid();
+        let bytes = block.data().to_vec();
+        self.repo
+            .blocks()
+            .put(block)
+            .map_err(|e| RoundError::Task(format!("storing the announcement: {e}")))?;
+        // Remembered before it leaves, so a restart never makes a second one.
+        self.rounds.record_announced(&ctx.task_cid, round, &cid)?;
+        let _ = self.node.provide(update_cid).await;
+        self.publish_announcement(ctx, bytes).await;
+        tracing::info!(
+            round,
+            %update_cid,
+            "announced an update after {:.2} s of training",
+            trained.seconds
+        );
+        Ok((update_cid, samples))
+    }
+
+    pub(super) async fn publish_announcement(&self, ctx: &Ctx, bytes: Vec<u8>) {
+        if let Err(why) = ctx
+            .inbox
+            .file_announcement(self.repo.blocks(), bytes.clone())
+        {
+            tracing::warn!("our own announcement was not filed: {why}");
+        }
+        let _ = self
+            .node
+            .publish(&Task::updates_topic(&ctx.task_cid), bytes.clone())
+            .await;
+        lock(&ctx.republish).announcement = Some(bytes);
+    }
+
+    /// The node's training images and, where the task has one, the test set.
+    pub(super) async fn local_data(&self, task: &Task) -> Result<LocalData, RoundError> {
+        match &task.data {
+            DataSource::Shards { manifest } => {
+                let shard_index = self.config.shard.ok_or_else(|| {
+                    RoundError::Data("the task's data is sharded: pass --shard I".into())
+                })?;
+                self.fetch_block(*manifest, "the dataset manifest").await?;
+                let dataset = shard::manifest(self.repo.blocks(), manifest)
+                    .map_err(|e| RoundError::Data(e.to_string()))?;
+                let entry = dataset.shards.get(shard_index).ok_or_else(|| {
+                    RoundError::Data(format!(
+                        "shard {shard_index} does not exist: the dataset has {} shards",
+                        dataset.shards.len()
+                    ))
+                })?;
+                self.ensure(entry.cid, "this node's shard", None).await?;
+                self.ensure(dataset.test.cid, "the test set", None).await?;
+                let train = shard::fetch_shard(self.repo.blocks(), &dataset, shard_index)
+                    .map_err(|e| RoundError::Data(e.to_string()))?;
+                let test = shard::fetch_test(self.repo.blocks(), &dataset)
+                    .map_err(|e| RoundError::Data(e.to_string()))?;
+                let mut config = PipelineConfig::evaluation(EVAL_BATCH);
+                config.normalization = task
+                    .architecture
+                    .parse::<Architecture>()
+                    .map_err(|e| RoundError::Task(e.to_string()))?
+                    .normalization();
+                Ok(LocalData {
+                    train,
+                    test: Some(Pipeline::new(test, config).collect_epoch(0)),
+                })
+            }
+            DataSource::OwnData => {
+                let dir = self.config.own_data.as_ref().ok_or_else(|| {
+                    RoundError::Data("the task brings its own data: pass --data DIR".into())
+                })?;
+                let data = datasets::cifar10::load(dir)
+                    .map_err(|e| RoundError::Data(format!("{}: {e}", dir.display())))?;
+                Ok(LocalData {
+                    train: data.train,
+                    test: None,
+                })
+            }
+        }
+    }
+}
