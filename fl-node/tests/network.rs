@@ -894,3 +894,142 @@ fn blocks_that_do_not_match_their_cid_are_refused() {
         assert!(got == bytes, "bytes differ");
     });
 }
+
+/// Gossip validation with three in-process nodes in a line, A - B - C: A sends a forged
+/// announcement on a task's topic. B's inbox rejects it, so C, reached only through B, never
+/// sees it, and B's gossipsub score of A drops below zero. A valid announcement from A then
+/// reaches C through B: the path was open all along.
+#[test]
+fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use fl_core::content::{FsBlockstore, dagcbor};
+    use fl_core::records::task::TASK_FORMAT;
+    use fl_core::records::{Announcement, DataSource, RoundSchedule, Signed, Task, TrainParams};
+    use fl_core::tensors::Encoding;
+    use fl_node::net::Node;
+    use fl_node::round::inbox::Inbox;
+    use libp2p::identity::Keypair;
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let model = *dagcbor::encode(&"model").unwrap().cid();
+        let task = Task {
+            format: TASK_FORMAT.into(),
+            name: "gossip validation".into(),
+            architecture: "fedavg-cnn".into(),
+            initial_model: model,
+            data: DataSource::OwnData,
+            train: TrainParams {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                proximal_mu: 0.0,
+                schedule: RoundSchedule::Constant,
+                steps: None,
+            },
+            rounds: 3,
+            min_participants: 1,
+            round_deadline_ms: 1000,
+            grace_ms: 1000,
+            dp: None,
+            rule: "fedavg".into(),
+            members: None,
+            flops_per_sample: 1,
+            seed: 0,
+            update_encoding: Encoding::F32,
+        };
+        let task_cid = *dagcbor::encode(&task).unwrap().cid();
+        let topic = Task::updates_topic(&task_cid);
+        let mut nodes = Vec::new();
+        let mut stores = Vec::new();
+        for name in ["a", "b", "c"] {
+            let store = Arc::new(FsBlockstore::open(dir.path().join(name)).unwrap());
+            let key = Keypair::generate_ed25519();
+            nodes.push(
+                Node::start(key.clone(), store.clone(), common::loopback())
+                    .await
+                    .unwrap(),
+            );
+            stores.push((key, store));
+        }
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        let _inbox = Inbox::start(b, task_cid, Arc::new(task), stores[1].1.clone())
+            .await
+            .unwrap();
+        a.subscribe(&topic).await.unwrap();
+        c.subscribe(&topic).await.unwrap();
+        let mut at_c = c.gossip();
+        let b_addr = b.listen_addrs().await.unwrap().remove(0);
+        a.dial(b_addr.clone()).await.unwrap();
+        c.dial(b_addr).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while !(a.topic_peers(&topic).await.unwrap().contains(&b.peer_id())
+            && c.topic_peers(&topic).await.unwrap().contains(&b.peer_id())
+            && b.topic_peers(&topic).await.unwrap().len() == 2)
+        {
+            assert!(
+                Instant::now() < until,
+                "the topic's peers did not meet in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!a.peers().await.unwrap().contains(&c.peer_id()));
+
+        let announcement = |samples| Announcement {
+            task: task_cid,
+            round: 1,
+            base: model,
+            update: model,
+            samples,
+            epochs: 1,
+            epsilon: None,
+        };
+        // Signed for 10 samples, then changed to claim a million: the signature fails.
+        let mut forged = Signed::sign(announcement(10), &stores[0].0).unwrap();
+        forged.body.samples = 1_000_000;
+        let forged = forged.to_block().unwrap().data().to_vec();
+        let valid = Signed::sign(announcement(10), &stores[0].0).unwrap();
+        let valid = valid.to_block().unwrap().data().to_vec();
+
+        let before = b.gossip_score(a.peer_id()).await.unwrap().unwrap_or(0.0);
+        a.publish(&topic, forged.clone()).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        let penalised = loop {
+            let score = b.gossip_score(a.peer_id()).await.unwrap().unwrap_or(0.0);
+            if score < 0.0 || Instant::now() >= until {
+                break score;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            penalised < 0.0,
+            "B's score of A went from {before} to {penalised}, not below zero"
+        );
+
+        // The valid record reaches C through B (published again while B's mesh forms).
+        let mut seen = Vec::new();
+        let mut arrived = false;
+        for _ in 0..40 {
+            a.publish(&topic, valid.clone()).await.unwrap();
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), at_c.recv()).await {
+                arrived |= m.data == valid;
+                seen.push(m.data);
+            }
+            if arrived {
+                break;
+            }
+        }
+        assert!(arrived, "A's valid announcement never reached C through B");
+        assert!(
+            !seen.contains(&forged),
+            "the forged announcement went past B"
+        );
+        let after = b.gossip_score(a.peer_id()).await.unwrap().unwrap_or(0.0);
+        assert!(after < 0.0, "B's score of A is back to {after}");
+    });
+}

@@ -1,12 +1,14 @@
 //! Networking that interoperates with IPFS: a libp2p node ([`node`]) that serves and fetches
-//! blocks over Bitswap ([`bitswap`], whole DAGs with [`fetch`]), finds providers in the DHT and gossips announcements,
+//! blocks over Bitswap ([`bitswap`], whole DAGs with [`fetch()`]), finds providers in the DHT and gossips announcements,
 //! with its identity kept in the repo ([`keys`]).
 
 pub mod bitswap;
 pub mod fetch;
+pub mod gossip;
 pub mod keys;
 pub mod node;
 
 pub use bitswap::{Bitswap, fetch_dag};
 pub use fetch::{Fetched, NetFetchError, fetch};
-pub use node::{Gossip, Node, NodeConfig, NodeError};
+pub use gossip::{Gossip, MessageAcceptance};
+pub use node::{Node, NodeConfig, NodeError};

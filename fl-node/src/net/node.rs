@@ -3,7 +3,6 @@
 //! Bitswap runs on. One task owns the swarm; [`Node`] talks to it through a channel.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::bitswap::Bitswap;
+use super::gossip::{self, Gossip, MessageAcceptance};
 
 /// Kademlia protocol of the public IPFS DHT, so Kubo and Helia peers route with us.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
@@ -29,13 +29,6 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Misbehaving peers waiting to be disconnected.
 const MISBEHAVING_QUEUE: usize = 64;
-/// Largest gossip message sent or taken: a 2 MiB record (a manifest of 10,000
-/// contributions) and its envelope. Gossipsub's default, 64 KiB, held about 450.
-pub const MAX_GOSSIP_BYTES: usize = (2 << 20) + (64 << 10);
-/// Gossip messages queued for one peer before more are dropped. Gossipsub's default, 5000,
-/// suits busy topics; ours carry a few records per peer and round, and 64 nodes in one
-/// process with 5000 queued manifests per connection ran out of memory.
-const GOSSIP_QUEUE: usize = 256;
 /// How often lost bootstrap peers are dialled again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(5);
 
@@ -106,17 +99,6 @@ pub enum NodeError {
     Stopped,
 }
 
-/// A gossip message that passed signature checks.
-#[derive(Debug, Clone)]
-pub struct Gossip {
-    /// The topic.
-    pub topic: String,
-    /// Its author (the signer).
-    pub source: Option<PeerId>,
-    /// Its bytes.
-    pub data: Vec<u8>,
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     identify: identify::Behaviour,
@@ -135,8 +117,11 @@ enum Command {
     Provide(Cid),
     Providers(Cid, oneshot::Sender<Vec<PeerId>>),
     StoredProviders(Cid, oneshot::Sender<Vec<PeerId>>),
-    Subscribe(String, oneshot::Sender<bool>),
+    /// A topic, and whether the caller validates its messages.
+    Subscribe(String, bool, oneshot::Sender<bool>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
+    Report(gossipsub::MessageId, PeerId, MessageAcceptance),
+    Score(PeerId, oneshot::Sender<Option<f64>>),
 }
 
 /// A running node.
@@ -182,21 +167,7 @@ impl Node {
                 let mut kad =
                     kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
                 kad.set_mode(Some(kad::Mode::Server));
-                let gossip_config = gossipsub::ConfigBuilder::default()
-                    .validation_mode(gossipsub::ValidationMode::Strict)
-                    .heartbeat_interval(Duration::from_millis(500))
-                    .max_transmit_size(MAX_GOSSIP_BYTES)
-                    .connection_handler_queue_len(GOSSIP_QUEUE)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let mut gossipsub = gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossip_config,
-                )?;
-                gossipsub.with_peer_score(
-                    peer_score_params(),
-                    gossipsub::PeerScoreThresholds::default(),
-                )?;
+                let gossipsub = gossip::behaviour(key)?;
                 let mdns = if mdns_on {
                     Some(mdns::tokio::Behaviour::new(
                         mdns::Config::default(),
@@ -247,6 +218,7 @@ impl Node {
             commands: rx,
             misbehaving,
             gossip,
+            validated: HashSet::new(),
             pending_dials: Vec::new(),
             providers: std::collections::HashMap::new(),
             bootstrap: config.bootstrap.iter().map(|a| (a.clone(), None)).collect(),
@@ -335,12 +307,44 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// Joins a gossip topic; messages arrive on [`Node::gossip`].
+    /// Joins a gossip topic; messages arrive on [`Node::gossip`] and are forwarded to other
+    /// peers as they arrive.
     pub async fn subscribe(&self, topic: &str) -> Result<(), NodeError> {
+        self.join(topic, false).await
+    }
+
+    /// Joins a gossip topic whose messages the caller judges: each arrives on
+    /// [`Node::gossip`] and is forwarded to no one until [`Node::report`] accepts it; a
+    /// rejected one costs the peer that sent it gossipsub score, so an invalid record stops
+    /// at the first honest peer and its sender is soon ignored.
+    pub async fn subscribe_validated(&self, topic: &str) -> Result<(), NodeError> {
+        self.join(topic, true).await
+    }
+
+    async fn join(&self, topic: &str, validated: bool) -> Result<(), NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.command(Command::Subscribe(topic.to_string(), tx))
+        self.command(Command::Subscribe(topic.to_string(), validated, tx))
             .await?;
         rx.await.map_err(|_| NodeError::Stopped).map(|_| ())
+    }
+
+    /// What the caller made of `message`, on a topic it validates: accepted messages are
+    /// forwarded, rejected ones are not and penalise the peer they came from, ignored ones
+    /// are dropped without blame (stale, duplicate, or over a limit of this node's).
+    pub async fn report(
+        &self,
+        message: &Gossip,
+        verdict: MessageAcceptance,
+    ) -> Result<(), NodeError> {
+        self.command(Command::Report(message.id.clone(), message.via, verdict))
+            .await
+    }
+
+    /// Gossipsub's score of `peer` here (`None` before it is known).
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Score(peer, tx)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Publishes `data`, signed with the node's key, on `topic`.
@@ -378,6 +382,8 @@ struct Driver {
     /// Peers that broke a protocol (Bitswap), to disconnect.
     misbehaving: mpsc::Receiver<PeerId>,
     gossip: Arc<tokio::sync::broadcast::Sender<Gossip>>,
+    /// Topics whose messages a caller judges ([`Node::subscribe_validated`]).
+    validated: HashSet<gossipsub::TopicHash>,
     pending_dials: Vec<PendingDial>,
     providers:
         std::collections::HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
@@ -500,15 +506,26 @@ impl Driver {
                 let records = self.swarm.behaviour_mut().kad.store_mut().providers(&key);
                 let _ = reply.send(records.into_iter().map(|r| r.provider).collect());
             }
-            Command::Subscribe(topic, reply) => {
+            Command::Subscribe(topic, validated, reply) => {
                 let topic = gossipsub::IdentTopic::new(topic);
-                let ok = self
-                    .swarm
+                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                if validated {
+                    self.validated.insert(topic.hash());
+                    if let Err(e) = gossipsub.set_topic_params(topic.clone(), gossip::topic_score())
+                    {
+                        tracing::warn!(%topic, "no peer scoring on the topic: {e}");
+                    }
+                }
+                let _ = reply.send(gossipsub.subscribe(&topic).is_ok());
+            }
+            Command::Report(id, via, verdict) => {
+                self.swarm
                     .behaviour_mut()
                     .gossipsub
-                    .subscribe(&topic)
-                    .is_ok();
-                let _ = reply.send(ok);
+                    .report_message_validation_result(&id, &via, verdict);
+            }
+            Command::Score(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             Command::Publish(topic, data, reply) => {
                 let ident = gossipsub::IdentTopic::new(topic.clone());
@@ -602,14 +619,35 @@ impl Driver {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
                 message,
-                ..
             })) => {
-                let _ = self.gossip.send(Gossip {
+                // Topics nobody here validates are forwarded at once, as without validation.
+                let validated = self.validated.contains(&message.topic);
+                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                if !validated {
+                    gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Accept,
+                    );
+                }
+                let sent = self.gossip.send(Gossip {
                     topic: message.topic.to_string(),
                     source: message.source,
                     data: message.data,
+                    id: message_id.clone(),
+                    via: propagation_source,
                 });
+                if sent.is_err() && validated {
+                    // Its validator has gone: not forwarded, no one blamed.
+                    gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Ignore,
+                    );
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
@@ -660,20 +698,4 @@ fn without_peer(addr: &Multiaddr) -> Multiaddr {
         addr.pop();
     }
     addr
-}
-
-/// Gossipsub's peer scoring, with room for many nodes on one address: the default penalty
-/// for more than 10 peers on one IP graylisted every peer of a 20-node federation on
-/// loopback, and labs run several nodes behind one address. Loopback is exempt; elsewhere
-/// the penalty starts past 64 peers on one address.
-fn peer_score_params() -> gossipsub::PeerScoreParams {
-    gossipsub::PeerScoreParams {
-        ip_colocation_factor_threshold: 64.0,
-        ip_colocation_factor_whitelist: [
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ]
-        .into(),
-        ..Default::default()
-    }
 }

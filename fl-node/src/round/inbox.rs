@@ -1,17 +1,19 @@
 //! What arrives over gossip for one task: update announcements, manifests and the
-//! aggregators' evaluations, each a signed DAG-CBOR block sent whole. Each is verified (its signature, and that its author may take
-//! part) and stored as a block before it is kept; anything else is dropped with a log line.
+//! aggregators' evaluations, each a signed DAG-CBOR block sent whole. Each is verified (its
+//! signature, and that its author may take part) and stored as a block before it is kept and
+//! forwarded; an invalid one is not forwarded and costs the peer that sent it gossipsub
+//! score, one over a limit of this node's is dropped without blame.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cid::Cid;
-use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore};
-use fl_core::records::{Announcement, Evaluation, Manifest, PeerId, Signed, Task};
+use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore, StoreError};
+use fl_core::records::{Announcement, Evaluation, Manifest, PeerId, Signed, SignedError, Task};
 use tokio::sync::Notify;
 
-use crate::net::Node;
+use crate::net::{MessageAcceptance, Node};
 
 /// Largest gossip message read as a record (a manifest of 10,000 contributions fits).
 pub const MAX_RECORD_BYTES: usize = 2 << 20;
@@ -26,6 +28,73 @@ pub const MAX_MANIFESTS_PER_SIGNER: usize = 4;
 /// Most evaluations kept for one manifest (its signer makes one; others are kept, up to
 /// this many, until the manifest shows who signed it).
 pub const MAX_EVALUATIONS_PER_MANIFEST: usize = 4;
+
+/// Why a record was not filed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Not a signed record of its kind, or its signature fails.
+    #[error(transparent)]
+    Record(#[from] SignedError),
+    /// Larger than any record may be.
+    #[error("a record of {0} bytes, more than {MAX_RECORD_BYTES}")]
+    TooLarge(usize),
+    /// For another task than this topic's.
+    #[error("a record for another task, {0}")]
+    OtherTask(Cid),
+    /// Signed by a peer the task does not admit.
+    #[error("signed by {0}, not a member of the task")]
+    NotMember(PeerId),
+    /// For a round the task does not have.
+    #[error("a record for round {round} of {rounds}")]
+    NoSuchRound {
+        /// The record's round.
+        round: u32,
+        /// The task's rounds.
+        rounds: u32,
+    },
+    /// An announcement claiming a sample count no node holds.
+    #[error("an announcement claiming {0} samples")]
+    Samples(u64),
+    /// A second, different announcement from one author for one round.
+    #[error("{author} announced a second update for round {round}")]
+    SecondUpdate {
+        /// Its author.
+        author: PeerId,
+        /// The round.
+        round: u32,
+    },
+    /// An evaluation with an accuracy outside 0..=1 or a loss that is not finite.
+    #[error("an evaluation with accuracy {accuracy} and loss {loss}")]
+    Metrics {
+        /// Its accuracy.
+        accuracy: f64,
+        /// Its loss.
+        loss: f64,
+    },
+    /// A limit of this node's on what it keeps is reached; the record may be fine.
+    #[error("{what} already holds {limit}")]
+    Full {
+        /// What is full (`"round 3's announcers"`).
+        what: String,
+        /// Its limit.
+        limit: usize,
+    },
+    /// This node's store failed.
+    #[error("storing the record: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl FileError {
+    /// What gossipsub does with a message holding such a record: invalid records are
+    /// rejected (not forwarded, their sender penalised); a full inbox or a failing store is
+    /// this node's state, not the sender's fault.
+    pub fn acceptance(&self) -> MessageAcceptance {
+        match self {
+            FileError::Full { .. } | FileError::Store(_) => MessageAcceptance::Ignore,
+            _ => MessageAcceptance::Reject,
+        }
+    }
+}
 
 /// A verified evaluation and its block's CID.
 pub type SignedEvaluation = (Cid, Signed<Evaluation>);
@@ -90,10 +159,11 @@ impl Inbox {
         let manifests = Task::manifests_topic(&task_cid);
         let evaluations = Task::evaluations_topic(&task_cid);
         let mut gossip = node.gossip();
-        node.subscribe(&updates).await?;
-        node.subscribe(&manifests).await?;
-        node.subscribe(&evaluations).await?;
+        node.subscribe_validated(&updates).await?;
+        node.subscribe_validated(&manifests).await?;
+        node.subscribe_validated(&evaluations).await?;
         let this = inbox.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             loop {
                 let message = match gossip.recv().await {
@@ -104,55 +174,67 @@ impl Inbox {
                     }
                     Err(_) => return,
                 };
-                if message.data.len() > MAX_RECORD_BYTES {
-                    tracing::debug!(topic = %message.topic, "record too large, dropped");
+                if ![&updates, &manifests, &evaluations].contains(&&message.topic) {
                     continue;
                 }
-                let result = if message.topic == updates {
-                    this.file_announcement(&store, message.data)
+                let data = message.data.clone();
+                let result = if data.len() > MAX_RECORD_BYTES {
+                    Err(FileError::TooLarge(data.len()))
+                } else if message.topic == updates {
+                    this.file_announcement(&store, data)
                 } else if message.topic == manifests {
-                    this.file_manifest(&store, message.data).map(|cid| {
+                    this.file_manifest(&store, data).map(|cid| {
                         if let Some(from) = message.source {
                             this.held_by(cid, from);
                         }
                     })
-                } else if message.topic == evaluations {
-                    this.file_evaluation(&store, message.data)
                 } else {
-                    continue;
+                    this.file_evaluation(&store, data)
+                };
+                let verdict = match &result {
+                    Ok(()) => MessageAcceptance::Accept,
+                    Err(e) => e.acceptance(),
                 };
                 if let (Ok(()), Some(from)) = (&result, message.source) {
                     this.heard_from(from);
                 }
                 if let Err(why) = result {
-                    tracing::info!(from = ?message.source, "round gossip dropped: {why}");
+                    tracing::info!(from = ?message.source, via = %message.via, "round gossip dropped: {why}");
+                }
+                if node.report(&message, verdict).await.is_err() {
+                    return;
                 }
             }
         });
         Ok(inbox)
     }
 
+    /// Whether a record for `task` and `round` signed by `signer` belongs in this inbox.
+    fn admits(&self, task: Cid, round: u32, signer: &PeerId) -> Result<(), FileError> {
+        if task != self.task_cid {
+            return Err(FileError::OtherTask(task));
+        }
+        if round == 0 || round > self.task.rounds {
+            return Err(FileError::NoSuchRound {
+                round,
+                rounds: self.task.rounds,
+            });
+        }
+        if !self.task.admits(signer) {
+            return Err(FileError::NotMember(*signer));
+        }
+        Ok(())
+    }
+
     /// Files an announcement (ours, or one that came over gossip); one for a closed round only
     /// marks its author as alive.
-    pub fn file_announcement(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), String> {
-        let task = &self.task;
+    pub fn file_announcement(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), FileError> {
         let block = Block::hashed(DAG_CBOR, bytes);
-        let signed = Signed::<Announcement>::from_block(&block).map_err(|e| e.to_string())?;
+        let signed = Signed::<Announcement>::from_block(&block)?;
         let a = &signed.body;
-        if a.task != self.task_cid {
-            return Err(format!("announcement for another task {}", a.task));
-        }
-        if !task.admits(&signed.signer) {
-            return Err(format!("{} is not a member of the task", signed.signer));
-        }
-        if a.round == 0 || a.round > task.rounds {
-            return Err(format!(
-                "announcement for round {} of {}",
-                a.round, task.rounds
-            ));
-        }
+        self.admits(a.task, a.round, &signed.signer)?;
         if a.samples == 0 || a.samples > super::compute::MAX_SAMPLES {
-            return Err(format!("announcement claims {} samples", a.samples));
+            return Err(FileError::Samples(a.samples));
         }
         let cid = *block.cid();
         let author = signed.signer;
@@ -169,19 +251,18 @@ impl Inbox {
         let entry = c.announcements.entry(round).or_default();
         if let Some((existing, _)) = entry.get(&author) {
             if *existing != cid {
-                return Err(format!(
-                    "{author} announced a second update for round {round}"
-                ));
+                return Err(FileError::SecondUpdate { author, round });
             }
             return Ok(());
         }
         if entry.len() >= MAX_ANNOUNCERS_PER_ROUND {
-            return Err(format!(
-                "round {round} already has {MAX_ANNOUNCERS_PER_ROUND} announcers"
-            ));
+            return Err(FileError::Full {
+                what: format!("round {round}'s announcers"),
+                limit: MAX_ANNOUNCERS_PER_ROUND,
+            });
         }
         // Stored once accepted, so others can fetch it from us (and replays fill nothing).
-        store.put(block).map_err(|e| e.to_string())?;
+        store.put(block)?;
         entry.insert(author, (cid, signed));
         drop(c);
         self.changed.notify_waiters();
@@ -190,43 +271,31 @@ impl Inbox {
 
     /// Files a manifest (ours, or one that came over gossip) and returns its CID; checks only
     /// its signature, round and signer here (the rest takes a recomputation).
-    pub fn file_manifest(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<Cid, String> {
+    pub fn file_manifest(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<Cid, FileError> {
         let block = Block::hashed(DAG_CBOR, bytes);
-        let signed = Signed::<Manifest>::from_block(&block).map_err(|e| e.to_string())?;
-        if signed.body.task != self.task_cid {
-            return Err(format!("manifest for another task {}", signed.body.task));
-        }
+        let signed = Signed::<Manifest>::from_block(&block)?;
         let cid = *block.cid();
         let round = signed.body.round;
-        if round == 0 || round > self.task.rounds {
-            return Err(format!(
-                "manifest for round {round} of {}",
-                self.task.rounds
-            ));
-        }
-        if !self.task.admits(&signed.signer) {
-            return Err(format!(
-                "manifest signed by {}, not a member",
-                signed.signer
-            ));
-        }
+        self.admits(signed.body.task, round, &signed.signer)?;
         let mut c = lock(&self.contents);
         let seen = c.manifests.entry(round).or_default();
         if seen.contains_key(&cid) {
             return Ok(cid);
         }
         if seen.len() >= MAX_MANIFESTS_PER_ROUND {
-            return Err(format!(
-                "round {round} already has {MAX_MANIFESTS_PER_ROUND} manifests"
-            ));
+            return Err(FileError::Full {
+                what: format!("round {round}'s manifests"),
+                limit: MAX_MANIFESTS_PER_ROUND,
+            });
         }
         let signer = signed.signer;
         if seen.values().filter(|m| m.signer == signer).count() >= MAX_MANIFESTS_PER_SIGNER {
-            return Err(format!(
-                "{signer} already signed {MAX_MANIFESTS_PER_SIGNER} manifests for round {round}"
-            ));
+            return Err(FileError::Full {
+                what: format!("round {round}'s manifests signed by {signer}"),
+                limit: MAX_MANIFESTS_PER_SIGNER,
+            });
         }
-        store.put(block).map_err(|e| e.to_string())?;
+        store.put(block)?;
         seen.insert(cid, signed);
         drop(c);
         self.changed.notify_waiters();
@@ -235,52 +304,40 @@ impl Inbox {
 
     /// Files an evaluation (ours, or one that came over gossip); whether its signer made the
     /// manifest it names is checked when it is looked up.
-    pub fn file_evaluation(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), String> {
+    pub fn file_evaluation(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), FileError> {
         let block = Block::hashed(DAG_CBOR, bytes);
-        let signed = Signed::<Evaluation>::from_block(&block).map_err(|e| e.to_string())?;
+        let signed = Signed::<Evaluation>::from_block(&block)?;
         let e = &signed.body;
-        if e.task != self.task_cid {
-            return Err(format!("evaluation for another task {}", e.task));
-        }
-        if e.round == 0 || e.round > self.task.rounds {
-            return Err(format!(
-                "evaluation for round {} of {}",
-                e.round, self.task.rounds
-            ));
-        }
-        if !self.task.admits(&signed.signer) {
-            return Err(format!(
-                "evaluation signed by {}, not a member",
-                signed.signer
-            ));
-        }
+        self.admits(e.task, e.round, &signed.signer)?;
         let m = &e.metrics;
         let sane = (0.0..=1.0).contains(&m.test_accuracy) && m.test_loss.is_finite();
         if !sane {
-            return Err(format!(
-                "evaluation with accuracy {} and loss {}",
-                m.test_accuracy, m.test_loss
-            ));
+            return Err(FileError::Metrics {
+                accuracy: m.test_accuracy,
+                loss: m.test_loss,
+            });
         }
         let cid = *block.cid();
         let (round, manifest) = (e.round, e.manifest);
         let mut c = lock(&self.contents);
         let per_round = c.evaluations.entry(round).or_default();
         if !per_round.contains_key(&manifest) && per_round.len() >= MAX_MANIFESTS_PER_ROUND {
-            return Err(format!(
-                "round {round} already has evaluations of {MAX_MANIFESTS_PER_ROUND} manifests"
-            ));
+            return Err(FileError::Full {
+                what: format!("round {round}'s evaluated manifests"),
+                limit: MAX_MANIFESTS_PER_ROUND,
+            });
         }
         let kept = per_round.entry(manifest).or_default();
         if kept.iter().any(|(c, _)| *c == cid) {
             return Ok(());
         }
         if kept.len() >= MAX_EVALUATIONS_PER_MANIFEST {
-            return Err(format!(
-                "manifest {manifest} already has {MAX_EVALUATIONS_PER_MANIFEST} evaluations"
-            ));
+            return Err(FileError::Full {
+                what: format!("manifest {manifest}'s evaluations"),
+                limit: MAX_EVALUATIONS_PER_MANIFEST,
+            });
         }
-        store.put(block).map_err(|e| e.to_string())?;
+        store.put(block)?;
         kept.push((cid, signed));
         drop(c);
         self.changed.notify_waiters();

@@ -94,6 +94,9 @@ pub enum RoundError {
     /// A record is malformed or its signature fails.
     #[error(transparent)]
     Record(#[from] fl_core::records::SignedError),
+    /// A record could not be filed in the inbox.
+    #[error("filing a record: {0}")]
+    Filed(#[from] inbox::FileError),
     /// The repo failed.
     #[error(transparent)]
     Repo(#[from] fl_core::content::RepoError),

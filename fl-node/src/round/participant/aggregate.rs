@@ -138,9 +138,7 @@ impl Participant {
             .put(block)
             .map_err(|e| RoundError::Task(format!("storing the manifest: {e}")))?;
         self.repo.pin(&signed.body.model, PinMode::Recursive)?;
-        ctx.inbox
-            .file_manifest(self.repo.blocks(), bytes.clone())
-            .map_err(RoundError::Refuted)?;
+        ctx.inbox.file_manifest(self.repo.blocks(), bytes.clone())?;
         let _ = self
             .node
             .publish(&Task::manifests_topic(&ctx.task_cid), bytes)

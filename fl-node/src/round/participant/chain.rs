@@ -225,9 +225,7 @@ impl Participant {
             }
             prev = signed.body.prev;
             at = signed.body.round;
-            ctx.inbox
-                .file_manifest(self.repo.blocks(), bytes)
-                .map_err(RoundError::Refuted)?;
+            ctx.inbox.file_manifest(self.repo.blocks(), bytes)?;
         }
         Ok(())
     }
