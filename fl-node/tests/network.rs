@@ -1033,3 +1033,58 @@ fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
         assert!(after < 0.0, "B's score of A is back to {after}");
     });
 }
+
+/// A DAG fetch with a byte limit stops once the distinct blocks it has taken pass the limit,
+/// and takes the same DAG whole when the limit allows it.
+#[test]
+fn a_dag_fetch_stops_at_its_byte_limit() {
+    use std::sync::Arc;
+
+    use fl_core::content::Repo;
+    use fl_core::content::unixfs::ImportOptions;
+    use fl_node::net::bitswap::DagError;
+    use fl_node::net::{Node, fetch_dag_at_most};
+    use libp2p::identity::Keypair;
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let holder_repo = Repo::open(dir.path().join("holder")).unwrap();
+        let bytes = common::random(2 << 20, 7);
+        let root = holder_repo
+            .add(&bytes[..], &ImportOptions::default())
+            .unwrap()
+            .root;
+        let holder = Node::start(
+            Keypair::generate_ed25519(),
+            Arc::new(holder_repo.blocks().clone()),
+            common::loopback(),
+        )
+        .await
+        .unwrap();
+        let asker_repo = Repo::open(dir.path().join("asker")).unwrap();
+        let asker = Node::start(
+            Keypair::generate_ed25519(),
+            Arc::new(asker_repo.blocks().clone()),
+            common::loopback(),
+        )
+        .await
+        .unwrap();
+        let addr = holder.listen_addrs().await.unwrap().remove(0);
+        let peer = asker.dial(addr).await.unwrap();
+        let per_block = Duration::from_secs(10);
+        let err = fetch_dag_at_most(asker.bitswap(), root, &[peer], 8, per_block, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DagError::TooLarge { root: r, limit } if r == root && limit == 1 << 20),
+            "{err}"
+        );
+        fetch_dag_at_most(asker.bitswap(), root, &[peer], 8, per_block, 3 << 20)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        asker_repo.cat(&root, &mut out).unwrap();
+        assert!(out == bytes);
+    });
+}

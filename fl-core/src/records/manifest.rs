@@ -63,6 +63,9 @@ pub enum RejectReason {
     NormTooLarge,
     /// Its file is not a tensor bundle.
     Unreadable,
+    /// Its file is larger than the model's values as float32 plus room for a header: not an
+    /// update of this model, and not read past that size.
+    TooLarge,
     /// Its author did not serve it in time.
     Unavailable,
     /// A reason this version has no code for: the free text of a manifest made before reasons
@@ -73,7 +76,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason this version has a code for.
-    pub const KNOWN: [RejectReason; 8] = [
+    pub const KNOWN: [RejectReason; 9] = [
         RejectReason::DuplicateSender,
         RejectReason::WrongBase,
         RejectReason::ZeroSamples,
@@ -81,6 +84,7 @@ impl RejectReason {
         RejectReason::NonFinite,
         RejectReason::NormTooLarge,
         RejectReason::Unreadable,
+        RejectReason::TooLarge,
         RejectReason::Unavailable,
     ];
 
@@ -94,6 +98,7 @@ impl RejectReason {
             RejectReason::NonFinite => "non-finite",
             RejectReason::NormTooLarge => "norm-too-large",
             RejectReason::Unreadable => "unreadable",
+            RejectReason::TooLarge => "too-large",
             RejectReason::Unavailable => "unavailable",
             RejectReason::Unknown(text) => text,
         }
@@ -117,6 +122,7 @@ impl RejectReason {
             RejectReason::NonFinite => "holds a NaN or an infinity",
             RejectReason::NormTooLarge => "its L2 norm exceeds the task's bound",
             RejectReason::Unreadable => "its file is not a tensor bundle",
+            RejectReason::TooLarge => "its file is larger than any update of the model",
             RejectReason::Unavailable => "its author did not serve it in time",
             RejectReason::Unknown(_) => "a reason this version does not know",
         }

@@ -13,6 +13,9 @@ use crate::content::{Repo, RepoError};
 
 /// Largest bundle file read back (4 GiB): a DAG claiming more is refused before it fills memory.
 pub const MAX_BUNDLE_BYTES: u64 = 4 << 30;
+/// Room for a bundle file's header (tensor names, shapes, offsets, metadata) beside its
+/// values, in [`Bundle::file_limit`]: the reference CNN's header takes under 1 KiB.
+pub const HEADER_ROOM: u64 = 1 << 20;
 
 /// Why a bundle could not be stored or read back.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +29,7 @@ pub enum StoredError {
         #[source]
         source: RepoError,
     },
-    /// The file is larger than [`MAX_BUNDLE_BYTES`].
+    /// The file is larger than the limit it was read with ([`MAX_BUNDLE_BYTES`] at most).
     #[error("model file {cid} is larger than {limit} bytes")]
     TooLarge {
         /// The file.
@@ -71,17 +74,23 @@ impl Bundle {
 
     /// Reads the bundle stored as `cid` in `repo`, every block verified.
     pub fn load(repo: &Repo, cid: &Cid) -> Result<Bundle, StoredError> {
+        Self::load_at_most(repo, cid, MAX_BUNDLE_BYTES)
+    }
+
+    /// Reads the bundle stored as `cid` as [`Bundle::load`] does, refusing a file of more
+    /// than `limit` bytes as soon as its output passes that size: a DAG that links a few
+    /// blocks many times expands to any size, and a peer's update is not trusted to be
+    /// what it says.
+    pub fn load_at_most(repo: &Repo, cid: &Cid, limit: u64) -> Result<Bundle, StoredError> {
+        let limit = limit.min(MAX_BUNDLE_BYTES);
         let mut out = Limited {
             bytes: Vec::new(),
-            limit: MAX_BUNDLE_BYTES,
+            limit,
             exceeded: false,
         };
         if let Err(source) = repo.cat(cid, &mut out) {
             if out.exceeded {
-                return Err(StoredError::TooLarge {
-                    cid: *cid,
-                    limit: MAX_BUNDLE_BYTES,
-                });
+                return Err(StoredError::TooLarge { cid: *cid, limit });
             }
             return Err(StoredError::Repo {
                 cid: cid.to_string(),
@@ -90,6 +99,13 @@ impl Bundle {
         }
         Bundle::from_safetensors(&out.bytes)
             .map_err(|source| StoredError::Format { cid: *cid, source })
+    }
+
+    /// The largest file a bundle with this one's tensors may take: their values as float32
+    /// plus [`HEADER_ROOM`]. An update or model for this layout that is larger is not one.
+    pub fn file_limit(&self) -> u64 {
+        let values: u64 = self.iter().map(|(_, t)| t.data.len() as u64).sum();
+        values.saturating_mul(4).saturating_add(HEADER_ROOM)
     }
 }
 
@@ -146,5 +162,24 @@ mod tests {
                 added.root
             )
         );
+    }
+
+    #[test]
+    fn a_dag_that_expands_past_the_limit_is_refused_before_it_fills_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path()).unwrap();
+        // Three blocks that name 256 GB: 256 KiB linked 1,000 times, that node 1,000 times.
+        let root = crate::content::unixfs::bomb(repo.blocks(), 256 << 10, 1000, 2);
+        let mut model = Bundle::new();
+        model.insert("w", vec![1000], vec![0.0; 1000]).unwrap();
+        let limit = model.file_limit();
+        assert_eq!(limit, 4000 + HEADER_ROOM);
+        match Bundle::load_at_most(&repo, &root, limit) {
+            Err(StoredError::TooLarge { cid, limit: l }) => assert_eq!((cid, l), (root, limit)),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // A bundle within the limit still loads.
+        let cid = model.store(&repo).unwrap();
+        assert_eq!(Bundle::load_at_most(&repo, &cid, limit).unwrap(), model);
     }
 }

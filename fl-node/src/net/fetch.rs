@@ -6,7 +6,7 @@ use std::time::Duration;
 use cid::Cid;
 use libp2p::PeerId;
 
-use super::bitswap::{DagError, fetch_dag};
+use super::bitswap::{DagError, fetch_dag_at_most};
 use super::node::{Node, NodeError};
 
 /// Blocks wanted at once while fetching a DAG (spread over the providers).
@@ -47,9 +47,22 @@ pub struct Fetched {
 pub async fn fetch(
     node: &Node,
     root: Cid,
+    peers: Vec<PeerId>,
+    use_dht: bool,
+    per_block: Duration,
+) -> Result<Fetched, NetFetchError> {
+    fetch_at_most(node, root, peers, use_dht, per_block, u64::MAX).await
+}
+
+/// Fetches the DAG under `root` as [`fetch`] does, refusing it once its blocks hold more
+/// than `max_bytes` ([`fetch_dag_at_most`]).
+pub async fn fetch_at_most(
+    node: &Node,
+    root: Cid,
     mut peers: Vec<PeerId>,
     use_dht: bool,
     per_block: Duration,
+    max_bytes: u64,
 ) -> Result<Fetched, NetFetchError> {
     if use_dht {
         // Give bootstrap connections a moment to come up before asking the DHT.
@@ -67,9 +80,16 @@ pub async fn fetch(
         return Err(NetFetchError::NoProviders(root));
     }
     tracing::info!(%root, providers = peers.len(), "fetching");
-    let blocks = fetch_dag(node.bitswap(), root, &peers, FETCH_WINDOW, per_block)
-        .await
-        .map_err(|source| NetFetchError::Dag { root, source })?;
+    let blocks = fetch_dag_at_most(
+        node.bitswap(),
+        root,
+        &peers,
+        FETCH_WINDOW,
+        per_block,
+        max_bytes,
+    )
+    .await
+    .map_err(|source| NetFetchError::Dag { root, source })?;
     tracing::info!(%root, blocks, "fetched");
     Ok(Fetched {
         blocks,

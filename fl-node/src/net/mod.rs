@@ -8,7 +8,7 @@ pub mod gossip;
 pub mod keys;
 pub mod node;
 
-pub use bitswap::{Bitswap, fetch_dag};
-pub use fetch::{Fetched, NetFetchError, fetch};
+pub use bitswap::{Bitswap, fetch_dag, fetch_dag_at_most};
+pub use fetch::{Fetched, NetFetchError, fetch, fetch_at_most};
 pub use gossip::{Gossip, MessageAcceptance};
 pub use node::{Node, NodeConfig, NodeError};

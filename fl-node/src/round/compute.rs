@@ -10,7 +10,7 @@ use fl_core::content::Repo;
 use fl_core::records::{
     Announcement, Contribution, DpLevel, Manifest, PeerId, RejectReason, Rejected, Signed, Task,
 };
-use fl_core::tensors::Bundle;
+use fl_core::tensors::{Bundle, StoredError};
 
 use super::RoundError;
 
@@ -60,18 +60,25 @@ pub fn aggregate(
     let mut offered = Vec::with_capacity(announcements.len());
     let mut by_update = std::collections::HashMap::new();
     let mut unreadable = Vec::new();
+    // No update of this model is larger, and none is read past it (a few blocks that link
+    // each other many times name any size).
+    let limit = base.model.file_limit();
     for (cid, a) in announcements {
         let body = &a.body;
         // A file that is not a tensor bundle is the author's fault, not the round's.
-        let delta = match Bundle::load(repo, &body.update) {
+        let delta = match Bundle::load_at_most(repo, &body.update, limit) {
             Ok(delta) => delta,
             Err(e) => {
                 tracing::info!(update = %body.update, author = %a.signer, "update unreadable: {e}");
+                let reason = match e {
+                    StoredError::TooLarge { .. } => RejectReason::TooLarge,
+                    _ => RejectReason::Unreadable,
+                };
                 unreadable.push(Rejected {
                     peer: a.signer,
                     announcement: *cid,
                     update: body.update,
-                    reason: RejectReason::Unreadable,
+                    reason,
                 });
                 continue;
             }
@@ -550,5 +557,25 @@ mod tests {
         for code in RejectReason::KNOWN {
             assert_eq!(RejectReason::from_code(code.code()), code);
         }
+    }
+
+    #[test]
+    fn an_update_larger_than_any_of_the_model_is_rejected_as_too_large() {
+        let mut round = round();
+        let big = {
+            let mut b = Bundle::new();
+            b.insert("fc.weight", vec![300_000], vec![0.5; 300_000])
+                .unwrap();
+            b.store(&round.repo).unwrap()
+        };
+        round.present[1].1.body.update = big;
+        let manifest = round.manifest();
+        let rejected = manifest.rejected.iter().find(|r| r.update == big);
+        assert_eq!(
+            rejected.map(|r| &r.reason),
+            Some(&RejectReason::TooLarge),
+            "{:?}",
+            manifest.rejected
+        );
     }
 }

@@ -126,3 +126,40 @@ fn write_node<S: Blockstore, W: Write>(
     }
     Ok(written)
 }
+
+/// A file DAG that names far more bytes than it holds: `depth` levels of one dag-pb node
+/// linking the level below `fanout` times, over one raw leaf of `leaf` bytes. For tests of
+/// the limits that stop such a DAG from expanding.
+#[cfg(test)]
+pub(crate) fn bomb(store: &impl Blockstore, leaf: usize, fanout: usize, depth: usize) -> Cid {
+    use ipld_dagpb::PbLink;
+
+    let block = crate::content::Block::hashed(RAW, vec![7u8; leaf]);
+    let mut cid = *block.cid();
+    store.put(block).expect("a test store");
+    let mut size = leaf as u64;
+    for _ in 0..depth {
+        let data = Data {
+            r#type: DataType::File as i32,
+            filesize: Some(size * fanout as u64),
+            blocksizes: vec![size; fanout],
+            ..Data::default()
+        };
+        let links = (0..fanout)
+            .map(|_| PbLink {
+                cid,
+                name: Some(String::new()),
+                size: Some(size),
+            })
+            .collect();
+        let node = PbNode {
+            links,
+            data: Some(data.encode_to_vec().into()),
+        };
+        let block = crate::content::Block::hashed(DAG_PB, node.into_bytes());
+        cid = *block.cid();
+        store.put(block).expect("a test store");
+        size *= fanout as u64;
+    }
+    cid
+}

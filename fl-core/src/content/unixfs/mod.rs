@@ -18,6 +18,8 @@ mod exporter;
 mod importer;
 mod pb;
 
+#[cfg(test)]
+pub(crate) use exporter::bomb;
 pub use exporter::{ExportError, export};
 pub use importer::{Added, ImportError, ImportOptions, import};
 

@@ -500,6 +500,31 @@ pub async fn fetch_dag(
     window: usize,
     per_peer: Duration,
 ) -> Result<u64, DagError> {
+    fetch_dag_at_most(bitswap, root, peers, window, per_peer, u64::MAX).await
+}
+
+/// Fetches the DAG under `root` as [`fetch_dag`] does, stopping with
+/// [`DagError::TooLarge`] once its distinct blocks (here already, or fetched) hold more than
+/// `max_bytes`: what a peer names is not trusted to be as small as it should be.
+pub async fn fetch_dag_at_most(
+    bitswap: &Bitswap,
+    root: Cid,
+    peers: &[PeerId],
+    window: usize,
+    per_peer: Duration,
+    max_bytes: u64,
+) -> Result<u64, DagError> {
+    let mut held = 0u64;
+    let mut hold = |block: &Block| {
+        held = held.saturating_add(block.len() as u64);
+        if held > max_bytes {
+            return Err(DagError::TooLarge {
+                root,
+                limit: max_bytes,
+            });
+        }
+        Ok(())
+    };
     let mut queue = VecDeque::from([root]);
     // Each distinct block is walked once: a block may link the same child many times, and
     // such blocks nest (a few kilobytes could otherwise name billions of visits).
@@ -511,6 +536,7 @@ pub async fn fetch_dag(
         while in_flight.len() < window.max(1) {
             let Some(cid) = queue.pop_front() else { break };
             if let Some(block) = lookup(bitswap.store(), &cid)? {
+                hold(&block)?;
                 let links = fl_core::content::links::links(&block)?;
                 queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
                 // Walking a large DAG that is already here must not starve the runtime.
@@ -526,6 +552,7 @@ pub async fn fetch_dag(
             return Ok(fetched);
         };
         let block = result?;
+        hold(&block)?;
         fetched += 1;
         let links = fl_core::content::links::links(&block)?;
         queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
@@ -544,6 +571,14 @@ pub enum DagError {
     /// A block's links could not be read.
     #[error(transparent)]
     Links(#[from] fl_core::content::links::LinksError),
+    /// The DAG's distinct blocks hold more bytes than the caller allows.
+    #[error("the DAG under {root} holds more than {limit} bytes")]
+    TooLarge {
+        /// The DAG.
+        root: Cid,
+        /// The caller's limit.
+        limit: u64,
+    },
 }
 
 /// Writes one length-prefixed frame.

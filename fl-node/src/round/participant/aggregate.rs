@@ -42,7 +42,7 @@ impl Participant {
     /// Starts fetching the updates announced for `round` on `base` that are not here yet,
     /// so an aggregator finds them here (communication overlaps the wait for the slowest
     /// node).
-    pub(super) fn prefetch(&self, ctx: &Ctx, round: u32, base: &Cid) {
+    pub(super) fn prefetch(&self, ctx: &Ctx, round: u32, base: &Cid, limit: u64) {
         let fresh: Vec<(Cid, PeerId)> = {
             let mut seen = lock(&ctx.prefetched);
             ctx.inbox
@@ -61,7 +61,9 @@ impl Participant {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
-                if let Err(e) = fetch_held(&node, update, Some(author), per_block, false).await {
+                if let Err(e) =
+                    fetch_held(&node, update, Some(author), per_block, false, limit).await
+                {
                     tracing::debug!(%update, "fetching ahead failed (fetched again when needed): {e}");
                 }
             });
@@ -94,9 +96,11 @@ impl Participant {
         // An author that vanished after announcing leaves its update out, not the round.
         let mut present = Vec::new();
         let mut missing = Vec::new();
+        let limit = base.model.file_limit();
         for entry in announced {
+            let update = entry.1.body.update;
             match self
-                .ensure(entry.1.body.update, "an update", Some(entry.1.signer))
+                .ensure_at_most(update, "an update", Some(entry.1.signer), limit)
                 .await
             {
                 Ok(()) => present.push(entry.clone()),

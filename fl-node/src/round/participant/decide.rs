@@ -90,7 +90,7 @@ impl Participant {
                 // The first two in line fetch the updates while the round fills; the others
                 // fetch them to recompute the manifest, while the next round trains.
                 if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
-                    self.prefetch(ctx, round, &base.model_cid);
+                    self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());
                 }
                 let awaited = expected
                     .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {

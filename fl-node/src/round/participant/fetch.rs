@@ -11,7 +11,20 @@ impl Participant {
         what: &str,
         holder: Option<PeerId>,
     ) -> Result<(), RoundError> {
-        fetch_held(&self.node, cid, holder, self.config.block_timeout, true)
+        self.ensure_at_most(cid, what, holder, u64::MAX).await
+    }
+
+    /// Makes sure the DAG under `cid` is in the repo, refusing it once it holds more than
+    /// `max_bytes` (an update, whose size the round's model bounds).
+    pub(super) async fn ensure_at_most(
+        &self,
+        cid: Cid,
+        what: &str,
+        holder: Option<PeerId>,
+        max_bytes: u64,
+    ) -> Result<(), RoundError> {
+        let per_block = self.config.block_timeout;
+        fetch_held(&self.node, cid, holder, per_block, true, max_bytes)
             .await
             .map_err(|source| RoundError::Fetch {
                 what: format!("{what} {cid}"),
@@ -64,21 +77,29 @@ pub(super) async fn fetch_held(
     holder: Option<PeerId>,
     per_block: Duration,
     use_dht: bool,
+    max_bytes: u64,
 ) -> Result<(), net::NetFetchError> {
     let window = net::fetch::FETCH_WINDOW;
     let peers = node.peers().await?;
+    let too_large = |e: &DagError| matches!(e, DagError::TooLarge { .. });
     // A holder that is not connected (gone, or never met) is not waited for.
-    if let Some(holder) = holder.filter(|h| peers.contains(h))
-        && fetch_dag(node.bitswap(), cid, &[holder], window, per_block)
-            .await
-            .is_ok()
-    {
-        return Ok(());
+    if let Some(holder) = holder.filter(|h| peers.contains(h)) {
+        match fetch_dag_at_most(node.bitswap(), cid, &[holder], window, per_block, max_bytes).await
+        {
+            Ok(_) => return Ok(()),
+            // Too large from anyone: the DAG is what it is.
+            Err(source) if too_large(&source) => {
+                return Err(net::NetFetchError::Dag { root: cid, source });
+            }
+            Err(_) => {}
+        }
     }
-    let from_peers = fetch_dag(node.bitswap(), cid, &peers, window, per_block).await;
+    let from_peers =
+        fetch_dag_at_most(node.bitswap(), cid, &peers, window, per_block, max_bytes).await;
     match from_peers {
         Ok(_) => Ok(()),
-        Err(_) if use_dht => net::fetch(node, cid, peers, true, per_block)
+        Err(source) if too_large(&source) => Err(net::NetFetchError::Dag { root: cid, source }),
+        Err(_) if use_dht => net::fetch_at_most(node, cid, peers, true, per_block, max_bytes)
             .await
             .map(|_| ()),
         Err(source) => Err(net::NetFetchError::Dag { root: cid, source }),

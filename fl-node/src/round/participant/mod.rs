@@ -37,7 +37,8 @@ use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
 use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
 use super::{RoundError, RoundStore};
-use crate::net::{self, Node, fetch_dag};
+use crate::net::bitswap::DagError;
+use crate::net::{self, Node, fetch_dag_at_most};
 
 mod aggregate;
 mod chain;

@@ -175,7 +175,8 @@ impl Participant {
             .collect();
         for (cid, a) in &announcements {
             if !unavailable.contains(cid) {
-                self.ensure(a.body.update, "an update", Some(a.signer))
+                let limit = base.model.file_limit();
+                self.ensure_at_most(a.body.update, "an update", Some(a.signer), limit)
                     .await?;
             }
         }
