@@ -1088,3 +1088,82 @@ fn a_dag_fetch_stops_at_its_byte_limit() {
         assert!(out == bytes);
     });
 }
+
+/// A node whose last handle is dropped stops (its peers see it go) even while its task's
+/// inbox is still listening for gossip: the inbox does not keep it running.
+#[test]
+fn a_node_stops_when_its_handles_go_even_with_an_inbox_listening() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use fl_core::content::{FsBlockstore, dagcbor};
+    use fl_core::records::task::TASK_FORMAT;
+    use fl_core::records::{DataSource, RoundSchedule, Task, TrainParams};
+    use fl_core::tensors::Encoding;
+    use fl_node::net::Node;
+    use fl_node::round::inbox::Inbox;
+    use libp2p::identity::Keypair;
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let model = *dagcbor::encode(&"model").unwrap().cid();
+        let task = Task {
+            format: TASK_FORMAT.into(),
+            name: "stopping".into(),
+            architecture: "fedavg-cnn".into(),
+            initial_model: model,
+            data: DataSource::OwnData,
+            train: TrainParams {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                proximal_mu: 0.0,
+                schedule: RoundSchedule::Constant,
+                steps: None,
+            },
+            rounds: 3,
+            min_participants: 1,
+            round_deadline_ms: 1000,
+            grace_ms: 1000,
+            dp: None,
+            rule: "fedavg".into(),
+            members: None,
+            flops_per_sample: 1,
+            seed: 0,
+            update_encoding: Encoding::F32,
+        };
+        let task_cid = *dagcbor::encode(&task).unwrap().cid();
+        let start = |name: &str| {
+            let store = Arc::new(FsBlockstore::open(dir.path().join(name)).unwrap());
+            let config = common::loopback();
+            async move {
+                let node = Node::start(Keypair::generate_ed25519(), store.clone(), config)
+                    .await
+                    .unwrap();
+                (node, store)
+            }
+        };
+        let (a, _) = start("a").await;
+        let (b, b_store) = start("b").await;
+        let inbox = Inbox::start(&b, task_cid, Arc::new(task), b_store)
+            .await
+            .unwrap();
+        let b_id = a
+            .dial(b.listen_addrs().await.unwrap().remove(0))
+            .await
+            .unwrap();
+        drop(b);
+        let until = Instant::now() + Duration::from_secs(15);
+        while a.peers().await.unwrap().contains(&b_id) {
+            assert!(
+                Instant::now() < until,
+                "the node kept running 15 s after its last handle was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(inbox);
+    });
+}

@@ -448,10 +448,19 @@ impl Fetcher {
     }
 }
 
+/// Checks that the DAG under `cid` is whole in `repo`, each distinct block once (a DAG may
+/// link one block many times; reading it out could expand it to any size).
 fn local_dag(repo: &Repo, cid: Cid) -> anyhow::Result<()> {
-    let mut sink = std::io::sink();
-    repo.cat(&cid, &mut sink)
-        .with_context(|| format!("{cid} is not whole in this repo; pass --peer MULTIADDR"))?;
+    let mut seen = std::collections::HashSet::from([cid]);
+    let mut queue = vec![cid];
+    while let Some(next) = queue.pop() {
+        let block = repo.blocks().get(&next).with_context(|| {
+            format!("{cid} is not whole in this repo ({next} is missing); pass --peer MULTIADDR")
+        })?;
+        let links = fl_core::content::links::links(&block)
+            .with_context(|| format!("reading the links of {next} under {cid}"))?;
+        queue.extend(links.into_iter().filter(|l| seen.insert(*l)));
+    }
     Ok(())
 }
 

@@ -22,6 +22,10 @@ const GOSSIP_QUEUE: usize = 256;
 /// record outweighs everything honest traffic earns (at most 2), three take a peer below
 /// gossipsub's graylist threshold (-80), where everything it sends is ignored.
 const INVALID_RECORD_WEIGHT: f64 = -10.0;
+/// Heartbeats a message stays in gossipsub's cache: a validated message is forwarded only if
+/// its validator reports on it within that time (10 s at 500 ms; gossipsub's default of 5
+/// gave a busy node 2.5 s to verify and store a record).
+const HISTORY_LENGTH: usize = 20;
 /// How much of the invalid-record count is left after each second: it halves in about 70 s,
 /// so a peer is forgiven within minutes once it stops.
 const INVALID_RECORD_DECAY: f64 = 0.99;
@@ -49,6 +53,7 @@ pub fn behaviour(
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
+        .history_length(HISTORY_LENGTH)
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .connection_handler_queue_len(GOSSIP_QUEUE)
         .build()?;

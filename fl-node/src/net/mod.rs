@@ -11,4 +11,4 @@ pub mod node;
 pub use bitswap::{Bitswap, fetch_dag, fetch_dag_at_most};
 pub use fetch::{Fetched, NetFetchError, fetch, fetch_at_most};
 pub use gossip::{Gossip, MessageAcceptance};
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{Node, NodeConfig, NodeError, Reporter};

@@ -340,6 +340,12 @@ impl Node {
             .await
     }
 
+    /// A handle that reports on gossip as [`Node::report`] does without keeping the node
+    /// running: for a validator that lives as long as the node, not longer.
+    pub fn reporter(&self) -> Reporter {
+        Reporter(self.commands.downgrade())
+    }
+
     /// Gossipsub's score of `peer` here (`None` before it is known).
     pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
         let (tx, rx) = oneshot::channel();
@@ -363,6 +369,25 @@ impl Node {
     async fn command(&self, command: Command) -> Result<(), NodeError> {
         self.commands
             .send(command)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// Reports on validated gossip for a node while the node runs ([`Node::reporter`]).
+#[derive(Debug, Clone)]
+pub struct Reporter(mpsc::WeakSender<Command>);
+
+impl Reporter {
+    /// As [`Node::report`]; [`NodeError::Stopped`] once every [`Node`] handle is gone.
+    pub async fn report(
+        &self,
+        message: &Gossip,
+        verdict: MessageAcceptance,
+    ) -> Result<(), NodeError> {
+        let commands = self.0.upgrade().ok_or(NodeError::Stopped)?;
+        commands
+            .send(Command::Report(message.id.clone(), message.via, verdict))
             .await
             .map_err(|_| NodeError::Stopped)
     }

@@ -85,12 +85,15 @@ pub enum FileError {
 }
 
 impl FileError {
-    /// What gossipsub does with a message holding such a record: invalid records are
-    /// rejected (not forwarded, their sender penalised); a full inbox or a failing store is
-    /// this node's state, not the sender's fault.
-    pub fn acceptance(&self) -> MessageAcceptance {
+    /// What gossipsub does with a message holding such a record that came from peer `via`:
+    /// a record every honest node finds invalid is rejected (not forwarded, and `via`
+    /// penalised). A second update is invalid only after the first: honest peers that saw
+    /// the two in the other order forward it in good faith, so only its author is blamed
+    /// for it. A full inbox or a failing store is this node's state, not anyone's fault.
+    pub fn acceptance(&self, via: &PeerId) -> MessageAcceptance {
         match self {
             FileError::Full { .. } | FileError::Store(_) => MessageAcceptance::Ignore,
+            FileError::SecondUpdate { author, .. } if author != via => MessageAcceptance::Ignore,
             _ => MessageAcceptance::Reject,
         }
     }
@@ -163,7 +166,8 @@ impl Inbox {
         node.subscribe_validated(&manifests).await?;
         node.subscribe_validated(&evaluations).await?;
         let this = inbox.clone();
-        let node = node.clone();
+        // A weak handle: the inbox must not keep a node running whose participant stopped.
+        let reporter = node.reporter();
         tokio::spawn(async move {
             loop {
                 let message = match gossip.recv().await {
@@ -193,7 +197,7 @@ impl Inbox {
                 };
                 let verdict = match &result {
                     Ok(()) => MessageAcceptance::Accept,
-                    Err(e) => e.acceptance(),
+                    Err(e) => e.acceptance(&message.via),
                 };
                 if let (Ok(()), Some(from)) = (&result, message.source) {
                     this.heard_from(from);
@@ -201,7 +205,7 @@ impl Inbox {
                 if let Err(why) = result {
                     tracing::info!(from = ?message.source, via = %message.via, "round gossip dropped: {why}");
                 }
-                if node.report(&message, verdict).await.is_err() {
+                if reporter.report(&message, verdict).await.is_err() {
                     return;
                 }
             }
@@ -489,4 +493,35 @@ impl Contents {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the author of a second update is blamed for it; records every honest node finds
+    /// invalid cost whoever sent them; this node's own limits cost no one.
+    #[test]
+    fn only_what_every_honest_node_refuses_costs_the_sender() {
+        let (author, forwarder) = (PeerId::random(), PeerId::random());
+        let second = FileError::SecondUpdate { author, round: 2 };
+        assert_eq!(second.acceptance(&author), MessageAcceptance::Reject);
+        assert_eq!(second.acceptance(&forwarder), MessageAcceptance::Ignore);
+        for invalid in [
+            FileError::Samples(0),
+            FileError::NotMember(author),
+            FileError::NoSuchRound {
+                round: 9,
+                rounds: 3,
+            },
+            FileError::TooLarge(3 << 20),
+        ] {
+            assert_eq!(invalid.acceptance(&forwarder), MessageAcceptance::Reject);
+        }
+        let full = FileError::Full {
+            what: "round 2's announcers".into(),
+            limit: MAX_ANNOUNCERS_PER_ROUND,
+        };
+        assert_eq!(full.acceptance(&author), MessageAcceptance::Ignore);
+    }
 }

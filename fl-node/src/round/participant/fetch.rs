@@ -24,12 +24,20 @@ impl Participant {
         max_bytes: u64,
     ) -> Result<(), RoundError> {
         let per_block = self.config.block_timeout;
-        fetch_held(&self.node, cid, holder, per_block, true, max_bytes)
-            .await
-            .map_err(|source| RoundError::Fetch {
+        match fetch_held(&self.node, cid, holder, per_block, true, max_bytes).await {
+            Ok(()) => Ok(()),
+            // What the DAG is does not change: no point in trying again.
+            Err(net::NetFetchError::Dag {
+                source: DagError::TooLarge { limit, .. },
+                ..
+            }) => Err(RoundError::Refuted(format!(
+                "{what} {cid} holds more than {limit} bytes"
+            ))),
+            Err(source) => Err(RoundError::Fetch {
                 what: format!("{what} {cid}"),
                 source,
-            })
+            }),
+        }
     }
 
     /// One block's bytes, fetched from peers if the repo lacks it.

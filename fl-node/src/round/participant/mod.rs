@@ -38,7 +38,7 @@ use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
 use super::{RoundError, RoundStore};
 use crate::net::bitswap::DagError;
-use crate::net::{self, Node, fetch_dag_at_most};
+use crate::net::{self, MessageAcceptance, Node, fetch_dag_at_most};
 
 mod aggregate;
 mod chain;

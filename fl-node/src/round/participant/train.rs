@@ -216,6 +216,10 @@ impl Participant {
             .file_announcement(self.repo.blocks(), bytes.clone())
         {
             tracing::warn!("our own announcement was not filed: {why}");
+            // Peers would refuse it too, and count it against this node.
+            if why.acceptance(&self.node.peer_id()) == MessageAcceptance::Reject {
+                return;
+            }
         }
         let _ = self
             .node
