@@ -905,9 +905,7 @@ fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
     use std::time::Instant;
 
     use fl_core::content::{FsBlockstore, dagcbor};
-    use fl_core::records::task::TASK_FORMAT;
-    use fl_core::records::{Announcement, DataSource, RoundSchedule, Signed, Task, TrainParams};
-    use fl_core::tensors::Encoding;
+    use fl_core::records::{Announcement, Signed, Task};
     use fl_node::net::Node;
     use fl_node::round::inbox::Inbox;
     use libp2p::identity::Keypair;
@@ -916,33 +914,7 @@ fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let model = *dagcbor::encode(&"model").unwrap().cid();
-        let task = Task {
-            format: TASK_FORMAT.into(),
-            name: "gossip validation".into(),
-            architecture: "fedavg-cnn".into(),
-            initial_model: model,
-            data: DataSource::OwnData,
-            train: TrainParams {
-                epochs: 1,
-                batch_size: 32,
-                learning_rate: 0.1,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                proximal_mu: 0.0,
-                schedule: RoundSchedule::Constant,
-                steps: None,
-            },
-            rounds: 3,
-            min_participants: 1,
-            round_deadline_ms: 1000,
-            grace_ms: 1000,
-            dp: None,
-            rule: "fedavg".into(),
-            members: None,
-            flops_per_sample: 1,
-            seed: 0,
-            update_encoding: Encoding::F32,
-        };
+        let task = common::open_task("gossip validation", model);
         let task_cid = *dagcbor::encode(&task).unwrap().cid();
         let topic = Task::updates_topic(&task_cid);
         let mut nodes = Vec::new();
@@ -1097,9 +1069,6 @@ fn a_node_stops_when_its_handles_go_even_with_an_inbox_listening() {
     use std::time::Instant;
 
     use fl_core::content::{FsBlockstore, dagcbor};
-    use fl_core::records::task::TASK_FORMAT;
-    use fl_core::records::{DataSource, RoundSchedule, Task, TrainParams};
-    use fl_core::tensors::Encoding;
     use fl_node::net::Node;
     use fl_node::round::inbox::Inbox;
     use libp2p::identity::Keypair;
@@ -1108,33 +1077,7 @@ fn a_node_stops_when_its_handles_go_even_with_an_inbox_listening() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let model = *dagcbor::encode(&"model").unwrap().cid();
-        let task = Task {
-            format: TASK_FORMAT.into(),
-            name: "stopping".into(),
-            architecture: "fedavg-cnn".into(),
-            initial_model: model,
-            data: DataSource::OwnData,
-            train: TrainParams {
-                epochs: 1,
-                batch_size: 32,
-                learning_rate: 0.1,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                proximal_mu: 0.0,
-                schedule: RoundSchedule::Constant,
-                steps: None,
-            },
-            rounds: 3,
-            min_participants: 1,
-            round_deadline_ms: 1000,
-            grace_ms: 1000,
-            dp: None,
-            rule: "fedavg".into(),
-            members: None,
-            flops_per_sample: 1,
-            seed: 0,
-            update_encoding: Encoding::F32,
-        };
+        let task = common::open_task("stopping", model);
         let task_cid = *dagcbor::encode(&task).unwrap().cid();
         let start = |name: &str| {
             let store = Arc::new(FsBlockstore::open(dir.path().join(name)).unwrap());

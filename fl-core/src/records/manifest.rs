@@ -190,6 +190,18 @@ pub struct Manifest {
     pub rank: u32,
 }
 
+impl Manifest {
+    /// The announcements whose updates it calls unavailable: left out without being read, so
+    /// a check does not fetch them either.
+    pub fn unavailable(&self) -> std::collections::HashSet<Cid> {
+        self.rejected
+            .iter()
+            .filter(|r| r.reason == RejectReason::Unavailable)
+            .map(|r| r.announcement)
+            .collect()
+    }
+}
+
 impl Record for Manifest {
     const DOMAIN: &'static str = "fl/manifest/1:";
 }

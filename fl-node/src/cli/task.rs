@@ -12,8 +12,8 @@ use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
 use fl_core::privacy::{accountant, plan};
 use fl_core::records::{
-    Announcement, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId,
-    RejectReason, Signed, Task, ranking,
+    Announcement, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed,
+    Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use fl_node::net::{Node, fetch_dag};
@@ -343,12 +343,7 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
             state,
         };
         let mut announcements = Vec::new();
-        let unavailable: std::collections::HashSet<Cid> = m
-            .rejected
-            .iter()
-            .filter(|r| r.reason == RejectReason::Unavailable)
-            .map(|r| r.announcement)
-            .collect();
+        let unavailable = m.unavailable();
         for cid in m
             .contributions
             .iter()

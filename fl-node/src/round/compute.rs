@@ -326,12 +326,7 @@ pub fn check(
             r.reason.code()
         ));
     }
-    let unavailable: HashSet<Cid> = manifest
-        .rejected
-        .iter()
-        .filter(|r| r.reason == RejectReason::Unavailable)
-        .map(|r| r.announcement)
-        .collect();
+    let unavailable = manifest.unavailable();
     let (missing, present): (Vec<_>, Vec<_>) = announcements
         .iter()
         .cloned()

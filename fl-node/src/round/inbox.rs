@@ -170,7 +170,7 @@ impl Inbox {
         let reporter = node.reporter();
         tokio::spawn(async move {
             loop {
-                let message = match gossip.recv().await {
+                let mut message = match gossip.recv().await {
                     Ok(m) => m,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!("round gossip: {n} messages dropped (reading too slowly)");
@@ -181,7 +181,8 @@ impl Inbox {
                 if ![&updates, &manifests, &evaluations].contains(&&message.topic) {
                     continue;
                 }
-                let data = message.data.clone();
+                // The record's bytes move into the inbox; reporting needs only the id.
+                let data = std::mem::take(&mut message.data);
                 let result = if data.len() > MAX_RECORD_BYTES {
                     Err(FileError::TooLarge(data.len()))
                 } else if message.topic == updates {

@@ -26,3 +26,37 @@ pub fn loopback() -> fl_node::net::NodeConfig {
         ..fl_node::net::NodeConfig::default()
     }
 }
+
+/// A task record for tests of gossip and rounds: open to anyone, own data, three rounds of
+/// FedAvg starting from `model`.
+#[allow(dead_code)] // not every test binary makes tasks
+pub fn open_task(name: &str, model: cid::Cid) -> fl_core::records::Task {
+    use fl_core::records::{DataSource, RoundSchedule, Task, TrainParams, task::TASK_FORMAT};
+    Task {
+        format: TASK_FORMAT.into(),
+        name: name.into(),
+        architecture: "fedavg-cnn".into(),
+        initial_model: model,
+        data: DataSource::OwnData,
+        train: TrainParams {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            proximal_mu: 0.0,
+            schedule: RoundSchedule::Constant,
+            steps: None,
+        },
+        rounds: 3,
+        min_participants: 1,
+        round_deadline_ms: 1000,
+        grace_ms: 1000,
+        dp: None,
+        rule: "fedavg".into(),
+        members: None,
+        flops_per_sample: 1,
+        seed: 0,
+        update_encoding: fl_core::tensors::Encoding::F32,
+    }
+}

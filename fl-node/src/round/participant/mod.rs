@@ -25,8 +25,7 @@ use fl_core::model::{
     Architecture, Backend, Batch, Classifier, DpSgdConfig, Momentum, TrainConfig,
 };
 use fl_core::records::{
-    Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, RejectReason, Signed, Task,
-    ranking,
+    Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use libp2p::PeerId;

@@ -167,15 +167,10 @@ impl Participant {
             }
             return Ok(());
         }
-        let unavailable: HashSet<Cid> = m
-            .rejected
-            .iter()
-            .filter(|r| r.reason == RejectReason::Unavailable)
-            .map(|r| r.announcement)
-            .collect();
+        let unavailable = m.unavailable();
+        let limit = base.model.file_limit();
         for (cid, a) in &announcements {
             if !unavailable.contains(cid) {
-                let limit = base.model.file_limit();
                 self.ensure_at_most(a.body.update, "an update", Some(a.signer), limit)
                     .await?;
             }
