@@ -23,7 +23,7 @@ DATA=../shared/datasets/cifar10
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then DATA="$1"; shift; fi
 [ "${1:-}" = "--" ] && shift
 FL="${FL_BIN:-$PWD/target/release/fl}"
-[ -x "$FL" ] || cargo build --release -p fl-node
+[ -x "$FL" ] || cargo build --release -p fl
 KEEP="${OUT:-}"
 DIR="${KEEP:-$(mktemp -d)}"
 mkdir -p "$DIR"

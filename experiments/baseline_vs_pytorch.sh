@@ -17,7 +17,7 @@ PY="${FL_TORCH_PYTHON:-python3}"
 ARGS=(--epochs "$EPOCHS" --batch 64 --lr 0.05 --momentum 0.9 --weight-decay 5e-4 --seed "$SEED" --schedule "$SCHEDULE")
 OUT="experiments/out/baseline-$SEED-${SCHEDULE//:/_}"
 rm -rf "$OUT" && mkdir -p "$OUT"
-[ -x target/release/fl ] || cargo build --release -p fl-node
+[ -x target/release/fl ] || cargo build --release -p fl
 export FL_REPO="$OUT/repo"
 
 /usr/bin/time -v target/release/fl baseline --data "$DATA" "${ARGS[@]}" --jsonl "$OUT/fl.jsonl" 2> "$OUT/fl.err"

@@ -25,7 +25,7 @@ CLIP="${CLIP:-1.0}" DELTA="${DELTA:-1e-5}"
 RECIPE=(--epochs "$EPOCHS" --batch "$BATCH" --lr "$LR" --momentum "$MOMENTUM" --weight-decay "$WD" --seed "$SEED")
 OUT="experiments/out/dp-$SEED-$EPSILON"
 rm -rf "$OUT" && mkdir -p "$OUT"
-[ -x target/release/fl ] || cargo build --release -p fl-node
+[ -x target/release/fl ] || cargo build --release -p fl
 export FL_REPO="$OUT/repo"
 
 if [ "$EPSILON" = none ]; then

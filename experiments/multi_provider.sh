@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-5}"
 RATE="${2:-200mbit}"
 FL="${FL_BIN:-$PWD/target/release/fl}"
-[ -x "$FL" ] || cargo build --release -p fl-node
+[ -x "$FL" ] || cargo build --release -p fl
 OUT=$(mktemp -d)
 P="flmp$$"
 cleanup() {

@@ -17,7 +17,7 @@ NODES="${1:-5}"
 ROUNDS="${2:-3}"
 DATA="${3:-../shared/datasets/cifar10}"
 FL="${FL_BIN:-$PWD/target/release/fl}"
-[ -x "$FL" ] || cargo build --release -p fl-node
+[ -x "$FL" ] || cargo build --release -p fl
 OUT=$(mktemp -d)
 [ -n "${LOGS:-}" ] && export RUST_LOG="${RUST_LOG:-info}"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT

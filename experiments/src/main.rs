@@ -1,5 +1,5 @@
 //! `cargo run --release -p experiments -- all [--quick]`: the evaluation of the federation.
-//! Every experiment runs real nodes (`fl_node::simulate`) on CIFAR-10 and writes CSV files,
+//! Every experiment runs real nodes (`fl_sim`) on CIFAR-10 and writes CSV files,
 //! PNG plots and its section of `results/REPORT.md` (kept in `results/sections/`).
 
 mod harness;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use fl_core::records::{DpLevel, RoundSchedule, TrainParams};
 use fl_core::tensors::Bundle;
-use fl_node::plot::{Series, line_chart};
-use fl_node::simulate::PrivacyTarget;
+use fl_plot::{Series, line_chart};
+use fl_sim::PrivacyTarget;
 
 use crate::harness::{Csv, centralize, federate, field, pct};
 use crate::suite::{Ctx, failure};

@@ -12,8 +12,8 @@ use fl_core::content::Repo;
 use fl_core::model::{Architecture, Batch, Classifier};
 use fl_core::tensors::{Bundle, Encoding};
 use fl_node::net::{Node, NodeConfig, keys};
-use fl_node::plot::{Series, bar_chart, line_chart};
-use fl_node::simulate::{Failure, Plan, Victim};
+use fl_plot::{Series, bar_chart, line_chart};
+use fl_sim::{Failure, Plan, Victim};
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{Csv, FedRun, centralize, federate, field, pct};
@@ -244,7 +244,7 @@ impl Ctx {
             ])?;
         }
         let csv = csv.finish()?;
-        let series = |x: &dyn Fn(&Plan, &fl_node::simulate::RoundRow) -> f64,
+        let series = |x: &dyn Fn(&Plan, &fl_sim::RoundRow) -> f64,
                       central_x: &dyn Fn(&crate::harness::Epoch) -> f64| {
             let mut lines: Vec<Series> = feds
                 .iter()

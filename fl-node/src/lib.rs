@@ -1,7 +1,6 @@
 //! The federation's peer: libp2p networking that interoperates with IPFS ([`net`]) and
-//! federated rounds over it ([`round`]). The `fl` program (src/main.rs) is its command line.
+//! federated rounds over it ([`round`]). The `fl` program (crate `fl`) is its command line;
+//! `fl-sim` runs many of them in one process.
 
 pub mod net;
-pub mod plot;
 pub mod round;
-pub mod simulate;

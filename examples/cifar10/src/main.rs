@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use datasets::cifar10;
-use fl_node::simulate::{self, Plan, Progress};
+use fl_sim::{Plan, Progress};
 
 /// Local SGD steps per round: short rounds keep federated training within reach of
 /// centralized training at the same epochs (README, "Results").
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         data.train.len()
     );
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(simulate::run(&plan, &data, scratch.path(), |p| match p {
+    let report = runtime.block_on(fl_sim::run(&plan, &data, scratch.path(), |p| match p {
         Progress::Started { task, .. } => println!("task {task}\n round  accuracy  seconds  model"),
         Progress::Round(r) => println!(
             "{:>6} {:>8.2}% {:>8.1}  {}",

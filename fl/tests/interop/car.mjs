@@ -1,5 +1,5 @@
 // CAR files through the JS IPFS stack Helia is built on (@ipld/car, ipfs-unixfs-importer,
-// ipfs-unixfs-exporter), for fl-node/tests/interop.rs.
+// ipfs-unixfs-exporter), for fl/tests/interop.rs.
 //
 //   node car.mjs read FILE.car           verifies every block, exports the first root as a
 //                                        UnixFS file, prints {roots, blocks, size, sha256}

@@ -46,7 +46,7 @@ impl DeviceArgs {
         };
         name.parse::<Backend>().map_err(|e| {
             let hint = if name == "wgpu" {
-                "; build `fl` with the GPU backend: cargo build --release -p fl-node --features gpu"
+                "; build `fl` with the GPU backend: cargo build --release -p fl --features gpu"
             } else {
                 ""
             };

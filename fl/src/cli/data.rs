@@ -118,7 +118,7 @@ pub(super) fn run(cmd: Data, repo: &RepoPath) -> anyhow::Result<()> {
             let counts = parts.label_counts(data.train.labels());
             print_table(&counts);
             if let Some(path) = png {
-                fl_node::plot::label_heatmap(
+                fl_plot::label_heatmap(
                     &counts,
                     &CLASSES,
                     &format!(

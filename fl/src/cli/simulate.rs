@@ -12,7 +12,7 @@ use datasets::download::{self, Source};
 use datasets::partition::Scheme;
 use fl_core::records::RoundSchedule;
 use fl_node::round::Event;
-use fl_node::simulate::{self, Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
+use fl_sim::{Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
 
 /// `fl simulate`.
 #[derive(Debug, Args)]
@@ -178,7 +178,7 @@ pub(super) fn run(args: Simulate, quiet: bool) -> anyhow::Result<()> {
     };
     let mut view = View::new(&plan, quiet, args.json);
     let report = super::node::runtime()?
-        .block_on(simulate::run(&plan, &data, &root, |p| view.show(p)))
+        .block_on(fl_sim::run(&plan, &data, &root, |p| view.show(p)))
         .context("simulating the federation")?;
     view.finish(&report, &plan, args.keep.as_ref())?;
     if report.finished == 0 {

@@ -1,0 +1,168 @@
+//! A whole federation on one machine: N real nodes (each with its own key, repo, round
+//! database and libp2p swarm on loopback) in this process, following one task on CIFAR-10
+//! shards round by round, exactly as `fl node run --task` processes would. `fl simulate`
+//! and the experiments run it; progress comes out as events, a row per round.
+
+mod faults;
+mod launch;
+mod plan;
+mod progress;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use cid::Cid;
+use datasets::cifar10::Cifar10;
+use libp2p::PeerId;
+
+use crate::faults::Faults;
+use crate::progress::Book;
+
+pub use plan::{Failure, Plan, PrivacyTarget, Victim};
+pub use progress::{Progress, Report, RoundRow, peak_memory};
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulationError {
+    /// The plan cannot work (names the setting).
+    #[error("{0}")]
+    Plan(String),
+    /// A directory for the nodes' repos could not be made.
+    #[error("cannot make {path}")]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data could not be split.
+    #[error("splitting the data")]
+    Partition(#[from] datasets::partition::PartitionError),
+    /// The shards could not be published.
+    #[error("publishing the shards")]
+    Shards(#[from] datasets::shard::ShardError),
+    /// A repo failed.
+    #[error(transparent)]
+    Repo(#[from] fl_core::content::RepoError),
+    /// A node's key could not be made.
+    #[error(transparent)]
+    Key(#[from] fl_node::net::keys::KeyError),
+    /// A node could not start.
+    #[error(transparent)]
+    Node(#[from] fl_node::net::NodeError),
+    /// The round database could not be opened.
+    #[error(transparent)]
+    Rounds(#[from] fl_node::round::RoundStoreError),
+    /// The initial model could not be made or stored.
+    #[error("making the initial model")]
+    Model(#[from] fl_core::model::ModelError),
+    /// The initial model could not be encoded.
+    #[error("encoding the initial model")]
+    Encoding(#[from] fl_core::tensors::TensorError),
+    /// The initial model could not be stored.
+    #[error("storing the initial model")]
+    Stored(#[from] fl_core::tensors::StoredError),
+    /// The task record is not valid.
+    #[error("making the task")]
+    Task(#[from] fl_core::records::task::TaskError),
+    /// No node finished the task.
+    #[error("no node finished the task; the first error: {0}")]
+    NoneFinished(String),
+}
+
+/// Runs `plan` on `data` with every node's repo under `root` (made if missing); returns when
+/// every node has finished, failed or given up.
+pub async fn run(
+    plan: &Plan,
+    data: &Cifar10,
+    root: &Path,
+    mut emit: impl FnMut(&Progress),
+) -> Result<Report, SimulationError> {
+    plan.check(data.train.len())?;
+    let setup = launch::publish(plan, data, root)?;
+    emit(&setup.started);
+    let members = launch::start_nodes(&setup).await?;
+    let by_peer: HashMap<PeerId, usize> = members
+        .iter()
+        .map(|m| (m.node.peer_id(), m.index))
+        .collect();
+    // Counters only: a node whose participant stops closes its swarm.
+    let counters: Vec<_> = members.iter().map(|m| m.node.bitswap().clone()).collect();
+    let sent = || counters.iter().map(|b| b.stats().bytes_sent).sum::<u64>();
+    let mut running = launch::spawn(plan, setup.task, members);
+
+    let clock = Instant::now();
+    let mut book = Book::new(plan, by_peer);
+    let mut faults = Faults::new(plan, running.stop.clone());
+    let mut outcomes: BTreeMap<usize, Result<Cid, String>> = BTreeMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let note =
+        |node, event: &_, book: &mut Book, faults: &mut Faults, emit: &mut dyn FnMut(&Progress)| {
+            emit(&Progress::Node {
+                node,
+                event: Clone::clone(event),
+            });
+            faults.note(node, event, book.open_round(), emit);
+            for row in book.note(event, clock.elapsed().as_secs_f64(), sent()) {
+                emit(&Progress::Round(row));
+            }
+        };
+    loop {
+        tokio::select! {
+            Some((node, event)) = running.events.recv() => {
+                note(node, &event, &mut book, &mut faults, &mut emit);
+            }
+            joined = running.nodes.join_next() => match joined {
+                Some(Ok((node, Some(Ok(model))))) => { outcomes.insert(node, Ok(model)); }
+                Some(Ok((node, Some(Err(e))))) => {
+                    let reason = e.to_string();
+                    emit(&Progress::Errored { node, reason: reason.clone() });
+                    outcomes.insert(node, Err(reason));
+                }
+                Some(Ok((node, None))) => { outcomes.insert(node, Err("stopped".into())); }
+                Some(Err(e)) => tracing::error!("a node's task ended abnormally: {e}"),
+                None => break,
+            },
+            _ = tick.tick() => faults.tick(book.open_round(), &mut emit),
+        }
+    }
+    // Events sent just before the last node ended.
+    while let Ok((node, event)) = running.events.try_recv() {
+        note(node, &event, &mut book, &mut faults, &mut emit);
+    }
+    for row in book.ready(true) {
+        emit(&Progress::Round(row));
+    }
+    let (model, agreeing) = consensus(&outcomes)?;
+    let stats: Vec<_> = counters.iter().map(|b| b.stats()).collect();
+    Ok(Report {
+        task: setup.task.to_string(),
+        model: model.to_string(),
+        agreeing,
+        finished: outcomes.values().filter(|o| o.is_ok()).count(),
+        rounds: book.rows,
+        bytes_sent: stats.iter().map(|s| s.bytes_sent).collect(),
+        bytes_received: stats.iter().map(|s| s.bytes_received).collect(),
+        seconds: clock.elapsed().as_secs_f64(),
+        peak_memory: peak_memory(),
+    })
+}
+
+/// The final model most nodes ended with, and how many did; the first error if none did.
+fn consensus(
+    outcomes: &BTreeMap<usize, Result<Cid, String>>,
+) -> Result<(Cid, usize), SimulationError> {
+    let mut votes: BTreeMap<Cid, usize> = BTreeMap::new();
+    for model in outcomes.values().flatten() {
+        *votes.entry(*model).or_default() += 1;
+    }
+    votes.into_iter().max_by_key(|(_, n)| *n).ok_or_else(|| {
+        let first = outcomes
+            .values()
+            .find_map(|o| o.as_ref().err().cloned())
+            .unwrap_or_else(|| "no node ran".into());
+        SimulationError::NoneFinished(first)
+    })
+}

@@ -1,0 +1,284 @@
+//! What a simulation runs: the federation's size, its task's settings and the failures to
+//! inject, checked before anything starts.
+
+use std::time::Duration;
+
+use datasets::partition::Scheme;
+use fl_core::model::Backend;
+use fl_core::privacy::plan::DpSgdTarget;
+use fl_core::records::{DpLevel, RoundSchedule, TrainParams};
+use fl_core::tensors::Encoding;
+
+use crate::SimulationError;
+
+/// Fewest training images a node may hold.
+pub(crate) const MIN_SHARD: usize = 10;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Nodes (each trains on one shard).
+    pub nodes: usize,
+    /// Rounds.
+    pub rounds: u32,
+    /// How the training set is split across nodes.
+    pub scheme: Scheme,
+    /// Local training.
+    pub train: TrainParams,
+    /// The aggregation rule (`fedavg`, `fedavgm:momentum=0.9`, `median`, ...).
+    pub rule: String,
+    /// How nodes write their updates (float32, or int8 with a scale per tensor).
+    pub update_encoding: Encoding,
+    /// Differential privacy, by the epsilon to spend over all rounds.
+    pub privacy: Option<PrivacyTarget>,
+    /// Fewest updates a round may close with.
+    pub min_participants: u32,
+    /// How long after a round opens it closes with what has arrived.
+    pub deadline: Duration,
+    /// How long each next-ranked aggregator waits for the one before it.
+    pub grace: Duration,
+    /// Where nodes train.
+    pub backend: Backend,
+    /// Nodes that recompute every manifest from its updates; the others check its claims
+    /// only (all nodes are run by this process, so a few checkers vouch for everyone).
+    pub checkers: usize,
+    /// Trainings at once across all nodes (the machine's cores are shared).
+    pub trainings_at_once: usize,
+    /// Seed of the initial model, the partition, data order and noise.
+    pub seed: u64,
+    /// Most time to keep serving after the last round, for nodes still catching up.
+    pub linger: Duration,
+    /// Nodes that stop for good at some moment (fault injection).
+    pub failures: Vec<Failure>,
+}
+
+/// A node that stops (its swarm closes, as if the process were killed) at a moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Failure {
+    /// Which node.
+    pub victim: Victim,
+    /// The round during which it stops.
+    pub round: u32,
+    /// When in that round: this many seconds after it opens (for the aggregator: after it
+    /// starts aggregating).
+    pub after: Duration,
+}
+
+/// The node a [`Failure`] stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Victim {
+    /// This node.
+    Node(usize),
+    /// Whichever node aggregates the round.
+    Aggregator,
+}
+
+/// DP-FedAvg settings given by the privacy to spend rather than the noise to add.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivacyTarget {
+    /// What is protected: each node's update (DP-FedAvg) or each example (DP-SGD).
+    pub level: DpLevel,
+    /// Epsilon over all rounds (sample level: each node's, at most).
+    pub epsilon: f64,
+    /// The delta it holds at.
+    pub delta: f64,
+    /// L2 norm each update (client level) or each example's gradient (sample level) is
+    /// clipped to.
+    pub clip_norm: f64,
+}
+
+impl Plan {
+    /// A plan with the defaults of `fl simulate` for `nodes` nodes and `rounds` rounds.
+    pub fn new(nodes: usize, rounds: u32) -> Self {
+        Self {
+            nodes,
+            rounds,
+            scheme: Scheme::Iid,
+            train: TrainParams {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                proximal_mu: 0.0,
+                schedule: RoundSchedule::Cosine,
+                steps: None,
+            },
+            rule: "fedavg".into(),
+            update_encoding: Encoding::F32,
+            privacy: None,
+            min_participants: nodes.try_into().unwrap_or(u32::MAX),
+            deadline: Duration::from_secs(1800),
+            grace: Duration::from_secs(60),
+            backend: Backend::default(),
+            checkers: nodes.min(8),
+            trainings_at_once: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            seed: 0,
+            linger: Duration::from_secs(120),
+            failures: Vec::new(),
+        }
+    }
+
+    /// The plan with rounds of `steps` local steps in place of whole epochs, as many rounds
+    /// as make `epochs` passes over a node's share of `samples` images split IID.
+    pub fn in_steps(mut self, steps: u32, epochs: u32, samples: usize) -> Self {
+        let per_epoch = self.batches_per_epoch(samples);
+        let rounds = (u64::from(epochs) * per_epoch).div_ceil(u64::from(steps.max(1)));
+        self.rounds = u32::try_from(rounds).unwrap_or(u32::MAX).max(1);
+        self.train.steps = Some(steps);
+        self
+    }
+
+    /// Passes each node has made over its share of `samples` images (split IID) after
+    /// `round` rounds: what puts federated curves on the same axis as centralized ones.
+    pub fn epochs_after(&self, round: u32, samples: usize) -> f64 {
+        match self.train.steps {
+            Some(steps) => {
+                f64::from(round) * f64::from(steps) / self.batches_per_epoch(samples).max(1) as f64
+            }
+            None => f64::from(round) * f64::from(self.train.epochs),
+        }
+    }
+
+    /// Local batches in one pass over a node's share of `samples` images split IID.
+    fn batches_per_epoch(&self, samples: usize) -> u64 {
+        let share = samples.div_ceil(self.nodes.max(1)) as u64;
+        share.div_ceil(u64::from(self.train.batch_size.max(1)))
+    }
+
+    /// Refuses a plan that cannot work on `samples` training images, naming the setting.
+    pub fn check(&self, samples: usize) -> Result<(), SimulationError> {
+        let bad = |m: String| Err(SimulationError::Plan(m));
+        if self.nodes == 0 {
+            return bad("--nodes must be at least 1".into());
+        }
+        if self.rounds == 0 {
+            return bad("--rounds must be at least 1".into());
+        }
+        if self.nodes.saturating_mul(MIN_SHARD) > samples {
+            return bad(format!(
+                "--nodes {}: the data has {samples} training images, too few for {} nodes of at least {MIN_SHARD} each",
+                self.nodes, self.nodes
+            ));
+        }
+        if self.min_participants == 0 || self.min_participants as usize > self.nodes {
+            return bad(format!(
+                "--min-participants {} must be between 1 and --nodes ({})",
+                self.min_participants, self.nodes
+            ));
+        }
+        if self.checkers == 0 || self.checkers > self.nodes {
+            return bad(format!(
+                "--checkers {} must be between 1 and --nodes ({})",
+                self.checkers, self.nodes
+            ));
+        }
+        if let Some(p) = &self.privacy {
+            if !(p.epsilon.is_finite() && p.epsilon > 0.0) {
+                return bad(format!(
+                    "--dp-epsilon must be a number > 0, got {}",
+                    p.epsilon
+                ));
+            }
+            if !(p.delta > 0.0 && p.delta < 1.0) {
+                return bad(format!("--dp-delta must be in (0, 1), got {}", p.delta));
+            }
+            if !(p.clip_norm.is_finite() && p.clip_norm > 0.0) {
+                return bad(format!(
+                    "--dp-clip must be a number > 0, got {}",
+                    p.clip_norm
+                ));
+            }
+        }
+        for f in &self.failures {
+            let node = match f.victim {
+                Victim::Node(n) => n,
+                Victim::Aggregator => 0,
+            };
+            if node >= self.nodes || f.round == 0 || f.round > self.rounds {
+                return bad(format!(
+                    "failure of node {node} in round {}: there are nodes 0..{} and rounds 1..={}",
+                    f.round, self.nodes, self.rounds
+                ));
+            }
+        }
+        let victims: std::collections::BTreeSet<String> = self
+            .failures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match f.victim {
+                Victim::Node(n) => format!("node {n}"),
+                Victim::Aggregator => format!("aggregator {i}"),
+            })
+            .collect();
+        if self.nodes.saturating_sub(victims.len()) < self.min_participants as usize {
+            return bad(format!(
+                "--fail stops {} of {} nodes, leaving fewer than --min-participants {}: the rounds after would never close",
+                victims.len(),
+                self.nodes,
+                self.min_participants
+            ));
+        }
+        let _: aggregator::Rule = self
+            .rule
+            .parse()
+            .map_err(|e| SimulationError::Plan(format!("--aggregation {}: {e}", self.rule)))?;
+        Ok(())
+    }
+
+    /// The noise multiplier that spends the privacy target over the task's rounds, for shards
+    /// of which the smallest holds `smallest_shard` images (the sample level accounts each
+    /// node's own examples, so the smallest shard spends fastest).
+    pub fn noise_multiplier(&self, smallest_shard: u64) -> Result<Option<f64>, SimulationError> {
+        let Some(p) = self.privacy else {
+            return Ok(None);
+        };
+        let refused = |e: &dyn std::fmt::Display| {
+            SimulationError::Plan(format!("--dp-epsilon {}: {e}", p.epsilon))
+        };
+        match p.level {
+            DpLevel::Client => fl_core::privacy::accountant::noise_for_epsilon(
+                1.0,
+                u64::from(self.rounds),
+                p.delta,
+                p.epsilon,
+            )
+            .map(Some)
+            .map_err(|e| refused(&e)),
+            DpLevel::Sample => {
+                let batch = u64::from(self.train.batch_size);
+                let per_round = match self.train.steps {
+                    Some(steps) => u64::from(steps),
+                    None => u64::from(self.train.epochs) * smallest_shard.div_ceil(batch.max(1)),
+                };
+                let target = DpSgdTarget {
+                    epsilon: p.epsilon,
+                    delta: p.delta,
+                    clip_norm: p.clip_norm,
+                };
+                target
+                    .plan(smallest_shard, batch, per_round * u64::from(self.rounds))
+                    .map(|plan| Some(plan.noise_multiplier))
+                    .map_err(|e| refused(&e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plan;
+
+    #[test]
+    fn rounds_of_steps_add_up_to_the_epochs_asked_for() {
+        // 1,500 images a node: 47 batches of 32 an epoch, 470 in 10 epochs.
+        let plan = Plan::new(8, 1).in_steps(5, 10, 12_000);
+        assert_eq!((plan.rounds, plan.train.steps), (94, Some(5)));
+        // 250 images a node: 8 batches an epoch, 24 in 3 epochs, the last round short of 7.
+        assert_eq!(Plan::new(4, 1).in_steps(7, 3, 1000).rounds, 4);
+        // The epochs a round has reached, on the axis of centralized training.
+        assert!((plan.epochs_after(47, 12_000) - 5.0).abs() < 1e-12);
+        assert!((plan.epochs_after(94, 12_000) - 10.0).abs() < 1e-12);
+        assert!((Plan::new(8, 10).epochs_after(3, 12_000) - 3.0).abs() < 1e-12);
+    }
+}
