@@ -1,7 +1,7 @@
 //! A round's aggregation as a pure function of published bytes: the aggregator runs it to
 //! make a manifest, every other node and `fl verify` run it again to check one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aggregator::{AggregatorConfig, Contribution as Offered, ServerState, aggregate_round};
@@ -57,56 +57,70 @@ pub fn aggregate(
         .rule
         .parse()
         .map_err(|e: aggregator::RuleError| RoundError::Task(e.to_string()))?;
-    let mut offered = Vec::with_capacity(announcements.len());
-    let mut by_update = std::collections::HashMap::new();
-    let mut unreadable = Vec::new();
-    // No update of this model is larger, and none is read past it (a few blocks that link
-    // each other many times name any size).
-    let limit = base.model.file_limit();
-    for (cid, a) in announcements {
-        let body = &a.body;
-        // A file that is not a tensor bundle is the author's fault, not the round's.
-        let delta = match Bundle::load_at_most(repo, &body.update, limit) {
-            Ok(delta) => delta,
-            Err(e) => {
-                tracing::info!(update = %body.update, author = %a.signer, "update unreadable: {e}");
-                let reason = match e {
-                    StoredError::TooLarge { .. } => RejectReason::TooLarge,
-                    _ => RejectReason::Unreadable,
-                };
-                unreadable.push(Rejected {
-                    peer: a.signer,
-                    announcement: *cid,
-                    update: body.update,
-                    reason,
-                });
-                continue;
-            }
-        };
-        // Keyed by author too: two peers may name the same update file.
-        by_update.insert(
-            (a.signer.to_string(), body.update),
-            (*cid, a.signer, body.samples),
-        );
-        offered.push(Offered::new(
-            a.signer.to_string(),
-            body.update,
-            body.base,
-            body.samples,
-            Arc::new(delta),
-        ));
-    }
+    let loaded = load_updates(repo, announcements, base.model.file_limit());
     let outcome = aggregate_round(
         &AggregatorConfig::new(rule),
         &base.model,
         base.model_cid,
-        offered,
+        loaded.offered,
         base.state.clone(),
     )
     .map_err(|e| RoundError::Aggregate(e.to_string()))?;
-    let total: u64 = outcome.accepted.iter().map(|a| a.samples).sum();
-    let contributions = outcome
-        .accepted
+    let by_update = &loaded.by_update;
+    let contributions = contributions(task, base.round, &outcome.accepted, by_update);
+    let rejected = outcome
+        .rejected
+        .iter()
+        .map(|r| {
+            let (announcement, peer, _) = by_update[&(r.sender().to_string(), *r.update())];
+            Rejected {
+                peer,
+                announcement,
+                update: *r.update(),
+                reason: r.reason(),
+            }
+        })
+        .chain(loaded.unreadable)
+        .chain(unavailable.iter().map(|(cid, a)| Rejected {
+            peer: a.signer,
+            announcement: *cid,
+            update: a.body.update,
+            reason: RejectReason::Unavailable,
+        }))
+        .collect();
+    let (model, server_state) = store_outcome(repo, &outcome)?;
+    let (epsilon, delta) = round_privacy(task, base.round, &contributions);
+    Ok(Aggregated {
+        manifest: Manifest {
+            task: *task_cid,
+            round: base.round,
+            prev: base.prev,
+            base_model: base.model_cid,
+            model,
+            rule: task.rule.clone(),
+            server_state,
+            contributions,
+            rejected,
+            epsilon,
+            delta,
+            metrics: None,
+            rank: 0,
+        },
+        model: outcome.model,
+        state: outcome.state,
+    })
+}
+
+/// The accepted updates as the manifest lists them: weight in proportion to samples,
+/// credits, and (sample level) each author's epsilon.
+fn contributions(
+    task: &Task,
+    round: u32,
+    accepted: &[aggregator::Accepted],
+    by_update: &HashMap<(String, Cid), (Cid, PeerId, u64)>,
+) -> Vec<Contribution> {
+    let total: u64 = accepted.iter().map(|a| a.samples).sum();
+    accepted
         .iter()
         .map(|a| {
             let (announcement, peer, samples) = by_update[&(a.sender.to_string(), a.update)];
@@ -121,86 +135,113 @@ pub fn aggregate(
                     samples as f64 / total as f64
                 },
                 credits: task.credits(samples),
-                epsilon: sample_epsilon(task, samples, base.round),
+                epsilon: sample_epsilon(task, samples, round),
             }
         })
-        .collect::<Vec<_>>();
-    let rejected = outcome
-        .rejected
-        .iter()
-        .map(|r| {
-            let (announcement, peer, _) = by_update[&(r.sender().to_string(), *r.update())];
-            Rejected {
-                peer,
-                announcement,
-                update: *r.update(),
-                reason: r.reason(),
+        .collect()
+}
+
+/// The updates of a round, read from the repo for the aggregator.
+struct Loaded {
+    offered: Vec<Offered>,
+    /// Each offered update's announcement, author and samples, by author and update (two
+    /// peers may name the same update file).
+    by_update: HashMap<(String, Cid), (Cid, PeerId, u64)>,
+    /// The announcements whose update could not be read, as rejections.
+    unreadable: Vec<Rejected>,
+}
+
+/// Reads the update each announcement names, none past `limit` bytes (no update of the
+/// round's model is larger, and a few blocks that link each other many times name any
+/// size). A file that is not a tensor bundle is its author's fault, not the round's: it is
+/// rejected.
+fn load_updates(repo: &Repo, announcements: &[(Cid, Signed<Announcement>)], limit: u64) -> Loaded {
+    let mut loaded = Loaded {
+        offered: Vec::with_capacity(announcements.len()),
+        by_update: HashMap::new(),
+        unreadable: Vec::new(),
+    };
+    for (cid, a) in announcements {
+        let body = &a.body;
+        let delta = match Bundle::load_at_most(repo, &body.update, limit) {
+            Ok(delta) => delta,
+            Err(e) => {
+                tracing::info!(update = %body.update, author = %a.signer, "update unreadable: {e}");
+                let reason = match e {
+                    StoredError::TooLarge { .. } => RejectReason::TooLarge,
+                    _ => RejectReason::Unreadable,
+                };
+                loaded.unreadable.push(Rejected {
+                    peer: a.signer,
+                    announcement: *cid,
+                    update: body.update,
+                    reason,
+                });
+                continue;
             }
-        })
-        .chain(unreadable)
-        .chain(unavailable.iter().map(|(cid, a)| Rejected {
-            peer: a.signer,
-            announcement: *cid,
-            update: a.body.update,
-            reason: RejectReason::Unavailable,
-        }))
-        .collect();
-    let model_cid = outcome
+        };
+        loaded.by_update.insert(
+            (a.signer.to_string(), body.update),
+            (*cid, a.signer, body.samples),
+        );
+        loaded.offered.push(Offered::new(
+            a.signer.to_string(),
+            body.update,
+            body.base,
+            body.samples,
+            Arc::new(delta),
+        ));
+    }
+    loaded
+}
+
+/// Stores the round's new model and (for stateful rules) server state; returns their CIDs.
+fn store_outcome(
+    repo: &Repo,
+    outcome: &aggregator::Outcome,
+) -> Result<(Cid, Option<Cid>), RoundError> {
+    let model = outcome
         .model
         .store(repo)
         .map_err(|source| RoundError::Store {
             what: "model",
             source,
         })?;
-    let server_state = if outcome.state.is_empty() {
-        None
-    } else {
-        Some(
-            outcome
-                .state
-                .as_bundle()
-                .store(repo)
-                .map_err(|source| RoundError::Store {
-                    what: "server state",
-                    source,
-                })?,
-        )
+    if outcome.state.is_empty() {
+        return Ok((model, None));
+    }
+    let state = outcome
+        .state
+        .as_bundle()
+        .store(repo)
+        .map_err(|source| RoundError::Store {
+            what: "server state",
+            source,
+        })?;
+    Ok((model, Some(state)))
+}
+
+/// The privacy the round's manifest states: epsilon spent through `round` and delta.
+/// Client level: the task's; sample level: each node's own, so the round states the
+/// weakest guarantee among its contributors.
+fn round_privacy(
+    task: &Task,
+    round: u32,
+    contributions: &[Contribution],
+) -> (Option<f64>, Option<f64>) {
+    let Some(dp) = &task.dp else {
+        return (None, None);
     };
-    let (epsilon, delta) = match &task.dp {
-        Some(dp) => {
-            let eps = match dp.level() {
-                DpLevel::Client => dp.client_epsilon(base.round).ok(),
-                // Each node's own; the round states the weakest guarantee among them.
-                DpLevel::Sample => contributions
-                    .iter()
-                    .filter_map(|c| c.epsilon)
-                    .fold(None, |most: Option<f64>, e| {
-                        Some(most.map_or(e, |m| m.max(e)))
-                    }),
-            };
-            (eps, Some(dp.delta))
-        }
-        None => (None, None),
+    let epsilon = match dp.level() {
+        DpLevel::Client => dp.client_epsilon(round).ok(),
+        DpLevel::Sample => contributions
+            .iter()
+            .filter_map(|c| c.epsilon)
+            .fold(None, |most: Option<f64>, e| {
+                Some(most.map_or(e, |m| m.max(e)))
+            }),
     };
-    Ok(Aggregated {
-        manifest: Manifest {
-            task: *task_cid,
-            round: base.round,
-            prev: base.prev,
-            base_model: base.model_cid,
-            model: model_cid,
-            rule: task.rule.clone(),
-            server_state,
-            contributions,
-            rejected,
-            epsilon,
-            delta,
-            metrics: None,
-            rank: 0,
-        },
-        model: outcome.model,
-        state: outcome.state,
-    })
+    (epsilon, Some(dp.delta))
 }
 
 /// Sample-level DP: the epsilon a contributor with `samples` examples has spent through
@@ -374,21 +415,13 @@ mod tests {
         missing: Vec<(Cid, Signed<Announcement>)>,
     }
 
-    fn round() -> Round {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repo::open(dir.path().join("repo")).unwrap();
-        let bundle = |values: [f32; 2]| {
-            let mut b = Bundle::new();
-            b.insert("fc.weight", vec![2], values.to_vec()).unwrap();
-            b
-        };
-        let model = bundle([1.0, 1.0]);
-        let model_cid = model.store(&repo).unwrap();
-        let task = Task {
+    /// A one-round FedAvg task on `model` with no data of its own.
+    fn one_round_task(model: Cid) -> Task {
+        Task {
             format: TASK_FORMAT.into(),
             name: "typed reasons".into(),
             architecture: "fedavg-cnn".into(),
-            initial_model: model_cid,
+            initial_model: model,
             data: DataSource::OwnData,
             train: TrainParams {
                 epochs: 1,
@@ -410,7 +443,20 @@ mod tests {
             flops_per_sample: 1,
             seed: 0,
             update_encoding: Encoding::F32,
+        }
+    }
+
+    fn round() -> Round {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path().join("repo")).unwrap();
+        let bundle = |values: [f32; 2]| {
+            let mut b = Bundle::new();
+            b.insert("fc.weight", vec![2], values.to_vec()).unwrap();
+            b
         };
+        let model = bundle([1.0, 1.0]);
+        let model_cid = model.store(&repo).unwrap();
+        let task = one_round_task(model_cid);
         let task_cid = dagcbor::encode(&task).unwrap().cid().to_owned();
         let not_a_bundle = repo
             .add(&b"not a tensor bundle"[..], &ImportOptions::default())

@@ -100,12 +100,42 @@ impl Participant {
         if done == 0 {
             return Ok(None);
         }
-        let ours = |round: u32| self.rounds.adopted(&ctx.task_cid, round);
         lock(&ctx.verdicts).decided(done);
-        // Tips not on our chain, newest first: a fork wins or loses for its whole chain.
+        for (tip, signed) in self.rival_tips(ctx)? {
+            let Some(path) = self.path_to_fork(ctx, tip, signed).await? else {
+                continue;
+            };
+            let Some(from) = path
+                .first()
+                .map(|(_, m)| m.body.round)
+                .filter(|r| *r <= done)
+            else {
+                lock(&ctx.verdicts).settled(tip);
+                continue;
+            };
+            let Some(our_cid) = self.rounds.adopted(&ctx.task_cid, from)? else {
+                continue;
+            };
+            let our = self.load_manifest(&our_cid)?;
+            let (first_cid, first) = &path[0];
+            if !machine::wins((first.body.rank, first_cid), (our.body.rank, &our_cid)) {
+                lock(&ctx.verdicts).settled(tip);
+                continue;
+            }
+            let valid = self.holding_part(ctx, from, path, emit).await?;
+            if !valid.is_empty() {
+                return Ok(Some(Reorg { from, chain: valid }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Manifests not on this node's chain, not yet settled, newest round first (a fork wins
+    /// or loses for its whole chain), at most [`MAX_TIPS`].
+    fn rival_tips(&self, ctx: &Ctx) -> Result<Vec<SignedManifest>, RoundError> {
         let mut tips = Vec::new();
         for round in ctx.inbox.manifest_rounds() {
-            let adopted = ours(round)?;
+            let adopted = self.rounds.adopted(&ctx.task_cid, round)?;
             let v = lock(&ctx.verdicts);
             tips.extend(ctx.inbox.manifests(round).into_iter().filter(|(c, _)| {
                 Some(*c) != adopted && v.open(c, Instant::now()) && !v.is_settled(c)
@@ -114,94 +144,106 @@ impl Participant {
                 break;
             }
         }
-        'tips: for (tip, signed) in tips.into_iter().take(MAX_TIPS) {
-            // Back along its `prev` links to the round where it parts from ours.
-            let mut path = vec![(tip, signed)];
-            let parts = loop {
-                let Some((_, m)) = path.last() else {
-                    break None;
-                };
-                let round = m.body.round;
-                if round == 1 {
-                    break Some(1);
-                }
-                let Some(our_prev) = ours(round - 1)? else {
-                    // Beyond what this node decided: not a fork (yet).
-                    break None;
-                };
-                let Some(prev) = m.body.prev else { break None };
-                if prev == our_prev {
-                    break Some(round);
-                }
-                if path.len() > ctx.task.rounds as usize {
-                    break None;
-                }
-                let bytes = match self.fetch_block(prev, "an earlier manifest").await {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        // Looked at again after a pause, like a manifest it cannot check.
-                        let pause = lock(&ctx.verdicts).unreachable(tip, Instant::now());
-                        tracing::info!(%tip, "cannot follow a chain back (again in {pause:?}): {}", chain(&e));
-                        continue 'tips;
-                    }
-                };
-                match Signed::<Manifest>::from_bytes(&prev, &bytes) {
-                    Ok(p)
-                        if p.body.round.checked_add(1) == Some(round)
-                            && p.body.task == ctx.task_cid =>
-                    {
-                        path.push((prev, p));
-                    }
-                    _ => break None,
-                }
+        tips.truncate(MAX_TIPS);
+        Ok(tips)
+    }
+
+    /// The manifests from `tip` back along its `prev` links to the round where it parts
+    /// from this node's chain, oldest first; `None` when it does not part from it within
+    /// what this node decided (settled), or when an earlier manifest cannot be fetched
+    /// (looked at again after a pause, like a manifest it cannot check).
+    async fn path_to_fork(
+        &self,
+        ctx: &Ctx,
+        tip: Cid,
+        signed: Signed<Manifest>,
+    ) -> Result<Option<Vec<SignedManifest>>, RoundError> {
+        let ours = |round: u32| self.rounds.adopted(&ctx.task_cid, round);
+        let mut path = vec![(tip, signed)];
+        loop {
+            let Some((_, m)) = path.last() else {
+                return Ok(None);
             };
-            let Some(from) = parts.filter(|r| *r <= done) else {
-                lock(&ctx.verdicts).settled(tip);
-                continue;
-            };
-            path.reverse();
-            let Some(our_cid) = ours(from)? else { continue };
-            let our = self.load_manifest(&our_cid)?;
-            let (first_cid, first) = &path[0];
-            if !machine::wins((first.body.rank, first_cid), (our.body.rank, &our_cid)) {
-                lock(&ctx.verdicts).settled(tip);
-                continue;
+            let round = m.body.round;
+            if round == 1 {
+                break;
             }
-            // It wins where it parts: check it round by round from the base we share.
-            let (mut prev, mut prev_manifest) = match from {
-                1 => (None, None),
-                r => {
-                    let c = ours(r - 1)?;
-                    let m = c.map(|c| self.load_manifest(&c)).transpose()?;
-                    (c, m)
+            let (Some(our_prev), Some(prev)) = (ours(round - 1)?, m.body.prev) else {
+                // Beyond what this node decided: not a fork (yet).
+                lock(&ctx.verdicts).settled(tip);
+                return Ok(None);
+            };
+            if prev == our_prev {
+                break;
+            }
+            if path.len() > ctx.task.rounds as usize {
+                lock(&ctx.verdicts).settled(tip);
+                return Ok(None);
+            }
+            let bytes = match self.fetch_block(prev, "an earlier manifest").await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let pause = lock(&ctx.verdicts).unreachable(tip, Instant::now());
+                    tracing::info!(%tip, "cannot follow a chain back (again in {pause:?}): {}", chain(&e));
+                    return Ok(None);
                 }
             };
-            let mut valid = Vec::new();
-            for (cid, m) in path {
-                let base = match self
-                    .base(ctx, m.body.round, prev, prev_manifest.as_ref())
-                    .await
+            match Signed::<Manifest>::from_bytes(&prev, &bytes) {
+                Ok(p)
+                    if p.body.round.checked_add(1) == Some(round)
+                        && p.body.task == ctx.task_cid =>
                 {
-                    Ok(base) => base,
-                    Err(e) => {
-                        // Its model could not be fetched yet: the valid part so far counts.
-                        lock(&ctx.verdicts).unreachable(cid, Instant::now());
-                        tracing::info!(%cid, "cannot load a rival chain's model: {}", chain(&e));
-                        break;
-                    }
-                };
-                if !matches!(self.judge(ctx, &base, &cid, &m, emit).await, Verdict::Valid) {
-                    break;
+                    path.push((prev, p));
                 }
-                prev = Some(cid);
-                prev_manifest = Some(m.clone());
-                valid.push((cid, m));
-            }
-            if !valid.is_empty() {
-                return Ok(Some(Reorg { from, chain: valid }));
+                _ => {
+                    lock(&ctx.verdicts).settled(tip);
+                    return Ok(None);
+                }
             }
         }
-        Ok(None)
+        path.reverse();
+        Ok(Some(path))
+    }
+
+    /// The part of a rival chain parting at round `from` that holds up to recomputation,
+    /// checked round by round from the base both chains share.
+    async fn holding_part(
+        &self,
+        ctx: &Ctx,
+        from: u32,
+        path: Vec<SignedManifest>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Result<Vec<SignedManifest>, RoundError> {
+        let (mut prev, mut prev_manifest) = match from {
+            1 => (None, None),
+            r => {
+                let c = self.rounds.adopted(&ctx.task_cid, r - 1)?;
+                let m = c.map(|c| self.load_manifest(&c)).transpose()?;
+                (c, m)
+            }
+        };
+        let mut valid = Vec::new();
+        for (cid, m) in path {
+            let base = match self
+                .base(ctx, m.body.round, prev, prev_manifest.as_ref())
+                .await
+            {
+                Ok(base) => base,
+                Err(e) => {
+                    // Its model could not be fetched yet: the valid part so far counts.
+                    lock(&ctx.verdicts).unreachable(cid, Instant::now());
+                    tracing::info!(%cid, "cannot load a rival chain's model: {}", chain(&e));
+                    break;
+                }
+            };
+            if !matches!(self.judge(ctx, &base, &cid, &m, emit).await, Verdict::Valid) {
+                break;
+            }
+            prev = Some(cid);
+            prev_manifest = Some(m.clone());
+            valid.push((cid, m));
+        }
+        Ok(valid)
     }
 
     /// Files the manifests between the newest seen and `round` by following `prev` links.

@@ -3,6 +3,22 @@
 
 use super::*;
 
+/// What a node waiting for a round's manifest keeps from one look to the next.
+struct Waiting {
+    expected: Expected,
+    min: usize,
+    deadline: Instant,
+    grace: Duration,
+    /// The manifest this node made for the round.
+    made: Option<Cid>,
+    /// Whether this node failed to aggregate and left the round to the next in rank.
+    gave_up: bool,
+    /// When an aggregator with too few usable updates tries again.
+    retry_at: Option<Instant>,
+    /// When this node last logged where it stands.
+    said: Instant,
+}
+
 impl Participant {
     /// Waits for the round's manifest (checking each candidate, best rank first), or makes
     /// it when this node's turn comes.
@@ -15,146 +31,175 @@ impl Participant {
         opened: Instant,
         emit: &mut impl FnMut(&Event),
     ) -> Result<Decision, RoundError> {
-        let me = self.node.peer_id();
         let round = base.round;
         let task = &ctx.task;
-        let deadline = opened + Duration::from_millis(task.round_deadline_ms);
-        let grace = Duration::from_millis(task.grace_ms);
-        let expected = self.expected_participants(ctx, task, base).await?;
-        let min = task.min_participants as usize;
-        let mut made: Option<SignedManifest> = None;
-        let mut gave_up = false;
-        let mut retry_at: Option<Instant> = None;
-        let mut said = Instant::now();
+        let mut waiting = Waiting {
+            expected: self.expected_participants(ctx, task, base).await?,
+            min: task.min_participants as usize,
+            deadline: opened + Duration::from_millis(task.round_deadline_ms),
+            grace: Duration::from_millis(task.grace_ms),
+            made: None,
+            gave_up: false,
+            retry_at: None,
+            said: Instant::now(),
+        };
         loop {
             self.report_evaluations(ctx, emit)?;
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
             }
-            // Only manifests that continue this node's chain: one found valid on another
-            // chain (before a switch) is not this round's.
-            let mut candidates: Vec<SignedManifest> = ctx
-                .inbox
-                .manifests(round)
-                .into_iter()
-                .filter(|(c, m)| {
-                    m.body.prev == base.prev && lock(&ctx.verdicts).open(c, Instant::now())
-                })
-                .collect();
-            candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
-            for (cid, signed) in candidates {
-                let (checked, missed) = {
-                    let v = lock(&ctx.verdicts);
-                    (v.is_valid(&cid), v.pause(&cid).is_some())
-                };
-                if checked || made.as_ref().is_some_and(|(c, _)| *c == cid) {
-                    return Ok(Decision::Adopt(cid, signed, true));
-                }
-                // The next round trains on it while it is recomputed (after the last round,
-                // the recomputation comes before the node is done); a manifest whose inputs
-                // were missing before is recomputed first.
-                if !missed {
-                    if let Verdict::Valid =
-                        self.take_on_claims(ctx, base, &cid, &signed, emit).await
-                    {
-                        return Ok(Decision::Adopt(cid, signed, false));
-                    }
-                } else if let Verdict::Valid = self.judge(ctx, base, &cid, &signed, emit).await {
-                    return Ok(Decision::Adopt(cid, signed, true));
-                }
+            if let Some(adopt) = self.adoptable(ctx, base, waiting.made, emit).await {
+                return Ok(adopt);
             }
-            if ctx.inbox.latest_round() > round {
-                // A newer manifest whose chain cannot be followed (yet, or ever: anyone may
-                // gossip one) is no reason to stop.
-                if let Err(e) = self.walk_back(ctx, round).await {
-                    tracing::info!(round, "cannot follow a newer manifest back: {e}");
-                }
-                let fresh = ctx
-                    .inbox
-                    .manifests(round)
-                    .iter()
-                    .any(|(c, _)| lock(&ctx.verdicts).open(c, Instant::now()));
-                if fresh {
-                    continue;
-                }
+            if ctx.inbox.latest_round() > round && self.newer_arrived(ctx, round).await {
+                continue;
             }
-            if made.is_none() && !gave_up {
-                let announced: Vec<SignedAnnouncement> = ctx
-                    .inbox
-                    .announcements(round)
-                    .into_iter()
-                    .filter(|(_, a)| a.body.base == base.model_cid)
-                    .collect();
-                let anchor = base.prev.unwrap_or(ctx.task_cid);
-                let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
-                // The first two in line fetch the updates while the round fills; the others
-                // fetch them to recompute the manifest, while the next round trains.
-                if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
-                    self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());
-                }
-                let awaited = expected
-                    .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {
-                        ctx.inbox.gone(p)
-                    })
-                    .max(min)
-                    .max(self.following(ctx, base));
-                if said.elapsed() >= STATUS_EVERY {
-                    said = Instant::now();
-                    tracing::info!(
-                        round,
-                        announced = announced.len(),
-                        expected = awaited,
-                        rank = ?order.iter().position(|p| *p == me),
-                        manifests = ctx.inbox.manifests(round).len(),
-                        "waiting for the round's manifest"
-                    );
-                }
-                let view = machine::Round {
-                    order: &order,
-                    announced: announced.len(),
-                    awaited,
-                    min,
-                    deadline,
-                    grace,
-                };
-                let turn =
-                    machine::turn(&view, &me, |p| ctx.inbox.gone(p), retry_at, Instant::now());
-                // Those ranked ahead that have gone quiet will not publish: the node acts in
-                // the place of the first one still heard from.
-                if let Turn::Aggregate { rank, ahead } = turn {
-                    if ahead < rank {
-                        tracing::info!(
-                            round,
-                            rank,
-                            quiet = rank - ahead,
-                            "aggregating in the place of peers ranked ahead that went quiet"
-                        );
+            if waiting.made.is_none()
+                && !waiting.gave_up
+                && let Some((rank, announced)) = self.my_turn(ctx, base, &mut waiting)
+            {
+                emit(&Event::Aggregating {
+                    round,
+                    rank,
+                    updates: announced.len(),
+                });
+                match self.aggregate(ctx, base, data, &announced, rank).await {
+                    Ok((cid, _)) => waiting.made = Some(cid),
+                    Err(e @ RoundError::TooFew { .. }) => {
+                        // Wait for more updates, and try again.
+                        tracing::info!(round, "not closing yet: {e}");
+                        waiting.retry_at = Some(Instant::now() + RETRY_AGGREGATION);
                     }
-                    emit(&Event::Aggregating {
-                        round,
-                        rank: rank as u32,
-                        updates: announced.len(),
-                    });
-                    match self
-                        .aggregate(ctx, base, data, &announced, rank as u32)
-                        .await
-                    {
-                        Ok(m) => made = Some(m),
-                        Err(e @ RoundError::TooFew { .. }) => {
-                            // Wait for more updates, and try again.
-                            tracing::info!(round, "not closing yet: {e}");
-                            retry_at = Some(Instant::now() + RETRY_AGGREGATION);
-                        }
-                        Err(e) => {
-                            // Leave the round to the next rank rather than stop.
-                            tracing::warn!(round, "cannot aggregate: {e}");
-                            gave_up = true;
-                        }
+                    Err(e) => {
+                        // Leave the round to the next rank rather than stop.
+                        tracing::warn!(round, "cannot aggregate: {e}");
+                        waiting.gave_up = true;
                     }
-                    continue;
                 }
+                continue;
             }
             ctx.inbox.changed(POLL).await;
         }
+    }
+
+    /// The round's manifest to adopt, if one has come that holds up: candidates continuing
+    /// this node's chain (one found valid on another chain, before a switch, is not this
+    /// round's), best rank first. `made` is the one this node made, if any.
+    async fn adoptable(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        made: Option<Cid>,
+        emit: &mut impl FnMut(&Event),
+    ) -> Option<Decision> {
+        let mut candidates: Vec<SignedManifest> = ctx
+            .inbox
+            .manifests(base.round)
+            .into_iter()
+            .filter(|(c, m)| {
+                m.body.prev == base.prev && lock(&ctx.verdicts).open(c, Instant::now())
+            })
+            .collect();
+        candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
+        for (cid, signed) in candidates {
+            let (checked, missed) = {
+                let v = lock(&ctx.verdicts);
+                (v.is_valid(&cid), v.pause(&cid).is_some())
+            };
+            if checked || made == Some(cid) {
+                return Some(Decision::Adopt(cid, signed, true));
+            }
+            // The next round trains on it while it is recomputed (after the last round, the
+            // recomputation comes before the node is done); a manifest whose inputs were
+            // missing before is recomputed first.
+            if !missed {
+                if let Verdict::Valid = self.take_on_claims(ctx, base, &cid, &signed, emit).await {
+                    return Some(Decision::Adopt(cid, signed, false));
+                }
+            } else if let Verdict::Valid = self.judge(ctx, base, &cid, &signed, emit).await {
+                return Some(Decision::Adopt(cid, signed, true));
+            }
+        }
+        None
+    }
+
+    /// Whether following a newer manifest back brought a manifest for `round` not looked at
+    /// yet. A newer manifest whose chain cannot be followed (yet, or ever: anyone may gossip
+    /// one) is no reason to stop.
+    async fn newer_arrived(&self, ctx: &Ctx, round: u32) -> bool {
+        if let Err(e) = self.walk_back(ctx, round).await {
+            tracing::info!(round, "cannot follow a newer manifest back: {e}");
+        }
+        ctx.inbox
+            .manifests(round)
+            .iter()
+            .any(|(c, _)| lock(&ctx.verdicts).open(c, Instant::now()))
+    }
+
+    /// Whether it is this node's turn to aggregate the round (in the place of the first
+    /// peer ranked ahead that is still heard from, when those ahead went quiet): its rank,
+    /// and the announcements on the round's base. The first two in line fetch the updates
+    /// while the round fills; the others fetch them to recompute the manifest, while the
+    /// next round trains.
+    fn my_turn(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        waiting: &mut Waiting,
+    ) -> Option<(u32, Vec<SignedAnnouncement>)> {
+        let me = self.node.peer_id();
+        let round = base.round;
+        let announced: Vec<SignedAnnouncement> = ctx
+            .inbox
+            .announcements(round)
+            .into_iter()
+            .filter(|(_, a)| a.body.base == base.model_cid)
+            .collect();
+        let anchor = base.prev.unwrap_or(ctx.task_cid);
+        let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
+        if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
+            self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());
+        }
+        let awaited = waiting
+            .expected
+            .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {
+                ctx.inbox.gone(p)
+            })
+            .max(waiting.min)
+            .max(self.following(ctx, base));
+        if waiting.said.elapsed() >= STATUS_EVERY {
+            waiting.said = Instant::now();
+            tracing::info!(
+                round,
+                announced = announced.len(),
+                expected = awaited,
+                rank = ?order.iter().position(|p| *p == me),
+                manifests = ctx.inbox.manifests(round).len(),
+                "waiting for the round's manifest"
+            );
+        }
+        let view = machine::Round {
+            order: &order,
+            announced: announced.len(),
+            awaited,
+            min: waiting.min,
+            deadline: waiting.deadline,
+            grace: waiting.grace,
+        };
+        let now = Instant::now();
+        let Turn::Aggregate { rank, ahead } =
+            machine::turn(&view, &me, |p| ctx.inbox.gone(p), waiting.retry_at, now)
+        else {
+            return None;
+        };
+        if ahead < rank {
+            tracing::info!(
+                round,
+                rank,
+                quiet = rank - ahead,
+                "aggregating in the place of peers ranked ahead that went quiet"
+            );
+        }
+        Some((rank as u32, announced))
     }
 }

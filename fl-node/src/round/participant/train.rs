@@ -48,7 +48,6 @@ impl Participant {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
-        let seed = node_seed.wrapping_add(u64::from(round) * 7919);
         // Held until the training ends, even one whose result is no longer wanted.
         let slot = self
             .config
@@ -65,72 +64,12 @@ impl Participant {
             .filter(|(last, _)| last + 1 == round)
             .map(|(_, momentum)| momentum);
         let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
-        // Sample-level DP: DP-SGD on every local step, within the task's epsilon budget.
-        let private = task
-            .dp
-            .clone()
-            .filter(|dp| dp.level() == fl_core::records::DpLevel::Sample);
-        let epsilon = match &private {
-            Some(dp) => {
-                let samples = images.len() as u64;
-                if dp.delta >= 1.0 / samples.max(1) as f64 {
-                    let refused = fl_core::privacy::plan::PlanError::Delta {
-                        delta: dp.delta,
-                        examples: samples,
-                    };
-                    return Err(RoundError::Train(refused.to_string()));
-                }
-                let epsilon = dp
-                    .sample_epsilon(&task.train, samples, round)
-                    .map_err(|e| RoundError::Train(format!("privacy accounting: {e}")))?;
-                if let Some(budget) = dp.epsilon_budget.filter(|&b| epsilon > b) {
-                    return Err(RoundError::BudgetSpent {
-                        round,
-                        epsilon,
-                        budget,
-                    });
-                }
-                Some(epsilon)
-            }
-            None => None,
-        };
+        let epsilon = sample_epsilon(&task, images.len() as u64, round)?;
         let started = Instant::now();
         let outcome = blocking(move || {
             let _slot = slot;
-            let t = &task.train;
-            let config = TrainConfig {
-                epochs: t.epochs as usize,
-                batch_size: t.batch_size as usize,
-                learning_rate: t.schedule.rate(t.learning_rate, round, task.rounds),
-                momentum: t.momentum,
-                weight_decay: t.weight_decay,
-                proximal_mu: t.proximal_mu,
-                seed,
-                dp_sgd: private.map(|dp| DpSgdConfig {
-                    clip_norm: dp.clip_norm,
-                    noise_multiplier: dp.noise_multiplier,
-                    steps_per_epoch: t.steps.map(|s| s as usize),
-                }),
-                ..TrainConfig::default()
-            };
-            let mut pipeline = PipelineConfig::training(config.batch_size, seed);
-            pipeline.normalization = arch.normalization();
-            let batches = match t.steps {
-                // DP-SGD draws its own batches from all the examples, as they are.
-                _ if config.dp_sgd.is_some() => {
-                    pipeline.augment = false;
-                    pipeline.shuffle = false;
-                    Pipeline::new(images, pipeline).collect_epoch(0)
-                }
-                None => Pipeline::new(images, pipeline).collect_epoch(u64::from(round)),
-                Some(steps) => {
-                    // One stream of epochs for the node's whole run: each round takes the
-                    // steps after the last round's.
-                    pipeline.seed = node_seed;
-                    let first = u64::from(round.saturating_sub(1)) * u64::from(steps);
-                    Pipeline::new(images, pipeline).steps(first, steps as usize)
-                }
-            };
+            let config = train_config(&task, round, node_seed);
+            let batches = local_batches(&task, arch, images, &config, round, node_seed);
             let (outcome, ended) =
                 fl_core::model::train_carrying(arch, &global, &batches, &config, &device, carried)?;
             if let Some(momentum) = momentum {
@@ -141,20 +80,8 @@ impl Participant {
         .await
         .map_err(|e| RoundError::Train(e.to_string()))?
         .map_err(|e| RoundError::Train(chain(&e)))?;
-        let mut update = outcome.update;
-        if let Some(dp) = ctx
-            .task
-            .dp
-            .as_ref()
-            .filter(|dp| dp.level() == fl_core::records::DpLevel::Client)
-        {
-            let noise = fl_core::privacy::NoiseConfig::new(dp.clip_norm, dp.noise_multiplier);
-            update = fl_core::privacy::privatize(&update, &noise)
-                .map_err(|e| RoundError::Train(format!("clipping and noising: {e}")))?
-                .0;
-        }
         Ok(Trained {
-            update,
+            update: privatize_client(&ctx.task, outcome.update)?,
             samples: outcome.samples as u64,
             seconds: started.elapsed().as_secs_f64(),
             epsilon,
@@ -274,4 +201,101 @@ impl Participant {
             }
         }
     }
+}
+
+/// Sample-level DP: the epsilon this node's `samples` examples will have spent after
+/// `round`, refused past the task's budget (DP-SGD on every local step); `None` without it.
+fn sample_epsilon(task: &Task, samples: u64, round: u32) -> Result<Option<f64>, RoundError> {
+    let Some(dp) = task
+        .dp
+        .as_ref()
+        .filter(|dp| dp.level() == fl_core::records::DpLevel::Sample)
+    else {
+        return Ok(None);
+    };
+    if dp.delta >= 1.0 / samples.max(1) as f64 {
+        let refused = fl_core::privacy::plan::PlanError::Delta {
+            delta: dp.delta,
+            examples: samples,
+        };
+        return Err(RoundError::Train(refused.to_string()));
+    }
+    let epsilon = dp
+        .sample_epsilon(&task.train, samples, round)
+        .map_err(|e| RoundError::Train(format!("privacy accounting: {e}")))?;
+    if let Some(budget) = dp.epsilon_budget.filter(|&b| epsilon > b) {
+        return Err(RoundError::BudgetSpent {
+            round,
+            epsilon,
+            budget,
+        });
+    }
+    Ok(Some(epsilon))
+}
+
+/// The local training of `round` as the task sets it, seeded from the node's seed.
+fn train_config(task: &Task, round: u32, node_seed: u64) -> TrainConfig {
+    let t = &task.train;
+    let private = task
+        .dp
+        .as_ref()
+        .filter(|dp| dp.level() == fl_core::records::DpLevel::Sample);
+    TrainConfig {
+        epochs: t.epochs as usize,
+        batch_size: t.batch_size as usize,
+        learning_rate: t.schedule.rate(t.learning_rate, round, task.rounds),
+        momentum: t.momentum,
+        weight_decay: t.weight_decay,
+        proximal_mu: t.proximal_mu,
+        seed: node_seed.wrapping_add(u64::from(round) * 7919),
+        dp_sgd: private.map(|dp| DpSgdConfig {
+            clip_norm: dp.clip_norm,
+            noise_multiplier: dp.noise_multiplier,
+            steps_per_epoch: t.steps.map(|s| s as usize),
+        }),
+        ..TrainConfig::default()
+    }
+}
+
+/// The batches `round` trains on: an epoch (or, with DP-SGD, every example as it is, for it
+/// draws its own batches), or the steps after the last round's in one stream of epochs for
+/// the node's whole run.
+fn local_batches(
+    task: &Task,
+    arch: Architecture,
+    images: Images,
+    config: &TrainConfig,
+    round: u32,
+    node_seed: u64,
+) -> Vec<Batch> {
+    let mut pipeline = PipelineConfig::training(config.batch_size, config.seed);
+    pipeline.normalization = arch.normalization();
+    match task.train.steps {
+        _ if config.dp_sgd.is_some() => {
+            pipeline.augment = false;
+            pipeline.shuffle = false;
+            Pipeline::new(images, pipeline).collect_epoch(0)
+        }
+        None => Pipeline::new(images, pipeline).collect_epoch(u64::from(round)),
+        Some(steps) => {
+            pipeline.seed = node_seed;
+            let first = u64::from(round.saturating_sub(1)) * u64::from(steps);
+            Pipeline::new(images, pipeline).steps(first, steps as usize)
+        }
+    }
+}
+
+/// Client-level DP: the update clipped and noised as the task sets it (as it is without).
+fn privatize_client(task: &Task, update: Bundle) -> Result<Bundle, RoundError> {
+    let Some(dp) = task
+        .dp
+        .as_ref()
+        .filter(|dp| dp.level() == fl_core::records::DpLevel::Client)
+    else {
+        return Ok(update);
+    };
+    let noise = fl_core::privacy::NoiseConfig::new(dp.clip_norm, dp.noise_multiplier);
+    fl_core::privacy::privatize(&update, &noise)
+        .map(|(private, _)| private)
+        .map_err(|e| RoundError::Train(format!("clipping and noising: {e}")))
 }
