@@ -3,6 +3,7 @@
 //! with its identity kept in the repo ([`keys`]).
 
 pub mod bitswap;
+mod driver;
 pub mod fetch;
 pub mod gossip;
 pub mod keys;
