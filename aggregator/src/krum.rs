@@ -44,7 +44,8 @@ impl Krum {
         self.validate()?;
         let ordered = ordered(global, contributions)?;
         let n = ordered.len();
-        let needed = 2 * self.f + 3;
+        // `f` comes from a task record: no value of it may overflow (it is refused instead).
+        let needed = self.f.saturating_mul(2).saturating_add(3);
         if n < needed {
             return Err(AggregateError::TooFewForKrum {
                 f: self.f,

@@ -191,3 +191,24 @@ fn robust_rules_end_near_the_honest_mean_despite_three_attacks() {
     assert!(fedavg_valid > 10.0 * spread);
     assert!(norm_bound < fedavg_valid);
 }
+
+#[test]
+fn a_krum_tolerance_from_a_task_record_never_overflows() {
+    // A task may name any `f`: the largest refuses like any other too large for n.
+    let layout: &[(&str, &[usize])] = &[("w", &[4])];
+    let global = bundle(layout, &[0.0; 4]);
+    let model = cid("round model");
+    let updates: Vec<Contribution> = (0..5)
+        .map(|i| {
+            let delta = bundle(layout, &[i as f32; 4]);
+            contribution(&format!("peer-{i}"), "update", model, 10, delta)
+        })
+        .collect();
+    for f in [usize::MAX, usize::MAX / 2, usize::MAX / 2 - 1] {
+        let err = Krum { f, m: None }.select(&global, &updates).unwrap_err();
+        assert!(
+            matches!(err, aggregator::AggregateError::TooFewForKrum { n: 5, .. }),
+            "{err}"
+        );
+    }
+}

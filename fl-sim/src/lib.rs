@@ -117,7 +117,7 @@ pub async fn run(
             joined = running.nodes.join_next() => match joined {
                 Some(Ok((node, Some(Ok(model))))) => { outcomes.insert(node, Ok(model)); }
                 Some(Ok((node, Some(Err(e))))) => {
-                    let reason = e.to_string();
+                    let reason = fl_core::errors::chain(&e);
                     emit(&Progress::Errored { node, reason: reason.clone() });
                     outcomes.insert(node, Err(reason));
                 }

@@ -759,18 +759,17 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
         all.push((ours_cid, ours.clone()));
         // 3. A manifest signed by a peer that announced nothing, over the four real
         // announcements.
-        let honest_result =
-            compute::aggregate(&repo, &task_cid, &task, &round_base, &all, &[]).unwrap();
+        let terms = fl_node::round::Terms::new(task_cid, task.clone()).unwrap();
+        let honest_result = compute::aggregate(&repo, &terms, &round_base, &all, &[]).unwrap();
         let outsider = Keypair::generate_ed25519();
         let bad1 = Signed::sign(honest_result.manifest.clone(), &outsider).unwrap();
         let bad1_block = bad1.to_block().unwrap();
         publish(Task::manifests_topic(&task_cid), bad1_block.data().to_vec()).await;
 
         // 4. A manifest at our true rank whose model is not what its inputs give.
-        let mut body: Manifest =
-            compute::aggregate(&repo, &task_cid, &task, &round_base, &all, &[])
-                .unwrap()
-                .manifest;
+        let mut body: Manifest = compute::aggregate(&repo, &terms, &round_base, &all, &[])
+            .unwrap()
+            .manifest;
         let order = fl_core::records::ranking(&task_cid, 1, all.iter().map(|(_, a)| a.signer));
         body.rank = order
             .iter()

@@ -12,7 +12,7 @@ use fl_core::records::{
 };
 use fl_core::tensors::{Bundle, StoredError};
 
-use super::RoundError;
+use super::{Refutation, RoundError, Terms};
 
 /// What a round starts from.
 #[derive(Debug, Clone)]
@@ -47,25 +47,21 @@ pub struct Aggregated {
 /// for the aggregator ranking.
 pub fn aggregate(
     repo: &Repo,
-    task_cid: &Cid,
-    task: &Task,
+    terms: &Terms,
     base: &RoundBase,
     announcements: &[(Cid, Signed<Announcement>)],
     unavailable: &[(Cid, Signed<Announcement>)],
 ) -> Result<Aggregated, RoundError> {
-    let rule = task
-        .rule
-        .parse()
-        .map_err(|e: aggregator::RuleError| RoundError::Task(e.to_string()))?;
+    let task = &terms.task;
     let loaded = load_updates(repo, announcements, base.model.file_limit());
     let outcome = aggregate_round(
-        &AggregatorConfig::new(rule),
+        &AggregatorConfig::new(terms.rule),
         &base.model,
         base.model_cid,
         loaded.offered,
         base.state.clone(),
     )
-    .map_err(|e| RoundError::Aggregate(e.to_string()))?;
+    .map_err(RoundError::Aggregate)?;
     let by_update = &loaded.by_update;
     let contributions = contributions(task, base.round, &outcome.accepted, by_update);
     let rejected = outcome
@@ -92,7 +88,7 @@ pub fn aggregate(
     let (epsilon, delta) = round_privacy(task, base.round, &contributions);
     Ok(Aggregated {
         manifest: Manifest {
-            task: *task_cid,
+            task: terms.cid,
             round: base.round,
             prev: base.prev,
             base_model: base.model_cid,
@@ -262,69 +258,70 @@ pub const MAX_SAMPLES: u64 = 1 << 32;
 /// round and base model, from a member, with a sane sample count; it counts at least the
 /// task's minimum; and its signer holds the rank it claims among the announcers it lists.
 pub fn check_claims(
-    task_cid: &Cid,
-    task: &Task,
+    terms: &Terms,
     base: &RoundBase,
     manifest: &Manifest,
     signer: &PeerId,
     announcements: &[(Cid, Signed<Announcement>)],
 ) -> Result<(), RoundError> {
-    let refuted = |why: String| Err(RoundError::Refuted(why));
+    let (task_cid, task) = (&terms.cid, &*terms.task);
+    let refuted = |why: Refutation| Err(RoundError::Refuted(why));
     if manifest.task != *task_cid || manifest.round != base.round || manifest.prev != base.prev {
-        return refuted(format!(
-            "it is for task {} round {} after {:?}, expected round {} after {:?}",
-            manifest.task, manifest.round, manifest.prev, base.round, base.prev
-        ));
+        return refuted(Refutation::OtherRound {
+            task: manifest.task,
+            round: manifest.round,
+            prev: manifest.prev,
+            expected_round: base.round,
+            expected_prev: base.prev,
+        });
     }
     if manifest.base_model != base.model_cid {
-        return refuted(format!(
-            "it starts from model {}, the chain says {}",
-            manifest.base_model, base.model_cid
-        ));
+        return refuted(Refutation::OtherBase {
+            claimed: manifest.base_model,
+            chain: base.model_cid,
+        });
     }
     if manifest.rule != task.rule {
-        return refuted(format!(
-            "its rule is {}, the task's {}",
-            manifest.rule, task.rule
-        ));
+        return refuted(Refutation::OtherRule {
+            claimed: manifest.rule.clone(),
+            task: task.rule.clone(),
+        });
     }
     let listed = manifest.contributions.len() + manifest.rejected.len();
     if announcements.len() != listed {
-        return refuted(format!(
-            "it lists {listed} updates, {} were given",
-            announcements.len()
-        ));
+        return refuted(Refutation::Count {
+            listed,
+            given: announcements.len(),
+        });
     }
     let mut cids = HashSet::new();
     let mut authors = HashSet::new();
     for (cid, a) in announcements {
         if !cids.insert(*cid) || !authors.insert(a.signer) {
-            return refuted(format!("it lists {} or its author twice", cid));
+            return refuted(Refutation::Twice(*cid));
         }
         let b = &a.body;
         if b.task != *task_cid || b.round != base.round || b.base != base.model_cid {
-            return refuted(format!(
-                "it lists announcement {cid}, made for another task, round or model"
-            ));
+            return refuted(Refutation::Foreign(*cid));
         }
         if !task.admits(&a.signer) {
-            return refuted(format!("it counts {}, not a member of the task", a.signer));
+            return refuted(Refutation::NotMember(a.signer));
         }
         if b.samples == 0 || b.samples > MAX_SAMPLES {
-            return refuted(format!("announcement {cid} claims {} samples", b.samples));
+            return refuted(Refutation::Samples {
+                announcement: *cid,
+                samples: b.samples,
+            });
         }
     }
     if manifest.contributions.len() < task.min_participants as usize {
-        return refuted(format!(
-            "it counts {} updates, the task's minimum is {}",
-            manifest.contributions.len(),
-            task.min_participants
-        ));
+        return refuted(Refutation::TooFew {
+            counted: manifest.contributions.len(),
+            min: task.min_participants,
+        });
     }
     if !authors.contains(signer) {
-        return refuted(format!(
-            "its signer {signer} announced no update this round: not entitled to aggregate"
-        ));
+        return refuted(Refutation::NotEntitled(*signer));
     }
     let ranking = fl_core::records::ranking(
         &manifest.rank_anchor(),
@@ -333,51 +330,47 @@ pub fn check_claims(
     );
     match ranking.iter().position(|p| p == signer) {
         Some(rank) if rank as u32 == manifest.rank => Ok(()),
-        Some(rank) => refuted(format!(
-            "its signer {signer} has rank {rank} among the round's announcers, the manifest claims {}",
-            manifest.rank
-        )),
-        None => refuted(format!("its signer {signer} is not among the announcers")),
+        Some(rank) => refuted(Refutation::WrongRank {
+            signer: *signer,
+            rank,
+            claimed: manifest.rank,
+        }),
+        None => refuted(Refutation::NotEntitled(*signer)),
     }
 }
 
-/// Checks `manifest`, signed by `signer`: its claims ([`check_claims`]), then a
-/// recomputation from the announcements it lists (the updates of all but those it calls
-/// unavailable in `repo`): same model, contributions, rejections, server state and privacy.
-pub fn check(
+/// Recomputes `manifest` from the announcements it lists (whose claims
+/// [`check_claims`] passed; the updates of all but those it calls unavailable in `repo`):
+/// same model, contributions, rejections, server state and privacy.
+pub fn recompute(
     repo: &Repo,
-    task_cid: &Cid,
-    task: &Task,
+    terms: &Terms,
     base: &RoundBase,
     manifest: &Manifest,
-    signer: &PeerId,
     announcements: &[(Cid, Signed<Announcement>)],
 ) -> Result<(), RoundError> {
-    check_claims(task_cid, task, base, manifest, signer, announcements)?;
-    let refuted = |why: String| Err(RoundError::Refuted(why));
+    let refuted = |why: Refutation| Err(RoundError::Refuted(why));
     if let Some(r) = manifest
         .rejected
         .iter()
         .find(|r| matches!(r.reason, RejectReason::Unknown(_)))
     {
-        return refuted(format!(
-            "format: it rejects {} for {:?}, which is not a reason code of this version (a manifest \
-             written before reasons were codes, or by a newer version): it cannot be recomputed here",
-            r.update,
-            r.reason.code()
-        ));
+        return refuted(Refutation::UnknownReason {
+            update: r.update,
+            code: r.reason.code().to_string(),
+        });
     }
     let unavailable = manifest.unavailable();
     let (missing, present): (Vec<_>, Vec<_>) = announcements
         .iter()
         .cloned()
         .partition(|(cid, _)| unavailable.contains(cid));
-    let again = aggregate(repo, task_cid, task, base, &present, &missing)?;
+    let again = aggregate(repo, terms, base, &present, &missing)?;
     if again.manifest.model != manifest.model {
-        return refuted(format!(
-            "its model is {}, but its inputs give {}",
-            manifest.model, again.manifest.model
-        ));
+        return refuted(Refutation::Model {
+            claimed: manifest.model,
+            recomputed: again.manifest.model,
+        });
     }
     if again.manifest.contributions != manifest.contributions
         || again.manifest.rejected != manifest.rejected
@@ -385,10 +378,7 @@ pub fn check(
         || again.manifest.epsilon != manifest.epsilon
         || again.manifest.delta != manifest.delta
     {
-        return refuted(
-            "its contributions, rejections, server state or privacy figures differ from a recomputation"
-                .into(),
-        );
+        return refuted(Refutation::Listing);
     }
     Ok(())
 }
@@ -408,8 +398,7 @@ mod tests {
     struct Round {
         _dir: tempfile::TempDir,
         repo: Repo,
-        task_cid: Cid,
-        task: Task,
+        terms: Terms,
         base: RoundBase,
         present: Vec<(Cid, Signed<Announcement>)>,
         missing: Vec<(Cid, Signed<Announcement>)>,
@@ -494,8 +483,7 @@ mod tests {
         Round {
             _dir: dir,
             repo,
-            task_cid,
-            task,
+            terms: Terms::new(task_cid, task).unwrap(),
             base: RoundBase {
                 round: 1,
                 prev: None,
@@ -512,8 +500,7 @@ mod tests {
         fn manifest(&self) -> Manifest {
             aggregate(
                 &self.repo,
-                &self.task_cid,
-                &self.task,
+                &self.terms,
                 &self.base,
                 &self.present,
                 &self.missing,
@@ -537,15 +524,8 @@ mod tests {
                 rank: rank as u32,
                 ..manifest.clone()
             };
-            check(
-                &self.repo,
-                &self.task_cid,
-                &self.task,
-                &self.base,
-                &manifest,
-                &signer,
-                &all,
-            )
+            check_claims(&self.terms, &self.base, &manifest, &signer, &all)?;
+            recompute(&self.repo, &self.terms, &self.base, &manifest, &all)
         }
     }
 
@@ -593,8 +573,12 @@ mod tests {
         let back: Manifest = dagcbor::decode(&block).unwrap();
         assert_eq!(back, manifest);
         assert_eq!(dagcbor::encode(&back).unwrap().cid(), block.cid());
-        let err = round.check(&back).unwrap_err().to_string();
-        assert!(err.contains("format:") && err.contains(old), "{err}");
+        match round.check(&back) {
+            Err(RoundError::Refuted(Refutation::UnknownReason { code, .. })) => {
+                assert_eq!(code, old);
+            }
+            other => panic!("{other:?}"),
+        }
         for code in RejectReason::KNOWN {
             assert_eq!(RejectReason::from_code(code.code()), code);
         }

@@ -12,13 +12,10 @@ use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
 use fl_core::privacy::{accountant, plan};
 use fl_core::records::{
-    Announcement, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed,
-    Task, ranking,
+    DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed, Task, ranking,
 };
 use fl_core::tensors::Bundle;
-use fl_node::net::{Node, fetch_dag};
-use fl_node::round::compute::{self, RoundBase};
-use fl_node::round::{RoundStore, RoundStoreError};
+use fl_node::round::{Inputs, RoundError, RoundStore, RoundStoreError, verify};
 
 use super::node::{NetArgs, runtime, start};
 use super::{RepoPath, cid_arg};
@@ -286,86 +283,25 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
     let repo = Arc::new(repo.open()?);
     runtime()?.block_on(async {
         let online = !v.peer.is_empty() || !v.net.bootstrap.is_empty();
-        let node = if online {
+        let inputs = if online {
             let node = start(&repo, v.net.config(&["/ip4/0.0.0.0/tcp/0"])?).await?;
             for addr in &v.peer {
                 node.dial(addr.clone()).await?;
             }
-            Some(node)
+            Inputs::networked(repo.clone(), node, Duration::from_secs(10))
         } else {
-            None
+            Inputs::local(repo.clone())
         };
-        let fetcher = Fetcher {
-            node,
-            repo: repo.clone(),
-        };
-        let manifest: Signed<Manifest> = fetcher.record(v.manifest, "the manifest").await?;
-        let m = &manifest.body;
-        let task: Task = {
-            let bytes = fetcher.bytes(m.task, "the task").await?;
-            Task::from_block(&fl_core::content::Block::new(m.task, bytes)?)?
-        };
-        let (base_cid, state) = match m.prev {
-            Some(prev) => {
-                let p: Signed<Manifest> = fetcher.record(prev, "the previous manifest").await?;
-                if p.body.task != m.task || p.body.round.checked_add(1) != Some(m.round) {
-                    bail!(
-                        "manifest {}: refuted: its previous manifest {prev} is round {} of task {}, not round {} of {}",
-                        v.manifest,
-                        p.body.round,
-                        p.body.task,
-                        m.round.saturating_sub(1),
-                        m.task
-                    );
-                }
-                (p.body.model, p.body.server_state)
+        let verified = match verify::manifest(&inputs, v.manifest).await {
+            Ok(verified) => verified,
+            Err(e @ RoundError::Missing { .. }) if !online => {
+                return Err(anyhow::Error::new(e))
+                    .context("pass --peer MULTIADDR to fetch what this repo lacks")
+                    .with_context(|| format!("manifest {}", v.manifest));
             }
-            None if m.round == 1 => (task.initial_model, None),
-            None => bail!(
-                "manifest {}: refuted: round {} has no previous manifest",
-                v.manifest,
-                m.round
-            ),
+            Err(e) => return Err(e).with_context(|| format!("manifest {}", v.manifest)),
         };
-        fetcher.dag(base_cid).await?;
-        let state = match state {
-            Some(cid) => {
-                fetcher.dag(cid).await?;
-                aggregator::ServerState::from_bundle(Bundle::load(&repo, &cid)?)
-            }
-            None => aggregator::ServerState::empty(),
-        };
-        let base = RoundBase {
-            round: m.round,
-            prev: m.prev,
-            model: Arc::new(Bundle::load(&repo, &base_cid)?),
-            model_cid: base_cid,
-            state,
-        };
-        let mut announcements = Vec::new();
-        let unavailable = m.unavailable();
-        for cid in m
-            .contributions
-            .iter()
-            .map(|c| c.announcement)
-            .chain(m.rejected.iter().map(|r| r.announcement))
-        {
-            let a: Signed<Announcement> = fetcher.record(cid, "an announcement").await?;
-            if !unavailable.contains(&cid) {
-                fetcher.dag(a.body.update).await?;
-            }
-            announcements.push((cid, a));
-        }
-        compute::check(
-            &repo,
-            &m.task,
-            &task,
-            &base,
-            m,
-            &manifest.signer,
-            &announcements,
-        )
-        .with_context(|| format!("manifest {}", v.manifest))?;
+        let (manifest, m) = (&verified.manifest, &verified.manifest.body);
         println!(
             "manifest {} (task {}, round {}): valid. Model {} recomputed from {} updates ({} rejected); signed by {} at rank {}; every announcement's signature checks.",
             v.manifest,
@@ -388,75 +324,6 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// Gets blocks from the repo, or from the network when a node is up.
-struct Fetcher {
-    node: Option<Node>,
-    repo: Arc<Repo>,
-}
-
-impl Fetcher {
-    async fn bytes(&self, cid: Cid, what: &str) -> anyhow::Result<Vec<u8>> {
-        if let Ok(block) = self.repo.blocks().get(&cid) {
-            return Ok(block.data().to_vec());
-        }
-        let Some(node) = &self.node else {
-            bail!("{what} {cid} is not in this repo; pass --peer MULTIADDR to fetch it");
-        };
-        let peers = node.peers().await?;
-        let block = node
-            .bitswap()
-            .fetch(cid, &peers, 0, Duration::from_secs(10))
-            .await
-            .with_context(|| format!("fetching {what} {cid}"))?;
-        Ok(block.data().to_vec())
-    }
-
-    async fn record<T: fl_core::records::Record>(
-        &self,
-        cid: Cid,
-        what: &str,
-    ) -> anyhow::Result<Signed<T>> {
-        let bytes = self.bytes(cid, what).await?;
-        Signed::<T>::from_bytes(&cid, &bytes).with_context(|| format!("{what} {cid}"))
-    }
-
-    async fn dag(&self, cid: Cid) -> anyhow::Result<()> {
-        let peers = match &self.node {
-            Some(node) => node.peers().await?,
-            None => Vec::new(),
-        };
-        fetch_dag(
-            match &self.node {
-                Some(node) => node.bitswap(),
-                None => return local_dag(&self.repo, cid),
-            },
-            cid,
-            &peers,
-            64,
-            Duration::from_secs(10),
-        )
-        .await
-        .with_context(|| format!("fetching {cid}"))?;
-        Ok(())
-    }
-}
-
-/// Checks that the DAG under `cid` is whole in `repo`, each distinct block once (a DAG may
-/// link one block many times; reading it out could expand it to any size).
-fn local_dag(repo: &Repo, cid: Cid) -> anyhow::Result<()> {
-    let mut seen = std::collections::HashSet::from([cid]);
-    let mut queue = vec![cid];
-    while let Some(next) = queue.pop() {
-        let block = repo.blocks().get(&next).with_context(|| {
-            format!("{cid} is not whole in this repo ({next} is missing); pass --peer MULTIADDR")
-        })?;
-        let links = fl_core::content::links::links(&block)
-            .with_context(|| format!("reading the links of {next} under {cid}"))?;
-        queue.extend(links.into_iter().filter(|l| seen.insert(*l)));
-    }
-    Ok(())
 }
 
 pub(super) fn status(s: Status, repo: &RepoPath) -> anyhow::Result<()> {

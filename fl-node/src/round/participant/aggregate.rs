@@ -32,7 +32,7 @@ impl Participant {
             Some(members) => members.len(),
             // An open task: this node and the peers following the task's updates.
             None => {
-                let topic = Task::updates_topic(&ctx.task_cid);
+                let topic = Task::updates_topic(&ctx.terms.cid);
                 1 + self.node.topic_peers(&topic).await?.len()
             }
         };
@@ -100,7 +100,8 @@ impl Participant {
         for entry in announced {
             let update = entry.1.body.update;
             match self
-                .ensure_at_most(update, "an update", Some(entry.1.signer), limit)
+                .inputs
+                .dag(update, "an update", Some(entry.1.signer), limit)
                 .await
             {
                 Ok(()) => present.push(entry.clone()),
@@ -112,23 +113,17 @@ impl Participant {
         }
         let fetched = started.elapsed();
         let mut aggregated = {
-            let (repo, task_cid, task, base) = (
-                self.repo.clone(),
-                ctx.task_cid,
-                ctx.task.clone(),
-                base.clone(),
-            );
+            let (repo, terms, base) = (self.repo.clone(), ctx.terms.clone(), base.clone());
             let slot = self.computing().await?;
             blocking(move || {
                 let _slot = slot;
-                compute::aggregate(&repo, &task_cid, &task, &base, &present, &missing)
+                compute::aggregate(&repo, &terms, &base, &present, &missing)
             })
-            .await
-            .map_err(|e| RoundError::Aggregate(e.to_string()))??
+            .await??
         };
         let computed = started.elapsed();
         aggregated.manifest.rank = rank;
-        let needed = ctx.task.min_participants as usize;
+        let needed = ctx.terms.task.min_participants as usize;
         let usable = aggregated.manifest.contributions.len();
         if usable < needed {
             return Err(RoundError::TooFew { usable, needed });
@@ -140,12 +135,15 @@ impl Participant {
         self.repo
             .blocks()
             .put(block)
-            .map_err(|e| RoundError::Task(format!("storing the manifest: {e}")))?;
+            .map_err(|source| RoundError::StoreRecord {
+                what: "manifest",
+                source,
+            })?;
         self.repo.pin(&signed.body.model, PinMode::Recursive)?;
         ctx.inbox.file_manifest(self.repo.blocks(), bytes.clone())?;
         let _ = self
             .node
-            .publish(&Task::manifests_topic(&ctx.task_cid), bytes)
+            .publish(&Task::manifests_topic(&ctx.terms.cid), bytes)
             .await;
         if let Some(test) = &data.test {
             let model = (signed.body.model, Arc::new(aggregated.model));
@@ -171,6 +169,6 @@ impl Participant {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| RoundError::Aggregate(e.to_string()))
+            .map_err(RoundError::from)
     }
 }

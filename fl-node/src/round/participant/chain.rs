@@ -14,9 +14,10 @@ impl Participant {
         emit: &mut impl FnMut(&Event),
     ) -> Result<Position, RoundError> {
         let cids: Vec<Cid> = reorg.chain.iter().map(|(c, _)| *c).collect();
-        self.rounds.record_chain(&ctx.task_cid, reorg.from, &cids)?;
+        self.rounds
+            .record_chain(&ctx.terms.cid, reorg.from, &cids)?;
         let Some((head, last)) = reorg.chain.last().cloned() else {
-            return Err(RoundError::Task("switching to an empty chain".into()));
+            return Err(RoundError::EmptyChain);
         };
         let done = last.body.round;
         ctx.inbox.close_through(done);
@@ -52,39 +53,7 @@ impl Participant {
         head: Option<Cid>,
         head_manifest: Option<&Signed<Manifest>>,
     ) -> Result<RoundBase, RoundError> {
-        let (model_cid, state_cid, aggregator) = match head_manifest {
-            Some(m) => (m.body.model, m.body.server_state, Some(m.signer)),
-            None => (ctx.task.initial_model, None, None),
-        };
-        self.ensure(model_cid, "the round's model", aggregator)
-            .await?;
-        let model = Bundle::load(&self.repo, &model_cid).map_err(|source| RoundError::Load {
-            what: "model",
-            cid: model_cid,
-            source,
-        })?;
-        ctx.arch
-            .check(&model)
-            .map_err(|e| RoundError::Task(format!("model {model_cid}: {e}")))?;
-        let state = match state_cid {
-            Some(cid) => {
-                self.ensure(cid, "the server state", aggregator).await?;
-                let bundle = Bundle::load(&self.repo, &cid).map_err(|source| RoundError::Load {
-                    what: "server state",
-                    cid,
-                    source,
-                })?;
-                aggregator::ServerState::from_bundle(bundle)
-            }
-            None => aggregator::ServerState::empty(),
-        };
-        Ok(RoundBase {
-            round,
-            prev: head,
-            model: Arc::new(model),
-            model_cid,
-            state,
-        })
+        verify::base(&self.inputs, &ctx.terms, round, head.zip(head_manifest)).await
     }
 
     /// A chain that parts from this node's at a round it has decided and wins the fork choice
@@ -113,7 +82,7 @@ impl Participant {
                 lock(&ctx.verdicts).settled(tip);
                 continue;
             };
-            let Some(our_cid) = self.rounds.adopted(&ctx.task_cid, from)? else {
+            let Some(our_cid) = self.rounds.adopted(&ctx.terms.cid, from)? else {
                 continue;
             };
             let our = self.load_manifest(&our_cid)?;
@@ -135,7 +104,7 @@ impl Participant {
     fn rival_tips(&self, ctx: &Ctx) -> Result<Vec<SignedManifest>, RoundError> {
         let mut tips = Vec::new();
         for round in ctx.inbox.manifest_rounds() {
-            let adopted = self.rounds.adopted(&ctx.task_cid, round)?;
+            let adopted = self.rounds.adopted(&ctx.terms.cid, round)?;
             let v = lock(&ctx.verdicts);
             tips.extend(ctx.inbox.manifests(round).into_iter().filter(|(c, _)| {
                 Some(*c) != adopted && v.open(c, Instant::now()) && !v.is_settled(c)
@@ -158,7 +127,7 @@ impl Participant {
         tip: Cid,
         signed: Signed<Manifest>,
     ) -> Result<Option<Vec<SignedManifest>>, RoundError> {
-        let ours = |round: u32| self.rounds.adopted(&ctx.task_cid, round);
+        let ours = |round: u32| self.rounds.adopted(&ctx.terms.cid, round);
         let mut path = vec![(tip, signed)];
         loop {
             let Some((_, m)) = path.last() else {
@@ -176,11 +145,11 @@ impl Participant {
             if prev == our_prev {
                 break;
             }
-            if path.len() > ctx.task.rounds as usize {
+            if path.len() > ctx.terms.task.rounds as usize {
                 lock(&ctx.verdicts).settled(tip);
                 return Ok(None);
             }
-            let bytes = match self.fetch_block(prev, "an earlier manifest").await {
+            let bytes = match self.inputs.block(prev, "an earlier manifest").await {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     let pause = lock(&ctx.verdicts).unreachable(tip, Instant::now());
@@ -191,7 +160,7 @@ impl Participant {
             match Signed::<Manifest>::from_bytes(&prev, &bytes) {
                 Ok(p)
                     if p.body.round.checked_add(1) == Some(round)
-                        && p.body.task == ctx.task_cid =>
+                        && p.body.task == ctx.terms.cid =>
                 {
                     path.push((prev, p));
                 }
@@ -217,7 +186,7 @@ impl Participant {
         let (mut prev, mut prev_manifest) = match from {
             1 => (None, None),
             r => {
-                let c = self.rounds.adopted(&ctx.task_cid, r - 1)?;
+                let c = self.rounds.adopted(&ctx.terms.cid, r - 1)?;
                 let m = c.map(|c| self.load_manifest(&c)).transpose()?;
                 (c, m)
             }
@@ -256,14 +225,16 @@ impl Participant {
         let mut at = latest;
         while at > round {
             let Some(cid) = prev else { break };
-            let bytes = self.fetch_block(cid, "an earlier manifest").await?;
+            let bytes = self.inputs.block(cid, "an earlier manifest").await?;
             let signed = Signed::<Manifest>::from_bytes(&cid, &bytes)?;
             // Each link goes one round back, or the chain is not one.
             if signed.body.round.checked_add(1) != Some(at) {
-                return Err(RoundError::Refuted(format!(
-                    "manifest {cid} is round {}, linked from round {at}",
-                    signed.body.round
-                )));
+                return Err(Refutation::BrokenLink {
+                    manifest: cid,
+                    round: signed.body.round,
+                    from: at,
+                }
+                .into());
             }
             prev = signed.body.prev;
             at = signed.body.round;

@@ -32,7 +32,7 @@ impl Participant {
         emit: &mut impl FnMut(&Event),
     ) -> Result<Decision, RoundError> {
         let round = base.round;
-        let task = &ctx.task;
+        let task = &ctx.terms.task;
         let mut waiting = Waiting {
             expected: self.expected_participants(ctx, task, base).await?,
             min: task.min_participants as usize,
@@ -155,7 +155,7 @@ impl Participant {
             .into_iter()
             .filter(|(_, a)| a.body.base == base.model_cid)
             .collect();
-        let anchor = base.prev.unwrap_or(ctx.task_cid);
+        let anchor = base.prev.unwrap_or(ctx.terms.cid);
         let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
         if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
             self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());

@@ -13,14 +13,14 @@ impl Participant {
         let waiting = std::mem::take(&mut *lock(&ctx.unevaluated));
         let mut still = Vec::new();
         for (round, cid, signer, model) in waiting {
-            if self.rounds.adopted(&ctx.task_cid, round)? != Some(cid) {
+            if self.rounds.adopted(&ctx.terms.cid, round)? != Some(cid) {
                 continue;
             }
             let Some((at, e)) = ctx.inbox.evaluation(round, &cid, &signer, &model) else {
                 still.push((round, cid, signer, model));
                 continue;
             };
-            self.rounds.record_evaluated(&ctx.task_cid, round, &at)?;
+            self.rounds.record_evaluated(&ctx.terms.cid, round, &at)?;
             emit(&Event::Evaluated {
                 round,
                 manifest: cid.to_string(),
@@ -42,9 +42,9 @@ impl Participant {
         model: (Cid, Arc<Bundle>),
         test: Vec<Batch>,
     ) {
-        let (arch, device) = (ctx.arch, self.config.backend.device());
+        let (arch, device) = (ctx.terms.architecture, self.config.backend.device());
         let (key, node, repo) = (self.key.clone(), self.node.clone(), self.repo.clone());
-        let (inbox, republish, task) = (ctx.inbox.clone(), ctx.republish.clone(), ctx.task_cid);
+        let (inbox, republish, task) = (ctx.inbox.clone(), ctx.republish.clone(), ctx.terms.cid);
         spawn(async move {
             let started = Instant::now();
             let (model_cid, bundle) = model;

@@ -6,7 +6,7 @@
 //!
 //! This module holds the participant's types and [`Participant::run`]; its parts are in
 //! its private modules `rounds` (the loop itself), `decide` (how a round ends for this
-//! node), `train`, `aggregate`, `verify`, `evaluate`, `chain` (rival chains and switching),
+//! node), `train`, `aggregate`, `check` (manifests: on their claims, recomputed, verdicts), `evaluate`, `chain` (rival chains and switching),
 //! `fetch` and `event` (the progress events). The decisions themselves are pure functions
 //! in [`super::machine`].
 
@@ -34,24 +34,23 @@ use tracing::Instrument;
 
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
+use super::inputs::fetch_held;
 use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
-use super::{RoundError, RoundStore};
-use crate::net::bitswap::DagError;
-use crate::net::{self, MessageAcceptance, Node, fetch_dag_at_most};
+use super::{Inputs, Refutation, RoundError, RoundStore, Terms, verify};
+use crate::net::{MessageAcceptance, Node};
 
 mod aggregate;
 mod chain;
+mod check;
 mod decide;
 mod evaluate;
 mod event;
 mod fetch;
 mod rounds;
 mod train;
-mod verify;
 
 pub use event::Event;
-use fetch::fetch_held;
 
 /// Tries beyond the first at fetching the task record when joining.
 const JOIN_TRIES: u32 = 5;
@@ -136,6 +135,8 @@ struct LocalData {
 /// One node's participation in a task.
 pub struct Participant {
     node: Node,
+    /// Where the round's blocks and files come from.
+    inputs: Inputs,
     repo: Arc<Repo>,
     key: Keypair,
     rounds: RoundStore,
@@ -153,9 +154,7 @@ impl std::fmt::Debug for Participant {
 
 /// The task, as every part of the loop needs it.
 struct Ctx {
-    task_cid: Cid,
-    task: Arc<Task>,
-    arch: Architecture,
+    terms: Arc<Terms>,
     inbox: Inbox,
     republish: Arc<Mutex<republish::Records>>,
     /// What this node concluded about each manifest it checked.
@@ -230,6 +229,7 @@ impl Participant {
         config: ParticipantConfig,
     ) -> Self {
         Self {
+            inputs: Inputs::networked(repo.clone(), node.clone(), config.block_timeout),
             node,
             repo,
             key,

@@ -19,7 +19,7 @@ impl Participant {
         // next update is announced: a refuted one takes the node back to where it stood.
         let mut pending: Option<Pending> = None;
         loop {
-            while at.0 < ctx.task.rounds {
+            while at.0 < ctx.terms.task.rounds {
                 at = self.round(&ctx, &data, at, &mut pending, &mut emit).await?;
             }
             if let Some(before) = self.confirm(&ctx, pending.take(), &mut emit).await? {
@@ -27,18 +27,18 @@ impl Participant {
                 continue;
             }
             at = self.serve(&ctx, &data, at, &mut emit).await?;
-            if at.0 >= ctx.task.rounds {
+            if at.0 >= ctx.terms.task.rounds {
                 break;
             }
         }
         let model = match &at.2 {
             Some(m) => m.body.model,
-            None => ctx.task.initial_model,
+            None => ctx.terms.task.initial_model,
         };
         self.repo.pin(&model, PinMode::Recursive)?;
         emit(&Event::Done {
             model: model.to_string(),
-            rounds: ctx.task.rounds,
+            rounds: ctx.terms.task.rounds,
         });
         Ok(model)
     }
@@ -52,7 +52,7 @@ impl Participant {
         let task_cid = self.config.task;
         let mut tries = 0;
         let task_bytes = loop {
-            match self.fetch_block(task_cid, "the task record").await {
+            match self.inputs.block(task_cid, "the task record").await {
                 Ok(bytes) => break bytes,
                 Err(e) if tries < JOIN_TRIES => {
                     tries += 1;
@@ -62,31 +62,22 @@ impl Participant {
                 Err(e) => return Err(e),
             }
         };
-        let task_block = fl_core::content::Block::new(task_cid, task_bytes)
-            .map_err(|e| RoundError::Task(format!("the task record {task_cid}: {e}")))?;
-        let task = Task::from_block(&task_block).map_err(|e| RoundError::Task(e.to_string()))?;
-        if !task.admits(&me) {
+        let terms = Arc::new(Terms::decode(task_cid, task_bytes)?);
+        if !terms.task.admits(&me) {
             return Err(RoundError::NotMember(me));
         }
-        let arch: Architecture = task
-            .architecture
-            .parse()
-            .map_err(|e| RoundError::Task(format!("{e}")))?;
         self.repo.pin(&task_cid, PinMode::Direct)?;
-        let task = Arc::new(task);
         let inbox = Inbox::start(
             &self.node,
             task_cid,
-            task.clone(),
+            terms.task.clone(),
             Arc::new(self.repo.blocks().clone()),
         )
         .await?;
         let republish = Arc::new(Mutex::new(republish::Records::default()));
         republish::spawn(self.node.clone(), &task_cid, republish.clone());
         let ctx = Ctx {
-            task_cid,
-            task: task.clone(),
-            arch,
+            terms: terms.clone(),
             inbox,
             republish,
             verdicts: Mutex::default(),
@@ -95,7 +86,7 @@ impl Participant {
             unevaluated: Mutex::default(),
             momentum: Arc::default(),
         };
-        let data = self.local_data(&task).await?;
+        let data = self.local_data(&terms).await?;
         Ok((ctx, data))
     }
 
@@ -113,7 +104,7 @@ impl Participant {
                 ctx.inbox.changed(POLL).await;
             }
         }
-        let (done, head) = self.rounds.head(&ctx.task_cid)?;
+        let (done, head) = self.rounds.head(&ctx.terms.cid)?;
         let head_manifest = match head {
             Some(cid) => Some(self.load_manifest(&cid)?),
             None => None,
@@ -124,8 +115,8 @@ impl Participant {
         ctx.inbox.close_through(done);
         emit(&Event::Joined {
             peer: self.node.peer_id().to_string(),
-            task: ctx.task_cid.to_string(),
-            rounds: ctx.task.rounds,
+            task: ctx.terms.cid.to_string(),
+            rounds: ctx.terms.task.rounds,
             from_round: done + 1,
         });
         Ok((done, head, head_manifest))
@@ -149,7 +140,7 @@ impl Participant {
         let opened = Instant::now();
         let base = self.base(ctx, round, head, head_manifest.as_ref()).await?;
         let closed = self.closed_already(ctx, &base, emit).await;
-        let announced = !closed && self.rounds.announced(&ctx.task_cid, round)?.is_some();
+        let announced = !closed && self.rounds.announced(&ctx.terms.cid, round)?.is_some();
         let mut train_seconds = 0.0;
         if closed || announced {
             if let Some(before) = self.confirm(ctx, pending.take(), emit).await? {
@@ -296,7 +287,7 @@ impl Participant {
             }
             if let Some(reorg) = self.better_chain(ctx, at.0, emit).await? {
                 at = self.switch_to(ctx, reorg, emit)?;
-                if at.0 < ctx.task.rounds {
+                if at.0 < ctx.terms.task.rounds {
                     return Ok(at);
                 }
                 continue;

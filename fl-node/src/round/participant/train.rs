@@ -12,7 +12,7 @@ impl Participant {
         base: &RoundBase,
     ) -> Result<Option<(Cid, u64, Option<f64>)>, RoundError> {
         let round = base.round;
-        let Some(cid) = self.rounds.announced(&ctx.task_cid, round)? else {
+        let Some(cid) = self.rounds.announced(&ctx.terms.cid, round)? else {
             return Ok(None);
         };
         let bytes = self.block_bytes(&cid)?;
@@ -39,8 +39,8 @@ impl Participant {
         data: &LocalData,
     ) -> Result<Trained, RoundError> {
         let round = base.round;
-        let task = ctx.task.clone();
-        let arch = ctx.arch;
+        let task = ctx.terms.task.clone();
+        let arch = ctx.terms.architecture;
         let images = data.train.clone();
         let global = base.model.clone();
         let device = self.config.backend.device();
@@ -49,14 +49,7 @@ impl Participant {
             .wrapping_mul(1_000_003)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
         // Held until the training ends, even one whose result is no longer wanted.
-        let slot = self
-            .config
-            .limits
-            .training
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| RoundError::Train(e.to_string()))?;
+        let slot = self.config.limits.training.clone().acquire_owned().await?;
         // Rounds of a few steps go on with the momentum of the node's last round, as they go
         // on with its data; only the previous round's still points where the model is going.
         let carried = lock(&ctx.momentum)
@@ -77,11 +70,9 @@ impl Participant {
             }
             Ok::<_, fl_core::model::TrainError>(outcome)
         })
-        .await
-        .map_err(|e| RoundError::Train(e.to_string()))?
-        .map_err(|e| RoundError::Train(chain(&e)))?;
+        .await??;
         Ok(Trained {
-            update: privatize_client(&ctx.task, outcome.update)?,
+            update: privatize_client(&ctx.terms.task, outcome.update)?,
             samples: outcome.samples as u64,
             seconds: started.elapsed().as_secs_f64(),
             epsilon,
@@ -99,7 +90,7 @@ impl Participant {
         let round = base.round;
         let update_cid = trained
             .update
-            .store_encoded(&self.repo, ctx.task.update_encoding)
+            .store_encoded(&self.repo, ctx.terms.task.update_encoding)
             .map_err(|source| RoundError::Store {
                 what: "update",
                 source,
@@ -107,12 +98,12 @@ impl Participant {
         let samples = trained.samples;
         let signed = Signed::sign(
             Announcement {
-                task: ctx.task_cid,
+                task: ctx.terms.cid,
                 round,
                 base: base.model_cid,
                 update: update_cid,
                 samples,
-                epochs: ctx.task.train.epochs,
+                epochs: ctx.terms.task.train.epochs,
                 epsilon: trained.epsilon,
             },
             &self.key,
@@ -123,9 +114,12 @@ impl Participant {
         self.repo
             .blocks()
             .put(block)
-            .map_err(|e| RoundError::Task(format!("storing the announcement: {e}")))?;
+            .map_err(|source| RoundError::StoreRecord {
+                what: "announcement",
+                source,
+            })?;
         // Remembered before it leaves, so a restart never makes a second one.
-        self.rounds.record_announced(&ctx.task_cid, round, &cid)?;
+        self.rounds.record_announced(&ctx.terms.cid, round, &cid)?;
         let _ = self.node.provide(update_cid).await;
         self.publish_announcement(ctx, bytes).await;
         tracing::info!(
@@ -150,50 +144,47 @@ impl Participant {
         }
         let _ = self
             .node
-            .publish(&Task::updates_topic(&ctx.task_cid), bytes.clone())
+            .publish(&Task::updates_topic(&ctx.terms.cid), bytes.clone())
             .await;
         lock(&ctx.republish).announcement = Some(bytes);
     }
 
     /// The node's training images and, where the task has one, the test set.
-    pub(super) async fn local_data(&self, task: &Task) -> Result<LocalData, RoundError> {
-        match &task.data {
+    pub(super) async fn local_data(&self, terms: &Terms) -> Result<LocalData, RoundError> {
+        match &terms.task.data {
             DataSource::Shards { manifest } => {
-                let shard_index = self.config.shard.ok_or_else(|| {
-                    RoundError::Data("the task's data is sharded: pass --shard I".into())
-                })?;
-                self.fetch_block(*manifest, "the dataset manifest").await?;
-                let dataset = shard::manifest(self.repo.blocks(), manifest)
-                    .map_err(|e| RoundError::Data(e.to_string()))?;
-                let entry = dataset.shards.get(shard_index).ok_or_else(|| {
-                    RoundError::Data(format!(
-                        "shard {shard_index} does not exist: the dataset has {} shards",
-                        dataset.shards.len()
-                    ))
-                })?;
-                self.ensure(entry.cid, "this node's shard", None).await?;
-                self.ensure(dataset.test.cid, "the test set", None).await?;
-                let train = shard::fetch_shard(self.repo.blocks(), &dataset, shard_index)
-                    .map_err(|e| RoundError::Data(e.to_string()))?;
-                let test = shard::fetch_test(self.repo.blocks(), &dataset)
-                    .map_err(|e| RoundError::Data(e.to_string()))?;
+                let shard_index = self.config.shard.ok_or(RoundError::NoShard)?;
+                self.inputs.block(*manifest, "the dataset manifest").await?;
+                let dataset = shard::manifest(self.repo.blocks(), manifest)?;
+                let entry =
+                    dataset
+                        .shards
+                        .get(shard_index)
+                        .ok_or_else(|| RoundError::NoSuchShard {
+                            index: shard_index,
+                            shards: dataset.shards.len(),
+                        })?;
+                self.inputs
+                    .dag(entry.cid, "this node's shard", None, u64::MAX)
+                    .await?;
+                self.inputs
+                    .dag(dataset.test.cid, "the test set", None, u64::MAX)
+                    .await?;
+                let train = shard::fetch_shard(self.repo.blocks(), &dataset, shard_index)?;
+                let test = shard::fetch_test(self.repo.blocks(), &dataset)?;
                 let mut config = PipelineConfig::evaluation(EVAL_BATCH);
-                config.normalization = task
-                    .architecture
-                    .parse::<Architecture>()
-                    .map_err(|e| RoundError::Task(e.to_string()))?
-                    .normalization();
+                config.normalization = terms.architecture.normalization();
                 Ok(LocalData {
                     train,
                     test: Some(Pipeline::new(test, config).collect_epoch(0)),
                 })
             }
             DataSource::OwnData => {
-                let dir = self.config.own_data.as_ref().ok_or_else(|| {
-                    RoundError::Data("the task brings its own data: pass --data DIR".into())
+                let dir = self.config.own_data.as_ref().ok_or(RoundError::NoData)?;
+                let data = datasets::cifar10::load(dir).map_err(|source| RoundError::OwnData {
+                    dir: dir.clone(),
+                    source,
                 })?;
-                let data = datasets::cifar10::load(dir)
-                    .map_err(|e| RoundError::Data(format!("{}: {e}", dir.display())))?;
                 Ok(LocalData {
                     train: data.train,
                     test: None,
@@ -218,11 +209,9 @@ fn sample_epsilon(task: &Task, samples: u64, round: u32) -> Result<Option<f64>, 
             delta: dp.delta,
             examples: samples,
         };
-        return Err(RoundError::Train(refused.to_string()));
+        return Err(refused.into());
     }
-    let epsilon = dp
-        .sample_epsilon(&task.train, samples, round)
-        .map_err(|e| RoundError::Train(format!("privacy accounting: {e}")))?;
+    let epsilon = dp.sample_epsilon(&task.train, samples, round)?;
     if let Some(budget) = dp.epsilon_budget.filter(|&b| epsilon > b) {
         return Err(RoundError::BudgetSpent {
             round,
@@ -297,5 +286,5 @@ fn privatize_client(task: &Task, update: Bundle) -> Result<Bundle, RoundError> {
     let noise = fl_core::privacy::NoiseConfig::new(dp.clip_norm, dp.noise_multiplier);
     fl_core::privacy::privatize(&update, &noise)
         .map(|(private, _)| private)
-        .map_err(|e| RoundError::Train(format!("clipping and noising: {e}")))
+        .map_err(RoundError::from)
 }

@@ -46,7 +46,7 @@ impl Participant {
         emit: &mut impl FnMut(&Event),
     ) -> Result<(), RoundError> {
         let (round, cid, signed) = (p.base.round, p.cid, &p.signed);
-        self.rounds.record_adopted(&ctx.task_cid, round, &cid)?;
+        self.rounds.record_adopted(&ctx.terms.cid, round, &cid)?;
         ctx.inbox.close_through(round);
         {
             let mut r = lock(&ctx.republish);
@@ -105,7 +105,7 @@ impl Participant {
     ) -> Verdict {
         let round = signed.body.round;
         let mut looked = self.claims(ctx, base, signed).await.map(|_| ());
-        if looked.is_ok() && round < ctx.task.rounds {
+        if looked.is_ok() && round < ctx.terms.task.rounds {
             // The next round starts from its model (and server state): here and loadable.
             looked = self
                 .base(ctx, round + 1, Some(*cid), Some(signed))
@@ -159,46 +159,30 @@ impl Participant {
         if !self.config.recompute {
             // Not made here, so fetched: the model (the node adopts and serves it) and the
             // server state the next round starts from.
-            self.ensure(m.model, "the round's model", Some(signed.signer))
+            self.inputs
+                .dag(m.model, "the round's model", Some(signed.signer), u64::MAX)
                 .await?;
             if let Some(state) = m.server_state {
-                self.ensure(state, "the server state", Some(signed.signer))
+                self.inputs
+                    .dag(state, "the server state", Some(signed.signer), u64::MAX)
                     .await?;
             }
             return Ok(());
         }
-        let unavailable = m.unavailable();
-        let limit = base.model.file_limit();
-        for (cid, a) in &announcements {
-            if !unavailable.contains(cid) {
-                self.ensure_at_most(a.body.update, "an update", Some(a.signer), limit)
-                    .await?;
-            }
-        }
+        verify::updates(&self.inputs, base, m, &announcements).await?;
         let fetched = started.elapsed();
-        let (repo, task_cid, task, base, manifest, signer) = (
+        let (repo, terms, base, manifest) = (
             self.repo.clone(),
-            ctx.task_cid,
-            ctx.task.clone(),
+            ctx.terms.clone(),
             base.clone(),
             m.clone(),
-            signed.signer,
         );
         let slot = self.computing().await?;
         blocking(move || {
             let _slot = slot;
-            compute::check(
-                &repo,
-                &task_cid,
-                &task,
-                &base,
-                &manifest,
-                &signer,
-                &announcements,
-            )
+            compute::recompute(&repo, &terms, &base, &manifest, &announcements)
         })
-        .await
-        .map_err(|e| RoundError::Aggregate(e.to_string()))??;
+        .await??;
         tracing::info!(
             round = m.round,
             "checked a manifest in {:.2} s (updates here at {:.2} s)",
@@ -208,40 +192,14 @@ impl Participant {
         Ok(())
     }
 
-    /// Fetches the announcements a manifest lists (they are small) and checks its claims
-    /// against them, before any update is fetched; returns the announcements.
+    /// Fetches the announcements a manifest lists and checks its claims against them
+    /// ([`verify::claims`]); returns the announcements.
     pub(super) async fn claims(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
         signed: &Signed<Manifest>,
     ) -> Result<Vec<(Cid, Signed<Announcement>)>, RoundError> {
-        let m = &signed.body;
-        let mut announcements = Vec::new();
-        let listed = m
-            .contributions
-            .iter()
-            .map(|c| c.announcement)
-            .chain(m.rejected.iter().map(|r| r.announcement));
-        // Announcements are small: fetched first, so the cheap checks run before any
-        // update is.
-        if m.contributions.len() + m.rejected.len() > crate::round::inbox::MAX_ANNOUNCERS_PER_ROUND
-        {
-            return Err(RoundError::Refuted("it lists too many updates".into()));
-        }
-        for cid in listed {
-            let bytes = self.fetch_block(cid, "an announcement").await?;
-            let a = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
-            announcements.push((cid, a));
-        }
-        compute::check_claims(
-            &ctx.task_cid,
-            &ctx.task,
-            base,
-            m,
-            &signed.signer,
-            &announcements,
-        )?;
-        Ok(announcements)
+        verify::claims(&self.inputs, &ctx.terms, base, signed).await
     }
 }
