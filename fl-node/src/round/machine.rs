@@ -117,6 +117,24 @@ pub fn wins(rival: (u32, &Cid), ours: (u32, &Cid)) -> bool {
     rival < ours
 }
 
+/// The manifests for a round worth looking at now, best first: those continuing this node's
+/// chain (their `prev` is its head) that are neither refuted nor paused, by rank then CID
+/// (the order the fork choice prefers). Each manifest is given as (CID, rank, prev).
+pub fn candidates(
+    manifests: impl IntoIterator<Item = (Cid, u32, Option<Cid>)>,
+    head: Option<Cid>,
+    verdicts: &Verdicts,
+    now: Instant,
+) -> Vec<Cid> {
+    let mut open: Vec<(u32, Cid)> = manifests
+        .into_iter()
+        .filter(|(cid, _, prev)| *prev == head && verdicts.open(cid, now))
+        .map(|(cid, rank, _)| (rank, cid))
+        .collect();
+    open.sort();
+    open.into_iter().map(|(_, cid)| cid).collect()
+}
+
 /// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
 /// inputs could not be fetched yet (checked again after a pause that doubles each time).
 #[derive(Debug, Default)]
@@ -382,5 +400,36 @@ mod tests {
         v.settled(fork);
         v.forget_forks();
         assert!(!v.is_settled(&fork));
+    }
+
+    /// A node that restarts mid-round starts with no verdicts: it looks again, best rank
+    /// first, at every manifest for the round that continues the head it stored, including
+    /// one it had refuted before (its verdicts were not kept); manifests on another chain are
+    /// never this round's candidates, and one whose inputs were missing waits out its pause.
+    /// (The restart in `federation.rs::two_of_five_killed_the_rest_go_on_and_a_restarted_node_catches_up`.)
+    #[test]
+    fn a_node_that_restarts_mid_round_looks_again_at_the_manifests_on_its_chain() {
+        let t0 = Instant::now();
+        let (head, elsewhere) = (cid(10), cid(11));
+        let (a, b, c, d) = (cid(12), cid(13), cid(14), cid(15));
+        let round = [
+            (a, 1, Some(head)),
+            (b, 0, Some(head)),
+            (c, 0, Some(elsewhere)),
+            (d, 2, Some(head)),
+        ];
+        let mut before = Verdicts::default();
+        before.refuted(b);
+        before.unreachable(d, t0);
+        assert_eq!(candidates(round, Some(head), &before, t0), [a]);
+        assert_eq!(
+            candidates(round, Some(head), &before, t0 + RECHECK_AFTER),
+            [a, d]
+        );
+        let restarted = Verdicts::default();
+        assert_eq!(candidates(round, Some(head), &restarted, t0), [b, a, d]);
+        // Round 1 has no head: only manifests that name none.
+        let first = [(a, 0, None), (b, 0, Some(head))];
+        assert_eq!(candidates(first, None, &restarted, t0), [a]);
     }
 }

@@ -92,15 +92,7 @@ impl Participant {
         made: Option<Cid>,
         emit: &mut impl FnMut(&Event),
     ) -> Option<Decision> {
-        let mut candidates: Vec<SignedManifest> = ctx
-            .inbox
-            .manifests(base.round)
-            .into_iter()
-            .filter(|(c, m)| {
-                m.body.prev == base.prev && lock(&ctx.verdicts).open(c, Instant::now())
-            })
-            .collect();
-        candidates.sort_by_key(|(c, m)| (m.body.rank, *c));
+        let candidates = self.candidates(ctx, base);
         for (cid, signed) in candidates {
             let (checked, missed) = {
                 let v = lock(&ctx.verdicts);
@@ -121,6 +113,24 @@ impl Participant {
             }
         }
         None
+    }
+
+    /// The round's manifests worth looking at now, best first ([`machine::candidates`]).
+    pub(super) fn candidates(&self, ctx: &Ctx, base: &RoundBase) -> Vec<SignedManifest> {
+        let manifests = ctx.inbox.manifests(base.round);
+        let order = machine::candidates(
+            manifests
+                .iter()
+                .map(|(c, m)| (*c, m.body.rank, m.body.prev)),
+            base.prev,
+            &lock(&ctx.verdicts),
+            Instant::now(),
+        );
+        let mut manifests: HashMap<Cid, Signed<Manifest>> = manifests.into_iter().collect();
+        order
+            .into_iter()
+            .filter_map(|c| manifests.remove(&c).map(|m| (c, m)))
+            .collect()
     }
 
     /// Whether following a newer manifest back brought a manifest for `round` not looked at

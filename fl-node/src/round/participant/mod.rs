@@ -10,7 +10,7 @@
 //! `fetch` and `event` (the progress events). The decisions themselves are pure functions
 //! in [`super::machine`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

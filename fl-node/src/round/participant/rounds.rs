@@ -210,27 +210,18 @@ impl Participant {
     ) -> bool {
         let round = base.round;
         let latest = ctx.inbox.latest_round();
-        let open_here = |c: &Cid, m: &Signed<Manifest>| {
-            m.body.prev == base.prev && lock(&ctx.verdicts).open(c, Instant::now())
-        };
         if latest > round {
             if let Err(e) = self.walk_back(ctx, round).await {
                 tracing::info!(round, "cannot follow a newer manifest back: {}", chain(&e));
             }
-            return ctx
-                .inbox
-                .manifests(round)
-                .iter()
-                .any(|(c, m)| open_here(c, m));
+            return !self.candidates(ctx, base).is_empty();
         }
         if latest == round {
-            for (c, m) in ctx.inbox.manifests(round) {
-                if open_here(&c, &m)
-                    && matches!(
-                        self.take_on_claims(ctx, base, &c, &m, emit).await,
-                        Verdict::Valid
-                    )
-                {
+            for (c, m) in self.candidates(ctx, base) {
+                if matches!(
+                    self.take_on_claims(ctx, base, &c, &m, emit).await,
+                    Verdict::Valid
+                ) {
                     return true;
                 }
             }
