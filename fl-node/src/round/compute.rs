@@ -1,7 +1,7 @@
 //! A round's aggregation as a pure function of published bytes: the aggregator runs it to
 //! make a manifest, every other node and `fl verify` run it again to check one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aggregator::{AggregatorConfig, Contribution as Offered, ServerState, aggregate_round};
@@ -12,7 +12,7 @@ use fl_core::records::{
 };
 use fl_core::tensors::{Bundle, StoredError};
 
-use super::{Refutation, RoundError, Terms};
+use super::{RoundError, Terms};
 
 /// What a round starts from.
 #[derive(Debug, Clone)]
@@ -250,139 +250,6 @@ pub fn sample_epsilon(task: &Task, samples: u64, round: u32) -> Option<f64> {
     dp.sample_epsilon(&task.train, samples, round).ok()
 }
 
-/// Largest sample count an announcement may claim (more than any single node holds).
-pub const MAX_SAMPLES: u64 = 1 << 32;
-
-/// The cheap checks of a manifest, before anything is fetched or recomputed: it continues the
-/// chain at `base`, lists each announcement once, every listed announcement is for this task,
-/// round and base model, from a member, with a sane sample count; it counts at least the
-/// task's minimum; and its signer holds the rank it claims among the announcers it lists.
-pub fn check_claims(
-    terms: &Terms,
-    base: &RoundBase,
-    manifest: &Manifest,
-    signer: &PeerId,
-    announcements: &[(Cid, Signed<Announcement>)],
-) -> Result<(), RoundError> {
-    let (task_cid, task) = (&terms.cid, &*terms.task);
-    let refuted = |why: Refutation| Err(RoundError::Refuted(why));
-    if manifest.task != *task_cid || manifest.round != base.round || manifest.prev != base.prev {
-        return refuted(Refutation::OtherRound {
-            task: manifest.task,
-            round: manifest.round,
-            prev: manifest.prev,
-            expected_round: base.round,
-            expected_prev: base.prev,
-        });
-    }
-    if manifest.base_model != base.model_cid {
-        return refuted(Refutation::OtherBase {
-            claimed: manifest.base_model,
-            chain: base.model_cid,
-        });
-    }
-    if manifest.rule != task.rule {
-        return refuted(Refutation::OtherRule {
-            claimed: manifest.rule.clone(),
-            task: task.rule.clone(),
-        });
-    }
-    let listed = manifest.contributions.len() + manifest.rejected.len();
-    if announcements.len() != listed {
-        return refuted(Refutation::Count {
-            listed,
-            given: announcements.len(),
-        });
-    }
-    let mut cids = HashSet::new();
-    let mut authors = HashSet::new();
-    for (cid, a) in announcements {
-        if !cids.insert(*cid) || !authors.insert(a.signer) {
-            return refuted(Refutation::Twice(*cid));
-        }
-        let b = &a.body;
-        if b.task != *task_cid || b.round != base.round || b.base != base.model_cid {
-            return refuted(Refutation::Foreign(*cid));
-        }
-        if !task.admits(&a.signer) {
-            return refuted(Refutation::NotMember(a.signer));
-        }
-        if b.samples == 0 || b.samples > MAX_SAMPLES {
-            return refuted(Refutation::Samples {
-                announcement: *cid,
-                samples: b.samples,
-            });
-        }
-    }
-    if manifest.contributions.len() < task.min_participants as usize {
-        return refuted(Refutation::TooFew {
-            counted: manifest.contributions.len(),
-            min: task.min_participants,
-        });
-    }
-    if !authors.contains(signer) {
-        return refuted(Refutation::NotEntitled(*signer));
-    }
-    let ranking = fl_core::records::ranking(
-        &manifest.rank_anchor(),
-        manifest.round,
-        authors.iter().copied(),
-    );
-    match ranking.iter().position(|p| p == signer) {
-        Some(rank) if rank as u32 == manifest.rank => Ok(()),
-        Some(rank) => refuted(Refutation::WrongRank {
-            signer: *signer,
-            rank,
-            claimed: manifest.rank,
-        }),
-        None => refuted(Refutation::NotEntitled(*signer)),
-    }
-}
-
-/// Recomputes `manifest` from the announcements it lists (whose claims
-/// [`check_claims`] passed; the updates of all but those it calls unavailable in `repo`):
-/// same model, contributions, rejections, server state and privacy.
-pub fn recompute(
-    repo: &Repo,
-    terms: &Terms,
-    base: &RoundBase,
-    manifest: &Manifest,
-    announcements: &[(Cid, Signed<Announcement>)],
-) -> Result<(), RoundError> {
-    let refuted = |why: Refutation| Err(RoundError::Refuted(why));
-    if let Some(r) = manifest
-        .rejected
-        .iter()
-        .find(|r| matches!(r.reason, RejectReason::Unknown(_)))
-    {
-        return refuted(Refutation::UnknownReason {
-            update: r.update,
-            code: r.reason.code().to_string(),
-        });
-    }
-    let unavailable = manifest.unavailable();
-    let (missing, present): (Vec<_>, Vec<_>) = announcements
-        .iter()
-        .cloned()
-        .partition(|(cid, _)| unavailable.contains(cid));
-    let again = aggregate(repo, terms, base, &present, &missing)?;
-    if again.manifest.model != manifest.model {
-        return refuted(Refutation::Model {
-            claimed: manifest.model,
-            recomputed: again.manifest.model,
-        });
-    }
-    if again.manifest.contributions != manifest.contributions
-        || again.manifest.rejected != manifest.rejected
-        || again.manifest.server_state != manifest.server_state
-        || again.manifest.epsilon != manifest.epsilon
-        || again.manifest.delta != manifest.delta
-    {
-        return refuted(Refutation::Listing);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use fl_core::content::dagcbor;
@@ -392,6 +259,8 @@ mod tests {
     use fl_core::tensors::Encoding;
 
     use super::*;
+    use crate::round::Refutation;
+    use crate::round::verify::{check_claims, recompute};
 
     /// A round of four authors: one good update, one holding a NaN, one file that is not a
     /// tensor bundle and one its author never served.

@@ -238,7 +238,7 @@ impl Inbox {
         let signed = Signed::<Announcement>::from_block(&block)?;
         let a = &signed.body;
         self.admits(a.task, a.round, &signed.signer)?;
-        if a.samples == 0 || a.samples > super::compute::MAX_SAMPLES {
+        if a.samples == 0 || a.samples > super::verify::MAX_SAMPLES {
             return Err(FileError::Samples(a.samples));
         }
         let cid = *block.cid();

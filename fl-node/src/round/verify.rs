@@ -1,15 +1,18 @@
 //! Verifying a manifest, one way for a node about to adopt it and for `fl verify`: gather
 //! the round's base and the announcements it lists, check its claims against them (cheap,
 //! before any update is fetched), fetch the updates it counts (none past the size of the
-//! round's model) and recompute it ([`compute::recompute`]).
+//! round's model) and recompute it ([`recompute`]).
 
 use std::sync::Arc;
 
+use std::collections::HashSet;
+
 use cid::Cid;
-use fl_core::records::{Announcement, Manifest, Signed};
+use fl_core::content::Repo;
+use fl_core::records::{Announcement, Manifest, PeerId, RejectReason, Signed};
 use fl_core::tensors::Bundle;
 
-use super::compute::{self, RoundBase};
+use super::compute::{RoundBase, aggregate};
 use super::inbox::{MAX_ANNOUNCERS_PER_ROUND, SignedAnnouncement};
 use super::{Inputs, Refutation, RoundError, Terms};
 
@@ -92,7 +95,7 @@ pub async fn claims(
         let bytes = inputs.block(cid, "an announcement").await?;
         announcements.push((cid, Signed::<Announcement>::from_bytes(&cid, &bytes)?));
     }
-    compute::check_claims(terms, base, m, &signed.signer, &announcements)?;
+    check_claims(terms, base, m, &signed.signer, &announcements)?;
     Ok(announcements)
 }
 
@@ -114,6 +117,151 @@ pub async fn updates(
         }
     }
     Ok(())
+}
+
+/// Largest sample count an announcement may claim (more than any single node holds).
+pub const MAX_SAMPLES: u64 = 1 << 32;
+
+/// The cheap checks of a manifest, before anything is fetched or recomputed: it continues the
+/// chain at `base`, lists each announcement once, every listed announcement is for this task,
+/// round and base model, from a member, with a sane sample count; it counts at least the
+/// task's minimum; and its signer holds the rank it claims among the announcers it lists.
+pub fn check_claims(
+    terms: &Terms,
+    base: &RoundBase,
+    manifest: &Manifest,
+    signer: &PeerId,
+    announcements: &[(Cid, Signed<Announcement>)],
+) -> Result<(), RoundError> {
+    let (task_cid, task) = (&terms.cid, &*terms.task);
+    let refuted = |why: Refutation| Err(RoundError::Refuted(why));
+    if manifest.task != *task_cid || manifest.round != base.round || manifest.prev != base.prev {
+        return refuted(Refutation::OtherRound {
+            task: manifest.task,
+            round: manifest.round,
+            prev: manifest.prev,
+            expected_round: base.round,
+            expected_prev: base.prev,
+        });
+    }
+    if manifest.base_model != base.model_cid {
+        return refuted(Refutation::OtherBase {
+            claimed: manifest.base_model,
+            chain: base.model_cid,
+        });
+    }
+    if manifest.rule != task.rule {
+        return refuted(Refutation::OtherRule {
+            claimed: manifest.rule.clone(),
+            task: task.rule.clone(),
+        });
+    }
+    let listed = manifest.contributions.len() + manifest.rejected.len();
+    if announcements.len() != listed {
+        return refuted(Refutation::Count {
+            listed,
+            given: announcements.len(),
+        });
+    }
+    let authors = listed_authors(terms, base, announcements)?;
+    if manifest.contributions.len() < task.min_participants as usize {
+        return refuted(Refutation::TooFew {
+            counted: manifest.contributions.len(),
+            min: task.min_participants,
+        });
+    }
+    if !authors.contains(signer) {
+        return refuted(Refutation::NotEntitled(*signer));
+    }
+    let ranking = fl_core::records::ranking(
+        &manifest.rank_anchor(),
+        manifest.round,
+        authors.iter().copied(),
+    );
+    match ranking.iter().position(|p| p == signer) {
+        Some(rank) if rank as u32 == manifest.rank => Ok(()),
+        Some(rank) => refuted(Refutation::WrongRank {
+            signer: *signer,
+            rank,
+            claimed: manifest.rank,
+        }),
+        None => refuted(Refutation::NotEntitled(*signer)),
+    }
+}
+
+/// Recomputes `manifest` from the announcements it lists (whose claims
+/// [`check_claims`] passed; the updates of all but those it calls unavailable in `repo`):
+/// same model, contributions, rejections, server state and privacy.
+pub fn recompute(
+    repo: &Repo,
+    terms: &Terms,
+    base: &RoundBase,
+    manifest: &Manifest,
+    announcements: &[(Cid, Signed<Announcement>)],
+) -> Result<(), RoundError> {
+    let refuted = |why: Refutation| Err(RoundError::Refuted(why));
+    if let Some(r) = manifest
+        .rejected
+        .iter()
+        .find(|r| matches!(r.reason, RejectReason::Unknown(_)))
+    {
+        return refuted(Refutation::UnknownReason {
+            update: r.update,
+            code: r.reason.code().to_string(),
+        });
+    }
+    let unavailable = manifest.unavailable();
+    let (missing, present): (Vec<_>, Vec<_>) = announcements
+        .iter()
+        .cloned()
+        .partition(|(cid, _)| unavailable.contains(cid));
+    let again = aggregate(repo, terms, base, &present, &missing)?;
+    if again.manifest.model != manifest.model {
+        return refuted(Refutation::Model {
+            claimed: manifest.model,
+            recomputed: again.manifest.model,
+        });
+    }
+    if again.manifest.contributions != manifest.contributions
+        || again.manifest.rejected != manifest.rejected
+        || again.manifest.server_state != manifest.server_state
+        || again.manifest.epsilon != manifest.epsilon
+        || again.manifest.delta != manifest.delta
+    {
+        return refuted(Refutation::Listing);
+    }
+    Ok(())
+}
+
+/// The authors of the announcements a manifest lists, each checked: listed once (and its
+/// author once), made for this task, round and base model, by a member, with a sample count
+/// in bounds.
+fn listed_authors(
+    terms: &Terms,
+    base: &RoundBase,
+    announcements: &[SignedAnnouncement],
+) -> Result<HashSet<PeerId>, Refutation> {
+    let mut cids = HashSet::new();
+    let mut authors = HashSet::new();
+    for (cid, a) in announcements {
+        if !cids.insert(*cid) || !authors.insert(a.signer) {
+            return Err(Refutation::Twice(*cid));
+        }
+        let b = &a.body;
+        if b.task != terms.cid || b.round != base.round || b.base != base.model_cid {
+            return Err(Refutation::Foreign(*cid));
+        }
+        if !terms.task.admits(&a.signer) {
+            return Err(Refutation::NotMember(a.signer));
+        }
+        if b.samples == 0 || b.samples > MAX_SAMPLES {
+            return Err(Refutation::Samples {
+                announcement: *cid,
+                samples: b.samples,
+            });
+        }
+    }
+    Ok(authors)
 }
 
 /// A manifest that held up, with the task it is of.
@@ -161,10 +309,8 @@ pub async fn manifest(inputs: &Inputs, cid: Cid) -> Result<Verified, RoundError>
     let announcements = claims(inputs, &terms, &base, &signed).await?;
     updates(inputs, &base, m, &announcements).await?;
     let (repo, t, manifest) = (inputs.repo().clone(), terms.clone(), m.clone());
-    tokio::task::spawn_blocking(move || {
-        compute::recompute(&repo, &t, &base, &manifest, &announcements)
-    })
-    .await??;
+    tokio::task::spawn_blocking(move || recompute(&repo, &t, &base, &manifest, &announcements))
+        .await??;
     Ok(Verified {
         manifest: signed,
         terms,

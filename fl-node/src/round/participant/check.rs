@@ -180,7 +180,7 @@ impl Participant {
         let slot = self.computing().await?;
         blocking(move || {
             let _slot = slot;
-            compute::recompute(&repo, &terms, &base, &manifest, &announcements)
+            verify::recompute(&repo, &terms, &base, &manifest, &announcements)
         })
         .await??;
         tracing::info!(
