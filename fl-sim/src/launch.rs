@@ -121,6 +121,7 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
         flops_per_sample: arch.training_flops_per_sample(),
         seed: plan.seed,
         update_encoding: plan.update_encoding,
+        max_samples: None,
     };
     task.validate()?;
     let block = task.to_block()?;

@@ -284,6 +284,11 @@ pub struct Task {
     /// How nodes write their updates (records without it: float32).
     #[serde(default, skip_serializing_if = "Encoding::is_f32")]
     pub update_encoding: Encoding,
+    /// The most examples one update may claim, for tasks whose members bring their own data
+    /// (it bounds each member's FedAvg weight and credits; a sharded task's bound is its
+    /// largest shard). Records without it: no bound beyond the protocol's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples: Option<u64>,
 }
 
 /// What is wrong with a task.
@@ -317,6 +322,9 @@ impl Task {
     pub fn validate(&self) -> Result<(), TaskError> {
         if self.format != TASK_FORMAT {
             return Err(invalid("format", &self.format, "unknown task format"));
+        }
+        if self.max_samples == Some(0) {
+            return Err(invalid("max_samples", 0, "must be at least 1"));
         }
         let t = &self.train;
         if t.epochs == 0 {
@@ -498,6 +506,7 @@ mod tests {
             flops_per_sample: 1,
             seed: 0,
             update_encoding: Encoding::F32,
+            max_samples: None,
         }
     }
 
@@ -540,6 +549,7 @@ mod tests {
         let plain = task(RoundSchedule::Constant);
         let int8 = Task {
             update_encoding: Encoding::Int8,
+            max_samples: None,
             ..plain.clone()
         };
         let has = |t: &Task, word: &[u8]| {

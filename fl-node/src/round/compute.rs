@@ -301,6 +301,7 @@ mod tests {
             flops_per_sample: 1,
             seed: 0,
             update_encoding: Encoding::F32,
+            max_samples: None,
         }
     }
 

@@ -13,6 +13,7 @@ use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore, StoreError};
 use fl_core::records::{Announcement, Evaluation, Manifest, PeerId, Signed, SignedError, Task};
 use tokio::sync::Notify;
 
+use super::Terms;
 use crate::net::{MessageAcceptance, Node};
 
 /// Largest gossip message read as a record (a manifest of 10,000 contributions fits).
@@ -52,9 +53,18 @@ pub enum FileError {
         /// The task's rounds.
         rounds: u32,
     },
-    /// An announcement claiming a sample count no node holds.
+    /// An announcement claiming a sample count out of the task's bounds.
     #[error("an announcement claiming {0} samples")]
     Samples(u64),
+    /// An announcement naming an update another author announced this round first (a copy:
+    /// an update has one author).
+    #[error("an announcement of update {update}, which {first} announced first")]
+    SharedUpdate {
+        /// The update.
+        update: Cid,
+        /// The author that announced it first.
+        first: PeerId,
+    },
     /// A second, different announcement from one author for one round.
     #[error("{author} announced a second update for round {round}")]
     SecondUpdate {
@@ -89,10 +99,14 @@ impl FileError {
     /// a record every honest node finds invalid is rejected (not forwarded, and `via`
     /// penalised). A second update is invalid only after the first: honest peers that saw
     /// the two in the other order forward it in good faith, so only its author is blamed
-    /// for it. A full inbox or a failing store is this node's state, not anyone's fault.
+    /// for it. Of two announcements of one update, the first to arrive counts; which one
+    /// that is depends on the path, so the second is ignored, not blamed. A full inbox or a
+    /// failing store is this node's state, not anyone's fault.
     pub fn acceptance(&self, via: &PeerId) -> MessageAcceptance {
         match self {
-            FileError::Full { .. } | FileError::Store(_) => MessageAcceptance::Ignore,
+            FileError::Full { .. } | FileError::Store(_) | FileError::SharedUpdate { .. } => {
+                MessageAcceptance::Ignore
+            }
             FileError::SecondUpdate { author, .. } if author != via => MessageAcceptance::Ignore,
             _ => MessageAcceptance::Reject,
         }
@@ -130,8 +144,7 @@ struct Contents {
 pub struct Inbox {
     contents: Arc<Mutex<Contents>>,
     changed: Arc<Notify>,
-    task_cid: Cid,
-    task: Arc<Task>,
+    terms: Arc<Terms>,
     /// When this node started listening: a peer not heard from since is only taken for gone
     /// once a whole liveness window has passed.
     listening_since: Instant,
@@ -144,19 +157,19 @@ impl std::fmt::Debug for Inbox {
 }
 
 impl Inbox {
-    /// Subscribes `node` to `task`'s topics and files what arrives; needs a tokio runtime.
+    /// Subscribes `node` to the task's topics and files what arrives, judged by its
+    /// `terms`; needs a tokio runtime.
     pub async fn start(
         node: &Node,
-        task_cid: Cid,
-        task: Arc<Task>,
+        terms: Arc<Terms>,
         store: Arc<FsBlockstore>,
     ) -> Result<Self, crate::net::NodeError> {
+        let task_cid = terms.cid;
         let inbox = Inbox {
             contents: Arc::default(),
             listening_since: Instant::now(),
             changed: Arc::new(Notify::new()),
-            task_cid,
-            task,
+            terms,
         };
         let updates = Task::updates_topic(&task_cid);
         let manifests = Task::manifests_topic(&task_cid);
@@ -216,16 +229,16 @@ impl Inbox {
 
     /// Whether a record for `task` and `round` signed by `signer` belongs in this inbox.
     fn admits(&self, task: Cid, round: u32, signer: &PeerId) -> Result<(), FileError> {
-        if task != self.task_cid {
+        if task != self.terms.cid {
             return Err(FileError::OtherTask(task));
         }
-        if round == 0 || round > self.task.rounds {
+        if round == 0 || round > self.terms.task.rounds {
             return Err(FileError::NoSuchRound {
                 round,
-                rounds: self.task.rounds,
+                rounds: self.terms.task.rounds,
             });
         }
-        if !self.task.admits(signer) {
+        if !self.terms.task.admits(signer) {
             return Err(FileError::NotMember(*signer));
         }
         Ok(())
@@ -238,7 +251,7 @@ impl Inbox {
         let signed = Signed::<Announcement>::from_block(&block)?;
         let a = &signed.body;
         self.admits(a.task, a.round, &signed.signer)?;
-        if a.samples == 0 || a.samples > super::verify::MAX_SAMPLES {
+        if a.samples == 0 || a.samples > self.terms.max_samples {
             return Err(FileError::Samples(a.samples));
         }
         let cid = *block.cid();
@@ -259,6 +272,12 @@ impl Inbox {
                 return Err(FileError::SecondUpdate { author, round });
             }
             return Ok(());
+        }
+        if let Some((_, (_, first))) = entry.iter().find(|(_, (_, o))| o.body.update == a.update) {
+            return Err(FileError::SharedUpdate {
+                update: a.update,
+                first: first.signer,
+            });
         }
         if entry.len() >= MAX_ANNOUNCERS_PER_ROUND {
             return Err(FileError::Full {

@@ -58,6 +58,9 @@ pub enum Refutation {
     /// It lists an announcement, or an author, twice.
     #[error("it lists {0} or its author twice")]
     Twice(Cid),
+    /// Two announcements it lists name one update file (one author copied the other's).
+    #[error("it lists two announcements of update {0}: an update has one author")]
+    SharedUpdate(Cid),
     /// It lists an announcement made for another task, round or model.
     #[error("it lists announcement {0}, made for another task, round or model")]
     Foreign(Cid),

@@ -22,7 +22,14 @@ pub struct Terms {
     pub rule: Rule,
     /// Its model architecture.
     pub architecture: Architecture,
+    /// The most examples one update may claim: what bounds a member's FedAvg weight and
+    /// credits ([`Terms::sample_bound`]).
+    pub max_samples: u64,
 }
+
+/// Largest sample count an announcement may claim in any task (more than any single node
+/// holds), where nothing tighter is known.
+pub const MAX_SAMPLES: u64 = 1 << 32;
 
 /// Why a task record cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +86,47 @@ impl Terms {
             .architecture
             .parse()
             .map_err(TermsError::Architecture)?;
+        let max_samples = Self::sample_bound(&task, None);
         Ok(Self {
             cid,
             task: Arc::new(task),
             rule,
             architecture,
+            max_samples,
         })
+    }
+
+    /// The terms with the bound that the task's published data sets: no update may claim
+    /// more examples than the largest of its shards (`largest_shard`).
+    pub fn with_shards(mut self, largest_shard: u64) -> Self {
+        self.max_samples = Self::sample_bound(&self.task, Some(largest_shard));
+        self
+    }
+
+    /// The most examples an honest update of `task` can claim. A node claims the examples it
+    /// trained on: with local steps in place of epochs (no DP-SGD), `steps` batches; else its
+    /// whole data, at most the largest shard of published data or the task's own
+    /// `max_samples` where members bring their own; never more than [`MAX_SAMPLES`].
+    pub fn sample_bound(task: &Task, largest_shard: Option<u64>) -> u64 {
+        let sample_level = task
+            .dp
+            .as_ref()
+            .is_some_and(|dp| dp.level() == fl_core::records::DpLevel::Sample);
+        let by_steps = match task.train.steps {
+            Some(steps) if !sample_level => {
+                u64::from(steps).saturating_mul(u64::from(task.train.batch_size))
+            }
+            _ => MAX_SAMPLES,
+        };
+        [
+            Some(by_steps),
+            largest_shard,
+            task.max_samples,
+            Some(MAX_SAMPLES),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(MAX_SAMPLES)
     }
 }

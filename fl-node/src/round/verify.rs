@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use cid::Cid;
 use fl_core::content::Repo;
-use fl_core::records::{Announcement, Manifest, PeerId, RejectReason, Signed};
+use fl_core::records::{Announcement, DataSource, Manifest, PeerId, RejectReason, Signed};
 use fl_core::tensors::Bundle;
 
 use super::compute::{RoundBase, aggregate};
@@ -68,6 +68,19 @@ pub async fn base(
     })
 }
 
+/// `terms` bound by the task's published data: no update may claim more examples than its
+/// largest shard ([`Terms::with_shards`]). Tasks whose members bring their own data are
+/// bound by their own `max_samples`.
+pub async fn bound_by_data(inputs: &Inputs, terms: Terms) -> Result<Terms, RoundError> {
+    let DataSource::Shards { manifest } = terms.task.data else {
+        return Ok(terms);
+    };
+    inputs.block(manifest, "the dataset manifest").await?;
+    let dataset = datasets::shard::manifest(inputs.repo().blocks(), &manifest)?;
+    let largest = dataset.shards.iter().map(|s| s.samples).max().unwrap_or(0);
+    Ok(terms.with_shards(largest))
+}
+
 /// Fetches the announcements `signed` lists (they are small: before any update) and checks
 /// its claims against them ([`compute::check_claims`]); returns the announcements.
 pub async fn claims(
@@ -118,9 +131,6 @@ pub async fn updates(
     }
     Ok(())
 }
-
-/// Largest sample count an announcement may claim (more than any single node holds).
-pub const MAX_SAMPLES: u64 = 1 << 32;
 
 /// The cheap checks of a manifest, before anything is fetched or recomputed: it continues the
 /// chain at `base`, lists each announcement once, every listed announcement is for this task,
@@ -235,7 +245,7 @@ pub fn recompute(
 
 /// The authors of the announcements a manifest lists, each checked: listed once (and its
 /// author once), made for this task, round and base model, by a member, with a sample count
-/// in bounds.
+/// in the task's bounds, naming an update no other listed announcement names.
 fn listed_authors(
     terms: &Terms,
     base: &RoundBase,
@@ -243,9 +253,13 @@ fn listed_authors(
 ) -> Result<HashSet<PeerId>, Refutation> {
     let mut cids = HashSet::new();
     let mut authors = HashSet::new();
+    let mut updates = HashSet::new();
     for (cid, a) in announcements {
         if !cids.insert(*cid) || !authors.insert(a.signer) {
             return Err(Refutation::Twice(*cid));
+        }
+        if !updates.insert(a.body.update) {
+            return Err(Refutation::SharedUpdate(a.body.update));
         }
         let b = &a.body;
         if b.task != terms.cid || b.round != base.round || b.base != base.model_cid {
@@ -254,7 +268,7 @@ fn listed_authors(
         if !terms.task.admits(&a.signer) {
             return Err(Refutation::NotMember(a.signer));
         }
-        if b.samples == 0 || b.samples > MAX_SAMPLES {
+        if b.samples == 0 || b.samples > terms.max_samples {
             return Err(Refutation::Samples {
                 announcement: *cid,
                 samples: b.samples,
@@ -281,6 +295,7 @@ pub async fn manifest(inputs: &Inputs, cid: Cid) -> Result<Verified, RoundError>
     let signed = Signed::<Manifest>::from_bytes(&cid, &bytes)?;
     let m = &signed.body;
     let terms = Terms::decode(m.task, inputs.block(m.task, "the task").await?)?;
+    let terms = bound_by_data(inputs, terms).await?;
     let prev = match m.prev {
         Some(prev) => {
             let bytes = inputs.block(prev, "the previous manifest").await?;

@@ -181,6 +181,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         flops_per_sample: arch.training_flops_per_sample(),
         seed: c.seed,
         update_encoding: c.training.update_encoding,
+        max_samples: None,
     };
     task.validate()?;
     let block = task.to_block()?;

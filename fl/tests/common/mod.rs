@@ -58,5 +58,6 @@ pub fn open_task(name: &str, model: cid::Cid) -> fl_core::records::Task {
         flops_per_sample: 1,
         seed: 0,
         update_encoding: fl_core::tensors::Encoding::F32,
+        max_samples: None,
     }
 }

@@ -62,15 +62,15 @@ impl Participant {
                 Err(e) => return Err(e),
             }
         };
-        let terms = Arc::new(Terms::decode(task_cid, task_bytes)?);
+        let terms = Terms::decode(task_cid, task_bytes)?;
+        let terms = Arc::new(verify::bound_by_data(&self.inputs, terms).await?);
         if !terms.task.admits(&me) {
             return Err(RoundError::NotMember(me));
         }
         self.repo.pin(&task_cid, PinMode::Direct)?;
         let inbox = Inbox::start(
             &self.node,
-            task_cid,
-            terms.task.clone(),
+            terms.clone(),
             Arc::new(self.repo.blocks().clone()),
         )
         .await?;
