@@ -14,8 +14,8 @@ use fl_core::content::Block;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, NotifyHandler,
@@ -61,10 +61,19 @@ pub(super) enum Arrival {
 
 /// A finished store job.
 enum Done {
-    Answered { peer: PeerId, answer: Answer },
-    Received { bytes: usize, received: Received },
+    Answered {
+        peer: PeerId,
+        answer: Answer,
+    },
+    Received {
+        bytes: usize,
+        received: Received,
+    },
     /// The job panicked (a bug): what it held is released.
-    Failed { peer: Option<PeerId>, bytes: usize },
+    Failed {
+        peer: Option<PeerId>,
+        bytes: usize,
+    },
 }
 
 /// Bitswap as a [`NetworkBehaviour`]: serves the store to peers, fetches for the handles.
@@ -291,7 +300,11 @@ impl Behaviour {
         let peers: Vec<PeerId> = self.ledgers.keys().copied().collect();
         for i in 0..peers.len() {
             let peer = peers[(self.rotation + i) % peers.len()];
-            if self.ledgers.get_mut(&peer).is_some_and(|l| l.ready(max, now)) {
+            if self
+                .ledgers
+                .get_mut(&peer)
+                .is_some_and(|l| l.ready(max, now))
+            {
                 self.rotation = self.rotation.wrapping_add(i + 1);
                 return Some(peer);
             }

@@ -136,7 +136,10 @@ async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
 }
 
 /// Writes one length-prefixed frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &[u8],
+) -> std::io::Result<()> {
     let mut len = unsigned_varint::encode::usize_buffer();
     writer
         .write_all(unsigned_varint::encode::usize(frame.len(), &mut len))
@@ -194,7 +197,9 @@ mod tests {
         data.extend_from_slice(&[7; 1000]);
         let mut reader = Stalls { data, at: 0 };
         let mut buf = Vec::new();
-        let err = read_frame(&mut reader, limits(), &mut buf).await.unwrap_err();
+        let err = read_frame(&mut reader, limits(), &mut buf)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ReadError::Slow(_)), "{err}");
         assert!(!err.is_violation());
         assert!(buf.capacity() <= 2 * READ_CHUNK, "{} bytes", buf.capacity());
@@ -245,9 +250,13 @@ mod tests {
         assert!(matches!(err, ReadError::Idle(_)), "{err}");
         let mut data = prefix(100);
         data.extend_from_slice(&[1; 10]);
-        let err = read_frame(&mut futures::io::Cursor::new(data), limits(), &mut Vec::new())
-            .await
-            .unwrap_err();
+        let err = read_frame(
+            &mut futures::io::Cursor::new(data),
+            limits(),
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ReadError::Truncated), "{err}");
     }
 }

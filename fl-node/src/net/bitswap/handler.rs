@@ -314,7 +314,11 @@ impl Handler {
         }
     }
 
-    fn write(&self, mut stream: Stream, frame: Arc<Vec<u8>>) -> BoxFuture<'static, Result<Stream, WriteError>> {
+    fn write(
+        &self,
+        mut stream: Stream,
+        frame: Arc<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<Stream, WriteError>> {
         let limit = self.config.write_timeout;
         async move {
             match tokio::time::timeout(limit, write_frame(&mut stream, &frame)).await {

@@ -199,7 +199,10 @@ mod tests {
             .collect();
         let answer = answer(&store, wants, 1 << 20);
         assert_eq!(answer.blocks, 3);
-        assert_eq!(answer.rest.iter().map(|(at, _)| *at).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            answer.rest.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+            [3, 4]
+        );
     }
 
     #[test]

@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn cancels_remove_wants_and_block_wants_supersede_have_wants() {
         let mut ledger = Ledger::new(8, 1 << 20, Instant::now());
-        ledger.receive(vec![want(1, WantType::Have), want(2, WantType::Block)], false);
+        ledger.receive(
+            vec![want(1, WantType::Have), want(2, WantType::Block)],
+            false,
+        );
         ledger.receive(vec![want(1, WantType::Block)], false);
         let cancel = Want {
             cancel: true,

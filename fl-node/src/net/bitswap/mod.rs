@@ -54,7 +54,9 @@ pub use behaviour::Behaviour;
 pub use codec::ReadError;
 pub use dag::{DagError, fetch_dag, fetch_dag_at_most};
 pub use jobs::Store;
-pub use message::{MAX_BLOCK_BYTES, MAX_CID_BYTES, MAX_MESSAGE_BYTES, MAX_WANTLIST_ENTRIES, Message};
+pub use message::{
+    MAX_BLOCK_BYTES, MAX_CID_BYTES, MAX_MESSAGE_BYTES, MAX_WANTLIST_ENTRIES, Message,
+};
 
 use behaviour::{Arrival, Command};
 
