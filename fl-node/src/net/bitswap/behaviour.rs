@@ -212,7 +212,8 @@ impl Behaviour {
         }
         let full = message.wantlist.as_ref().is_some_and(|w| w.full);
         let wants = message.wants();
-        if full || !wants.is_empty() {
+        // Wants are queued only for a peer with a connection (whose closing frees them).
+        if (full || !wants.is_empty()) && self.connections.contains_key(&peer) {
             let config = &self.config;
             let ledger = self.ledgers.entry(peer).or_insert_with(|| {
                 Ledger::new(
@@ -356,7 +357,14 @@ impl Behaviour {
         let Some(&connection) = self.connections.get(&peer).and_then(|c| c.last()) else {
             return;
         };
-        ledger.sent(connection, answer.bytes, Instant::now());
+        // The whole message counts against the peer, presences too: a flood of HAVE wants
+        // from a peer that does not read is held back like a flood of block wants.
+        // Each answer counts at least its share of the outstanding bytes over the connection's
+        // queue, so that small answers (presences) stop the serving before that queue is full.
+        let share =
+            self.config.max_outstanding_bytes_per_peer / self.config.max_queued_messages.max(1);
+        let size = prost::Message::encoded_len(&answer.message).max(share);
+        ledger.sent(connection, size, Instant::now());
         {
             let mut stats = lock(&self.stats);
             stats.blocks_sent += answer.blocks as u64;
@@ -367,7 +375,7 @@ impl Behaviour {
             handler: NotifyHandler::One(connection),
             event: FromBehaviour::Send {
                 message: answer.message,
-                answer_bytes: answer.bytes,
+                answer_bytes: size,
             },
         });
     }

@@ -74,11 +74,12 @@ impl OutboundUpgrade<Stream> for Upgrade {
 /// What the behaviour asks of a connection.
 #[derive(Debug)]
 pub enum FromBehaviour {
-    /// Write `message`; `answer_bytes` of it count against the peer's outstanding bytes.
+    /// Write `message`; `answer_bytes` of it (a whole answer's size, 0 for our wants) count
+    /// against the peer's outstanding bytes until written or dropped.
     Send {
         /// The message.
         message: Message,
-        /// Block bytes in it (0 for our wants).
+        /// Its size if it is an answer, else 0.
         answer_bytes: usize,
     },
 }
@@ -90,12 +91,12 @@ pub enum ToBehaviour {
     Message(Message),
     /// A message was written.
     Written {
-        /// Its block bytes.
+        /// Its `answer_bytes`.
         answer_bytes: usize,
     },
     /// A message could not be written (no stream, a write that failed or timed out).
     Dropped {
-        /// Its block bytes.
+        /// Its `answer_bytes`.
         answer_bytes: usize,
         /// The CIDs it wanted, which must be asked of another peer.
         wants: Vec<Cid>,
