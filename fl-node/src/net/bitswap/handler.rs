@@ -211,7 +211,7 @@ impl Handler {
     }
 
     fn on_inbound(&mut self, stream: Stream) {
-        if self.readers.len() < self.config.max_inbound_streams {
+        if self.readers.len() < self.config.max_inbound_streams.max(1) {
             self.read(stream, Vec::new());
         } else if self.waiting.len() < self.config.max_waiting_streams {
             self.waiting.push_back(stream);
