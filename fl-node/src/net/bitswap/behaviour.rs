@@ -136,7 +136,12 @@ impl Behaviour {
                 }
                 self.send(peer, want(cid, false));
             }
-            Command::Cancel { cid, peer } => self.send(peer, want(cid, true)),
+            // A peer we are not connected to holds no want of ours: no dial to cancel one.
+            Command::Cancel { cid, peer } => {
+                if self.connections.contains_key(&peer) {
+                    self.send(peer, want(cid, true));
+                }
+            }
         }
     }
 
