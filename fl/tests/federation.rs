@@ -661,14 +661,11 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
         let fetch = |cid| net::fetch(&node, cid, vec![peer0], false, Duration::from_secs(10));
         fetch(task_cid).await.unwrap();
         let task = Task::from_block(&repo.blocks().get(&task_cid).unwrap()).unwrap();
-        let inbox = Inbox::start(
-            &node,
-            task_cid,
-            std::sync::Arc::new(task.clone()),
-            std::sync::Arc::new(repo.blocks().clone()),
-        )
-        .await
-        .unwrap();
+        let terms =
+            std::sync::Arc::new(fl_node::round::Terms::new(task_cid, task.clone()).unwrap());
+        let inbox = Inbox::start(&node, terms, std::sync::Arc::new(repo.blocks().clone()))
+            .await
+            .unwrap();
         let publish = |topic: String, bytes: Vec<u8>| {
             let node = node.clone();
             async move {

@@ -907,6 +907,7 @@ fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
     use fl_core::content::{FsBlockstore, dagcbor};
     use fl_core::records::{Announcement, Signed, Task};
     use fl_node::net::Node;
+    use fl_node::round::Terms;
     use fl_node::round::inbox::Inbox;
     use libp2p::identity::Keypair;
 
@@ -930,9 +931,13 @@ fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
             stores.push((key, store));
         }
         let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-        let _inbox = Inbox::start(b, task_cid, Arc::new(task), stores[1].1.clone())
-            .await
-            .unwrap();
+        let _inbox = Inbox::start(
+            b,
+            Arc::new(Terms::new(task_cid, task).unwrap()),
+            stores[1].1.clone(),
+        )
+        .await
+        .unwrap();
         a.subscribe(&topic).await.unwrap();
         c.subscribe(&topic).await.unwrap();
         let mut at_c = c.gossip();
@@ -1070,6 +1075,7 @@ fn a_node_stops_when_its_handles_go_even_with_an_inbox_listening() {
 
     use fl_core::content::{FsBlockstore, dagcbor};
     use fl_node::net::Node;
+    use fl_node::round::Terms;
     use fl_node::round::inbox::Inbox;
     use libp2p::identity::Keypair;
 
@@ -1091,7 +1097,7 @@ fn a_node_stops_when_its_handles_go_even_with_an_inbox_listening() {
         };
         let (a, _) = start("a").await;
         let (b, b_store) = start("b").await;
-        let inbox = Inbox::start(&b, task_cid, Arc::new(task), b_store)
+        let inbox = Inbox::start(&b, Arc::new(Terms::new(task_cid, task).unwrap()), b_store)
             .await
             .unwrap();
         let b_id = a
@@ -1108,5 +1114,244 @@ fn a_node_stops_when_its_handles_go_even_with_an_inbox_listening() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         drop(inbox);
+    });
+}
+
+// ---- Bitswap limits (added with Bitswap's own NetworkBehaviour; loopback only, in-process
+// ---- nodes and a bare swarm as the attacker, every wait bounded).
+
+/// A bare swarm with raw streams only, dialling `addr`: an attacker that speaks Bitswap by
+/// hand. Returns its stream control, after its swarm task has started.
+async fn raw_bitswap_peer(addr: libp2p::Multiaddr) -> libp2p_stream::Control {
+    use futures::StreamExt;
+
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .build();
+    let control = swarm.behaviour().new_control();
+    swarm.dial(addr).unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    control
+}
+
+/// Opens a Bitswap stream from `control` to `peer`, retrying while the connection comes up.
+async fn raw_bitswap_stream(
+    control: &mut libp2p_stream::Control,
+    peer: libp2p::PeerId,
+) -> libp2p::Stream {
+    for _ in 0..50 {
+        match control
+            .open_stream(peer, fl_node::net::bitswap::PROTOCOL)
+            .await
+        {
+            Ok(stream) => return stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("no Bitswap stream to {peer} within 5 s");
+}
+
+/// Writes one length-prefixed Bitswap message.
+async fn write_bitswap(stream: &mut libp2p::Stream, message: &fl_node::net::bitswap::Message) {
+    use futures::AsyncWriteExt;
+
+    let body = message.encode_frame();
+    let mut len = unsigned_varint::encode::usize_buffer();
+    stream
+        .write_all(unsigned_varint::encode::usize(body.len(), &mut len))
+        .await
+        .unwrap();
+    stream.write_all(&body).await.unwrap();
+    stream.flush().await.unwrap();
+}
+
+/// Bitswap limit: a peer that wants 16 MiB and never reads its answers is sent no more than
+/// the per-peer outstanding bytes, has its queue dropped at the write timeout, and an honest
+/// peer fetching the same blocks meanwhile gets them all.
+#[test]
+fn bitswap_a_peer_that_never_reads_is_sent_little_and_others_are_served() {
+    use std::sync::Arc;
+
+    use fl_core::content::{Block, Blockstore, MemBlockstore};
+    use fl_node::net::bitswap::message::{Message, Want, WantType};
+    use fl_node::net::bitswap::{self, MAX_BLOCK_BYTES, MAX_OUTSTANDING_BYTES_PER_PEER, PROTOCOL};
+    use fl_node::net::{Node, NodeConfig};
+    use futures::StreamExt;
+    use libp2p::identity::Keypair;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(MemBlockstore::default());
+        let blocks: Vec<Block> = (0..16u64)
+            .map(|i| Block::hashed(0x55, common::random(1 << 20, i + 100)))
+            .collect();
+        for block in &blocks {
+            store.put(block.clone()).unwrap();
+        }
+        let config = NodeConfig {
+            bitswap: bitswap::Config {
+                write_timeout: Duration::from_secs(5),
+                ..bitswap::Config::default()
+            },
+            ..common::loopback()
+        };
+        let server = Node::start(Keypair::generate_ed25519(), store, config)
+            .await
+            .unwrap();
+        let addr = server.listen_addrs().await.unwrap().remove(0);
+
+        // The non-reader accepts the server's answer streams and never reads them.
+        let mut control = raw_bitswap_peer(addr.clone()).await;
+        let mut incoming = control.accept(PROTOCOL).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, stream)) = incoming.next().await {
+                held.push(stream);
+            }
+        });
+        let mut out = raw_bitswap_stream(&mut control, server.peer_id()).await;
+        let wants: Vec<Want> = blocks
+            .iter()
+            .map(|b| Want {
+                cid: *b.cid(),
+                kind: WantType::Block,
+                cancel: false,
+                send_dont_have: true,
+            })
+            .collect();
+        write_bitswap(&mut out, &Message::with_wants(&wants, true)).await;
+
+        // Before the write timeout: blocks are read for it only up to its outstanding bytes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent = server.bitswap().stats().bytes_sent;
+        assert!(
+            sent >= 1 << 20
+                && sent <= (MAX_OUTSTANDING_BYTES_PER_PEER + 2 * MAX_BLOCK_BYTES) as u64,
+            "{sent} bytes of blocks handed out for a peer that reads nothing"
+        );
+        // At the write timeout its queue goes.
+        let mut dropped = 0;
+        for _ in 0..100 {
+            dropped = server.bitswap().stats().answers_dropped;
+            if dropped > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(dropped > 0, "the non-reader's answers were never dropped");
+
+        // An honest peer gets every block.
+        let honest = Node::start(
+            Keypair::generate_ed25519(),
+            Arc::new(MemBlockstore::default()),
+            common::loopback(),
+        )
+        .await
+        .unwrap();
+        let peers = [honest.dial(addr).await.unwrap()];
+        for block in &blocks {
+            let fetch = honest
+                .bitswap()
+                .fetch(*block.cid(), &peers, 0, Duration::from_secs(10));
+            let got = tokio::time::timeout(Duration::from_secs(30), fetch)
+                .await
+                .expect("an honest fetch did not end within 30 s")
+                .unwrap();
+            assert!(got == *block, "wrong bytes for {}", block.cid());
+        }
+        drop(out);
+    });
+}
+
+/// Bitswap limit: a flood of HAVE wants (200 messages of 1,024 wants for blocks nobody has,
+/// answers never read) is not a protocol violation and costs the server bounded work: its
+/// queue holds at most 1,024 of the peer's wants, its unread answers stop the serving, and an
+/// honest peer is served during it.
+#[test]
+fn bitswap_a_have_flood_is_capped_and_others_are_served() {
+    use std::sync::Arc;
+
+    use fl_core::content::{Block, Blockstore, MemBlockstore};
+    use fl_node::net::Node;
+    use fl_node::net::bitswap::PROTOCOL;
+    use fl_node::net::bitswap::message::{Message, Want, WantType};
+    use futures::StreamExt;
+    use libp2p::identity::Keypair;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(MemBlockstore::default());
+        let block = Block::hashed(0x55, common::random(256 << 10, 3));
+        store.put(block.clone()).unwrap();
+        let server = Node::start(Keypair::generate_ed25519(), store, common::loopback())
+            .await
+            .unwrap();
+        let addr = server.listen_addrs().await.unwrap().remove(0);
+
+        let mut control = raw_bitswap_peer(addr.clone()).await;
+        let mut incoming = control.accept(PROTOCOL).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, stream)) = incoming.next().await {
+                held.push(stream);
+            }
+        });
+        let mut out = raw_bitswap_stream(&mut control, server.peer_id()).await;
+        let flood = tokio::spawn(async move {
+            for round in 0..200u32 {
+                let wants: Vec<Want> = (0..1024u32)
+                    .map(|i| Want {
+                        cid: *Block::hashed(0x55, (round * 1024 + i).to_le_bytes().to_vec()).cid(),
+                        kind: WantType::Have,
+                        cancel: false,
+                        send_dont_have: true,
+                    })
+                    .collect();
+                write_bitswap(&mut out, &Message::with_wants(&wants, false)).await;
+            }
+            out
+        });
+
+        let honest = Node::start(
+            Keypair::generate_ed25519(),
+            Arc::new(MemBlockstore::default()),
+            common::loopback(),
+        )
+        .await
+        .unwrap();
+        let peers = [honest.dial(addr).await.unwrap()];
+        let fetch = honest
+            .bitswap()
+            .fetch(*block.cid(), &peers, 0, Duration::from_secs(10));
+        let got = tokio::time::timeout(Duration::from_secs(20), fetch)
+            .await
+            .expect("the honest fetch did not end within 20 s")
+            .unwrap();
+        assert!(got == block);
+        let _out = tokio::time::timeout(Duration::from_secs(60), flood)
+            .await
+            .expect("the flood was not written within 60 s")
+            .unwrap();
+        let stats = server.bitswap().stats();
+        assert_eq!(stats.bad_frames, 0, "a HAVE flood is no protocol violation");
+        // Its answers pile up unread, so serving it stops and its queue overflows (or, had
+        // the server kept up, the answers are dropped).
+        assert!(
+            stats.wants_dropped + stats.answers_dropped > 0,
+            "200 x 1,024 wants, answers unread, and nothing was dropped: {stats:?}"
+        );
+        assert!(server.peers().await.unwrap().contains(&honest.peer_id()));
     });
 }

@@ -12,6 +12,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, ping};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bitswap;
 use super::gossip::{self, Gossip, MessageAcceptance};
 use super::node::{Behaviour, BehaviourEvent, Command, KAD_PROTOCOL, NodeError};
 
@@ -29,8 +30,6 @@ type PendingDial = (
 pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
-    /// Peers that broke a protocol (Bitswap), to disconnect.
-    misbehaving: mpsc::Receiver<PeerId>,
     gossip: Arc<tokio::sync::broadcast::Sender<Gossip>>,
     /// Topics whose messages a caller judges ([`Node::subscribe_validated`]).
     validated: HashSet<gossipsub::TopicHash>,
@@ -43,19 +42,17 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    /// A driver of `swarm`, answering `commands`, disconnecting `misbehaving` peers, passing
-    /// gossip on to `gossip`, and keeping the `bootstrap` peers connected.
+    /// A driver of `swarm`, answering `commands`, passing gossip on to `gossip`, and keeping
+    /// the `bootstrap` peers connected (and disconnecting peers that break Bitswap).
     pub(super) fn new(
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
-        misbehaving: mpsc::Receiver<PeerId>,
         gossip: Arc<tokio::sync::broadcast::Sender<Gossip>>,
         bootstrap: &[Multiaddr],
     ) -> Self {
         Self {
             swarm,
             commands,
-            misbehaving,
             gossip,
             validated: HashSet::new(),
             pending_dials: Vec::new(),
@@ -92,10 +89,6 @@ impl Driver {
                     Some(command) => self.on_command(command),
                     None => return,
                 },
-                Some(peer) = self.misbehaving.recv() => {
-                    tracing::info!(%peer, "disconnecting a peer that broke the protocol");
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
             }
         }
     }
@@ -286,6 +279,7 @@ impl Driver {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(event)) => self.on_bitswap(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     self.swarm
@@ -364,6 +358,24 @@ impl Driver {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+impl Driver {
+    /// Disconnects peers that broke Bitswap; the rest is for the logs.
+    fn on_bitswap(&mut self, event: bitswap::Event) {
+        match event {
+            bitswap::Event::PeerMisbehaved { peer, violation } => {
+                tracing::info!(%peer, "disconnecting a peer that broke Bitswap: {violation}");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            bitswap::Event::BlockReceived { cid, from } => {
+                tracing::trace!(%cid, %from, "bitswap: block received");
+            }
+            bitswap::Event::WantFailed { cid, peer, reason } => {
+                tracing::trace!(%cid, %peer, ?reason, "bitswap: want failed");
+            }
         }
     }
 }

@@ -1,12 +1,12 @@
 //! The libp2p swarm of a node: TCP and QUIC, Noise, Yamux, identify, ping, Kademlia on the
-//! IPFS DHT protocol, gossipsub with signed messages and peer scoring, mDNS, and the streams
-//! Bitswap runs on. One task owns the swarm; [`Node`] talks to it through a channel.
+//! IPFS DHT protocol, gossipsub with signed messages and peer scoring, mDNS, Bitswap, and raw
+//! streams for other application protocols. One task owns the swarm; [`Node`] talks to it
+//! through a channel (and Bitswap's handle through Bitswap's own).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cid::Cid;
-use fl_core::content::FsBlockstore;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::swarm::NetworkBehaviour;
@@ -17,7 +17,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::bitswap::Bitswap;
+use super::bitswap::{self, Bitswap, Store};
 use super::driver::Driver;
 use super::gossip::{self, Gossip, MessageAcceptance};
 
@@ -25,8 +25,6 @@ use super::gossip::{self, Gossip, MessageAcceptance};
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 /// How long a DHT query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Misbehaving peers waiting to be disconnected.
-const MISBEHAVING_QUEUE: usize = 64;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -39,6 +37,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Connections are closed after this long without streams.
     pub idle_timeout: Duration,
+    /// Bitswap's limits (default: [`bitswap::Config::default`]).
+    pub bitswap: bitswap::Config,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +53,7 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             idle_timeout: Duration::from_secs(60),
+            bitswap: bitswap::Config::default(),
         }
     }
 }
@@ -102,6 +103,7 @@ pub(super) struct Behaviour {
     pub(super) kad: kad::Behaviour<MemoryStore>,
     pub(super) gossipsub: gossipsub::Behaviour,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(super) bitswap: bitswap::Behaviour,
     pub(super) stream: libp2p_stream::Behaviour,
 }
 
@@ -139,13 +141,11 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Starts a node with `key` serving `store`; needs a tokio runtime.
-    pub async fn start(
-        key: Keypair,
-        store: Arc<FsBlockstore>,
-        config: NodeConfig,
-    ) -> Result<Node, NodeError> {
+    /// Starts a node with `key` serving `store` (any blockstore, e.g. an
+    /// `Arc<FsBlockstore>`); needs a tokio runtime.
+    pub async fn start(key: Keypair, store: Store, config: NodeConfig) -> Result<Node, NodeError> {
         let peer_id = key.public().to_peer_id();
+        let (bitswap_behaviour, bitswap) = bitswap::new(store, config.bitswap.clone());
         let transport = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
         let mdns_on = config.mdns;
         let mut swarm = SwarmBuilder::with_existing_identity(key)
@@ -181,6 +181,7 @@ impl Node {
                     kad,
                     gossipsub,
                     mdns: mdns.into(),
+                    bitswap: bitswap_behaviour,
                     stream: libp2p_stream::Behaviour::new(),
                 })
             })
@@ -196,8 +197,6 @@ impl Node {
                 })?;
         }
         let streams = swarm.behaviour().stream.new_control();
-        let (misbehaving_tx, misbehaving) = mpsc::channel(MISBEHAVING_QUEUE);
-        let bitswap = Bitswap::start(store, streams.clone(), misbehaving_tx);
         let (commands, rx) = mpsc::channel(64);
         let (gossip, _) = tokio::sync::broadcast::channel(1024);
         let gossip = Arc::new(gossip);
@@ -209,7 +208,7 @@ impl Node {
             gossip: gossip.clone(),
         };
         // Wait until the listeners have addresses, so callers can print them.
-        let mut driver = Driver::new(swarm, rx, misbehaving, gossip, &config.bootstrap);
+        let mut driver = Driver::new(swarm, rx, gossip, &config.bootstrap);
         driver.await_listeners(config.listen.len()).await;
         for addr in &config.bootstrap {
             driver.dial(addr.clone(), None);

@@ -473,4 +473,36 @@ mod tests {
             manifest.rejected
         );
     }
+
+    /// A member cannot buy weight with its sample count: a manifest counting a claim past
+    /// the task's bound (here the largest shard, 25 images) is refuted, naming it.
+    #[test]
+    fn a_claim_past_the_tasks_sample_bound_refutes_the_manifest() {
+        let mut round = round();
+        let manifest = round.manifest();
+        round.check(&manifest).unwrap();
+        round.terms = round.terms.clone().with_shards(25);
+        match round.check(&manifest) {
+            Err(RoundError::Refuted(Refutation::Samples { samples, .. })) => {
+                assert!(samples > 25, "{samples}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One update file, one author: a manifest listing a second announcement of an update
+    /// (a member copying another's to collect its weight and credits) is refuted.
+    #[test]
+    fn a_manifest_listing_a_copied_update_is_refuted() {
+        let mut round = round();
+        let original = round.present[0].1.body.update;
+        round.present[2].1.body.update = original;
+        let manifest = round.manifest();
+        match round.check(&manifest) {
+            Err(RoundError::Refuted(Refutation::SharedUpdate(update))) => {
+                assert_eq!(update, original)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -543,5 +543,11 @@ mod tests {
             limit: MAX_ANNOUNCERS_PER_ROUND,
         };
         assert_eq!(full.acceptance(&author), MessageAcceptance::Ignore);
+        // Which of two announcements of one update arrives first depends on the path.
+        let copy = FileError::SharedUpdate {
+            update: Cid::default(),
+            first: forwarder,
+        };
+        assert_eq!(copy.acceptance(&author), MessageAcceptance::Ignore);
     }
 }

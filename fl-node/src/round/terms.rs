@@ -130,3 +130,82 @@ impl Terms {
         .unwrap_or(MAX_SAMPLES)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fl_core::records::{DataSource, DpLevel, DpParams, Neighbours, RoundSchedule, TrainParams};
+    use fl_core::tensors::Encoding;
+
+    use super::*;
+
+    fn task(steps: Option<u32>, data: DataSource, max_samples: Option<u64>) -> Task {
+        Task {
+            format: fl_core::records::task::TASK_FORMAT.into(),
+            name: "bounds".into(),
+            architecture: "fedavg-cnn".into(),
+            initial_model: Cid::default(),
+            data,
+            train: TrainParams {
+                epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.05,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                proximal_mu: 0.0,
+                schedule: RoundSchedule::Constant,
+                steps,
+            },
+            rounds: 3,
+            min_participants: 1,
+            round_deadline_ms: 1000,
+            grace_ms: 1000,
+            dp: None,
+            rule: "fedavg".into(),
+            members: None,
+            flops_per_sample: 1,
+            seed: 0,
+            update_encoding: Encoding::F32,
+            max_samples,
+        }
+    }
+
+    /// What an honest node can claim, by mode: the steps it takes, its shard, or the task's
+    /// own bound; DP-SGD trains on all its examples even in steps mode.
+    #[test]
+    fn the_sample_bound_is_what_an_honest_node_can_claim() {
+        let shards = DataSource::Shards {
+            manifest: Cid::default(),
+        };
+        assert_eq!(
+            Terms::sample_bound(&task(Some(5), shards.clone(), None), Some(1500)),
+            160
+        );
+        assert_eq!(
+            Terms::sample_bound(&task(None, shards.clone(), None), Some(1500)),
+            1500
+        );
+        assert_eq!(
+            Terms::sample_bound(&task(None, shards.clone(), None), None),
+            MAX_SAMPLES
+        );
+        let own = task(None, DataSource::OwnData, Some(2000));
+        assert_eq!(Terms::sample_bound(&own, None), 2000);
+        let mut private = task(Some(5), shards, None);
+        private.dp = Some(DpParams {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            delta: 1e-5,
+            level: Some(DpLevel::Sample),
+            neighbours: Some(Neighbours::AddRemove),
+            epsilon_budget: None,
+        });
+        assert_eq!(Terms::sample_bound(&private, Some(1500)), 1500);
+        let mut zero = task(None, DataSource::OwnData, Some(0));
+        assert!(Terms::new(Cid::default(), zero.clone()).is_err());
+        zero.max_samples = None;
+        assert_eq!(
+            Terms::new(Cid::default(), zero).unwrap().max_samples,
+            MAX_SAMPLES
+        );
+    }
+}

@@ -12,6 +12,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 pub const MAX_BLOCK_BYTES: usize = 2 << 20;
 /// Most wantlist entries honoured in one message; the rest are dropped.
 pub const MAX_WANTLIST_ENTRIES: usize = 1024;
+/// Largest CID accepted in a want or presence, in bytes (boxo's `MaxCidSize`: version and codec
+/// varints, then a multihash of at most 128 bytes of digest with its code and length).
+pub const MAX_CID_BYTES: usize = 168;
 
 /// The wire message (`bitswap.message.pb.Message`).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -147,7 +150,8 @@ impl Message {
         self.encode_to_vec()
     }
 
-    /// The wants, at most [`MAX_WANTLIST_ENTRIES`]; entries with a malformed CID are skipped.
+    /// The wants, at most [`MAX_WANTLIST_ENTRIES`]; entries with a malformed CID, or one over
+    /// [`MAX_CID_BYTES`], are skipped.
     pub fn wants(&self) -> Vec<Want> {
         let Some(list) = &self.wantlist else {
             return Vec::new();
@@ -155,6 +159,7 @@ impl Message {
         list.entries
             .iter()
             .take(MAX_WANTLIST_ENTRIES)
+            .filter(|e| e.block.len() <= MAX_CID_BYTES)
             .filter_map(|e| {
                 Some(Want {
                     cid: Cid::try_from(e.block.as_slice()).ok()?,
@@ -166,10 +171,11 @@ impl Message {
             .collect()
     }
 
-    /// The presences, with malformed ones skipped.
+    /// The presences, with malformed ones (and CIDs over [`MAX_CID_BYTES`]) skipped.
     pub fn presences(&self) -> Vec<(Cid, PresenceType)> {
         self.block_presences
             .iter()
+            .filter(|p| p.cid.len() <= MAX_CID_BYTES)
             .filter_map(|p| {
                 Some((
                     Cid::try_from(p.cid.as_slice()).ok()?,

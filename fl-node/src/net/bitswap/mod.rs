@@ -1,48 +1,209 @@
-//! Bitswap 1.2.0 (`/ipfs/bitswap/1.2.0`, also answering 1.1.0), client and server, on the
-//! node's blockstore.
+//! Bitswap 1.2.0 (`/ipfs/bitswap/1.2.0`, also answering 1.1.0), client and server, on any
+//! [`Blockstore`].
 //!
 //! No maintained Bitswap crate works with libp2p 0.57 (see docs/decisions.md), so this is a
-//! compact one on `libp2p-stream`: like go-bitswap, every message travels on a stream the
+//! compact one in rust-libp2p's shape. Like go-bitswap, every message travels on a stream the
 //! sender opened, one length-prefixed protobuf after another, and answers go back on the
-//! answerer's own stream. Each received block is hashed under its CID prefix, and stored only
-//! if that CID was wanted.
+//! answerer's own stream; Kubo opens a stream per answer, so a connection reads many inbound
+//! streams at once.
 //!
-//! Limits: frames up to [`MAX_MESSAGE_BYTES`], blocks up to [`MAX_BLOCK_BYTES`], at most
-//! [`MAX_WANTLIST_ENTRIES`] wants per message, [`MAX_STREAMS_PER_PEER`] inbound streams per
-//! peer, and [`MAX_SERVED_PER_SECOND`] bytes served per peer and second. A peer that sends a
-//! malformed or oversized frame has its stream closed and is reported as misbehaving (the node
-//! disconnects it); wants waiting on a peer that cannot be reached are failed over at once
-//! to the next peer, and the last peer is asked again until its time is up.
+//! - [`Behaviour`] (in the swarm, `behaviour.rs`) owns the protocol's state: the wants we wait
+//!   on, each peer's ledger (`ledger.rs`: its queued wants, serving budget and outstanding
+//!   bytes), and the store jobs (`jobs.rs`) that read, hash and write blocks on tokio's
+//!   blocking pool, a bounded number at a time, never on the async workers.
+//! - `Handler` (`handler.rs`, one per connection) reads inbound streams with the framing of
+//!   `codec.rs` and writes our messages, in order, on one outbound stream of ours.
+//! - [`Bitswap`] is the cloneable handle the rest of the node uses. It talks to the behaviour
+//!   through its own bounded channel, which the behaviour polls in `poll`, so the node's
+//!   command loop knows nothing of Bitswap; it keeps the per-fetch policy (which peer next,
+//!   when to want again) in the fetching task, as plain async code, and the behaviour tells it
+//!   what arrived. [`fetch_dag`] walks whole DAGs with it (`dag.rs`).
+//!
+//! Each received block is hashed under its CID prefix, and stored only if that CID is wanted.
+//! A want lost with a connection that was replaced is sent again, less often each time; a
+//! peer that cannot be reached, or says DONT_HAVE, hands the want to the next peer.
+//!
+//! Limits (the defaults of [`Config`], each a named constant below): frames up to
+//! [`MAX_MESSAGE_BYTES`], read in chunks as bytes arrive, whole within
+//! [`FRAME_TIMEOUT`] of their first byte; blocks up to [`MAX_BLOCK_BYTES`]; CIDs up to
+//! [`MAX_CID_BYTES`]; at most [`MAX_WANTLIST_ENTRIES`] wants read from a message and
+//! [`MAX_QUEUED_WANTS_PER_PEER`] queued per peer; [`MAX_INBOUND_STREAMS`] inbound streams read
+//! at once per connection and [`MAX_WAITING_STREAMS`] more waiting, each closed after
+//! [`IDLE_STREAM_TIMEOUT`] without a frame; [`MAX_OUTSTANDING_BYTES_PER_PEER`] of answers
+//! queued per peer and [`MAX_SERVED_PER_SECOND`] served; a write that does not finish within
+//! [`WRITE_TIMEOUT`] drops the peer's queue. A peer that sends a malformed or oversized frame
+//! is reported ([`Event::PeerMisbehaved`]) and the node disconnects it.
 
+mod behaviour;
+mod codec;
+mod dag;
+mod handler;
+mod jobs;
+mod ledger;
 pub mod message;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cid::Cid;
-use fl_core::content::{Block, Blockstore, FsBlockstore, StoreError};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use fl_core::content::{Block, Blockstore, StoreError};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
 
-pub use message::{MAX_BLOCK_BYTES, MAX_MESSAGE_BYTES, MAX_WANTLIST_ENTRIES, Message};
-use message::{PresenceType, Want, WantType};
+pub use behaviour::Behaviour;
+pub use codec::ReadError;
+pub use dag::{DagError, fetch_dag, fetch_dag_at_most};
+pub use jobs::Store;
+pub use message::{
+    MAX_BLOCK_BYTES, MAX_CID_BYTES, MAX_MESSAGE_BYTES, MAX_WANTLIST_ENTRIES, Message,
+};
+
+use behaviour::{Arrival, Command};
 
 /// The protocol we speak first.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
 /// Older protocol we also answer (same messages, no HAVE / DONT_HAVE).
 pub const PROTOCOL_1_1: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.1.0");
-/// Inbound streams one peer may hold open at once.
-pub const MAX_STREAMS_PER_PEER: usize = 8;
-/// Bytes of blocks served to one peer per second, on average.
+
+/// Wants queued per peer; more are dropped (boxo's `MaxQueuedWantlistEntriesPerPeer`).
+pub const MAX_QUEUED_WANTS_PER_PEER: usize = 1024;
+/// Answer bytes queued for one peer before we read more blocks for it (a slow reader waits).
+pub const MAX_OUTSTANDING_BYTES_PER_PEER: usize = 4 << 20;
+/// Bytes of blocks served to one peer per second, on average (a token bucket of one second).
 pub const MAX_SERVED_PER_SECOND: usize = 512 << 20;
-/// Bytes of blocks put in one answer message.
-const ANSWER_BYTES: usize = 1 << 20;
-/// Messages queued for one peer before new ones are dropped.
-const OUTBOX: usize = 64;
+/// Inbound streams read at once per connection (Kubo opens one per answer message).
+pub const MAX_INBOUND_STREAMS: usize = 32;
+/// Inbound streams waiting to be read per connection; past this they are refused.
+pub const MAX_WAITING_STREAMS: usize = 128;
+/// Our messages queued per connection; past this they are dropped (their wants fail over).
+pub const MAX_QUEUED_MESSAGES: usize = 256;
+/// How long an inbound stream may go without a frame before we close it.
+pub const IDLE_STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a frame may take once its first byte came (4 MiB at about 1 Mbit/s).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long writing one message may take before the peer counts as not reading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long our idle outbound stream stays open (so idle connections can close).
+pub const OUTBOUND_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Store jobs (reading, hashing, writing blocks) running at once on the blocking pool.
+pub const MAX_STORE_JOBS: usize = 8;
+/// Bytes of received blocks waiting to be hashed; more are refused unhashed.
+pub const MAX_UNVERIFIED_BYTES: usize = 64 << 20;
+/// Bytes of blocks put in one answer message (Kubo's blocks are 256 KiB; ours up to 1 MiB).
+pub const ANSWER_BYTES: usize = 1 << 20;
+/// Commands queued from the handles to the behaviour before `fetch` waits.
+const COMMAND_QUEUE: usize = 1024;
+/// Arrivals queued for one fetch (it reads them as they come).
+const ARRIVALS: usize = 32;
 /// How long a want waits for an answer before it is sent again (then twice as long, ...).
 const REWANT_AFTER: Duration = Duration::from_secs(1);
+
+/// Bitswap's limits; [`Config::default`] takes the constants above.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// [`MAX_QUEUED_WANTS_PER_PEER`].
+    pub max_queued_wants_per_peer: usize,
+    /// [`MAX_OUTSTANDING_BYTES_PER_PEER`].
+    pub max_outstanding_bytes_per_peer: usize,
+    /// [`MAX_SERVED_PER_SECOND`].
+    pub max_served_per_second: usize,
+    /// [`MAX_INBOUND_STREAMS`].
+    pub max_inbound_streams: usize,
+    /// [`MAX_WAITING_STREAMS`].
+    pub max_waiting_streams: usize,
+    /// [`MAX_QUEUED_MESSAGES`].
+    pub max_queued_messages: usize,
+    /// [`IDLE_STREAM_TIMEOUT`].
+    pub idle_stream_timeout: Duration,
+    /// [`FRAME_TIMEOUT`].
+    pub frame_timeout: Duration,
+    /// [`WRITE_TIMEOUT`].
+    pub write_timeout: Duration,
+    /// [`OUTBOUND_IDLE_TIMEOUT`].
+    pub outbound_idle_timeout: Duration,
+    /// [`MAX_STORE_JOBS`].
+    pub max_store_jobs: usize,
+    /// [`MAX_UNVERIFIED_BYTES`].
+    pub max_unverified_bytes: usize,
+    /// [`ANSWER_BYTES`].
+    pub answer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_queued_wants_per_peer: MAX_QUEUED_WANTS_PER_PEER,
+            max_outstanding_bytes_per_peer: MAX_OUTSTANDING_BYTES_PER_PEER,
+            max_served_per_second: MAX_SERVED_PER_SECOND,
+            max_inbound_streams: MAX_INBOUND_STREAMS,
+            max_waiting_streams: MAX_WAITING_STREAMS,
+            max_queued_messages: MAX_QUEUED_MESSAGES,
+            idle_stream_timeout: IDLE_STREAM_TIMEOUT,
+            frame_timeout: FRAME_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            outbound_idle_timeout: OUTBOUND_IDLE_TIMEOUT,
+            max_store_jobs: MAX_STORE_JOBS,
+            max_unverified_bytes: MAX_UNVERIFIED_BYTES,
+            answer_bytes: ANSWER_BYTES,
+        }
+    }
+}
+
+/// What Bitswap tells the swarm's owner.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A wanted block arrived, was verified and stored.
+    BlockReceived {
+        /// The block.
+        cid: Cid,
+        /// Who sent it.
+        from: PeerId,
+    },
+    /// A want of ours failed at one peer (the fetch goes on to the next).
+    WantFailed {
+        /// The block wanted.
+        cid: Cid,
+        /// The peer asked.
+        peer: PeerId,
+        /// Why.
+        reason: WantFailure,
+    },
+    /// A peer broke the protocol; the node should disconnect it.
+    PeerMisbehaved {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        violation: Violation,
+    },
+}
+
+/// Why a want failed at a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WantFailure {
+    /// The peer said DONT_HAVE.
+    DontHave,
+    /// The want could not be written to the peer (no connection, stream or reader).
+    Unreachable,
+}
+
+/// A protocol violation by a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A frame's length prefix announced more than [`MAX_MESSAGE_BYTES`].
+    #[error("frame of {len} bytes announced, over the {max}-byte limit")]
+    Oversized {
+        /// The announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame's length prefix was not a varint.
+    #[error("malformed frame length prefix")]
+    BadLengthPrefix,
+    /// A frame was not a Bitswap message.
+    #[error("{0}")]
+    Malformed(String),
+}
 
 /// Why a block could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -61,37 +222,9 @@ pub enum FetchError {
     /// The local blockstore failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What arrived for a wanted block.
-#[derive(Debug, Clone)]
-enum Arrival {
-    Block(Block),
-    DontHave(PeerId),
-    /// No stream could be opened to the peer.
-    Unreachable(PeerId),
-}
-
-/// Bitswap on a blockstore: serves what the store holds, fetches what it lacks.
-#[derive(Clone)]
-pub struct Bitswap {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    store: Arc<FsBlockstore>,
-    control: libp2p_stream::Control,
-    /// Where peers that broke the protocol are reported.
-    misbehaving: mpsc::Sender<PeerId>,
-    /// Waiters for wanted blocks.
-    wants: Mutex<HashMap<Cid, Vec<mpsc::Sender<Arrival>>>>,
-    /// Per-peer queues of outgoing messages.
-    outboxes: Mutex<HashMap<PeerId, mpsc::Sender<Message>>>,
-    /// Inbound streams open per peer.
-    streams: Mutex<HashMap<PeerId, usize>>,
-    /// Per-peer serving budget: bytes left and when it was last refilled.
-    budgets: Mutex<HashMap<PeerId, (f64, Instant)>>,
-    stats: Mutex<Stats>,
+    /// The node (its swarm, or the runtime) has stopped.
+    #[error("the node has stopped")]
+    Stopped,
 }
 
 /// Counters, for logs and tests.
@@ -109,8 +242,20 @@ pub struct Stats {
     pub blocks_refused: u64,
     /// Frames refused as malformed or oversized.
     pub bad_frames: u64,
-    /// Inbound streams refused over the per-peer limit.
+    /// Inbound streams refused over the per-connection limit.
     pub streams_refused: u64,
+    /// Wants of peers dropped over the per-peer queue limit.
+    pub wants_dropped: u64,
+    /// Answers not delivered (the peer did not read, or its connection went).
+    pub answers_dropped: u64,
+}
+
+/// Bitswap on a blockstore, as the rest of the node sees it: fetches what the store lacks.
+#[derive(Clone)]
+pub struct Bitswap {
+    store: Store,
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl std::fmt::Debug for Bitswap {
@@ -119,51 +264,38 @@ impl std::fmt::Debug for Bitswap {
     }
 }
 
-impl Bitswap {
-    /// Starts serving `store` on the streams of `control`, reporting peers that break the
-    /// protocol to `misbehaving`; needs a tokio runtime.
-    pub fn start(
-        store: Arc<FsBlockstore>,
-        mut control: libp2p_stream::Control,
-        misbehaving: mpsc::Sender<PeerId>,
-    ) -> Self {
-        let incoming = [PROTOCOL, PROTOCOL_1_1].map(|p| control.accept(p));
-        let bitswap = Bitswap {
-            inner: Arc::new(Inner {
-                store,
-                control,
-                misbehaving,
-                wants: Mutex::default(),
-                outboxes: Mutex::default(),
-                streams: Mutex::default(),
-                budgets: Mutex::default(),
-                stats: Mutex::default(),
-            }),
-        };
-        for listener in incoming {
-            match listener {
-                Ok(mut streams) => {
-                    let this = bitswap.clone();
-                    tokio::spawn(async move {
-                        while let Some((peer, stream)) = streams.next().await {
-                            this.clone().on_stream(peer, stream);
-                        }
-                    });
-                }
-                Err(e) => tracing::error!("bitswap: cannot accept streams: {e}"),
-            }
-        }
-        bitswap
-    }
+/// A behaviour for the swarm serving and filling `store` under `config`, and its handle.
+pub fn new(store: Store, config: Config) -> (Behaviour, Bitswap) {
+    let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let behaviour = Behaviour::new(config, store.clone(), rx, stats.clone());
+    let handle = Bitswap {
+        store,
+        commands,
+        stats,
+    };
+    (behaviour, handle)
+}
 
+impl Bitswap {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
-        *lock(&self.inner.stats)
+        *lock(&self.stats)
     }
 
     /// The blockstore served.
-    pub fn store(&self) -> &FsBlockstore {
-        &self.inner.store
+    pub fn store(&self) -> &(dyn Blockstore + Send + Sync) {
+        &*self.store
+    }
+
+    /// The block `cid` names if the store holds it, read on the blocking pool.
+    pub async fn held(&self, cid: Cid) -> Result<Option<Block>, FetchError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || jobs::lookup(&*store, &cid)).await {
+            Ok(result) => Ok(result?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(FetchError::Stopped),
+        }
     }
 
     /// Fetches `cid` from `peers`, one after the other starting at `first`, each given
@@ -175,456 +307,77 @@ impl Bitswap {
         first: usize,
         per_peer: Duration,
     ) -> Result<Block, FetchError> {
-        if let Some(block) = lookup(&self.inner.store, &cid)? {
+        if let Some(block) = self.held(cid).await? {
             return Ok(block);
         }
         if peers.is_empty() {
             return Err(FetchError::NoPeers(cid));
         }
-        let (tx, mut rx) = mpsc::channel(peers.len() + 4);
-        lock(&self.inner.wants)
-            .entry(cid)
-            .or_default()
-            .push(tx.clone());
-        let result = async {
-            let want = Message::with_wants(
-                &[Want {
-                    cid,
-                    kind: WantType::Block,
-                    cancel: false,
-                    send_dont_have: true,
-                }],
-                false,
-            );
-            for i in 0..peers.len() {
-                let peer = peers[(first + i) % peers.len()];
-                self.send(peer, want.clone());
-                let deadline = tokio::time::Instant::now() + per_peer;
-                // A want written just before its connection closed is lost with it (peers
-                // replace connections), so it is sent again, less often each time.
-                let mut resend = REWANT_AFTER;
-                let mut next = tokio::time::Instant::now() + resend;
-                loop {
-                    match tokio::time::timeout_at(deadline.min(next), rx.recv()).await {
-                        Ok(Some(Arrival::Block(block))) => return Ok(block),
-                        Ok(Some(Arrival::DontHave(from))) if from == peer => break,
-                        // Failed over at once while other peers are left; the last one keeps
-                        // its time, and is asked again (dialled afresh) when the timer fires.
-                        Ok(Some(Arrival::Unreachable(from)))
-                            if from == peer && i + 1 < peers.len() =>
-                        {
-                            break;
-                        }
-                        Ok(Some(Arrival::DontHave(_) | Arrival::Unreachable(_))) => continue,
-                        Ok(None) => break,
-                        Err(_) if tokio::time::Instant::now() >= deadline => break,
-                        Err(_) => {
-                            tracing::debug!(%peer, %cid, "bitswap: no answer yet, wanting again");
-                            self.send(peer, want.clone());
-                            resend *= 2;
-                            next = tokio::time::Instant::now() + resend;
-                        }
-                    }
-                }
-                self.cancel(peer, cid);
+        let (tx, mut rx) = mpsc::channel(ARRIVALS);
+        for i in 0..peers.len() {
+            let peer = peers[(first + i) % peers.len()];
+            let last = i + 1 == peers.len();
+            if let Some(block) = self.ask(cid, peer, last, per_peer, &tx, &mut rx).await? {
+                return Ok(block);
             }
-            Err(FetchError::NotFound {
-                cid,
-                asked: peers.len(),
-            })
+            self.command(Command::Cancel { cid, peer }).await?;
         }
-        .await;
-        let mut wants = lock(&self.inner.wants);
-        if let Some(waiters) = wants.get_mut(&cid) {
-            waiters.retain(|w| !w.is_closed() && !w.same_channel(&tx));
-            if waiters.is_empty() {
-                wants.remove(&cid);
-            }
+        // A block whose notice found this fetch's queue full is in the store all the same.
+        if let Some(block) = self.held(cid).await? {
+            return Ok(block);
         }
-        result
-    }
-
-    /// Tells `peer` we no longer want `cid`.
-    fn cancel(&self, peer: PeerId, cid: Cid) {
-        let cancel = Want {
+        Err(FetchError::NotFound {
             cid,
-            kind: WantType::Block,
-            cancel: true,
-            send_dont_have: false,
+            asked: peers.len(),
+        })
+    }
+
+    /// Wants `cid` from `peer` until it comes, `per_peer` passes, or the peer says DONT_HAVE
+    /// (or cannot be reached, unless it is the `last` one: that one keeps its time, and is
+    /// asked again, dialled afresh, when the timer fires).
+    async fn ask(
+        &self,
+        cid: Cid,
+        peer: PeerId,
+        last: bool,
+        per_peer: Duration,
+        tx: &mpsc::Sender<Arrival>,
+        rx: &mut mpsc::Receiver<Arrival>,
+    ) -> Result<Option<Block>, FetchError> {
+        let want = || Command::Want {
+            cid,
+            peer,
+            waiter: tx.clone(),
         };
-        self.send(peer, Message::with_wants(&[cancel], false));
-    }
-
-    /// Queues `message` for `peer`, starting its writer if needed; drops it if the queue is full.
-    fn send(&self, peer: PeerId, message: Message) {
-        let mut outboxes = lock(&self.inner.outboxes);
-        let tx = outboxes
-            .entry(peer)
-            .or_insert_with(|| self.writer(peer))
-            .clone();
-        drop(outboxes);
-        if let Err(e) = tx.try_send(message) {
-            tracing::debug!(%peer, "bitswap: outbox full or closed: {e}");
-            if matches!(e, mpsc::error::TrySendError::Closed(_)) {
-                lock(&self.inner.outboxes).remove(&peer);
-            }
-        }
-    }
-
-    /// A task that writes `peer`'s queued messages on one stream, reopened once if it breaks.
-    fn writer(&self, peer: PeerId) -> mpsc::Sender<Message> {
-        let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
-        let mut control = self.inner.control.clone();
-        let inner = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut stream = None;
-            while let Some(message) = rx.recv().await {
-                let frame = message.encode_frame();
-                for _attempt in 0..2 {
-                    if stream.is_none() {
-                        match control.open_stream(peer, PROTOCOL).await {
-                            Ok(s) => stream = Some(s),
-                            Err(e) => {
-                                tracing::debug!(%peer, "bitswap: cannot open a stream: {e}");
-                                // Whoever waits on this peer asks the next one now.
-                                if let Some(inner) = inner.upgrade() {
-                                    Bitswap { inner }.peer_gone(peer);
-                                }
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(s) = stream.as_mut() {
-                        match write_frame(s, &frame).await {
-                            Ok(()) => {
-                                tracing::trace!(%peer, bytes = frame.len(), "bitswap: sent");
-                                break;
-                            }
-                            Err(e) => {
-                                tracing::debug!(%peer, "bitswap: write failed: {e}");
-                                stream = None;
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(inner) = inner.upgrade() {
-                lock(&inner.outboxes).remove(&peer);
-            }
-        });
-        tx
-    }
-
-    /// Reads `peer`'s messages from an inbound stream until it ends or misbehaves.
-    fn on_stream(self, peer: PeerId, mut stream: libp2p::Stream) {
-        {
-            let mut streams = lock(&self.inner.streams);
-            let open = streams.entry(peer).or_default();
-            if *open >= MAX_STREAMS_PER_PEER {
-                lock(&self.inner.stats).streams_refused += 1;
-                tracing::debug!(%peer, "bitswap: too many streams, refusing one");
-                return;
-            }
-            *open += 1;
-        }
-        tokio::spawn(async move {
-            loop {
-                match read_frame(&mut stream).await {
-                    Ok(Some(frame)) => match Message::decode_frame(&frame) {
-                        Ok(message) => self.on_message(peer, message),
-                        Err(e) => {
-                            tracing::debug!(%peer, "bitswap: {e}");
-                            self.misbehaved(peer);
-                            break;
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(%peer, "bitswap: stream ended: {e}");
-                        if e.kind() == std::io::ErrorKind::InvalidData {
-                            self.misbehaved(peer);
-                        }
-                        break;
-                    }
-                }
-            }
-            let _ = stream.close().await;
-            let mut streams = lock(&self.inner.streams);
-            if let Some(open) = streams.get_mut(&peer) {
-                *open = open.saturating_sub(1);
-                if *open == 0 {
-                    streams.remove(&peer);
-                }
-            }
-        });
-    }
-
-    /// Counts a protocol violation by `peer` and reports it, so the node disconnects it.
-    fn misbehaved(&self, peer: PeerId) {
-        lock(&self.inner.stats).bad_frames += 1;
-        // A full queue means disconnections are already pending; this one can wait for the
-        // peer's next offence.
-        let _ = self.inner.misbehaving.try_send(peer);
-    }
-
-    /// Fails every want over from `peer`, which cannot be reached, to the next peer, if any.
-    fn peer_gone(&self, peer: PeerId) {
-        let waiters: Vec<_> = lock(&self.inner.wants)
-            .values()
-            .flatten()
-            .cloned()
-            .collect();
-        for w in waiters {
-            let _ = w.try_send(Arrival::Unreachable(peer));
-        }
-    }
-
-    /// Handles one message from `peer`: blocks and presences for our wants, then its wants.
-    fn on_message(&self, peer: PeerId, message: Message) {
-        tracing::trace!(
-            %peer,
-            blocks = message.payload.len() + message.blocks.len(),
-            presences = message.block_presences.len(),
-            wants = message.wantlist.as_ref().map_or(0, |w| w.entries.len()),
-            "bitswap: message"
-        );
-        for block in message.blocks() {
-            match block {
-                Ok(block) => self.on_block(peer, block),
-                Err(e) => {
-                    lock(&self.inner.stats).blocks_refused += 1;
-                    tracing::debug!(%peer, "bitswap: {e}");
+        self.command(want()).await?;
+        let deadline = tokio::time::Instant::now() + per_peer;
+        // A want written just before its connection closed is lost with it (peers replace
+        // connections), so it is sent again, less often each time.
+        let mut resend = REWANT_AFTER;
+        let mut next = tokio::time::Instant::now() + resend;
+        loop {
+            match tokio::time::timeout_at(deadline.min(next), rx.recv()).await {
+                Ok(Some(Arrival::Block(block))) => return Ok(Some(block)),
+                Ok(Some(Arrival::DontHave(from))) if from == peer => return Ok(None),
+                Ok(Some(Arrival::Unreachable(from))) if from == peer && !last => return Ok(None),
+                Ok(Some(Arrival::DontHave(_) | Arrival::Unreachable(_))) => continue,
+                Ok(None) => return Ok(None),
+                Err(_) if tokio::time::Instant::now() >= deadline => return Ok(None),
+                Err(_) => {
+                    tracing::debug!(%peer, %cid, "bitswap: no answer yet, wanting again");
+                    self.command(want()).await?;
+                    resend *= 2;
+                    next = tokio::time::Instant::now() + resend;
                 }
             }
         }
-        for (cid, presence) in message.presences() {
-            if presence == PresenceType::DontHave {
-                self.notify(&cid, Arrival::DontHave(peer));
-            }
-        }
-        self.answer(peer, message.wants());
     }
 
-    fn on_block(&self, peer: PeerId, block: Block) {
-        let cid = *block.cid();
-        if !lock(&self.inner.wants).contains_key(&cid) {
-            lock(&self.inner.stats).blocks_refused += 1;
-            tracing::debug!(%peer, %cid, "bitswap: unwanted block dropped");
-            return;
-        }
-        if let Err(e) = self.inner.store.put(block.clone()) {
-            tracing::warn!(%cid, "bitswap: cannot store a received block: {e}");
-            return;
-        }
-        {
-            let mut stats = lock(&self.inner.stats);
-            stats.blocks_received += 1;
-            stats.bytes_received += block.len() as u64;
-        }
-        self.notify(&cid, Arrival::Block(block));
-    }
-
-    fn notify(&self, cid: &Cid, arrival: Arrival) {
-        let waiters = lock(&self.inner.wants)
-            .get(cid)
-            .cloned()
-            .unwrap_or_default();
-        for w in waiters {
-            let _ = w.try_send(arrival.clone());
-        }
-    }
-
-    /// Answers `peer`'s wants from the store, within its serving budget.
-    fn answer(&self, peer: PeerId, wants: Vec<Want>) {
-        let mut reply = Message::default();
-        let mut bytes = 0;
-        for want in wants.into_iter().filter(|w| !w.cancel) {
-            let block = match lookup(&self.inner.store, &want.cid) {
-                Ok(block) => block,
-                Err(e) => {
-                    tracing::warn!(cid = %want.cid, "bitswap: store: {e}");
-                    None
-                }
-            };
-            match (block, want.kind) {
-                (Some(block), WantType::Block) => {
-                    if !self.spend(peer, block.len()) {
-                        tracing::debug!(%peer, "bitswap: serving budget spent, want dropped");
-                        continue;
-                    }
-                    if bytes + block.len() > ANSWER_BYTES && !reply.is_empty() {
-                        self.send(peer, std::mem::take(&mut reply));
-                        bytes = 0;
-                    }
-                    bytes += block.len();
-                    reply.push_block(&block);
-                    let mut stats = lock(&self.inner.stats);
-                    stats.blocks_sent += 1;
-                    stats.bytes_sent += block.len() as u64;
-                }
-                (Some(_), WantType::Have) => reply.push_presence(&want.cid, PresenceType::Have),
-                (None, _) if want.send_dont_have => {
-                    reply.push_presence(&want.cid, PresenceType::DontHave)
-                }
-                (None, _) => {}
-            }
-        }
-        if !reply.is_empty() {
-            self.send(peer, reply);
-        }
-    }
-
-    /// Takes `bytes` from `peer`'s serving budget (a token bucket of one second's worth).
-    fn spend(&self, peer: PeerId, bytes: usize) -> bool {
-        let mut budgets = lock(&self.inner.budgets);
-        let now = Instant::now();
-        let rate = MAX_SERVED_PER_SECOND as f64;
-        let (left, at) = budgets.entry(peer).or_insert((rate, now));
-        *left = (*left + now.duration_since(*at).as_secs_f64() * rate).min(rate);
-        *at = now;
-        if *left >= bytes as f64 {
-            *left -= bytes as f64;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Fetches the whole DAG under `root` from `peers`, `window` blocks at a time spread over
-/// the peers, and returns the number of blocks fetched.
-pub async fn fetch_dag(
-    bitswap: &Bitswap,
-    root: Cid,
-    peers: &[PeerId],
-    window: usize,
-    per_peer: Duration,
-) -> Result<u64, DagError> {
-    fetch_dag_at_most(bitswap, root, peers, window, per_peer, u64::MAX).await
-}
-
-/// Fetches the DAG under `root` as [`fetch_dag`] does, stopping with
-/// [`DagError::TooLarge`] once its distinct blocks (here already, or fetched) hold more than
-/// `max_bytes`: what a peer names is not trusted to be as small as it should be.
-pub async fn fetch_dag_at_most(
-    bitswap: &Bitswap,
-    root: Cid,
-    peers: &[PeerId],
-    window: usize,
-    per_peer: Duration,
-    max_bytes: u64,
-) -> Result<u64, DagError> {
-    let mut held = 0u64;
-    let mut hold = |block: &Block| {
-        held = held.saturating_add(block.len() as u64);
-        if held > max_bytes {
-            return Err(DagError::TooLarge {
-                root,
-                limit: max_bytes,
-            });
-        }
-        Ok(())
-    };
-    let mut queue = VecDeque::from([root]);
-    // Each distinct block is walked once: a block may link the same child many times, and
-    // such blocks nest (a few kilobytes could otherwise name billions of visits).
-    let mut seen = std::collections::HashSet::from([root]);
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    let mut fetched = 0u64;
-    let mut next_peer = 0usize;
-    loop {
-        while in_flight.len() < window.max(1) {
-            let Some(cid) = queue.pop_front() else { break };
-            if let Some(block) = lookup(bitswap.store(), &cid)? {
-                hold(&block)?;
-                let links = fl_core::content::links::links(&block)?;
-                queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
-                // Walking a large DAG that is already here must not starve the runtime.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            let first = next_peer;
-            next_peer += 1;
-            let bitswap = bitswap.clone();
-            in_flight.push(async move { bitswap.fetch(cid, peers, first, per_peer).await });
-        }
-        let Some(result) = in_flight.next().await else {
-            return Ok(fetched);
-        };
-        let block = result?;
-        hold(&block)?;
-        fetched += 1;
-        let links = fl_core::content::links::links(&block)?;
-        queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
-    }
-}
-
-/// Why a DAG could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum DagError {
-    /// A block could not be fetched.
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A block's links could not be read.
-    #[error(transparent)]
-    Links(#[from] fl_core::content::links::LinksError),
-    /// The DAG's distinct blocks hold more bytes than the caller allows.
-    #[error("the DAG under {root} holds more than {limit} bytes")]
-    TooLarge {
-        /// The DAG.
-        root: Cid,
-        /// The caller's limit.
-        limit: u64,
-    },
-}
-
-/// Writes one length-prefixed frame.
-async fn write_frame(stream: &mut libp2p::Stream, frame: &[u8]) -> std::io::Result<()> {
-    let mut len = unsigned_varint::encode::usize_buffer();
-    stream
-        .write_all(unsigned_varint::encode::usize(frame.len(), &mut len))
-        .await?;
-    stream.write_all(frame).await?;
-    stream.flush().await
-}
-
-/// Reads one length-prefixed frame; `None` at a clean end of stream.
-async fn read_frame(stream: &mut libp2p::Stream) -> std::io::Result<Option<Vec<u8>>> {
-    let len = match unsigned_varint::aio::read_usize(&mut *stream).await {
-        Ok(len) => len,
-        Err(unsigned_varint::io::ReadError::Io(e))
-            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
-        {
-            return Ok(None);
-        }
-        Err(unsigned_varint::io::ReadError::Io(e)) => return Err(e),
-        Err(e) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                e.to_string(),
-            ));
-        }
-    };
-    if len > MAX_MESSAGE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds {MAX_MESSAGE_BYTES}"),
-        ));
-    }
-    let mut frame = vec![0; len];
-    stream.read_exact(&mut frame).await?;
-    Ok(Some(frame))
-}
-
-/// The block `cid` names, or `None` when the store lacks it.
-fn lookup(store: &FsBlockstore, cid: &Cid) -> Result<Option<Block>, StoreError> {
-    match store.get(cid) {
-        Ok(block) => Ok(Some(block)),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
+    async fn command(&self, command: Command) -> Result<(), FetchError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| FetchError::Stopped)
     }
 }
 
