@@ -232,12 +232,7 @@ impl Driver {
                         }
                     }
                 }
-                if let Some(i) = self
-                    .pending_dials
-                    .iter()
-                    .position(|(id, _, _)| *id == connection_id)
-                {
-                    let (_, _, reply) = self.pending_dials.swap_remove(i);
+                if let Some((_, _, reply)) = self.take_dial(connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
             }
@@ -246,12 +241,7 @@ impl Driver {
                 error,
                 ..
             } => {
-                if let Some(i) = self
-                    .pending_dials
-                    .iter()
-                    .position(|(id, _, _)| *id == connection_id)
-                {
-                    let (_, addr, reply) = self.pending_dials.swap_remove(i);
+                if let Some((_, addr, reply)) = self.take_dial(connection_id) {
                     let _ = reply.send(Err(NodeError::Dial {
                         addr,
                         reason: error.to_string(),
@@ -293,71 +283,75 @@ impl Driver {
                 propagation_source,
                 message_id,
                 message,
-            })) => {
-                // Topics nobody here validates are forwarded at once, as without validation.
-                let validated = self.validated.contains(&message.topic);
-                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-                if !validated {
-                    gossipsub.report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        MessageAcceptance::Accept,
-                    );
-                }
-                let sent = self.gossip.send(Gossip {
-                    topic: message.topic.to_string(),
-                    source: message.source,
-                    data: message.data,
-                    id: message_id.clone(),
-                    via: propagation_source,
-                });
-                if sent.is_err() && validated {
-                    // Its validator has gone: not forwarded, no one blamed.
-                    gossipsub.report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        MessageAcceptance::Ignore,
-                    );
-                }
-            }
+            })) => self.on_gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetProviders(result),
                 step,
                 ..
-            })) => {
-                let mut done = step.last;
-                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &result
-                    && let Some((found, _)) = self.providers.get_mut(&id)
-                {
-                    found.extend(providers.iter().copied());
-                    // A provider's addresses came with its record and live only as long as
-                    // this query, so it is dialled now, while the DHT can still name them.
-                    let local = *self.swarm.local_peer_id();
-                    let unconnected = providers
-                        .iter()
-                        .filter(|&&p| p != local && !self.swarm.is_connected(&p))
-                        .copied()
-                        .collect::<Vec<_>>();
-                    for provider in unconnected {
-                        let opts = DialOpts::peer_id(provider)
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build();
-                        if let Err(e) = self.swarm.dial(opts) {
-                            tracing::debug!(%provider, "not dialling a provider: {e}");
-                        }
-                    }
-                    // The first answer is enough to start fetching; more come with Bitswap.
-                    done |= !found.is_empty();
-                }
-                if done && let Some((found, reply)) = self.providers.remove(&id) {
-                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                        query.finish();
-                    }
-                    let _ = reply.send(found.into_iter().collect());
+            })) => self.on_providers(id, result, step.last),
+            _ => {}
+        }
+    }
+
+    /// The dial waiting for connection `id`, taken out of the pending ones.
+    fn take_dial(&mut self, id: libp2p::swarm::ConnectionId) -> Option<PendingDial> {
+        let i = self.pending_dials.iter().position(|(c, _, _)| *c == id)?;
+        Some(self.pending_dials.swap_remove(i))
+    }
+
+    /// Passes a gossip message on to the node's subscribers; one on a topic nobody here
+    /// validates is forwarded at once, as without validation.
+    fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let validated = self.validated.contains(&message.topic);
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if !validated {
+            gossipsub.report_message_validation_result(&id, &via, MessageAcceptance::Accept);
+        }
+        let sent = self.gossip.send(Gossip {
+            topic: message.topic.to_string(),
+            source: message.source,
+            data: message.data,
+            id: id.clone(),
+            via,
+        });
+        if sent.is_err() && validated {
+            // Its validator has gone: not forwarded, no one blamed.
+            gossipsub.report_message_validation_result(&id, &via, MessageAcceptance::Ignore);
+        }
+    }
+
+    /// Collects the providers a DHT query found, dialling each while its addresses are
+    /// known; answers the caller at the first ones (more come with Bitswap) or at the end.
+    fn on_providers(&mut self, id: kad::QueryId, result: kad::GetProvidersResult, last: bool) {
+        let mut done = last;
+        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &result
+            && let Some((found, _)) = self.providers.get_mut(&id)
+        {
+            found.extend(providers.iter().copied());
+            // A provider's addresses came with its record and live only as long as this
+            // query, so it is dialled now, while the DHT can still name them.
+            let local = *self.swarm.local_peer_id();
+            let unconnected = providers
+                .iter()
+                .filter(|&&p| p != local && !self.swarm.is_connected(&p))
+                .copied()
+                .collect::<Vec<_>>();
+            for provider in unconnected {
+                let opts = DialOpts::peer_id(provider)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%provider, "not dialling a provider: {e}");
                 }
             }
-            _ => {}
+            done |= !found.is_empty();
+        }
+        if done && let Some((found, reply)) = self.providers.remove(&id) {
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+            let _ = reply.send(found.into_iter().collect());
         }
     }
 }
