@@ -13,6 +13,17 @@ use super::RoundError;
 use crate::net::bitswap::DagError;
 use crate::net::{self, NetFetchError, Node, fetch_dag_at_most};
 
+/// The slowest rate at which a peer may send a bounded DAG (an update) before it is given
+/// up on: a member that trickles its blocks must not hold a round (the aggregator, then
+/// every next in rank) for longer than an honest, slow link would.
+pub const SLOWEST_RATE: u64 = 256 << 10;
+
+/// How long fetching a DAG of at most `max_bytes` may take in all: one block's wait, then
+/// the bytes at [`SLOWEST_RATE`]; `None` (no deadline beyond each block's) when unbounded.
+pub fn fetch_deadline(per_block: Duration, max_bytes: u64) -> Option<Duration> {
+    (max_bytes != u64::MAX).then(|| per_block + Duration::from_secs(max_bytes / SLOWEST_RATE + 1))
+}
+
 /// Where a round's inputs come from.
 #[derive(Debug, Clone)]
 pub struct Inputs {
@@ -83,7 +94,21 @@ impl Inputs {
         let Some(node) = &self.node else {
             return local_dag(&self.repo, cid, what, max_bytes);
         };
-        match fetch_held(node, cid, holder, self.per_block, true, max_bytes).await {
+        let fetching = fetch_held(node, cid, holder, self.per_block, true, max_bytes);
+        let fetched = match fetch_deadline(self.per_block, max_bytes) {
+            Some(deadline) => match tokio::time::timeout(deadline, fetching).await {
+                Ok(fetched) => fetched,
+                Err(_) => {
+                    return Err(RoundError::TooSlow {
+                        what,
+                        cid,
+                        deadline,
+                    });
+                }
+            },
+            None => fetching.await,
+        };
+        match fetched {
             Ok(()) => Ok(()),
             // What the DAG is does not change: no point in trying again.
             Err(NetFetchError::Dag {
@@ -159,5 +184,26 @@ pub(crate) async fn fetch_held(
             .await
             .map(|_| ()),
         Err(source) => Err(NetFetchError::Dag { root: cid, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An update of the reference CNN (7 MB in float32) gets its block wait plus 27 s at
+    /// 256 KiB/s; an unbounded DAG (a model, a shard) keeps only the per-block wait.
+    #[test]
+    fn a_bounded_fetch_has_a_deadline_an_honest_slow_link_meets() {
+        let per_block = Duration::from_secs(10);
+        assert_eq!(fetch_deadline(per_block, u64::MAX), None);
+        let update = 7_026_632;
+        assert_eq!(
+            fetch_deadline(per_block, update),
+            Some(Duration::from_secs(10 + 26 + 1))
+        );
+        assert!(fetch_deadline(per_block, update).is_some_and(|d| {
+            d.as_secs_f64() >= update as f64 / SLOWEST_RATE as f64
+        }));
     }
 }

@@ -100,6 +100,17 @@ pub enum RoundError {
         #[source]
         source: crate::net::NetFetchError,
     },
+    /// A bounded DAG (an update) did not arrive in full within its deadline
+    /// ([`inputs::fetch_deadline`]): its sender is too slow, or trickles it on purpose.
+    #[error("{what} {cid} did not arrive within {deadline:?}")]
+    TooSlow {
+        /// What it is.
+        what: &'static str,
+        /// Its CID.
+        cid: Cid,
+        /// The deadline it missed.
+        deadline: std::time::Duration,
+    },
     /// A DAG holds more than its place allows (an update larger than the round's model).
     #[error("{what} {cid} holds more than {limit} bytes")]
     TooLarge {

@@ -61,10 +61,17 @@ impl Participant {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
-                if let Err(e) =
-                    fetch_held(&node, update, Some(author), per_block, false, limit).await
-                {
-                    tracing::debug!(%update, "fetching ahead failed (fetched again when needed): {e}");
+                // A slot is held no longer than an honest, slow author would need.
+                let fetching = fetch_held(&node, update, Some(author), per_block, false, limit);
+                let deadline = fetch_deadline(per_block, limit).unwrap_or(Duration::MAX);
+                match tokio::time::timeout(deadline, fetching).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%update, "fetching ahead failed (fetched again when needed): {e}")
+                    }
+                    Err(_) => {
+                        tracing::debug!(%update, "fetching ahead gave up after {deadline:?}")
+                    }
                 }
             });
         }

@@ -126,7 +126,7 @@ impl Participant {
     ) -> Verdict {
         match looked {
             Ok(()) => Verdict::Valid,
-            Err(e @ RoundError::Fetch { .. }) => {
+            Err(e @ (RoundError::Fetch { .. } | RoundError::TooSlow { .. })) => {
                 // Its inputs may turn up (a provider restarts, a connection comes back).
                 let pause = lock(&ctx.verdicts).unreachable(*cid, Instant::now());
                 tracing::info!(round, %cid, "cannot check a manifest yet (again in {pause:?}): {}", chain(&e));

@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
-use super::inputs::fetch_held;
+use super::inputs::{fetch_deadline, fetch_held};
 use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
 use super::{Inputs, Refutation, RoundError, RoundStore, Terms, verify};
