@@ -26,6 +26,14 @@ pub const MAX_MANIFESTS_PER_ROUND: usize = 256;
 /// after switching chains): one peer cannot fill a round's slots.
 pub const MAX_MANIFESTS_PER_SIGNER: usize = 4;
 
+/// Rounds behind the last one closed whose manifests (and evaluations) are kept, for the
+/// fork choice between rival chains; older ones are dropped.
+pub const KEEP_ROUNDS_BEHIND: u32 = 16;
+/// Most bytes of manifests held at once, over all rounds: a member that signs manifests
+/// for many rounds ahead fills this, not the node's memory (more are dropped until rounds
+/// close).
+pub const MAX_MANIFEST_BYTES_HELD: usize = 256 << 20;
+
 /// Most evaluations kept for one manifest (its signer makes one; others are kept, up to
 /// this many, until the manifest shows who signed it).
 pub const MAX_EVALUATIONS_PER_MANIFEST: usize = 4;
@@ -126,6 +134,9 @@ struct Contents {
     announcements: BTreeMap<u32, BTreeMap<PeerId, SignedAnnouncement>>,
     /// Round -> manifests seen, by CID.
     manifests: BTreeMap<u32, HashMap<Cid, Signed<Manifest>>>,
+    /// Round -> bytes of its manifests, and their sum ([`MAX_MANIFEST_BYTES_HELD`]).
+    manifest_bytes: BTreeMap<u32, usize>,
+    manifest_bytes_held: usize,
     /// Round -> manifest -> evaluations of its model (the one its signer made counts).
     evaluations: BTreeMap<u32, HashMap<Cid, Vec<SignedEvaluation>>>,
     /// Rounds already decided: their announcements only mark their authors as late.
@@ -202,7 +213,7 @@ impl Inbox {
                     this.file_announcement(&store, data)
                 } else if message.topic == manifests {
                     this.file_manifest(&store, data).map(|cid| {
-                        if let Some(from) = message.source {
+                        if let Some(from) = message.source.filter(|p| this.terms.task.admits(p)) {
                             this.held_by(cid, from);
                         }
                     })
@@ -213,7 +224,11 @@ impl Inbox {
                     Ok(()) => MessageAcceptance::Accept,
                     Err(e) => e.acceptance(&message.via),
                 };
-                if let (Ok(()), Some(from)) = (&result, message.source) {
+                // Only members are heard from: a non-member relaying members' valid records
+                // would raise the number of updates a round waits for.
+                if let (Ok(()), Some(from)) = (&result, message.source)
+                    && this.terms.task.admits(&from)
+                {
                     this.heard_from(from);
                 }
                 if let Err(why) = result {
@@ -301,7 +316,18 @@ impl Inbox {
         let cid = *block.cid();
         let round = signed.body.round;
         self.admits(signed.body.task, round, &signed.signer)?;
+        let size = block.len();
         let mut c = lock(&self.contents);
+        if round + KEEP_ROUNDS_BEHIND < c.closed_through {
+            // Older than any fork this node still looks at: noted as the signer's head only.
+            return Ok(cid);
+        }
+        if c.manifest_bytes_held + size > MAX_MANIFEST_BYTES_HELD {
+            return Err(FileError::Full {
+                what: "the manifests held".into(),
+                limit: MAX_MANIFEST_BYTES_HELD,
+            });
+        }
         let seen = c.manifests.entry(round).or_default();
         if seen.contains_key(&cid) {
             return Ok(cid);
@@ -321,6 +347,8 @@ impl Inbox {
         }
         store.put(block)?;
         seen.insert(cid, signed);
+        *c.manifest_bytes.entry(round).or_default() += size;
+        c.manifest_bytes_held += size;
         drop(c);
         self.changed.notify_waiters();
         Ok(cid)
@@ -496,6 +524,15 @@ impl Inbox {
         // manifests among them. Older ones go.
         let keep = c.announcements.split_off(&round);
         c.announcements = keep;
+        // Manifests, their evaluations and late authors of rounds far behind go too.
+        let oldest = round.saturating_sub(KEEP_ROUNDS_BEHIND);
+        c.manifests = c.manifests.split_off(&oldest);
+        c.evaluations = c.evaluations.split_off(&oldest);
+        c.late = c.late.split_off(&oldest);
+        let kept = c.manifest_bytes.split_off(&oldest);
+        let dropped: usize = c.manifest_bytes.values().sum();
+        c.manifest_bytes = kept;
+        c.manifest_bytes_held = c.manifest_bytes_held.saturating_sub(dropped);
     }
 
     /// Waits until something new is filed, or `timeout` passes.

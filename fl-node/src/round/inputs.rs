@@ -202,8 +202,9 @@ mod tests {
             fetch_deadline(per_block, update),
             Some(Duration::from_secs(10 + 26 + 1))
         );
-        assert!(fetch_deadline(per_block, update).is_some_and(|d| {
-            d.as_secs_f64() >= update as f64 / SLOWEST_RATE as f64
-        }));
+        assert!(
+            fetch_deadline(per_block, update)
+                .is_some_and(|d| { d.as_secs_f64() >= update as f64 / SLOWEST_RATE as f64 })
+        );
     }
 }

@@ -46,6 +46,8 @@ impl Participant {
         emit: &mut impl FnMut(&Event),
     ) -> Result<(), RoundError> {
         let (round, cid, signed) = (p.base.round, p.cid, &p.signed);
+        // Pinned: a restart reads its head from the repo, and `fl ipfs gc` must not drop it.
+        self.repo.pin(&cid, PinMode::Direct)?;
         self.rounds.record_adopted(&ctx.terms.cid, round, &cid)?;
         ctx.inbox.close_through(round);
         {

@@ -119,6 +119,7 @@ impl Participant {
                 source,
             })?;
         // Remembered before it leaves, so a restart never makes a second one.
+        self.repo.pin(&cid, PinMode::Direct)?;
         self.rounds.record_announced(&ctx.terms.cid, round, &cid)?;
         let _ = self.node.provide(update_cid).await;
         self.publish_announcement(ctx, bytes).await;
