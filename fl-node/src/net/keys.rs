@@ -61,6 +61,14 @@ pub fn load_or_create(repo_root: &Path) -> Result<Keypair, KeyError> {
             file.write_all(&bytes).map_err(io)?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
+            // The rename itself is durable only once the directory is: without this, a
+            // power loss could drop it and the next start would make a new peer id.
+            #[cfg(unix)]
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
             Ok(key)
         }
         Err(e) => Err(io(e)),
