@@ -59,9 +59,9 @@ impl Inputs {
 
     /// One block's bytes (a record: task, manifest, announcement).
     pub async fn block(&self, cid: Cid, what: &'static str) -> Result<Vec<u8>, RoundError> {
-        match self.repo.blocks().get(&cid) {
-            Ok(block) => return Ok(block.data().to_vec()),
-            Err(StoreError::NotFound { .. }) => {}
+        match crate::net::bitswap::lookup(self.repo.blocks(), &cid) {
+            Ok(Some(block)) => return Ok(block.data().to_vec()),
+            Ok(None) => {}
             Err(e) => return Err(RoundError::Repo(e.into())),
         }
         let Some(node) = &self.node else {

@@ -107,17 +107,40 @@ pub fn receive(store: &dyn Blockstore, message: &Message, wanted: &HashSet<Cid>)
     out
 }
 
-/// The block `cid` names, or `None` when the store lacks it.
+/// The block `cid` names, or `None` when the store lacks it. A stored copy that no longer
+/// matches its CID (disk corruption) is deleted and taken as missing, so it is fetched
+/// again rather than failing every read from then on.
 pub fn lookup(store: &dyn Blockstore, cid: &Cid) -> Result<Option<Block>, StoreError> {
     match store.get(cid) {
         Ok(block) => Ok(Some(block)),
         Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(StoreError::Corrupt { .. }) => {
+            tracing::warn!(%cid, "a stored block is corrupt: deleted, to be fetched again");
+            store.delete(cid.hash())?;
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    /// A block whose file was damaged on disk reads as missing (and is gone from the
+    /// store), so the next fetch brings a good copy instead of failing for good.
+    #[test]
+    fn a_corrupt_block_is_dropped_and_reads_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fl_core::content::FsBlockstore::open(dir.path()).unwrap();
+        let block = Block::hashed(0x55, &b"a block"[..]);
+        let cid = *block.cid();
+        store.put(block).unwrap();
+        std::fs::write(store.path_of(cid.hash()), b"rotted").unwrap();
+        assert!(lookup(&store, &cid).unwrap().is_none());
+        assert!(!store.has(&cid).unwrap());
+        store.put(Block::hashed(0x55, &b"a block"[..])).unwrap();
+        assert!(lookup(&store, &cid).unwrap().is_some());
+    }
+
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use fl_core::content::MemBlockstore;

@@ -53,7 +53,7 @@ use tokio::sync::mpsc;
 pub use behaviour::Behaviour;
 pub use codec::ReadError;
 pub use dag::{DagError, fetch_dag, fetch_dag_at_most};
-pub use jobs::Store;
+pub use jobs::{Store, lookup};
 pub use message::{
     MAX_BLOCK_BYTES, MAX_CID_BYTES, MAX_MESSAGE_BYTES, MAX_WANTLIST_ENTRIES, Message,
 };
