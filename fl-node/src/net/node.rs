@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cid::Cid;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::swarm::NetworkBehaviour;
@@ -25,6 +26,15 @@ use super::gossip::{self, Gossip, MessageAcceptance};
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/kad/1.0.0");
 /// How long a DHT query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections one peer may hold with us at once: each may dial the other at the same
+/// moment, over TCP and QUIC. Every per-connection limit (Bitswap's streams and queues) is
+/// multiplied by this at most, not by whatever a peer opens.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Inbound connections held at once, all peers together: peers with fresh ids cannot hold
+/// more of the node's memory than this many connections' worth.
+pub const MAX_INCOMING_CONNECTIONS: u32 = 1024;
+/// Inbound connections still in their handshake at once.
+pub const MAX_PENDING_INCOMING: u32 = 128;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -98,6 +108,8 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// First, so a connection over the limits is refused before any protocol sees it.
+    pub(super) limits: connection_limits::Behaviour,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) kad: kad::Behaviour<MemoryStore>,
@@ -173,6 +185,12 @@ impl Node {
                     None
                 };
                 Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        ConnectionLimits::default()
+                            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                            .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
+                            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+                    ),
                     identify: identify::Behaviour::new(
                         identify::Config::new("/ipfs/0.1.0".into(), key.public())
                             .with_agent_version(format!("fl/{}", env!("CARGO_PKG_VERSION"))),

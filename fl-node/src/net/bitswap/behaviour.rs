@@ -30,6 +30,9 @@ use super::ledger::Ledger;
 use super::message::{Message, PresenceType, Want, WantType};
 use super::{Config, Event, Stats, WantFailure, lock};
 
+/// What a received block costs against the unverified-bytes budget beyond its own bytes.
+const BLOCK_OVERHEAD: usize = 256;
+
 /// Wants of one peer read from the store per job (HAVEs are cheap; blocks stop at an answer's size).
 const WANTS_PER_JOB: usize = 64;
 /// Commands taken from the handles per poll before other work gets a turn.
@@ -242,8 +245,11 @@ impl Behaviour {
         if count == 0 {
             return;
         }
+        // Each block costs its bytes and a share for its hashing and bookkeeping, so empty
+        // blocks are not free to queue.
         let bytes = blocks.blocks.iter().map(Vec::len).sum::<usize>()
-            + blocks.payload.iter().map(|b| b.data.len()).sum::<usize>();
+            + blocks.payload.iter().map(|b| b.data.len()).sum::<usize>()
+            + count * BLOCK_OVERHEAD;
         self.prune_wants();
         if self.wants.is_empty() || self.unverified_bytes + bytes > self.config.max_unverified_bytes
         {

@@ -35,8 +35,9 @@ const MAX_CLOSING: usize = 32;
 
 /// The protocols we accept streams for.
 static INBOUND: [StreamProtocol; 2] = [PROTOCOL, PROTOCOL_1_1];
-/// The protocol our own streams speak.
-static OUTBOUND: [StreamProtocol; 1] = [PROTOCOL];
+/// The protocols our own streams offer, newest first (a 1.1.0 peer ignores the presences
+/// and HAVE wants a 1.2.0 message may carry, as protobuf skips unknown fields).
+static OUTBOUND: [StreamProtocol; 2] = [PROTOCOL, PROTOCOL_1_1];
 
 /// Negotiates a Bitswap stream (no handshake beyond multistream-select).
 #[derive(Debug, Clone, Copy)]

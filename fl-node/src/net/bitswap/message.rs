@@ -12,6 +12,14 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 pub const MAX_BLOCK_BYTES: usize = 2 << 20;
 /// Most wantlist entries honoured in one message; the rest are dropped.
 pub const MAX_WANTLIST_ENTRIES: usize = 1024;
+/// Most wantlist entries one message may carry on the wire (decoding is refused past it, so
+/// a 4 MiB frame of 2-byte entries cannot decode into hundreds of megabytes).
+pub const MAX_WIRE_WANTS: usize = 16 * 1024;
+/// Most HAVE / DONT_HAVE answers one message may carry.
+pub const MAX_WIRE_PRESENCES: usize = 4 * 1024;
+/// Most blocks one message may carry (answers hold about 1 MiB of 256 KiB chunks; empty
+/// blocks must not come by the million).
+pub const MAX_WIRE_BLOCKS: usize = 512;
 /// Largest CID accepted in a want or presence, in bytes (boxo's `MaxCidSize`: version and codec
 /// varints, then a multihash of at most 128 bytes of digest with its code and length).
 pub const MAX_CID_BYTES: usize = 168;
@@ -115,6 +123,16 @@ pub enum WireError {
     /// Not a valid protobuf message.
     #[error("malformed bitswap message: {0}")]
     Decode(String),
+    /// More entries of one kind than a message may carry.
+    #[error("a bitswap message with {count} {what}, more than {limit}")]
+    TooMany {
+        /// Wants, presences or blocks.
+        what: &'static str,
+        /// How many it carries.
+        count: usize,
+        /// The most allowed.
+        limit: usize,
+    },
     /// A CID field does not parse.
     #[error("malformed CID in a bitswap message")]
     Cid,
@@ -124,6 +142,50 @@ pub enum WireError {
     /// A block is larger than [`MAX_BLOCK_BYTES`].
     #[error("block of {0} bytes exceeds the {MAX_BLOCK_BYTES}-byte limit")]
     BlockTooLarge(usize),
+}
+
+/// Entries of each kind a message carries, counted without decoding them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    wants: usize,
+    presences: usize,
+    blocks: usize,
+}
+
+/// Counts a message's wants, presences and blocks by walking its protobuf fields (keys and
+/// lengths only: nothing is allocated).
+fn count_entries(mut buf: &[u8]) -> Result<Counts, WireError> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let bad = |e: prost::DecodeError| WireError::Decode(e.to_string());
+    let mut counts = Counts::default();
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(bad)?;
+        match (tag, wire_type) {
+            (1, WireType::LengthDelimited) => {
+                let len = decode_varint(&mut buf).map_err(bad)?;
+                let Some((mut list, rest)) = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| buf.split_at_checked(len))
+                else {
+                    return Err(WireError::Decode("a wantlist past the frame's end".into()));
+                };
+                buf = rest;
+                while !list.is_empty() {
+                    let (tag, wire_type) = decode_key(&mut list).map_err(bad)?;
+                    if tag == 1 {
+                        counts.wants += 1;
+                    }
+                    skip_field(wire_type, tag, &mut list, DecodeContext::default()).map_err(bad)?;
+                }
+                continue;
+            }
+            (2 | 3, _) => counts.blocks += 1,
+            (4, _) => counts.presences += 1,
+            _ => {}
+        }
+        skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(bad)?;
+    }
+    Ok(counts)
 }
 
 /// A decoded want.
@@ -140,8 +202,19 @@ pub struct Want {
 }
 
 impl Message {
-    /// Decodes a frame's bytes.
+    /// Decodes a frame's bytes, once its entries are counted on the wire and found within
+    /// [`MAX_WIRE_WANTS`], [`MAX_WIRE_PRESENCES`] and [`MAX_WIRE_BLOCKS`].
     pub fn decode_frame(bytes: &[u8]) -> Result<Self, WireError> {
+        let counts = count_entries(bytes)?;
+        for (what, count, limit) in [
+            ("wants", counts.wants, MAX_WIRE_WANTS),
+            ("presences", counts.presences, MAX_WIRE_PRESENCES),
+            ("blocks", counts.blocks, MAX_WIRE_BLOCKS),
+        ] {
+            if count > limit {
+                return Err(WireError::TooMany { what, count, limit });
+            }
+        }
         Message::decode(bytes).map_err(|e| WireError::Decode(e.to_string()))
     }
 
@@ -283,5 +356,69 @@ fn block_from_prefix(prefix: &[u8], data: &[u8]) -> Result<Block, WireError> {
         0 if codec == DAG_PB => Ok(Block::hashed_v0(data.to_vec())),
         1 => Ok(Block::hashed(codec, data.to_vec())),
         _ => Err(WireError::Prefix),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame is refused by its counts before it is decoded: 4 MiB of empty blocks (two
+    /// bytes each on the wire) would decode into about 50 MiB of vectors.
+    #[test]
+    fn entries_past_the_limits_are_refused_before_decoding() {
+        let empty_blocks = [0x12u8, 0x00].repeat(MAX_MESSAGE_BYTES / 2);
+        match Message::decode_frame(&empty_blocks) {
+            Err(WireError::TooMany { what, count, .. }) => {
+                assert_eq!((what, count), ("blocks", MAX_MESSAGE_BYTES / 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A wantlist of 20,000 empty entries: field 1 holding 20,000 times field 1, empty.
+        let entries = [0x0au8, 0x00].repeat(20_000);
+        let mut frame = vec![0x0a];
+        let mut len = unsigned_varint::encode::usize_buffer();
+        frame.extend_from_slice(unsigned_varint::encode::usize(entries.len(), &mut len));
+        frame.extend_from_slice(&entries);
+        assert!(matches!(
+            Message::decode_frame(&frame),
+            Err(WireError::TooMany {
+                what: "wants",
+                count: 20_000,
+                ..
+            })
+        ));
+        // A wantlist that claims more bytes than the frame has is malformed.
+        assert!(matches!(
+            Message::decode_frame(&[0x0a, 0x05, 0x0a]),
+            Err(WireError::Decode(_))
+        ));
+    }
+
+    /// What the node itself sends stays within the limits and decodes as it was.
+    #[test]
+    fn a_message_within_the_limits_decodes_whole() {
+        let block = Block::hashed(0x55, &b"some bytes"[..]);
+        let want = Want {
+            cid: *block.cid(),
+            kind: WantType::Have,
+            cancel: false,
+            send_dont_have: true,
+        };
+        let mut message = Message::with_wants(&[want.clone(), want.clone()], false);
+        message.push_block(&block);
+        message.push_presence(block.cid(), PresenceType::DontHave);
+        let frame = message.encode_frame();
+        assert_eq!(
+            count_entries(&frame).unwrap(),
+            Counts {
+                wants: 2,
+                presences: 1,
+                blocks: 1
+            }
+        );
+        let back = Message::decode_frame(&frame).unwrap();
+        assert_eq!(back, message);
+        assert_eq!(back.wants(), [want.clone(), want]);
     }
 }

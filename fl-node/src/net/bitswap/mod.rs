@@ -315,7 +315,7 @@ impl Bitswap {
         }
         let (tx, mut rx) = mpsc::channel(ARRIVALS);
         for i in 0..peers.len() {
-            let peer = peers[(first + i) % peers.len()];
+            let peer = peers[first.wrapping_add(i) % peers.len()];
             let last = i + 1 == peers.len();
             if let Some(block) = self.ask(cid, peer, last, per_peer, &tx, &mut rx).await? {
                 return Ok(block);
@@ -350,7 +350,11 @@ impl Bitswap {
             waiter: tx.clone(),
         };
         self.command(want()).await?;
-        let deadline = tokio::time::Instant::now() + per_peer;
+        let now = tokio::time::Instant::now();
+        // A caller's `Duration::MAX` means no deadline, not an overflow.
+        let deadline = now
+            .checked_add(per_peer)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         // A want written just before its connection closed is lost with it (peers replace
         // connections), so it is sent again, less often each time.
         let mut resend = REWANT_AFTER;
