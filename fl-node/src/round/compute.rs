@@ -505,4 +505,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// Nothing a signer may vary lies outside the checks: a manifest carrying metrics (which
+    /// a re-signing signer could vary to grind a lower CID and win the fork choice) is
+    /// refuted.
+    #[test]
+    fn a_manifest_carrying_unchecked_metrics_is_refuted() {
+        let round = round();
+        let mut manifest = round.manifest();
+        manifest.metrics = Some(fl_core::records::Metrics {
+            test_accuracy: 0.5,
+            test_loss: 1.0,
+        });
+        assert!(matches!(
+            round.check(&manifest),
+            Err(RoundError::Refuted(Refutation::Metrics))
+        ));
+    }
 }

@@ -39,6 +39,11 @@ pub enum Refutation {
         /// The task's.
         task: String,
     },
+    /// It carries test metrics, which no recomputation can check (evaluations travel as
+    /// records of their own): a signer could vary them to grind a lower manifest CID and win
+    /// the fork choice.
+    #[error("it carries metrics, outside what a recomputation checks")]
+    Metrics,
     /// It lists more updates than one round may hold.
     #[error("it lists {listed} updates, more than a round may hold ({max})")]
     TooManyListed {

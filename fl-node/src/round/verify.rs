@@ -160,6 +160,9 @@ pub fn check_claims(
             chain: base.model_cid,
         });
     }
+    if manifest.metrics.is_some() {
+        return refuted(Refutation::Metrics);
+    }
     if manifest.rule != task.rule {
         return refuted(Refutation::OtherRule {
             claimed: manifest.rule.clone(),

@@ -32,6 +32,9 @@ use super::{Config, Event, Stats, WantFailure, lock};
 
 /// What a received block costs against the unverified-bytes budget beyond its own bytes.
 const BLOCK_OVERHEAD: usize = 256;
+/// One peer's blocks may hold this fraction of the unverified-bytes budget at most (but
+/// always one message's worth).
+const UNVERIFIED_SHARES: usize = 4;
 
 /// Wants of one peer read from the store per job (HAVEs are cheap; blocks stop at an answer's size).
 const WANTS_PER_JOB: usize = 64;
@@ -66,15 +69,20 @@ pub(super) enum Arrival {
 enum Done {
     Answered {
         peer: PeerId,
+        /// The ledger it was begun for ([`Ledger::epoch`]).
+        epoch: u64,
         answer: Answer,
     },
     Received {
         bytes: usize,
         received: Received,
     },
-    /// The job panicked (a bug): what it held is released.
+    /// The job panicked (a bug) or was cancelled: what it held is released.
     Failed {
-        peer: Option<PeerId>,
+        /// The peer served and its ledger's epoch, for an answering job.
+        peer: Option<(PeerId, u64)>,
+        /// The sender of the blocks, for a receiving job.
+        from: Option<PeerId>,
         bytes: usize,
     },
 }
@@ -88,6 +96,8 @@ pub struct Behaviour {
     stats: Arc<Mutex<Stats>>,
     /// Who waits on each CID we want.
     wants: HashMap<Cid, Vec<mpsc::Sender<Arrival>>>,
+    /// The peers each wanted CID was asked of: only their DONT_HAVE counts.
+    asked: HashMap<Cid, HashSet<PeerId>>,
     /// Each connected peer's connections, newest last.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     /// Messages for peers being dialled.
@@ -97,9 +107,13 @@ pub struct Behaviour {
     unverified: VecDeque<(PeerId, Message, usize)>,
     /// Bytes of received blocks queued or being hashed.
     unverified_bytes: usize,
+    /// The same, by sender (each held to a share of the budget).
+    unverified_by_peer: HashMap<PeerId, usize>,
     jobs: FuturesUnordered<BoxFuture<'static, Done>>,
     /// Where the next search for a peer to serve starts (round robin).
     rotation: usize,
+    /// Ledgers made so far (each one's epoch).
+    epochs: u64,
     housekeeping: Option<tokio::time::Interval>,
     events: VecDeque<ToSwarm<Event, FromBehaviour>>,
 }
@@ -118,13 +132,16 @@ impl Behaviour {
             commands_open: true,
             stats,
             wants: HashMap::new(),
+            asked: HashMap::new(),
             connections: HashMap::new(),
             unsent: HashMap::new(),
             ledgers: HashMap::new(),
             unverified: VecDeque::new(),
             unverified_bytes: 0,
+            unverified_by_peer: HashMap::new(),
             jobs: FuturesUnordered::new(),
             rotation: 0,
+            epochs: 0,
             housekeeping: None,
             events: VecDeque::new(),
         }
@@ -137,10 +154,14 @@ impl Behaviour {
                 if !waiters.iter().any(|w| w.same_channel(&waiter)) {
                     waiters.push(waiter);
                 }
+                self.asked.entry(cid).or_default().insert(peer);
                 self.send(peer, want(cid, false));
             }
             // A peer we are not connected to holds no want of ours: no dial to cancel one.
             Command::Cancel { cid, peer } => {
+                if let Some(asked) = self.asked.get_mut(&cid) {
+                    asked.remove(&peer);
+                }
                 if self.connections.contains_key(&peer) {
                     self.send(peer, want(cid, true));
                 }
@@ -204,12 +225,18 @@ impl Behaviour {
             waiters.retain(|w| !w.is_closed());
             !waiters.is_empty()
         });
+        let wants = &self.wants;
+        self.asked.retain(|cid, _| wants.contains_key(cid));
     }
 
     /// One message from `peer`: presences for our wants, its wants, blocks for us.
     fn on_message(&mut self, peer: PeerId, mut message: Message) {
+        // A DONT_HAVE counts once per message, and only from a peer the CID was asked of: a
+        // flood of them cannot crowd out a block's notice or the swarm's other events.
+        let mut seen = HashSet::new();
         for (cid, presence) in message.presences() {
-            if presence == PresenceType::DontHave && self.wants.contains_key(&cid) {
+            let asked = self.asked.get(&cid).is_some_and(|a| a.contains(&peer));
+            if presence == PresenceType::DontHave && asked && seen.insert(cid) {
                 self.notify(&cid, Arrival::DontHave(peer));
                 self.event(Event::WantFailed {
                     cid,
@@ -223,12 +250,16 @@ impl Behaviour {
         // Wants are queued only for a peer with a connection (whose closing frees them).
         if (full || !wants.is_empty()) && self.connections.contains_key(&peer) {
             let config = &self.config;
+            let epochs = &mut self.epochs;
             let ledger = self.ledgers.entry(peer).or_insert_with(|| {
-                Ledger::new(
+                *epochs += 1;
+                let mut ledger = Ledger::new(
                     config.max_queued_wants_per_peer,
                     config.max_served_per_second,
                     Instant::now(),
-                )
+                );
+                ledger.epoch = *epochs;
+                ledger
             });
             let dropped = ledger.receive(wants, full);
             if dropped > 0 {
@@ -251,13 +282,21 @@ impl Behaviour {
             + blocks.payload.iter().map(|b| b.data.len()).sum::<usize>()
             + count * BLOCK_OVERHEAD;
         self.prune_wants();
-        if self.wants.is_empty() || self.unverified_bytes + bytes > self.config.max_unverified_bytes
+        // Blocks are taken only from a peer we asked for something, and within its share of
+        // the hashing budget: one peer's junk cannot crowd out the blocks others send.
+        let asked = self.asked.values().any(|a| a.contains(&peer));
+        let held = self.unverified_by_peer.get(&peer).copied().unwrap_or(0);
+        let share = self.config.max_unverified_bytes / UNVERIFIED_SHARES;
+        if !asked
+            || self.unverified_bytes + bytes > self.config.max_unverified_bytes
+            || held + bytes > share.max(bytes.min(self.config.max_unverified_bytes))
         {
-            tracing::debug!(%peer, count, "bitswap: blocks refused unhashed (unwanted or over the limit)");
+            tracing::debug!(%peer, count, "bitswap: blocks refused unhashed (unasked or over the limit)");
             lock(&self.stats).blocks_refused += count as u64;
             return;
         }
         self.unverified_bytes += bytes;
+        *self.unverified_by_peer.entry(peer).or_default() += bytes;
         self.unverified.push_back((peer, blocks, bytes));
     }
 
@@ -275,8 +314,14 @@ impl Behaviour {
                     },
                 });
                 self.jobs.push(
-                    job.map(move |r| r.unwrap_or(Done::Failed { peer: None, bytes }))
-                        .boxed(),
+                    job.map(move |r| {
+                        r.unwrap_or(Done::Failed {
+                            peer: None,
+                            from: Some(peer),
+                            bytes,
+                        })
+                    })
+                    .boxed(),
                 );
                 continue;
             }
@@ -287,16 +332,19 @@ impl Behaviour {
                 return;
             };
             ledger.serving = true;
+            let epoch = ledger.epoch;
             let wants = ledger.take(WANTS_PER_JOB);
             let (store, max) = (self.store.clone(), self.config.answer_bytes);
             let job = tokio::task::spawn_blocking(move || Done::Answered {
                 peer,
+                epoch,
                 answer: jobs::answer(&*store, wants, max),
             });
             self.jobs.push(
                 job.map(move |r| {
                     r.unwrap_or(Done::Failed {
-                        peer: Some(peer),
+                        peer: Some((peer, epoch)),
+                        from: None,
                         bytes: 0,
                     })
                 })
@@ -326,9 +374,13 @@ impl Behaviour {
 
     fn on_job(&mut self, done: Done) {
         match done {
-            Done::Answered { peer, answer } => self.on_answer(peer, answer),
+            Done::Answered {
+                peer,
+                epoch,
+                answer,
+            } => self.on_answer(peer, epoch, answer),
             Done::Received { bytes, received } => {
-                self.unverified_bytes = self.unverified_bytes.saturating_sub(bytes);
+                self.release_unverified(received.from, bytes);
                 let from = received.from;
                 {
                     let mut stats = lock(&self.stats);
@@ -345,19 +397,37 @@ impl Behaviour {
                     }
                 }
             }
-            Done::Failed { peer, bytes } => {
-                tracing::error!("bitswap: a store job panicked");
-                self.unverified_bytes = self.unverified_bytes.saturating_sub(bytes);
-                if let Some(ledger) = peer.and_then(|p| self.ledgers.get_mut(&p)) {
+            Done::Failed { peer, from, bytes } => {
+                tracing::error!("bitswap: a store job panicked or was cancelled");
+                self.release_unverified(from, bytes);
+                if let Some((peer, epoch)) = peer
+                    && let Some(ledger) = self.ledgers.get_mut(&peer)
+                    && ledger.epoch == epoch
+                {
                     ledger.serving = false;
                 }
             }
         }
     }
 
-    /// Sends `answer` to `peer` on its newest connection, counting it against the peer.
-    fn on_answer(&mut self, peer: PeerId, answer: Answer) {
-        let Some(ledger) = self.ledgers.get_mut(&peer) else {
+    /// Frees `bytes` of the hashing budget that `from`'s blocks held.
+    fn release_unverified(&mut self, from: Option<PeerId>, bytes: usize) {
+        self.unverified_bytes = self.unverified_bytes.saturating_sub(bytes);
+        if let Some(peer) = from
+            && let Some(held) = self.unverified_by_peer.get_mut(&peer)
+        {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.unverified_by_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Sends `answer` to `peer` on its newest connection, counting it against the peer;
+    /// an answer begun for a ledger the peer no longer has (it left and came back) is
+    /// dropped, so the new ledger keeps one job at a time.
+    fn on_answer(&mut self, peer: PeerId, epoch: u64, answer: Answer) {
+        let Some(ledger) = self.ledgers.get_mut(&peer).filter(|l| l.epoch == epoch) else {
             return;
         };
         ledger.serving = false;

@@ -27,6 +27,9 @@ pub struct Ledger {
     outstanding: HashMap<ConnectionId, usize>,
     /// Whether a store job is reading blocks for this peer.
     pub serving: bool,
+    /// Which of the peer's ledgers this is (one per stay connected): a job begun for an
+    /// earlier one lands nowhere.
+    pub epoch: u64,
 }
 
 impl Ledger {
@@ -40,6 +43,7 @@ impl Ledger {
             budget: Budget::new(rate, now),
             outstanding: HashMap::new(),
             serving: false,
+            epoch: 0,
         }
     }
 
