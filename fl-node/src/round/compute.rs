@@ -54,8 +54,12 @@ pub fn aggregate(
 ) -> Result<Aggregated, RoundError> {
     let task = &terms.task;
     let loaded = load_updates(repo, announcements, base.model.file_limit());
+    let mut config = AggregatorConfig::new(terms.rule);
+    if let Some(bound) = terms.update_norm_bound(base.model.num_values()) {
+        config = config.with_max_update_norm(bound);
+    }
     let outcome = aggregate_round(
-        &AggregatorConfig::new(terms.rule),
+        &config,
         &base.model,
         base.model_cid,
         loaded.offered,

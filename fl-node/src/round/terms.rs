@@ -103,6 +103,23 @@ impl Terms {
         self
     }
 
+    /// The largest L2 norm an honest update of a model of `values` values can have, where
+    /// the task bounds it: at the client level, an update clipped to C plus Gaussian noise
+    /// of zC per value has norm at most `C + zC (1.05 sqrt(values) + 10)`. The noise's norm
+    /// exceeds `zC (sqrt(values) + t)` with probability below `exp(-t^2 / 2)` (1e-22 at
+    /// t = 10: never, for an honest node), and 5% of `sqrt(values)` covers int8's rounding
+    /// (half a step of max/127 per value, about 2% of the noise's norm). Without client-level
+    /// DP, no bound: a robust rule is what limits an update then.
+    pub fn update_norm_bound(&self, values: usize) -> Option<f64> {
+        let dp = self
+            .task
+            .dp
+            .as_ref()
+            .filter(|dp| dp.level() == fl_core::records::DpLevel::Client)?;
+        let (c, z) = (dp.clip_norm, dp.noise_multiplier);
+        Some(c + z * c * (1.05 * (values as f64).sqrt() + 10.0))
+    }
+
     /// The most examples an honest update of `task` can claim. A node claims the examples it
     /// trained on: with local steps in place of epochs (no DP-SGD), `steps` batches; else its
     /// whole data, at most the largest shard of published data or the task's own
@@ -206,6 +223,49 @@ mod tests {
         assert_eq!(
             Terms::new(Cid::default(), zero).unwrap().max_samples,
             MAX_SAMPLES
+        );
+    }
+
+    /// Client level: an honest update (clipped, noised, in float32 or int8) is within the
+    /// norm bound; the same update scaled by two is not. Sample level or no DP: no bound.
+    #[test]
+    fn honest_client_level_updates_are_within_the_norm_bound_and_scaled_ones_are_not() {
+        let values = 40_000;
+        let mut t = task(None, DataSource::OwnData, None);
+        t.dp = Some(DpParams {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            delta: 1e-5,
+            level: Some(DpLevel::Client),
+            neighbours: Some(Neighbours::AddRemove),
+            epsilon_budget: None,
+        });
+        let terms = Terms::new(Cid::default(), t.clone()).unwrap();
+        let bound = terms.update_norm_bound(values).unwrap();
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let mut update = fl_core::tensors::Bundle::new();
+        let raw: Vec<f32> = (0..values)
+            .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+            .collect();
+        update.insert("w", vec![values], raw).unwrap();
+        for _ in 0..5 {
+            let noise = fl_core::privacy::NoiseConfig::new(1.0, 1.0);
+            let (private, _) = fl_core::privacy::privatize(&update, &noise).unwrap();
+            let flat = private.flatten();
+            let q = fl_core::tensors::quantise(&flat).unwrap();
+            let int8 = fl_core::tensors::dequantise(&q.values, q.scale);
+            for honest in [&flat, &int8] {
+                assert!(norm(honest) <= bound, "{} > {bound}", norm(honest));
+                let scaled: Vec<f32> = honest.iter().map(|x| 2.0 * x).collect();
+                assert!(norm(&scaled) > bound);
+            }
+        }
+        t.dp.as_mut().unwrap().level = Some(DpLevel::Sample);
+        assert_eq!(
+            Terms::new(Cid::default(), t)
+                .unwrap()
+                .update_norm_bound(values),
+            None
         );
     }
 }
