@@ -213,6 +213,7 @@ pub(crate) fn spawn(plan: &Plan, task: Cid, members: Vec<Member>) -> Running {
             linger: plan.linger,
             recompute: m.index < plan.checkers,
             limits: limits.clone(),
+            attack: plan.attack_of(m.index),
         };
         let index = m.index;
         let tx = tx.clone();

@@ -9,6 +9,8 @@ use fl_core::privacy::plan::DpSgdTarget;
 use fl_core::records::{DpLevel, RoundSchedule, TrainParams};
 use fl_core::tensors::Encoding;
 
+use fl_node::round::attack::Attack;
+
 use crate::SimulationError;
 
 /// Fewest training images a node may hold.
@@ -50,6 +52,8 @@ pub struct Plan {
     pub linger: Duration,
     /// Nodes that stop for good at some moment (fault injection).
     pub failures: Vec<Failure>,
+    /// Nodes that depart from the protocol (attack injection), by index.
+    pub attacks: Vec<(usize, Attack)>,
 }
 
 /// A node that stops (its swarm closes, as if the process were killed) at a moment.
@@ -116,6 +120,7 @@ impl Plan {
             seed: 0,
             linger: Duration::from_secs(120),
             failures: Vec::new(),
+            attacks: Vec::new(),
         }
     }
 
@@ -202,6 +207,12 @@ impl Plan {
                 ));
             }
         }
+        if let Some((node, _)) = self.attacks.iter().find(|(n, _)| *n >= self.nodes) {
+            return bad(format!(
+                "--attack {node}: there are nodes 0..{}",
+                self.nodes
+            ));
+        }
         let victims: std::collections::BTreeSet<String> = self
             .failures
             .iter()
@@ -224,6 +235,15 @@ impl Plan {
             .parse()
             .map_err(|e| SimulationError::Plan(format!("--aggregation {}: {e}", self.rule)))?;
         Ok(())
+    }
+
+    /// The attack node `index` makes, if any (its last `--attack`).
+    pub fn attack_of(&self, index: usize) -> Option<Attack> {
+        self.attacks
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == index)
+            .map(|(_, a)| *a)
     }
 
     /// The noise multiplier that spends the privacy target over the task's rounds, for shards

@@ -537,3 +537,61 @@ fn nodes_running_dp_sgd_state_their_epsilon_which_stays_within_the_target() {
         "{verdict}"
     );
 }
+
+/// The final model of `fl simulate` (its summary line).
+fn final_model(lines: &[serde_json::Value]) -> String {
+    let summary = lines.last().expect("a summary");
+    summary["model"].as_str().expect("a model").to_string()
+}
+
+/// Two dishonest members of five, one claiming 1,000 times its samples and one announcing
+/// another's update as its own, gain nothing: every round counts the three honest updates
+/// only, closes at its deadline, and ends on exactly the model the honest three reach when
+/// the two stop before announcing anything.
+#[test]
+fn members_that_inflate_their_samples_or_copy_an_update_change_nothing() {
+    let common = [
+        "--nodes",
+        "5",
+        "--rounds",
+        "2",
+        "--steps",
+        "3",
+        "--images",
+        "1500",
+        "--min-participants",
+        "3",
+        "--deadline",
+        "20",
+        "--grace",
+        "10",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut args = common.to_vec();
+        args.extend_from_slice(extra);
+        simulate(&args)
+    };
+    let Some((stdout, attacked)) =
+        with(&["--attack", "3:inflate-samples", "--attack", "4:copy-update"])
+    else {
+        return;
+    };
+    let rows: Vec<&serde_json::Value> = attacked.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["participants"], 3, "an attacker counted: {stdout}");
+        let seconds = row["seconds"].as_f64().expect("round seconds");
+        assert!(
+            seconds < 20.0 + 10.0 + 60.0,
+            "a round ran past its deadline: {stdout}"
+        );
+    }
+    let Some((stdout_without, without)) = with(&["--fail", "3@1", "--fail", "4@1"]) else {
+        return;
+    };
+    assert_eq!(
+        final_model(&attacked),
+        final_model(&without),
+        "with the attackers:\n{stdout}\nwithout:\n{stdout_without}"
+    );
+}

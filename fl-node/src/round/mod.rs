@@ -4,6 +4,7 @@
 //!
 //! | module | what |
 //! | --- | --- |
+//! | [`attack`] | deviations a node can be told to make (`fl simulate --attack`), to test what honest nodes withstand |
 //! | [`compute`] | a round's aggregation as a function of published bytes, and its check |
 //! | [`machine`] | the round's decisions (turn, waiting, fork choice, rechecks) as pure functions |
 //! | [`participant`] | the round loop of one node |
@@ -15,6 +16,7 @@
 //! | [`store`] | what a node remembers across restarts |
 //! | [`terms`] | a task record decoded and checked once, its rule and architecture typed |
 
+pub mod attack;
 pub mod compute;
 pub mod inbox;
 pub mod inputs;

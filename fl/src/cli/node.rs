@@ -167,6 +167,7 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
                 linger: Duration::from_secs_f64(linger),
                 recompute: true,
                 limits: Limits::per_node(),
+                attack: None,
             },
         );
         let emit = |event: &Event| {

@@ -12,6 +12,7 @@ use datasets::download::{self, Source};
 use datasets::partition::Scheme;
 use fl_core::records::RoundSchedule;
 use fl_node::round::Event;
+use fl_node::round::attack::Attack;
 use fl_sim::{Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
 
 /// `fl simulate`.
@@ -69,6 +70,11 @@ pub(super) struct Simulate {
     /// `aggregator@2` stops whichever node aggregates round 2 as it starts.
     #[arg(long = "fail", value_name = "NODE@ROUND[+SECONDS]", value_parser = failure_arg)]
     failures: Vec<Failure>,
+    /// Node NODE departs from the protocol (repeatable), to measure what the honest nodes
+    /// withstand: inflate-samples[:FACTOR], scale:FACTOR, sign-flip or copy-update, e.g.
+    /// 3:scale:-10.
+    #[arg(long = "attack", value_name = "NODE:KIND", value_parser = attack_arg)]
+    attacks: Vec<(usize, Attack)>,
     /// Seed of the initial model, the partition, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -103,6 +109,17 @@ fn failure_arg(text: &str) -> Result<Failure, String> {
     })
 }
 
+/// Parses `NODE:KIND`.
+fn attack_arg(text: &str) -> Result<(usize, Attack), String> {
+    let (node, kind) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected NODE:KIND, e.g. 3:sign-flip"))?;
+    let node = node
+        .parse()
+        .map_err(|_| format!("{text:?}: {node:?} is not a node number"))?;
+    Ok((node, kind.parse().map_err(|e| format!("{e}"))?))
+}
+
 impl Simulate {
     fn plan(&self) -> anyhow::Result<Plan> {
         let seconds = |name: &str, s: f64| -> anyhow::Result<Duration> {
@@ -131,6 +148,7 @@ impl Simulate {
             trainings_at_once: self.trainings.unwrap_or(defaults.trainings_at_once),
             seed: self.seed,
             failures: self.failures.clone(),
+            attacks: self.attacks.clone(),
             ..defaults
         })
     }

@@ -32,6 +32,7 @@ use fl_core::tensors::Bundle;
 use libp2p::PeerId;
 use tracing::Instrument;
 
+use super::attack::Attack;
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
 use super::inputs::{fetch_deadline, fetch_held};
@@ -74,6 +75,8 @@ const RETRY_AGGREGATION: Duration = Duration::from_secs(2);
 /// Tries beyond the first at recomputing a manifest taken on its claims whose inputs cannot
 /// be fetched (pauses of 2, 4, 8 and 16 s) before the node goes back on it.
 const CONFIRM_TRIES: u32 = 4;
+/// How long a node told to copy another's update waits for one (attack `copy-update`).
+const COPY_WAIT: Duration = Duration::from_secs(60);
 /// Test images per evaluation batch.
 const EVAL_BATCH: usize = 256;
 
@@ -99,6 +102,9 @@ pub struct ParticipantConfig {
     pub recompute: bool,
     /// Trainings and recomputations that may run at once.
     pub limits: Limits,
+    /// A deviation from the protocol this node makes (`None` for every honest node): for
+    /// measuring what the others withstand (`fl simulate --attack`).
+    pub attack: Option<super::attack::Attack>,
 }
 
 /// Bounds on a node's heavy work, shared by the nodes of one process (`fl simulate`) so that

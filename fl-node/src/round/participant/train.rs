@@ -71,8 +71,12 @@ impl Participant {
             Ok::<_, fl_core::model::TrainError>(outcome)
         })
         .await??;
+        let update = privatize_client(&ctx.terms.task, outcome.update)?;
         Ok(Trained {
-            update: privatize_client(&ctx.terms.task, outcome.update)?,
+            update: match self.config.attack {
+                Some(attack) => attack.update(update),
+                None => update,
+            },
             samples: outcome.samples as u64,
             seconds: started.elapsed().as_secs_f64(),
             epsilon,
@@ -88,14 +92,22 @@ impl Participant {
         trained: Trained,
     ) -> Result<(Cid, u64), RoundError> {
         let round = base.round;
-        let update_cid = trained
-            .update
-            .store_encoded(&self.repo, ctx.terms.task.update_encoding)
-            .map_err(|source| RoundError::Store {
-                what: "update",
-                source,
-            })?;
-        let samples = trained.samples;
+        let attack = self.config.attack;
+        let copied = match attack {
+            Some(Attack::CopyUpdate) => self.others_update(ctx, base).await,
+            _ => None,
+        };
+        let update_cid = match copied {
+            Some(cid) => cid,
+            None => trained
+                .update
+                .store_encoded(&self.repo, ctx.terms.task.update_encoding)
+                .map_err(|source| RoundError::Store {
+                    what: "update",
+                    source,
+                })?,
+        };
+        let samples = attack.map_or(trained.samples, |a| a.claimed_samples(trained.samples));
         let signed = Signed::sign(
             Announcement {
                 task: ctx.terms.cid,
@@ -130,6 +142,26 @@ impl Participant {
             trained.seconds
         );
         Ok((update_cid, samples))
+    }
+
+    /// Attack `copy-update`: the update another member announced first on the round's base,
+    /// waited for a while (`None` if none comes).
+    async fn others_update(&self, ctx: &Ctx, base: &RoundBase) -> Option<Cid> {
+        let me = self.node.peer_id();
+        let until = Instant::now() + COPY_WAIT;
+        while Instant::now() < until {
+            let found = ctx
+                .inbox
+                .announcements(base.round)
+                .into_iter()
+                .find(|(_, a)| a.signer != me && a.body.base == base.model_cid);
+            if let Some((_, a)) = found {
+                tracing::info!(round = base.round, update = %a.body.update, "attack: announcing another's update");
+                return Some(a.body.update);
+            }
+            ctx.inbox.changed(POLL).await;
+        }
+        None
     }
 
     pub(super) async fn publish_announcement(&self, ctx: &Ctx, bytes: Vec<u8>) {
