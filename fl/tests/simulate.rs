@@ -595,3 +595,67 @@ fn members_that_inflate_their_samples_or_copy_an_update_change_nothing() {
         "with the attackers:\n{stdout}\nwithout:\n{stdout_without}"
     );
 }
+
+/// Test accuracy of the last round of `fl simulate` (its last round row).
+fn final_accuracy(lines: &[serde_json::Value]) -> f64 {
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "round")
+        .expect("a round row");
+    100.0 * last["accuracy"].as_f64().expect("an accuracy")
+}
+
+/// The robust rules in a real federation: seven nodes, two of which send their update
+/// times -10 every round. FedAvg falls far below its accuracy without them; Krum (f = 2)
+/// and the coordinate-wise median end within 3 points of their own accuracy without the
+/// attack. Long (six federations): run by hand,
+/// `cargo test --release -p fl --test simulate robust -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn robust_rules_hold_in_a_real_federation_where_fedavg_falls_to_two_attackers() {
+    let run = |rule: &'static str, attacked: bool| {
+        let mut args = vec![
+            "--nodes",
+            "7",
+            "--rounds",
+            "4",
+            "--steps",
+            "5",
+            "--images",
+            "3500",
+            "--aggregation",
+            rule,
+            "--deadline",
+            "120",
+            "--grace",
+            "10",
+        ];
+        if attacked {
+            args.extend_from_slice(&["--attack", "5:scale:-10", "--attack", "6:scale:-10"]);
+        }
+        let (_, lines) = simulate(&args)?;
+        let accuracy = final_accuracy(&lines);
+        println!(
+            "{rule:>7} {}: {accuracy:.2}%",
+            if attacked { "attacked" } else { "clean   " }
+        );
+        Some(accuracy)
+    };
+    let Some(fedavg_clean) = run("fedavg", false) else {
+        return;
+    };
+    let fedavg_attacked = run("fedavg", true).expect("ran once");
+    assert!(
+        fedavg_attacked < fedavg_clean - 5.0,
+        "FedAvg held ({fedavg_attacked:.2} vs {fedavg_clean:.2}): the attack is too weak to show anything"
+    );
+    for rule in ["krum:2", "median"] {
+        let clean = run(rule, false).expect("ran once");
+        let attacked = run(rule, true).expect("ran once");
+        assert!(
+            attacked >= clean - 3.0,
+            "{rule}: {attacked:.2}% attacked vs {clean:.2}% clean"
+        );
+    }
+}
