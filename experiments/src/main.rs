@@ -4,6 +4,7 @@
 
 mod harness;
 mod privacy;
+mod robustness;
 mod suite;
 
 use std::path::PathBuf;

@@ -92,7 +92,7 @@ pub struct Section {
 }
 
 /// The experiments, by name, in report order.
-pub const EXPERIMENTS: [(&str, &str); 8] = [
+pub const EXPERIMENTS: [(&str, &str); 9] = [
     (
         "federated-vs-centralized",
         "accuracy against wall time and rounds, both setups",
@@ -122,6 +122,10 @@ pub const EXPERIMENTS: [(&str, &str); 8] = [
         "a local model against fetching it by CID first",
     ),
     ("resources", "CPU and memory per node"),
+    (
+        "robustness",
+        "0 to a third of members poisoning, or lying about samples or authorship, under FedAvg, median, trimmed mean and Krum",
+    ),
 ];
 
 impl Ctx {
@@ -152,6 +156,7 @@ impl Ctx {
             "non-iid" => self.non_iid()?,
             "inference-latency" => self.inference_latency()?,
             "resources" => self.resources()?,
+            "robustness" => self.robustness()?,
             other => anyhow::bail!("unknown experiment {other:?}"),
         };
         Ok(Section {
@@ -171,13 +176,13 @@ impl Ctx {
     }
 
     /// How long a round waits for a missing node before it closes with the updates it has.
-    fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         Duration::from_secs(if self.scale.quick { 25 } else { 120 })
     }
 
     /// A plan whose rounds go on without lost nodes: at least half the nodes, closing at
     /// the deadline, the next aggregator 10 s after the one before.
-    fn tolerant_plan(&self, nodes: usize) -> Plan {
+    pub(crate) fn tolerant_plan(&self, nodes: usize) -> Plan {
         let mut plan = self.plan(nodes);
         plan.min_participants = (nodes / 2).max(1) as u32;
         plan.deadline = self.deadline();
