@@ -172,8 +172,11 @@ impl Book {
                     manifest: manifest.clone(),
                     model: model.clone(),
                 });
-                // The lowest rank wins the fork choice: the row follows it.
-                if row.manifest != *manifest && *rank < row.rank {
+                // The row follows the fork choice as far as events show it: more updates
+                // counted, then (in place of the signer's place in the order) the lower rank.
+                let better = (*participants, std::cmp::Reverse(*rank))
+                    > (row.participants, std::cmp::Reverse(row.rank));
+                if row.manifest != *manifest && better {
                     row.manifest = manifest.clone();
                     row.model = model.clone();
                     row.rank = *rank;

@@ -596,6 +596,66 @@ fn members_that_inflate_their_samples_or_copy_an_update_change_nothing() {
     );
 }
 
+/// An aggregator that closes as soon as the minimum is in (here one update: its own, so it
+/// publishes before the others are in every round; the deadline is long, so that honest
+/// nodes close only when every update is in, even on a loaded machine), counting only
+/// itself and the members ranked behind it (so that it claims rank 0 among what it lists),
+/// loses every round it tries: the members it leaves out contest its manifest, the next in line counts
+/// them, the fork choice prefers the manifest that counts more, and the federation ends on
+/// exactly the model it reaches without the attack.
+#[test]
+fn an_aggregator_that_leaves_updates_out_loses_the_round() {
+    let common = [
+        "--nodes",
+        "5",
+        "--rounds",
+        "3",
+        "--steps",
+        "3",
+        "--images",
+        "1500",
+        "--min-participants",
+        "1",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut args = common.to_vec();
+        args.extend_from_slice(extra);
+        simulate(&args)
+    };
+    let Some((stdout, attacked)) = with(&["--attack", "4:censor"]) else {
+        return;
+    };
+    let contested = attacked
+        .iter()
+        .filter(|l| l["type"] == "node" && l["event"] == "contested")
+        .count();
+    assert!(
+        contested > 0,
+        "the censor's manifests went uncontested: {stdout}"
+    );
+    let rows: Vec<&serde_json::Value> = attacked.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["participants"], 5, "an update left out: {stdout}");
+        // Closed when every update is in, not at the deadline: the censor is passed over
+        // at once.
+        let seconds = row["seconds"].as_f64().expect("round seconds");
+        assert!(seconds < 120.0, "a round ran to its deadline: {stdout}");
+    }
+    let Some((stdout_without, without)) = with(&[]) else {
+        return;
+    };
+    assert_eq!(
+        final_model(&attacked),
+        final_model(&without),
+        "with the censor:\n{stdout}\nwithout:\n{stdout_without}"
+    );
+}
+
 /// Test accuracy of the last round of `fl simulate` (its last round row).
 fn final_accuracy(lines: &[serde_json::Value]) -> f64 {
     let last = lines

@@ -19,6 +19,10 @@ pub enum Attack {
     /// Announces as its own the update another member announced first in the round: credit
     /// for others' work.
     CopyUpdate,
+    /// Aggregates as soon as the minimum is in, counting only itself and the announcers
+    /// ranked behind it, so that it claims rank 0 among what it lists: the round's model and
+    /// credits without the members ahead of it.
+    Censor,
 }
 
 impl Attack {
@@ -44,7 +48,7 @@ impl Attack {
 /// Why an attack could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown attack {0:?}: expected inflate-samples[:FACTOR], scale:FACTOR, sign-flip or copy-update"
+    "unknown attack {0:?}: expected inflate-samples[:FACTOR], scale:FACTOR, sign-flip, copy-update or censor"
 )]
 pub struct UnknownAttack(String);
 
@@ -69,6 +73,7 @@ impl FromStr for Attack {
             },
             ("sign-flip", None) => Ok(Attack::Scale(-1.0)),
             ("copy-update", None) => Ok(Attack::CopyUpdate),
+            ("censor", None) => Ok(Attack::Censor),
             _ => Err(bad()),
         }
     }
@@ -81,6 +86,7 @@ impl fmt::Display for Attack {
             Attack::Scale(factor) if *factor == -1.0 => write!(f, "sign-flip"),
             Attack::Scale(factor) => write!(f, "scale:{factor}"),
             Attack::CopyUpdate => write!(f, "copy-update"),
+            Attack::Censor => write!(f, "censor"),
         }
     }
 }
@@ -97,6 +103,7 @@ mod tests {
             "sign-flip",
             "copy-update",
             "scale:-10",
+            "censor",
         ] {
             let attack: Attack = text.parse().unwrap();
             assert_eq!(attack.to_string(), text);
@@ -106,7 +113,7 @@ mod tests {
             "scale",
             "scale:nan",
             "inflate-samples:0",
-            "censor",
+            "censor:1",
             "sign-flip:2",
         ] {
             assert!(bad.parse::<Attack>().is_err(), "{bad}");

@@ -148,6 +148,8 @@ struct Contents {
     heads: HashMap<PeerId, Cid>,
     /// Peer -> when a valid record of theirs last arrived (peers re-publish at a pace).
     heard: HashMap<PeerId, Instant>,
+    /// Round -> announcement or manifest -> when it was filed (fair inclusion compares them).
+    arrived: BTreeMap<u32, HashMap<Cid, Instant>>,
 }
 
 /// The task's gossip, sorted by round.
@@ -303,6 +305,10 @@ impl Inbox {
         // Stored once accepted, so others can fetch it from us (and replays fill nothing).
         store.put(block)?;
         entry.insert(author, (cid, signed));
+        c.arrived
+            .entry(round)
+            .or_default()
+            .insert(cid, Instant::now());
         drop(c);
         self.changed.notify_waiters();
         Ok(())
@@ -347,6 +353,10 @@ impl Inbox {
         }
         store.put(block)?;
         seen.insert(cid, signed);
+        c.arrived
+            .entry(round)
+            .or_default()
+            .insert(cid, Instant::now());
         *c.manifest_bytes.entry(round).or_default() += size;
         c.manifest_bytes_held += size;
         drop(c);
@@ -478,6 +488,11 @@ impl Inbox {
             .unwrap_or_default()
     }
 
+    /// When the announcement or manifest `cid` of `round` was filed here, if it is kept.
+    pub fn arrived(&self, round: u32, cid: &Cid) -> Option<Instant> {
+        lock(&self.contents).arrived.get(&round)?.get(cid).copied()
+    }
+
     /// The manifests of `round` seen so far.
     pub fn manifests(&self, round: u32) -> Vec<SignedManifest> {
         lock(&self.contents)
@@ -529,6 +544,7 @@ impl Inbox {
         c.manifests = c.manifests.split_off(&oldest);
         c.evaluations = c.evaluations.split_off(&oldest);
         c.late = c.late.split_off(&oldest);
+        c.arrived = c.arrived.split_off(&oldest);
         let kept = c.manifest_bytes.split_off(&oldest);
         let dropped: usize = c.manifest_bytes.values().sum();
         c.manifest_bytes = kept;

@@ -4,10 +4,12 @@
 //! so each decision is unit-tested in milliseconds; [`Participant`](super::Participant)
 //! gathers what they need, calls them and acts.
 
+use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cid::Cid;
+use fl_core::records::{Manifest, Signed, rank_key};
 use libp2p::PeerId;
 
 /// Pause before a manifest whose inputs could not be fetched is looked at again.
@@ -111,28 +113,60 @@ pub fn turn(
     }
 }
 
-/// The fork choice between two manifests for one round: the lower rank wins, then the lower
+/// Where a manifest stands in the fork choice between rival manifests for one round: the
+/// one that counts more updates wins (an aggregator that leaves updates out loses to one
+/// that counts them), then the one listing more announcements, then the one whose signer
+/// comes first in the round's order (a place fixed by the chain before the round: no choice
+/// of updates and no re-signing moves it), then, between manifests of one signer, the lower
 /// CID. Every honest node that sees both picks the same one.
-pub fn wins(rival: (u32, &Cid), ours: (u32, &Cid)) -> bool {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Standing {
+    counted: Reverse<usize>,
+    listed: Reverse<usize>,
+    place: [u8; 32],
+    cid: Cid,
+}
+
+impl Standing {
+    /// Where manifest `cid` stands.
+    pub fn of(cid: Cid, signed: &Signed<Manifest>) -> Self {
+        let m = &signed.body;
+        Standing {
+            counted: Reverse(m.contributions.len()),
+            listed: Reverse(m.contributions.len() + m.rejected.len()),
+            place: rank_key(&m.rank_anchor(), m.round, &signed.signer),
+            cid,
+        }
+    }
+
+    /// The manifest's CID.
+    pub fn cid(&self) -> Cid {
+        self.cid
+    }
+}
+
+/// The fork choice between two manifests for one round ([`Standing`]): whether `rival`
+/// beats `ours`.
+pub fn wins(rival: &Standing, ours: &Standing) -> bool {
     rival < ours
 }
 
 /// The manifests for a round worth looking at now, best first: those continuing this node's
-/// chain (their `prev` is its head) that are neither refuted nor paused, by rank then CID
-/// (the order the fork choice prefers). Each manifest is given as (CID, rank, prev).
+/// chain (their `prev` is its head) that are neither refuted nor paused, in the order the
+/// fork choice prefers. Each manifest is given as its standing and `prev`.
 pub fn candidates(
-    manifests: impl IntoIterator<Item = (Cid, u32, Option<Cid>)>,
+    manifests: impl IntoIterator<Item = (Standing, Option<Cid>)>,
     head: Option<Cid>,
     verdicts: &Verdicts,
     now: Instant,
 ) -> Vec<Cid> {
-    let mut open: Vec<(u32, Cid)> = manifests
+    let mut open: Vec<Standing> = manifests
         .into_iter()
-        .filter(|(cid, _, prev)| *prev == head && verdicts.open(cid, now))
-        .map(|(cid, rank, _)| (rank, cid))
+        .filter(|(s, prev)| *prev == head && verdicts.open(&s.cid, now))
+        .map(|(s, _)| s)
         .collect();
     open.sort();
-    open.into_iter().map(|(_, cid)| cid).collect()
+    open.into_iter().map(|s| s.cid).collect()
 }
 
 /// Manifests checked so far: valid ones, refuted ones (never checked again), and ones whose
@@ -214,6 +248,7 @@ impl Verdicts {
 #[cfg(test)]
 mod tests {
     use fl_core::content::dagcbor;
+    use fl_core::records::{Contribution, Keypair, RejectReason, Rejected};
 
     use super::*;
 
@@ -349,19 +384,97 @@ mod tests {
         assert_eq!(Expected::Count(5).awaited(&me, [], |_| true), 5);
     }
 
-    /// Fork choice between two rank-0 manifests (two aggregators that each saw a different
-    /// set of updates): the lower CID wins on every node, whichever it adopted first; a lower
-    /// rank wins over any CID. (The choice itself in
-    /// `federation.rs::a_partition_forks_the_chain_and_after_it_heals_every_node_follows_one`.)
+    /// A manifest for `round` after `prev` signed by `key`, counting `counted` updates (by
+    /// fresh peers) and listing `rejected` more.
+    fn manifest(
+        key: &Keypair,
+        prev: Cid,
+        counted: usize,
+        rejected: usize,
+        rank: u32,
+    ) -> (Cid, Signed<Manifest>) {
+        let peer = PeerId::random();
+        let contribution = |i: usize| Contribution {
+            peer,
+            announcement: cid(100 + i as u8),
+            update: cid(200 + i as u8),
+            samples: 10,
+            weight: 1.0 / counted as f64,
+            credits: 1,
+            epsilon: None,
+        };
+        let manifest = Manifest {
+            task: cid(50),
+            round: 3,
+            prev: Some(prev),
+            base_model: cid(51),
+            model: cid(52),
+            rule: "fedavg".into(),
+            server_state: None,
+            contributions: (0..counted).map(contribution).collect(),
+            rejected: (0..rejected)
+                .map(|i| Rejected {
+                    peer,
+                    announcement: cid(150 + i as u8),
+                    update: cid(250),
+                    reason: RejectReason::NonFinite,
+                })
+                .collect(),
+            epsilon: None,
+            delta: None,
+            metrics: None,
+            rank,
+        };
+        let signed = Signed::sign(manifest, key).unwrap();
+        (*signed.to_block().unwrap().cid(), signed)
+    }
+
+    fn standing(m: &(Cid, Signed<Manifest>)) -> Standing {
+        Standing::of(m.0, &m.1)
+    }
+
+    /// Fork choice between rival manifests for one round: the one counting more updates wins
+    /// whoever signed it (an aggregator that leaves updates out loses to one that counts
+    /// them), then the one listing more, then the signer placed first in the round's order
+    /// whatever rank each claims among what it lists, and only between manifests of one
+    /// signer the lower CID; re-signing the same manifest gives the same CID. (The choice
+    /// itself in `federation.rs::a_partition_forks_the_chain_and_after_it_heals_every_node_follows_one`,
+    /// leaving out in `simulate.rs::an_aggregator_that_leaves_updates_out_loses_the_round`.)
     #[test]
-    fn between_rival_manifests_the_lower_rank_then_the_lower_cid_wins() {
-        let (x, y) = (cid(1), cid(2));
-        let (low, high) = if x < y { (x, y) } else { (y, x) };
-        assert!(wins((0, &low), (0, &high)));
-        assert!(!wins((0, &high), (0, &low)));
-        assert!(!wins((0, &low), (0, &low)));
-        assert!(wins((0, &high), (1, &low)));
-        assert!(!wins((1, &low), (0, &high)));
+    fn the_manifest_counting_more_wins_then_the_signer_placed_first_and_grinding_gains_nothing() {
+        let prev = cid(9);
+        let keys: Vec<Keypair> = (0..2).map(|_| Keypair::generate_ed25519()).collect();
+        let key = |k: &Keypair| rank_key(&prev, 3, &k.public().to_peer_id());
+        let (first, second) = if key(&keys[0]) < key(&keys[1]) {
+            (&keys[0], &keys[1])
+        } else {
+            (&keys[1], &keys[0])
+        };
+        let fuller = manifest(second, prev, 3, 0, 1);
+        let censoring = manifest(first, prev, 2, 0, 0);
+        assert!(wins(&standing(&fuller), &standing(&censoring)));
+        assert!(!wins(&standing(&censoring), &standing(&fuller)));
+        // Marking an update unavailable (listed, not counted) does not help either.
+        let listing = manifest(first, prev, 2, 1, 0);
+        assert!(wins(&standing(&fuller), &standing(&listing)));
+        assert!(wins(&standing(&listing), &standing(&censoring)));
+        // Equal counts: the signer placed first wins, whatever rank each claims.
+        let a = manifest(first, prev, 3, 0, 5);
+        let b = manifest(second, prev, 3, 0, 0);
+        assert!(wins(&standing(&a), &standing(&b)));
+        assert!(!wins(&standing(&b), &standing(&a)));
+        // One signer's two manifests: the lower CID; the same one signed again is the same.
+        let again = manifest(first, prev, 3, 0, 5);
+        assert_ne!(again.0, a.0, "other contributions, other CID");
+        let (low, high) = if a.0 < again.0 {
+            (&a, &again)
+        } else {
+            (&again, &a)
+        };
+        assert!(wins(&standing(low), &standing(high)));
+        let resigned = Signed::sign(a.1.body.clone(), first).unwrap();
+        assert_eq!(*resigned.to_block().unwrap().cid(), a.0);
+        assert!(!wins(&standing(&a), &standing(&a)));
     }
 
     /// A manifest whose inputs are missing is looked at again after 2, 4, 8 ... 30 s; a
@@ -402,26 +515,24 @@ mod tests {
         assert!(!v.is_settled(&fork));
     }
 
-    /// A node that restarts mid-round starts with no verdicts: it looks again, best rank
-    /// first, at every manifest for the round that continues the head it stored, including
-    /// one it had refuted before (its verdicts were not kept); manifests on another chain are
-    /// never this round's candidates, and one whose inputs were missing waits out its pause.
+    /// A node that restarts mid-round starts with no verdicts: it looks again, best first,
+    /// at every manifest for the round that continues the head it stored, including one it
+    /// had refuted before (its verdicts were not kept); manifests on another chain are never
+    /// this round's candidates, and one whose inputs were missing waits out its pause.
     /// (The restart in `federation.rs::two_of_five_killed_the_rest_go_on_and_a_restarted_node_catches_up`.)
     #[test]
     fn a_node_that_restarts_mid_round_looks_again_at_the_manifests_on_its_chain() {
         let t0 = Instant::now();
         let (head, elsewhere) = (cid(10), cid(11));
-        let (a, b, c, d) = (cid(12), cid(13), cid(14), cid(15));
-        let round = [
-            (a, 1, Some(head)),
-            (b, 0, Some(head)),
-            (c, 0, Some(elsewhere)),
-            (d, 2, Some(head)),
-        ];
+        let key = Keypair::generate_ed25519();
+        let [a, b, c, d] = [(head, 2), (head, 4), (elsewhere, 4), (head, 1)]
+            .map(|(prev, counted)| manifest(&key, prev, counted, 0, 0));
+        let round = [&a, &b, &c, &d].map(|m| (standing(m), m.1.body.prev));
+        let (a, b, d) = (a.0, b.0, d.0);
         let mut before = Verdicts::default();
         before.refuted(b);
-        before.unreachable(d, t0);
-        assert_eq!(candidates(round, Some(head), &before, t0), [a]);
+        before.unreachable(a, t0);
+        assert_eq!(candidates(round, Some(head), &before, t0), [d]);
         assert_eq!(
             candidates(round, Some(head), &before, t0 + RECHECK_AFTER),
             [a, d]
@@ -429,7 +540,8 @@ mod tests {
         let restarted = Verdicts::default();
         assert_eq!(candidates(round, Some(head), &restarted, t0), [b, a, d]);
         // Round 1 has no head: only manifests that name none.
-        let first = [(a, 0, None), (b, 0, Some(head))];
+        let mut first = round;
+        first[0].1 = None;
         assert_eq!(candidates(first, None, &restarted, t0), [a]);
     }
 }

@@ -7,6 +7,7 @@
 //! | [`attack`] | deviations a node can be told to make (`fl simulate --attack`), to test what honest nodes withstand |
 //! | [`compute`] | a round's aggregation as a function of published bytes, and its check |
 //! | [`machine`] | the round's decisions (turn, waiting, fork choice, rechecks) as pure functions |
+//! | [`inclusion`] | whether a manifest counts the updates a member had in time (fair inclusion), pure |
 //! | [`participant`] | the round loop of one node |
 //! | [`inputs`] | where a round's blocks and files come from: the repo, then the network, each DAG bounded |
 //! | [`verify`] | checking a manifest: its inputs gathered, its claims checked, it recomputed (node and `fl verify`) |
@@ -19,6 +20,7 @@
 pub mod attack;
 pub mod compute;
 pub mod inbox;
+pub mod inclusion;
 pub mod inputs;
 pub mod machine;
 pub mod participant;

@@ -71,8 +71,8 @@ pub(super) struct Simulate {
     #[arg(long = "fail", value_name = "NODE@ROUND[+SECONDS]", value_parser = failure_arg)]
     failures: Vec<Failure>,
     /// Node NODE departs from the protocol (repeatable), to measure what the honest nodes
-    /// withstand: inflate-samples[:FACTOR], scale:FACTOR, sign-flip or copy-update, e.g.
-    /// 3:scale:-10.
+    /// withstand: inflate-samples[:FACTOR], scale:FACTOR, sign-flip, copy-update or censor,
+    /// e.g. 3:scale:-10.
     #[arg(long = "attack", value_name = "NODE:KIND", value_parser = attack_arg)]
     attacks: Vec<(usize, Attack)>,
     /// Seed of the initial model, the partition, data order and noise.

@@ -57,7 +57,7 @@ impl Participant {
     }
 
     /// A chain that parts from this node's at a round it has decided and wins the fork choice
-    /// there (the lower rank, then the lower CID, of the two manifests for that round): its
+    /// there ([`machine::Standing`]: more updates counted, then the signer placed first): its
     /// manifests from that round on that hold up to recomputation, checked in order. Every
     /// honest node that sees both chains ends up on the same one.
     pub(super) async fn better_chain(
@@ -87,7 +87,11 @@ impl Participant {
             };
             let our = self.load_manifest(&our_cid)?;
             let (first_cid, first) = &path[0];
-            if !machine::wins((first.body.rank, first_cid), (our.body.rank, &our_cid)) {
+            let (rival, ours) = (
+                machine::Standing::of(*first_cid, first),
+                machine::Standing::of(our_cid, &our),
+            );
+            if !machine::wins(&rival, &ours) {
                 lock(&ctx.verdicts).settled(tip);
                 continue;
             }

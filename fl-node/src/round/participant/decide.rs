@@ -2,10 +2,20 @@
 //! chain, or aggregating when its turn comes.
 
 use super::*;
+use crate::round::inclusion::{Closed, Inclusion, inclusion};
+use fl_core::records::rank_key;
 
 /// What a node waiting for a round's manifest keeps from one look to the next.
 struct Waiting {
     expected: Expected,
+    /// Updates its first-ranked aggregator waits for, as of the last look.
+    awaited: usize,
+    /// When this node's view of the round closed (every awaited update in, or the
+    /// deadline), once it has.
+    closed: Option<Closed>,
+    /// Signers of manifests that leave out updates this node had in time: passed over in
+    /// the turn order, as if quiet.
+    contested: HashSet<PeerId>,
     min: usize,
     deadline: Instant,
     grace: Duration,
@@ -15,6 +25,9 @@ struct Waiting {
     gave_up: bool,
     /// When an aggregator with too few usable updates tries again.
     retry_at: Option<Instant>,
+    /// Attack `censor`: how many announcers it counted at its last try (`usize::MAX` once
+    /// it published).
+    censored: usize,
     /// When this node last logged where it stands.
     said: Instant,
 }
@@ -35,12 +48,16 @@ impl Participant {
         let task = &ctx.terms.task;
         let mut waiting = Waiting {
             expected: self.expected_participants(ctx, task, base).await?,
+            awaited: 0,
+            closed: None,
+            contested: HashSet::new(),
             min: task.min_participants as usize,
             deadline: opened + Duration::from_millis(task.round_deadline_ms),
             grace: Duration::from_millis(task.grace_ms),
             made: None,
             gave_up: false,
             retry_at: None,
+            censored: 0,
             said: Instant::now(),
         };
         loop {
@@ -48,7 +65,15 @@ impl Participant {
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
             }
-            if let Some(adopt) = self.adoptable(ctx, base, waiting.made, emit).await {
+            let announced = self.announced_on(ctx, base);
+            self.note_close(ctx, base, &mut waiting, &announced);
+            if self.config.attack == Some(Attack::Censor) {
+                self.censor(ctx, base, data, &announced, &mut waiting).await;
+            }
+            if let Some(adopt) = self
+                .adoptable(ctx, base, &mut waiting, &announced, emit)
+                .await
+            {
                 return Ok(adopt);
             }
             if ctx.inbox.latest_round() > round && self.newer_arrived(ctx, round).await {
@@ -56,7 +81,7 @@ impl Participant {
             }
             if waiting.made.is_none()
                 && !waiting.gave_up
-                && let Some((rank, announced)) = self.my_turn(ctx, base, &mut waiting)
+                && let Some(rank) = self.my_turn(ctx, base, &mut waiting, &announced)
             {
                 emit(&Event::Aggregating {
                     round,
@@ -82,23 +107,33 @@ impl Participant {
         }
     }
 
-    /// The round's manifest to adopt, if one has come that holds up: candidates continuing
-    /// this node's chain (one found valid on another chain, before a switch, is not this
-    /// round's), best rank first. `made` is the one this node made, if any.
+    /// The round's manifest to adopt, if one has come that holds up and counts what this
+    /// node had in time (fair inclusion, when this node announced: a manifest that leaves
+    /// an update out is contested, and its signer passed over): candidates continuing this
+    /// node's chain (one found valid on another chain, before a switch, is not this
+    /// round's), best first. The one this node made is adopted as it is.
     async fn adoptable(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
-        made: Option<Cid>,
+        waiting: &mut Waiting,
+        announced: &[SignedAnnouncement],
         emit: &mut impl FnMut(&Event),
     ) -> Option<Decision> {
         let candidates = self.candidates(ctx, base);
+        let judging = self.judges_inclusion(waiting, announced);
         for (cid, signed) in candidates {
+            if waiting.made == Some(cid) {
+                return Some(Decision::Adopt(cid, signed, true));
+            }
+            if judging && !self.fair(ctx, base, waiting, announced, &cid, &signed, emit) {
+                continue;
+            }
             let (checked, missed) = {
                 let v = lock(&ctx.verdicts);
                 (v.is_valid(&cid), v.pause(&cid).is_some())
             };
-            if checked || made == Some(cid) {
+            if checked {
                 return Some(Decision::Adopt(cid, signed, true));
             }
             // The next round trains on it while it is recomputed (after the last round, the
@@ -115,13 +150,77 @@ impl Participant {
         None
     }
 
+    /// Whether this node holds manifests to fair inclusion now: it announced on the round's
+    /// base (it stands to be left out, and may aggregate in the signer's place), it has not
+    /// given up aggregating, and not every announcer has had its turn yet (after that, a
+    /// manifest that counts less is better than none).
+    fn judges_inclusion(&self, waiting: &Waiting, announced: &[SignedAnnouncement]) -> bool {
+        let me = self.node.peer_id();
+        let turns = waiting.grace * (announced.len() as u32 + 1);
+        announced.iter().any(|(_, a)| a.signer == me)
+            && !waiting.gave_up
+            && Instant::now() < waiting.deadline + turns
+    }
+
+    /// Whether manifest `cid` counts every announcement this node had in time
+    /// ([`inclusion`]): as a contribution, rejected for a reason it can check, or called
+    /// unavailable while this node does not hold the update either. A manifest that does
+    /// not is contested (said once).
+    #[allow(clippy::too_many_arguments)]
+    fn fair(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        waiting: &mut Waiting,
+        announced: &[SignedAnnouncement],
+        cid: &Cid,
+        signed: &Signed<Manifest>,
+        emit: &mut impl FnMut(&Event),
+    ) -> bool {
+        let round = base.round;
+        let m = &signed.body;
+        let unavailable = m.unavailable();
+        let counts = |a: &Cid| {
+            m.contributions.iter().any(|c| c.announcement == *a)
+                || m.rejected.iter().any(|r| {
+                    r.announcement == *a && (!unavailable.contains(a) || !self.holds(&r.update))
+                })
+        };
+        let held: Vec<(Cid, Instant)> = announced
+            .iter()
+            .filter_map(|(a, _)| Some((*a, ctx.inbox.arrived(round, a)?)))
+            .collect();
+        let arrived = ctx.inbox.arrived(round, cid).unwrap_or_else(Instant::now);
+        match inclusion(&held, counts, arrived, waiting.closed, waiting.grace) {
+            Inclusion::Fair => true,
+            Inclusion::Early => false,
+            Inclusion::LeavesOut(left_out) => {
+                if waiting.contested.insert(signed.signer) {
+                    tracing::warn!(round, manifest = %cid, %left_out, "contesting a manifest that leaves out an update this node had in time");
+                    emit(&Event::Contested {
+                        round,
+                        manifest: cid.to_string(),
+                        aggregator: signed.signer.to_string(),
+                        left_out: left_out.to_string(),
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// Whether the root of `update` is in this node's store.
+    fn holds(&self, update: &Cid) -> bool {
+        self.repo.blocks().has(update).unwrap_or(false)
+    }
+
     /// The round's manifests worth looking at now, best first ([`machine::candidates`]).
     pub(super) fn candidates(&self, ctx: &Ctx, base: &RoundBase) -> Vec<SignedManifest> {
         let manifests = ctx.inbox.manifests(base.round);
         let order = machine::candidates(
             manifests
                 .iter()
-                .map(|(c, m)| (*c, m.body.rank, m.body.prev)),
+                .map(|(c, m)| (machine::Standing::of(*c, m), m.body.prev)),
             base.prev,
             &lock(&ctx.verdicts),
             Instant::now(),
@@ -146,9 +245,87 @@ impl Participant {
             .any(|(c, _)| lock(&ctx.verdicts).open(c, Instant::now()))
     }
 
+    /// Attack `censor`: once a round, aggregates as soon as the minimum is in, counting only
+    /// this node and the announcers ranked behind it (rank 0 among what it lists), and
+    /// publishes that manifest; otherwise the node follows the round like any other (it
+    /// does not adopt its manifest for being its own), so what the attack costs the others
+    /// is the attack alone.
+    async fn censor(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        data: &LocalData,
+        announced: &[SignedAnnouncement],
+        waiting: &mut Waiting,
+    ) {
+        let anchor = base.prev.unwrap_or(ctx.terms.cid);
+        let place = |p: &PeerId| rank_key(&anchor, base.round, p);
+        let mine = place(&self.node.peer_id());
+        let behind: Vec<SignedAnnouncement> = announced
+            .iter()
+            .filter(|(_, a)| place(&a.signer) >= mine)
+            .cloned()
+            .collect();
+        if waiting.censored == usize::MAX
+            || behind.len() < waiting.min
+            || behind.len() == waiting.censored
+        {
+            return;
+        }
+        waiting.censored = behind.len();
+        tracing::info!(
+            round = base.round,
+            counted = behind.len(),
+            of = announced.len(),
+            "attack: aggregating early without the announcers ranked ahead"
+        );
+        match self.aggregate(ctx, base, data, &behind, 0).await {
+            Ok(_) => waiting.censored = usize::MAX,
+            Err(e) => tracing::info!(round = base.round, "attack: cannot aggregate yet: {e}"),
+        }
+    }
+
+    /// The announcements for the round on its base so far.
+    fn announced_on(&self, ctx: &Ctx, base: &RoundBase) -> Vec<SignedAnnouncement> {
+        ctx.inbox
+            .announcements(base.round)
+            .into_iter()
+            .filter(|(_, a)| a.body.base == base.model_cid)
+            .collect()
+    }
+
+    /// Updates the updates awaited, and notes when this node's view of the round closes:
+    /// every awaited update in, or the deadline.
+    fn note_close(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        waiting: &mut Waiting,
+        announced: &[SignedAnnouncement],
+    ) {
+        let me = self.node.peer_id();
+        waiting.awaited = waiting
+            .expected
+            .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {
+                ctx.inbox.gone(p)
+            })
+            .max(waiting.min)
+            .max(self.following(ctx, base));
+        if waiting.closed.is_none() {
+            let now = Instant::now();
+            waiting.closed = if announced.len() >= waiting.awaited {
+                Some(Closed::AllIn(now))
+            } else if now >= waiting.deadline {
+                Some(Closed::Deadline(waiting.deadline))
+            } else {
+                None
+            };
+        }
+    }
+
     /// Whether it is this node's turn to aggregate the round (in the place of the first
-    /// peer ranked ahead that is still heard from, when those ahead went quiet): its rank,
-    /// and the announcements on the round's base. The first two in line fetch the updates
+    /// peer ranked ahead that is still heard from, when those ahead went quiet or made a
+    /// manifest this node contests): its rank. The first two in line fetch the updates
     /// while the round fills; the others fetch them to recompute the manifest, while the
     /// next round trains.
     fn my_turn(
@@ -156,33 +333,21 @@ impl Participant {
         ctx: &Ctx,
         base: &RoundBase,
         waiting: &mut Waiting,
-    ) -> Option<(u32, Vec<SignedAnnouncement>)> {
+        announced: &[SignedAnnouncement],
+    ) -> Option<u32> {
         let me = self.node.peer_id();
         let round = base.round;
-        let announced: Vec<SignedAnnouncement> = ctx
-            .inbox
-            .announcements(round)
-            .into_iter()
-            .filter(|(_, a)| a.body.base == base.model_cid)
-            .collect();
         let anchor = base.prev.unwrap_or(ctx.terms.cid);
         let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
         if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
             self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());
         }
-        let awaited = waiting
-            .expected
-            .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {
-                ctx.inbox.gone(p)
-            })
-            .max(waiting.min)
-            .max(self.following(ctx, base));
         if waiting.said.elapsed() >= STATUS_EVERY {
             waiting.said = Instant::now();
             tracing::info!(
                 round,
                 announced = announced.len(),
-                expected = awaited,
+                expected = waiting.awaited,
                 rank = ?order.iter().position(|p| *p == me),
                 manifests = ctx.inbox.manifests(round).len(),
                 "waiting for the round's manifest"
@@ -191,14 +356,15 @@ impl Participant {
         let view = machine::Round {
             order: &order,
             announced: announced.len(),
-            awaited,
+            awaited: waiting.awaited,
             min: waiting.min,
             deadline: waiting.deadline,
             grace: waiting.grace,
         };
         let now = Instant::now();
+        let passed = |p: &PeerId| ctx.inbox.gone(p) || waiting.contested.contains(p);
         let Turn::Aggregate { rank, ahead } =
-            machine::turn(&view, &me, |p| ctx.inbox.gone(p), waiting.retry_at, now)
+            machine::turn(&view, &me, passed, waiting.retry_at, now)
         else {
             return None;
         };
@@ -206,10 +372,10 @@ impl Participant {
             tracing::info!(
                 round,
                 rank,
-                quiet = rank - ahead,
-                "aggregating in the place of peers ranked ahead that went quiet"
+                passed = rank - ahead,
+                "aggregating in the place of peers ranked ahead that went quiet or left updates out"
             );
         }
-        Some((rank as u32, announced))
+        Some(rank as u32)
     }
 }

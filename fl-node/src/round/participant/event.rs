@@ -49,6 +49,19 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A manifest leaves out an update this node had in time (fair inclusion): not adopted,
+    /// and its aggregator passed over for the round; the fork choice prefers a manifest that
+    /// counts more.
+    Contested {
+        /// The round.
+        round: u32,
+        /// The manifest.
+        manifest: String,
+        /// Who signed it.
+        aggregator: String,
+        /// An announcement it leaves out.
+        left_out: String,
+    },
     /// A better-ranked manifest for a round already adopted was checked and is followed now.
     Switched {
         /// The round.
