@@ -566,11 +566,7 @@ fn members_that_inflate_their_samples_or_copy_an_update_change_nothing() {
         "--grace",
         "10",
     ];
-    let with = |extra: &[&'static str]| {
-        let mut args = common.to_vec();
-        args.extend_from_slice(extra);
-        simulate(&args)
-    };
+    let with = |extra: &[&str]| simulate(&[&common[..], extra].concat());
     let Some((stdout, attacked)) =
         with(&["--attack", "3:inflate-samples", "--attack", "4:copy-update"])
     else {
@@ -621,11 +617,7 @@ fn an_aggregator_that_leaves_updates_out_loses_the_round() {
         "--grace",
         "10",
     ];
-    let with = |extra: &[&'static str]| {
-        let mut args = common.to_vec();
-        args.extend_from_slice(extra);
-        simulate(&args)
-    };
+    let with = |extra: &[&str]| simulate(&[&common[..], extra].concat());
     let Some((stdout, attacked)) = with(&["--attack", "4:censor"]) else {
         return;
     };
