@@ -305,10 +305,7 @@ impl Inbox {
         // Stored once accepted, so others can fetch it from us (and replays fill nothing).
         store.put(block)?;
         entry.insert(author, (cid, signed));
-        c.arrived
-            .entry(round)
-            .or_default()
-            .insert(cid, Instant::now());
+        c.arrived_now(round, cid);
         drop(c);
         self.changed.notify_waiters();
         Ok(())
@@ -353,10 +350,7 @@ impl Inbox {
         }
         store.put(block)?;
         seen.insert(cid, signed);
-        c.arrived
-            .entry(round)
-            .or_default()
-            .insert(cid, Instant::now());
+        c.arrived_now(round, cid);
         *c.manifest_bytes.entry(round).or_default() += size;
         c.manifest_bytes_held += size;
         drop(c);
@@ -558,6 +552,14 @@ impl Inbox {
 }
 
 impl Contents {
+    /// Notes that record `cid` of `round` was filed just now.
+    fn arrived_now(&mut self, round: u32, cid: Cid) {
+        self.arrived
+            .entry(round)
+            .or_default()
+            .insert(cid, Instant::now());
+    }
+
     /// How long a peer stays alive after its last record, given the peers heard so far.
     fn liveness_window(&self) -> std::time::Duration {
         super::republish::liveness(self.heard.len())

@@ -138,11 +138,6 @@ impl Standing {
             cid,
         }
     }
-
-    /// The manifest's CID.
-    pub fn cid(&self) -> Cid {
-        self.cid
-    }
 }
 
 /// The fork choice between two manifests for one round ([`Standing`]): whether `rival`

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::round::inclusion::{Closed, Inclusion, inclusion};
-use fl_core::records::rank_key;
+use fl_core::records::{RejectReason, rank_key};
 
 /// What a node waiting for a round's manifest keeps from one look to the next.
 struct Waiting {
@@ -121,12 +121,22 @@ impl Participant {
         emit: &mut impl FnMut(&Event),
     ) -> Option<Decision> {
         let candidates = self.candidates(ctx, base);
-        let judging = self.judges_inclusion(waiting, announced);
+        // The announcements on the base with when they came, when this node holds manifests
+        // to fair inclusion.
+        let held: Option<Vec<(Cid, Instant)>> =
+            self.judges_inclusion(waiting, announced).then(|| {
+                announced
+                    .iter()
+                    .filter_map(|(a, _)| Some((*a, ctx.inbox.arrived(base.round, a)?)))
+                    .collect()
+            });
         for (cid, signed) in candidates {
             if waiting.made == Some(cid) {
                 return Some(Decision::Adopt(cid, signed, true));
             }
-            if judging && !self.fair(ctx, base, waiting, announced, &cid, &signed, emit) {
+            if let Some(held) = &held
+                && !self.fair(ctx, waiting, held, &cid, &signed, emit)
+            {
                 continue;
             }
             let (checked, missed) = {
@@ -162,36 +172,35 @@ impl Participant {
             && Instant::now() < waiting.deadline + turns
     }
 
-    /// Whether manifest `cid` counts every announcement this node had in time
+    /// Whether manifest `cid` counts every announcement this node `held` in time
     /// ([`inclusion`]): as a contribution, rejected for a reason it can check, or called
     /// unavailable while this node does not hold the update either. A manifest that does
     /// not is contested (said once).
-    #[allow(clippy::too_many_arguments)]
     fn fair(
         &self,
         ctx: &Ctx,
-        base: &RoundBase,
         waiting: &mut Waiting,
-        announced: &[SignedAnnouncement],
+        held: &[(Cid, Instant)],
         cid: &Cid,
         signed: &Signed<Manifest>,
         emit: &mut impl FnMut(&Event),
     ) -> bool {
-        let round = base.round;
         let m = &signed.body;
-        let unavailable = m.unavailable();
-        let counts = |a: &Cid| {
-            m.contributions.iter().any(|c| c.announcement == *a)
-                || m.rejected.iter().any(|r| {
-                    r.announcement == *a && (!unavailable.contains(a) || !self.holds(&r.update))
-                })
-        };
-        let held: Vec<(Cid, Instant)> = announced
+        let round = m.round;
+        let counted: HashSet<Cid> = m
+            .contributions
             .iter()
-            .filter_map(|(a, _)| Some((*a, ctx.inbox.arrived(round, a)?)))
+            .map(|c| c.announcement)
+            .chain(
+                m.rejected
+                    .iter()
+                    .filter(|r| r.reason != RejectReason::Unavailable || !self.holds(&r.update))
+                    .map(|r| r.announcement),
+            )
             .collect();
+        let counts = |a: &Cid| counted.contains(a);
         let arrived = ctx.inbox.arrived(round, cid).unwrap_or_else(Instant::now);
-        match inclusion(&held, counts, arrived, waiting.closed, waiting.grace) {
+        match inclusion(held, counts, arrived, waiting.closed, waiting.grace) {
             Inclusion::Fair => true,
             Inclusion::Early => false,
             Inclusion::LeavesOut(left_out) => {
