@@ -2,8 +2,8 @@
 //! update times -10 every round, under FedAvg, the coordinate-wise median, the trimmed mean
 //! and multi-Krum (the quick suite: none and the most only); and one member of each
 //! protocol attack (inflating its sample count, announcing another's update, leaving
-//! members out of its manifests) in one run under FedAvg. Final accuracy and round time beside the run
-//! of the same rule without attackers.
+//! members out of its manifests) in one run under FedAvg. Final accuracy and round time
+//! beside the run of the same rule without attackers.
 
 use std::path::PathBuf;
 
@@ -78,8 +78,8 @@ impl Ctx {
                 points,
             });
         }
-        // The protocol attacks, one attacker of each in one run, under FedAvg: refused by
-        // every node, so they cost only the wait for updates that never count.
+        // The protocol attacks, one attacker of each in one run, under FedAvg: refused or
+        // contested by every node, so they cost only the wait for updates that never count.
         let fedavg_clean = series
             .first()
             .and_then(|s| s.points.first())
