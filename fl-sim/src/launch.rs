@@ -15,7 +15,10 @@ use fl_core::model::Architecture;
 use fl_core::records::task::TASK_FORMAT;
 use fl_core::records::{DataSource, DpLevel, DpParams, Keypair, Neighbours, Task};
 use fl_core::tensors::Encoding;
+use fl_node::net::address_limits::{self, MAX_INBOUND_PER_ADDRESS, NEW_INBOUND_PER_SECOND};
+use fl_node::net::node::MAX_CONNECTIONS_PER_PEER;
 use fl_node::net::{Node, NodeConfig, keys};
+use fl_node::round::attack::{Attack, SLOW_SERVE_BYTES_PER_SECOND};
 use fl_node::round::{Event, Limits, Participant, ParticipantConfig, RoundError, RoundStore};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
@@ -150,19 +153,31 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
 }
 
 /// Starts every node's swarm on loopback: node 0 first, providing what it published, the
-/// others bootstrapping from it.
-pub(crate) async fn start_nodes(setup: &Setup) -> Result<Vec<Member>, SimulationError> {
+/// others bootstrapping from it; a `slow-serve` attacker's Bitswap serves at a trickle.
+pub(crate) async fn start_nodes(
+    plan: &Plan,
+    setup: &Setup,
+) -> Result<Vec<Member>, SimulationError> {
     let mut started = Vec::with_capacity(setup.nodes.len());
     let mut bootstrap: Vec<Multiaddr> = Vec::new();
     for (index, (dir, key)) in setup.nodes.iter().enumerate() {
         let repo = Arc::new(Repo::open(dir)?);
         let rounds = RoundStore::open(dir)?;
-        let config = NodeConfig {
+        // Every node is on this host: its address may hold every node's connections.
+        let per_host = (setup.nodes.len() as u32).saturating_mul(MAX_CONNECTIONS_PER_PEER);
+        let mut config = NodeConfig {
             listen: vec![loopback()],
             bootstrap: bootstrap.clone(),
             mdns: false,
+            address_limits: address_limits::Config {
+                max_per_address: per_host.max(MAX_INBOUND_PER_ADDRESS),
+                new_per_second: f64::from(per_host).max(NEW_INBOUND_PER_SECOND),
+            },
             ..NodeConfig::default()
         };
+        if plan.attack_of(index) == Some(Attack::SlowServe) {
+            config.bitswap.max_served_per_second = SLOW_SERVE_BYTES_PER_SECOND;
+        }
         let node = Node::start(key.clone(), Arc::new(repo.blocks().clone()), config).await?;
         if index == 0 {
             for cid in [setup.task, setup.dataset, setup.initial_model] {

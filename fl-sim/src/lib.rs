@@ -83,7 +83,7 @@ pub async fn run(
     plan.check(data.train.len())?;
     let setup = launch::publish(plan, data, root)?;
     emit(&setup.started);
-    let members = launch::start_nodes(&setup).await?;
+    let members = launch::start_nodes(plan, &setup).await?;
     let by_peer: HashMap<PeerId, usize> = members
         .iter()
         .map(|m| (m.node.peer_id(), m.index))
@@ -105,25 +105,48 @@ pub async fn run(
                 event: Clone::clone(event),
             });
             faults.note(node, event, book.open_round(), emit);
+            // The rounds as the honest nodes see them: an attacker may adopt what no one else
+            // can check (its own manifest, counting its own update that it never serves).
+            if plan.attack_of(node).is_some() {
+                return;
+            }
             for row in book.note(event, clock.elapsed().as_secs_f64(), sent()) {
                 emit(&Progress::Round(row));
             }
         };
+    // Once every honest node is done, the attackers are stopped: one stuck on a chain of its
+    // own would otherwise keep the run going.
+    let attackers: Vec<usize> = (0..plan.nodes)
+        .filter(|&n| plan.attack_of(n).is_some())
+        .collect();
+    let stop_attackers = |outcomes: &BTreeMap<usize, Result<Cid, String>>| {
+        let honest_done = (0..plan.nodes)
+            .filter(|n| !attackers.contains(n))
+            .all(|n| outcomes.contains_key(&n));
+        if honest_done {
+            for &n in attackers.iter().filter(|n| !outcomes.contains_key(n)) {
+                let _ = running.stop.send(n);
+            }
+        }
+    };
     loop {
         tokio::select! {
             Some((node, event)) = running.events.recv() => {
                 note(node, &event, &mut book, &mut faults, &mut emit);
             }
-            joined = running.nodes.join_next() => match joined {
-                Some(Ok((node, Some(Ok(model))))) => { outcomes.insert(node, Ok(model)); }
-                Some(Ok((node, Some(Err(e))))) => {
-                    let reason = fl_core::errors::chain(&e);
-                    emit(&Progress::Errored { node, reason: reason.clone() });
-                    outcomes.insert(node, Err(reason));
+            joined = running.nodes.join_next() => {
+                match joined {
+                    Some(Ok((node, Some(Ok(model))))) => { outcomes.insert(node, Ok(model)); }
+                    Some(Ok((node, Some(Err(e))))) => {
+                        let reason = fl_core::errors::chain(&e);
+                        emit(&Progress::Errored { node, reason: reason.clone() });
+                        outcomes.insert(node, Err(reason));
+                    }
+                    Some(Ok((node, None))) => { outcomes.insert(node, Err("stopped".into())); }
+                    Some(Err(e)) => tracing::error!("a node's task ended abnormally: {e}"),
+                    None => break,
                 }
-                Some(Ok((node, None))) => { outcomes.insert(node, Err("stopped".into())); }
-                Some(Err(e)) => tracing::error!("a node's task ended abnormally: {e}"),
-                None => break,
+                stop_attackers(&outcomes);
             },
             _ = tick.tick() => faults.tick(book.open_round(), &mut emit),
         }

@@ -648,6 +648,112 @@ fn an_aggregator_that_leaves_updates_out_loses_the_round() {
     );
 }
 
+/// Peak resident memory of an `fl simulate` run's process (its summary line), bytes.
+fn peak_memory(lines: &[serde_json::Value]) -> u64 {
+    let summary = lines.last().expect("a summary");
+    summary["peak_memory"].as_u64().expect("a peak memory")
+}
+
+/// What resource attacks are held to: every round closes within `round_limit` seconds, the
+/// federation ends on exactly the model it reaches without the attack, and the process
+/// (every node in it, attackers included) peaks under twice the memory of that run. Returns
+/// the attacked and the reference run's peaks.
+fn holds_against(
+    common: &[&str],
+    attacks: &[&str],
+    reference: &[&str],
+    participants: u64,
+    round_limit: f64,
+) -> Option<(u64, u64)> {
+    let (stdout, attacked) = simulate(&[common, attacks].concat())?;
+    let rows: Vec<&serde_json::Value> = attacked.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in &rows {
+        assert_eq!(row["participants"], participants, "{stdout}");
+        let seconds = row["seconds"].as_f64().expect("round seconds");
+        assert!(
+            seconds < round_limit,
+            "a round ran past {round_limit} s: {stdout}"
+        );
+    }
+    let (stdout_without, without) = simulate(&[common, reference].concat())?;
+    assert_eq!(
+        final_model(&attacked),
+        final_model(&without),
+        "with the attackers:\n{stdout}\nwithout:\n{stdout_without}"
+    );
+    let (peak, reference_peak) = (peak_memory(&attacked), peak_memory(&without));
+    let seconds = |lines: &[serde_json::Value]| -> Vec<f64> {
+        lines
+            .iter()
+            .filter(|l| l["type"] == "round")
+            .filter_map(|l| l["seconds"].as_f64())
+            .collect()
+    };
+    eprintln!(
+        "round seconds {:.1?} attacked, {:.1?} without",
+        seconds(&attacked),
+        seconds(&without)
+    );
+    assert!(
+        peak < 2 * reference_peak,
+        "peak memory {peak} bytes under attack, {reference_peak} without"
+    );
+    Some((peak, reference_peak))
+}
+
+/// The round settings of the resource attacks' tests: five nodes, two rounds of three steps.
+const RESOURCE_ROUNDS: [&str; 14] = [
+    "--nodes",
+    "5",
+    "--rounds",
+    "2",
+    "--steps",
+    "3",
+    "--images",
+    "1500",
+    "--min-participants",
+    "3",
+    "--deadline",
+    "20",
+    "--grace",
+    "10",
+];
+
+/// A member whose update is a DAG bomb (three blocks naming 256 GB) and one that serves its
+/// blocks at a trickle weigh nothing and hold a round up for a bounded time: every round
+/// counts the three honest updates (the bomb rejected as too large before it is fetched,
+/// the trickle left out as unavailable at the update fetch deadline, 41 s for this model),
+/// and the federation ends on exactly the model the honest three reach when the two stop
+/// before announcing anything. The trickler's own manifest, which counts its update, looks
+/// better but cannot be checked: honest nodes try it again with a doubling pause, so a round
+/// may take its deadline and grace plus two fetch deadlines.
+#[test]
+fn a_bomb_and_a_trickle_are_left_out_in_time() {
+    let attacks = ["--attack", "3:dag-bomb", "--attack", "4:slow-serve"];
+    let reference = ["--fail", "3@1", "--fail", "4@1"];
+    let limit = 20.0 + 10.0 + 2.0 * 41.0 + 30.0;
+    if let Some((peak, without)) = holds_against(&RESOURCE_ROUNDS, &attacks, &reference, 3, limit) {
+        eprintln!("peak memory {peak} bytes attacked, {without} without");
+    }
+}
+
+/// A member that floods its peers with Bitswap HAVE wants (200 messages of 1,024 a round to
+/// each) and one that gossips near-2 MiB manifests for every round (six a round, more than a
+/// signer may have kept) change nothing: every round counts all five updates (the flooders
+/// are members that train honestly) and closes within its deadline, its grace and 40 s (a
+/// round loop that looked again at once at the flood's manifests took 85 s here), and the
+/// federation ends on exactly the model it reaches without the floods.
+#[test]
+fn floods_of_wants_and_manifests_change_nothing() {
+    let attacks = ["--attack", "3:have-flood", "--attack", "4:manifest-flood"];
+    if let Some((peak, without)) =
+        holds_against(&RESOURCE_ROUNDS, &attacks, &[], 5, 20.0 + 10.0 + 40.0)
+    {
+        eprintln!("peak memory {peak} bytes attacked, {without} without");
+    }
+}
+
 /// Test accuracy of the last round of `fl simulate` (its last round row).
 fn final_accuracy(lines: &[serde_json::Value]) -> f64 {
     let last = lines

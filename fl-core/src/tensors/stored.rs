@@ -169,7 +169,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::open(dir.path()).unwrap();
         // Three blocks that name 256 GB: 256 KiB linked 1,000 times, that node 1,000 times.
-        let root = crate::content::unixfs::bomb(repo.blocks(), 256 << 10, 1000, 2);
+        let root = crate::content::unixfs::bomb(repo.blocks(), 256 << 10, 1000, 2).unwrap();
         let mut model = Bundle::new();
         model.insert("w", vec![1000], vec![0.0; 1000]).unwrap();
         let limit = model.file_limit();

@@ -2,6 +2,7 @@
 //! blocks over Bitswap ([`bitswap`], whole DAGs with [`fetch()`]), finds providers in the DHT and gossips announcements,
 //! with its identity kept in the repo ([`keys`]).
 
+pub mod address_limits;
 pub mod bitswap;
 mod driver;
 pub mod fetch;

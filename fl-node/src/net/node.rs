@@ -18,6 +18,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::address_limits;
 use super::bitswap::{self, Bitswap, Store};
 use super::driver::Driver;
 use super::gossip::{self, Gossip, MessageAcceptance};
@@ -49,6 +50,9 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// Bitswap's limits (default: [`bitswap::Config::default`]).
     pub bitswap: bitswap::Config,
+    /// Inbound connections per remote address (default:
+    /// [`address_limits::Config::default`]); raise them for many nodes on one host.
+    pub address_limits: address_limits::Config,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +68,7 @@ impl Default for NodeConfig {
             mdns: true,
             idle_timeout: Duration::from_secs(60),
             bitswap: bitswap::Config::default(),
+            address_limits: address_limits::Config::default(),
         }
     }
 }
@@ -108,7 +113,9 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
-    /// First, so a connection over the limits is refused before any protocol sees it.
+    /// First, so a connection over the limits is refused before any protocol sees it (and
+    /// one from an address over its limits before its handshake).
+    pub(super) addresses: address_limits::Behaviour,
     pub(super) limits: connection_limits::Behaviour,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
@@ -185,6 +192,7 @@ impl Node {
                     None
                 };
                 Ok(Behaviour {
+                    addresses: address_limits::Behaviour::new(config.address_limits),
                     limits: connection_limits::Behaviour::new(
                         ConnectionLimits::default()
                             .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))

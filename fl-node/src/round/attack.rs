@@ -23,7 +23,32 @@ pub enum Attack {
     /// ranked behind it, so that it claims rank 0 among what it lists: the round's model and
     /// credits without the members ahead of it.
     Censor,
+    /// Announces, in place of its update, a DAG of three small blocks that names 256 GB
+    /// (one leaf linked a thousand times, that node a thousand times): memory and work for
+    /// whoever fetches or reads it.
+    DagBomb,
+    /// After announcing, sends each peer a flood of Bitswap HAVE wants (1,024 a message) for
+    /// the blocks of the round's model, which the peer holds: reads and hashing, had it
+    /// answered them from the blocks.
+    HaveFlood,
+    /// Serves its blocks at a trickle ([`SLOW_SERVE_BYTES_PER_SECOND`] to each peer), never
+    /// refusing and never quite stopping, so that only an overall deadline ends a fetch of
+    /// its update: a round held hostage, were there none.
+    SlowServe,
+    /// After announcing, signs and gossips near-2 MiB manifests for this round and every
+    /// round after it ([`FLOOD_MANIFESTS_PER_ROUND`] a round, more than a signer may have
+    /// kept): inboxes that grow, were they not bounded.
+    ManifestFlood,
 }
+
+/// Bytes a second a `slow-serve` node sends each peer: a 256 KiB block a minute, far below
+/// the slowest rate an update fetch allows, so that its update is not whole within a round
+/// even when its peers pool what each was sent.
+pub const SLOW_SERVE_BYTES_PER_SECOND: usize = 4 << 10;
+/// Messages of HAVE wants a `have-flood` node sends each peer per round.
+pub const FLOOD_MESSAGES_PER_PEER: usize = 200;
+/// Manifests a `manifest-flood` node signs for each round it floods.
+pub const FLOOD_MANIFESTS_PER_ROUND: usize = 6;
 
 impl Attack {
     /// The sample count the attack announces for `samples` trained on.
@@ -48,7 +73,8 @@ impl Attack {
 /// Why an attack could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown attack {0:?}: expected inflate-samples[:FACTOR], scale:FACTOR, sign-flip, copy-update or censor"
+    "unknown attack {0:?}: expected inflate-samples[:FACTOR], scale:FACTOR, sign-flip, copy-update, censor, \
+     dag-bomb, have-flood, slow-serve or manifest-flood"
 )]
 pub struct UnknownAttack(String);
 
@@ -74,6 +100,10 @@ impl FromStr for Attack {
             ("sign-flip", None) => Ok(Attack::Scale(-1.0)),
             ("copy-update", None) => Ok(Attack::CopyUpdate),
             ("censor", None) => Ok(Attack::Censor),
+            ("dag-bomb", None) => Ok(Attack::DagBomb),
+            ("have-flood", None) => Ok(Attack::HaveFlood),
+            ("slow-serve", None) => Ok(Attack::SlowServe),
+            ("manifest-flood", None) => Ok(Attack::ManifestFlood),
             _ => Err(bad()),
         }
     }
@@ -87,6 +117,10 @@ impl fmt::Display for Attack {
             Attack::Scale(factor) => write!(f, "scale:{factor}"),
             Attack::CopyUpdate => write!(f, "copy-update"),
             Attack::Censor => write!(f, "censor"),
+            Attack::DagBomb => write!(f, "dag-bomb"),
+            Attack::HaveFlood => write!(f, "have-flood"),
+            Attack::SlowServe => write!(f, "slow-serve"),
+            Attack::ManifestFlood => write!(f, "manifest-flood"),
         }
     }
 }
@@ -104,6 +138,10 @@ mod tests {
             "copy-update",
             "scale:-10",
             "censor",
+            "dag-bomb",
+            "have-flood",
+            "slow-serve",
+            "manifest-flood",
         ] {
             let attack: Attack = text.parse().unwrap();
             assert_eq!(attack.to_string(), text);
@@ -115,6 +153,8 @@ mod tests {
             "inflate-samples:0",
             "censor:1",
             "sign-flip:2",
+            "dag-bomb:3",
+            "flood",
         ] {
             assert!(bad.parse::<Attack>().is_err(), "{bad}");
         }

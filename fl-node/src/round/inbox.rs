@@ -33,6 +33,10 @@ pub const KEEP_ROUNDS_BEHIND: u32 = 16;
 /// for many rounds ahead fills this, not the node's memory (more are dropped until rounds
 /// close).
 pub const MAX_MANIFEST_BYTES_HELD: usize = 256 << 20;
+/// Most bytes of manifests held from one signer, over all rounds: one member alone cannot
+/// fill [`MAX_MANIFEST_BYTES_HELD`] and crowd out the others' manifests (an aggregator signs
+/// one a round, a few after switching chains).
+pub const MAX_MANIFEST_BYTES_PER_SIGNER: usize = MAX_MANIFEST_BYTES_HELD / 8;
 
 /// Most evaluations kept for one manifest (its signer makes one; others are kept, up to
 /// this many, until the manifest shows who signed it).
@@ -126,16 +130,17 @@ pub type SignedEvaluation = (Cid, Signed<Evaluation>);
 /// A verified announcement and its block's CID.
 pub type SignedAnnouncement = (Cid, Signed<Announcement>);
 /// A verified manifest and its block's CID.
-pub type SignedManifest = (Cid, Signed<Manifest>);
+pub type SignedManifest = (Cid, Arc<Signed<Manifest>>);
 
 #[derive(Default)]
 struct Contents {
     /// Round -> author -> announcement (the first one per author and round counts).
     announcements: BTreeMap<u32, BTreeMap<PeerId, SignedAnnouncement>>,
     /// Round -> manifests seen, by CID.
-    manifests: BTreeMap<u32, HashMap<Cid, Signed<Manifest>>>,
-    /// Round -> bytes of its manifests, and their sum ([`MAX_MANIFEST_BYTES_HELD`]).
-    manifest_bytes: BTreeMap<u32, usize>,
+    manifests: BTreeMap<u32, HashMap<Cid, Arc<Signed<Manifest>>>>,
+    /// Round -> signer -> bytes of its manifests, and their sum
+    /// ([`MAX_MANIFEST_BYTES_HELD`]).
+    manifest_bytes: BTreeMap<u32, HashMap<PeerId, usize>>,
     manifest_bytes_held: usize,
     /// Round -> manifest -> evaluations of its model (the one its signer made counts).
     evaluations: BTreeMap<u32, HashMap<Cid, Vec<SignedEvaluation>>>,
@@ -207,20 +212,36 @@ impl Inbox {
                 if ![&updates, &manifests, &evaluations].contains(&&message.topic) {
                     continue;
                 }
-                // The record's bytes move into the inbox; reporting needs only the id.
+                // The record's bytes move into the inbox; reporting needs only the id. Decoding,
+                // checking the signature and storing a record of up to 2 MiB is work for the
+                // blocking pool, not for the workers every swarm of the process runs on.
                 let data = std::mem::take(&mut message.data);
-                let result = if data.len() > MAX_RECORD_BYTES {
-                    Err(FileError::TooLarge(data.len()))
-                } else if message.topic == updates {
-                    this.file_announcement(&store, data)
-                } else if message.topic == manifests {
-                    this.file_manifest(&store, data).map(|cid| {
-                        if let Some(from) = message.source.filter(|p| this.terms.task.admits(p)) {
-                            this.held_by(cid, from);
-                        }
-                    })
-                } else {
-                    this.file_evaluation(&store, data)
+                let (filer, store, topic, source) = (
+                    this.clone(),
+                    store.clone(),
+                    message.topic.clone(),
+                    message.source,
+                );
+                let (updates, manifests) = (updates.clone(), manifests.clone());
+                let filed = tokio::task::spawn_blocking(move || {
+                    if data.len() > MAX_RECORD_BYTES {
+                        Err(FileError::TooLarge(data.len()))
+                    } else if topic == updates {
+                        filer.file_announcement(&store, data)
+                    } else if topic == manifests {
+                        filer.file_manifest(&store, data).map(|cid| {
+                            if let Some(from) = source.filter(|p| filer.terms.task.admits(p)) {
+                                filer.held_by(cid, from);
+                            }
+                        })
+                    } else {
+                        filer.file_evaluation(&store, data)
+                    }
+                })
+                .await;
+                let Ok(result) = filed else {
+                    tracing::error!("round gossip: filing stopped");
+                    return;
                 };
                 let verdict = match &result {
                     Ok(()) => MessageAcceptance::Accept,
@@ -325,34 +346,15 @@ impl Inbox {
             // Older than any fork this node still looks at: noted as the signer's head only.
             return Ok(cid);
         }
-        if c.manifest_bytes_held + size > MAX_MANIFEST_BYTES_HELD {
-            return Err(FileError::Full {
-                what: "the manifests held".into(),
-                limit: MAX_MANIFEST_BYTES_HELD,
-            });
-        }
-        let seen = c.manifests.entry(round).or_default();
-        if seen.contains_key(&cid) {
+        if c.manifests
+            .get(&round)
+            .is_some_and(|m| m.contains_key(&cid))
+        {
             return Ok(cid);
         }
-        if seen.len() >= MAX_MANIFESTS_PER_ROUND {
-            return Err(FileError::Full {
-                what: format!("round {round}'s manifests"),
-                limit: MAX_MANIFESTS_PER_ROUND,
-            });
-        }
-        let signer = signed.signer;
-        if seen.values().filter(|m| m.signer == signer).count() >= MAX_MANIFESTS_PER_SIGNER {
-            return Err(FileError::Full {
-                what: format!("round {round}'s manifests signed by {signer}"),
-                limit: MAX_MANIFESTS_PER_SIGNER,
-            });
-        }
+        c.room_for_manifest(round, &signed.signer, size)?;
         store.put(block)?;
-        seen.insert(cid, signed);
-        c.arrived_now(round, cid);
-        *c.manifest_bytes.entry(round).or_default() += size;
-        c.manifest_bytes_held += size;
+        c.keep_manifest(cid, signed, size);
         drop(c);
         self.changed.notify_waiters();
         Ok(cid)
@@ -540,7 +542,7 @@ impl Inbox {
         c.late = c.late.split_off(&oldest);
         c.arrived = c.arrived.split_off(&oldest);
         let kept = c.manifest_bytes.split_off(&oldest);
-        let dropped: usize = c.manifest_bytes.values().sum();
+        let dropped: usize = c.manifest_bytes.values().flat_map(|m| m.values()).sum();
         c.manifest_bytes = kept;
         c.manifest_bytes_held = c.manifest_bytes_held.saturating_sub(dropped);
     }
@@ -552,6 +554,62 @@ impl Inbox {
 }
 
 impl Contents {
+    /// Whether a new manifest of `size` bytes signed by `signer` for `round` may be kept:
+    /// within the bytes held in all and from one signer, and the round's slots and the
+    /// signer's among them.
+    fn room_for_manifest(&self, round: u32, signer: &PeerId, size: usize) -> Result<(), FileError> {
+        if self.manifest_bytes_held + size > MAX_MANIFEST_BYTES_HELD {
+            return Err(FileError::Full {
+                what: "the manifests held".into(),
+                limit: MAX_MANIFEST_BYTES_HELD,
+            });
+        }
+        let signers: usize = self
+            .manifest_bytes
+            .values()
+            .filter_map(|m| m.get(signer))
+            .sum();
+        if signers + size > MAX_MANIFEST_BYTES_PER_SIGNER {
+            return Err(FileError::Full {
+                what: format!("the manifests held signed by {signer}"),
+                limit: MAX_MANIFEST_BYTES_PER_SIGNER,
+            });
+        }
+        let Some(seen) = self.manifests.get(&round) else {
+            return Ok(());
+        };
+        if seen.len() >= MAX_MANIFESTS_PER_ROUND {
+            return Err(FileError::Full {
+                what: format!("round {round}'s manifests"),
+                limit: MAX_MANIFESTS_PER_ROUND,
+            });
+        }
+        if seen.values().filter(|m| m.signer == *signer).count() >= MAX_MANIFESTS_PER_SIGNER {
+            return Err(FileError::Full {
+                what: format!("round {round}'s manifests signed by {signer}"),
+                limit: MAX_MANIFESTS_PER_SIGNER,
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps manifest `cid` of `size` bytes, arrived just now.
+    fn keep_manifest(&mut self, cid: Cid, signed: Signed<Manifest>, size: usize) {
+        let (round, signer) = (signed.body.round, signed.signer);
+        self.manifests
+            .entry(round)
+            .or_default()
+            .insert(cid, Arc::new(signed));
+        self.arrived_now(round, cid);
+        *self
+            .manifest_bytes
+            .entry(round)
+            .or_default()
+            .entry(signer)
+            .or_default() += size;
+        self.manifest_bytes_held += size;
+    }
+
     /// Notes that record `cid` of `round` was filed just now.
     fn arrived_now(&mut self, round: u32, cid: Cid) {
         self.arrived
@@ -604,5 +662,66 @@ mod tests {
             first: forwarder,
         };
         assert_eq!(copy.acceptance(&author), MessageAcceptance::Ignore);
+    }
+
+    /// A manifest of `round` signed by `signer`, as the inbox keeps it (its signature is
+    /// checked before this point).
+    fn manifest(round: u32, signer: PeerId, rank: u32) -> (Cid, Signed<Manifest>) {
+        let body = Manifest {
+            task: Cid::default(),
+            round,
+            prev: None,
+            base_model: Cid::default(),
+            model: Cid::default(),
+            rule: "fedavg".into(),
+            server_state: None,
+            contributions: Vec::new(),
+            rejected: Vec::new(),
+            epsilon: None,
+            delta: None,
+            metrics: None,
+            rank,
+        };
+        let cid = *Block::hashed(DAG_CBOR, format!("{signer} {round} {rank}").into_bytes()).cid();
+        let signed = Signed {
+            body,
+            signer,
+            key: Vec::new(),
+            signature: Vec::new(),
+        };
+        (cid, signed)
+    }
+
+    /// A member that signs near-2 MiB manifests for every round ahead fills its own share of
+    /// the inbox (4 a round, 32 MiB in all), not the node's memory, and an honest signer's
+    /// manifest is kept after it.
+    #[test]
+    fn one_signer_floods_only_its_share_of_the_manifests_held() {
+        let mut c = Contents::default();
+        let (flooder, honest) = (PeerId::random(), PeerId::random());
+        let size = MAX_RECORD_BYTES - 4096;
+        let mut kept = 0;
+        for round in 1..=100 {
+            for rank in 0..6 {
+                if c.room_for_manifest(round, &flooder, size).is_ok() {
+                    let (cid, signed) = manifest(round, flooder, rank);
+                    c.keep_manifest(cid, signed, size);
+                    kept += 1;
+                }
+            }
+            if round == 1 {
+                assert_eq!(
+                    kept, MAX_MANIFESTS_PER_SIGNER,
+                    "a signer's slots in a round"
+                );
+            }
+        }
+        assert_eq!(kept, MAX_MANIFEST_BYTES_PER_SIGNER / size);
+        assert!(c.manifest_bytes_held <= MAX_MANIFEST_BYTES_PER_SIGNER);
+        assert!(matches!(
+            c.room_for_manifest(101, &flooder, size),
+            Err(FileError::Full { .. })
+        ));
+        assert!(c.room_for_manifest(1, &honest, size).is_ok());
     }
 }

@@ -4,6 +4,10 @@
 use cid::Cid;
 use libp2p::PeerId;
 
+/// Characters of a claimed name kept in a refutation: the signer chose the name, and it may
+/// be megabytes long.
+pub const CLAIM_CHARS: usize = 64;
+
 /// What is wrong with a manifest.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refutation {
@@ -34,7 +38,7 @@ pub enum Refutation {
     /// Its rule is not the task's.
     #[error("its rule is {claimed}, the task's {task}")]
     OtherRule {
-        /// The rule it names.
+        /// The rule it names (its first [`CLAIM_CHARS`] characters: a signer chooses it).
         claimed: String,
         /// The task's.
         task: String,

@@ -14,6 +14,7 @@ use fl_core::tensors::Bundle;
 
 use super::compute::{RoundBase, aggregate};
 use super::inbox::{MAX_ANNOUNCERS_PER_ROUND, SignedAnnouncement};
+use super::refutation::CLAIM_CHARS;
 use super::{Inputs, Refutation, RoundError, Terms};
 
 /// The round a manifest for `round` continues: the manifest before it (its CID and body;
@@ -165,7 +166,7 @@ pub fn check_claims(
     }
     if manifest.rule != task.rule {
         return refuted(Refutation::OtherRule {
-            claimed: manifest.rule.clone(),
+            claimed: manifest.rule.chars().take(CLAIM_CHARS).collect(),
             task: task.rule.clone(),
         });
     }

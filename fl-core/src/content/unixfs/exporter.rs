@@ -128,20 +128,25 @@ fn write_node<S: Blockstore, W: Write>(
 }
 
 /// A file DAG that names far more bytes than it holds: `depth` levels of one dag-pb node
-/// linking the level below `fanout` times, over one raw leaf of `leaf` bytes. For tests of
-/// the limits that stop such a DAG from expanding.
-#[cfg(test)]
-pub(crate) fn bomb(store: &impl Blockstore, leaf: usize, fanout: usize, depth: usize) -> Cid {
+/// linking the level below `fanout` times, over one raw leaf of `leaf` bytes: what a
+/// dishonest peer sends (`fl simulate --attack dag-bomb`) and the tests of the limits that
+/// stop such a DAG from expanding.
+pub fn bomb(
+    store: &(impl Blockstore + ?Sized),
+    leaf: usize,
+    fanout: usize,
+    depth: usize,
+) -> Result<Cid, StoreError> {
     use ipld_dagpb::PbLink;
 
     let block = crate::content::Block::hashed(RAW, vec![7u8; leaf]);
     let mut cid = *block.cid();
-    store.put(block).expect("a test store");
+    store.put(block)?;
     let mut size = leaf as u64;
     for _ in 0..depth {
         let data = Data {
             r#type: DataType::File as i32,
-            filesize: Some(size * fanout as u64),
+            filesize: Some(size.saturating_mul(fanout as u64)),
             blocksizes: vec![size; fanout],
             ..Data::default()
         };
@@ -158,8 +163,8 @@ pub(crate) fn bomb(store: &impl Blockstore, leaf: usize, fanout: usize, depth: u
         };
         let block = crate::content::Block::hashed(DAG_PB, node.into_bytes());
         cid = *block.cid();
-        store.put(block).expect("a test store");
-        size *= fanout as u64;
+        store.put(block)?;
+        size = size.saturating_mul(fanout as u64);
     }
-    cid
+    Ok(cid)
 }

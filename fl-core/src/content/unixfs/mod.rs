@@ -18,9 +18,7 @@ mod exporter;
 mod importer;
 mod pb;
 
-#[cfg(test)]
-pub(crate) use exporter::bomb;
-pub use exporter::{ExportError, export};
+pub use exporter::{ExportError, bomb, export};
 pub use importer::{Added, ImportError, ImportOptions, import};
 
 /// Chunk size of Kubo's and Helia's default chunker (`size-262144`).

@@ -54,6 +54,8 @@ pub(super) enum Command {
     },
     /// Tell `peer` we no longer want `cid`.
     Cancel { cid: Cid, peer: PeerId },
+    /// Send `peer` this message as it is, if connected.
+    Send { peer: PeerId, message: Message },
 }
 
 /// What arrived for a wanted block.
@@ -164,6 +166,11 @@ impl Behaviour {
                 }
                 if self.connections.contains_key(&peer) {
                     self.send(peer, want(cid, true));
+                }
+            }
+            Command::Send { peer, message } => {
+                if self.connections.contains_key(&peer) {
+                    self.send(peer, message);
                 }
             }
         }

@@ -377,6 +377,12 @@ impl Bitswap {
         }
     }
 
+    /// Sends `peer` a message as it is, outside any fetch, if it is connected: for
+    /// deviating from the protocol on purpose (`fl simulate --attack have-flood`) and tests.
+    pub async fn send_as_is(&self, peer: PeerId, message: Message) -> Result<(), FetchError> {
+        self.command(Command::Send { peer, message }).await
+    }
+
     async fn command(&self, command: Command) -> Result<(), FetchError> {
         self.commands
             .send(command)

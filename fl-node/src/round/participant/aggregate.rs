@@ -165,7 +165,7 @@ impl Participant {
             fetched.as_secs_f64(),
             computed.as_secs_f64()
         );
-        Ok((cid, signed))
+        Ok((cid, Arc::new(signed)))
     }
 
     /// A turn at aggregating or recomputing a round (it holds the round's updates in memory).

@@ -129,7 +129,7 @@ impl Participant {
         &self,
         ctx: &Ctx,
         tip: Cid,
-        signed: Signed<Manifest>,
+        signed: Arc<Signed<Manifest>>,
     ) -> Result<Option<Vec<SignedManifest>>, RoundError> {
         let ours = |round: u32| self.rounds.adopted(&ctx.terms.cid, round);
         let mut path = vec![(tip, signed)];
@@ -166,7 +166,7 @@ impl Participant {
                     if p.body.round.checked_add(1) == Some(round)
                         && p.body.task == ctx.terms.cid =>
                 {
-                    path.push((prev, p));
+                    path.push((prev, Arc::new(p)));
                 }
                 _ => {
                     lock(&ctx.verdicts).settled(tip);
@@ -191,14 +191,16 @@ impl Participant {
             1 => (None, None),
             r => {
                 let c = self.rounds.adopted(&ctx.terms.cid, r - 1)?;
-                let m = c.map(|c| self.load_manifest(&c)).transpose()?;
+                let m = c
+                    .map(|c| self.load_manifest(&c).map(Arc::new))
+                    .transpose()?;
                 (c, m)
             }
         };
         let mut valid = Vec::new();
         for (cid, m) in path {
             let base = match self
-                .base(ctx, m.body.round, prev, prev_manifest.as_ref())
+                .base(ctx, m.body.round, prev, prev_manifest.as_deref())
                 .await
             {
                 Ok(base) => base,

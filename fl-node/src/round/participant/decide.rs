@@ -234,7 +234,7 @@ impl Participant {
             &lock(&ctx.verdicts),
             Instant::now(),
         );
-        let mut manifests: HashMap<Cid, Signed<Manifest>> = manifests.into_iter().collect();
+        let mut manifests: HashMap<Cid, Arc<Signed<Manifest>>> = manifests.into_iter().collect();
         order
             .into_iter()
             .filter_map(|c| manifests.remove(&c).map(|m| (c, m)))
@@ -245,13 +245,16 @@ impl Participant {
     /// yet. A newer manifest whose chain cannot be followed (yet, or ever: anyone may gossip
     /// one) is no reason to stop.
     async fn newer_arrived(&self, ctx: &Ctx, round: u32) -> bool {
+        // Only a manifest new to this look counts: one already here and still open (one this
+        // node contests, say) was looked at, and looking again at once would spin.
+        let before: HashSet<Cid> = ctx.inbox.manifests(round).iter().map(|(c, _)| *c).collect();
         if let Err(e) = self.walk_back(ctx, round).await {
             tracing::info!(round, "cannot follow a newer manifest back: {e}");
         }
         ctx.inbox
             .manifests(round)
             .iter()
-            .any(|(c, _)| lock(&ctx.verdicts).open(c, Instant::now()))
+            .any(|(c, _)| !before.contains(c) && lock(&ctx.verdicts).open(c, Instant::now()))
     }
 
     /// Attack `censor`: once a round, aggregates as soon as the minimum is in, counting only

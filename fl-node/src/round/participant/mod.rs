@@ -48,6 +48,7 @@ mod decide;
 mod evaluate;
 mod event;
 mod fetch;
+mod misbehave;
 mod rounds;
 mod train;
 
@@ -187,19 +188,19 @@ enum Verdict {
 enum Decision {
     /// The round's manifest, and whether it was recomputed already (or only its claims
     /// checked).
-    Adopt(Cid, Signed<Manifest>, bool),
+    Adopt(Cid, Arc<Signed<Manifest>>, bool),
     /// A chain that wins the fork choice against this node's, to follow instead.
     Switch(Reorg),
 }
 
 /// Where a node stands on the chain: the last round decided, its manifest's CID and the
 /// manifest (none before round 1).
-type Position = (u32, Option<Cid>, Option<Signed<Manifest>>);
+type Position = (u32, Option<Cid>, Option<Arc<Signed<Manifest>>>);
 
 /// A manifest taken for its round, on its claims or recomputed.
 struct Pending {
     cid: Cid,
-    signed: Signed<Manifest>,
+    signed: Arc<Signed<Manifest>>,
     /// What its round started from, to recompute it.
     base: RoundBase,
     /// Where the node stood before taking it.

@@ -106,7 +106,7 @@ impl Participant {
         }
         let (done, head) = self.rounds.head(&ctx.terms.cid)?;
         let head_manifest = match head {
-            Some(cid) => Some(self.load_manifest(&cid)?),
+            Some(cid) => Some(Arc::new(self.load_manifest(&cid)?)),
             None => None,
         };
         if let Some(bytes) = head.map(|c| self.block_bytes(&c)).transpose()? {
@@ -138,7 +138,9 @@ impl Participant {
         let round = done + 1;
         tracing::Span::current().record("round", round);
         let opened = Instant::now();
-        let base = self.base(ctx, round, head, head_manifest.as_ref()).await?;
+        let base = self
+            .base(ctx, round, head, head_manifest.as_deref())
+            .await?;
         let closed = self.closed_already(ctx, &base, emit).await;
         let announced = !closed && self.rounds.announced(&ctx.terms.cid, round)?.is_some();
         let mut train_seconds = 0.0;
@@ -166,6 +168,7 @@ impl Participant {
             train_seconds = trained.seconds;
             let epsilon = trained.epsilon;
             let (update, samples) = self.announce(ctx, &base, trained).await?;
+            self.misbehave(ctx, &base);
             emit(&Event::Announced {
                 round,
                 update: update.to_string(),

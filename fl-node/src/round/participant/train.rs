@@ -99,6 +99,15 @@ impl Participant {
         };
         let update_cid = match copied {
             Some(cid) => cid,
+            None if attack == Some(Attack::DagBomb) => {
+                // Three blocks that name 256 GB: 256 KiB linked 1,000 times, that 1,000 times.
+                fl_core::content::unixfs::bomb(self.repo.blocks(), 256 << 10, 1000, 2).map_err(
+                    |source| RoundError::StoreRecord {
+                        what: "update",
+                        source,
+                    },
+                )?
+            }
             None => trained
                 .update
                 .store_encoded(&self.repo, ctx.terms.task.update_encoding)
