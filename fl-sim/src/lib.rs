@@ -119,16 +119,7 @@ pub async fn run(
     let attackers: Vec<usize> = (0..plan.nodes)
         .filter(|&n| plan.attack_of(n).is_some())
         .collect();
-    let stop_attackers = |outcomes: &BTreeMap<usize, Result<Cid, String>>| {
-        let honest_done = (0..plan.nodes)
-            .filter(|n| !attackers.contains(n))
-            .all(|n| outcomes.contains_key(&n));
-        if honest_done {
-            for &n in attackers.iter().filter(|n| !outcomes.contains_key(n)) {
-                let _ = running.stop.send(n);
-            }
-        }
-    };
+    let mut told_to_stop: Vec<usize> = Vec::new();
     loop {
         tokio::select! {
             Some((node, event)) = running.events.recv() => {
@@ -146,7 +137,17 @@ pub async fn run(
                     Some(Err(e)) => tracing::error!("a node's task ended abnormally: {e}"),
                     None => break,
                 }
-                stop_attackers(&outcomes);
+                let honest_done = (0..plan.nodes)
+                    .filter(|n| !attackers.contains(n))
+                    .all(|n| outcomes.contains_key(&n));
+                if honest_done {
+                    for &n in &attackers {
+                        if !outcomes.contains_key(&n) && !told_to_stop.contains(&n) {
+                            told_to_stop.push(n);
+                            let _ = running.stop.send(n);
+                        }
+                    }
+                }
             },
             _ = tick.tick() => faults.tick(book.open_round(), &mut emit),
         }

@@ -695,8 +695,9 @@ fn holds_against(
         seconds(&attacked),
         seconds(&without)
     );
+    // Peak memory is known on Linux only (0 elsewhere).
     assert!(
-        peak < 2 * reference_peak,
+        reference_peak == 0 || peak < 2 * reference_peak,
         "peak memory {peak} bytes under attack, {reference_peak} without"
     );
     Some((peak, reference_peak))
@@ -727,12 +728,13 @@ const RESOURCE_ROUNDS: [&str; 14] = [
 /// and the federation ends on exactly the model the honest three reach when the two stop
 /// before announcing anything. The trickler's own manifest, which counts its update, looks
 /// better but cannot be checked: honest nodes try it again with a doubling pause, so a round
-/// may take its deadline and grace plus two fetch deadlines.
+/// may take its deadline and grace plus a few fetch deadlines (113 s seen, on a loaded
+/// machine, against 25 s without the two).
 #[test]
 fn a_bomb_and_a_trickle_are_left_out_in_time() {
     let attacks = ["--attack", "3:dag-bomb", "--attack", "4:slow-serve"];
     let reference = ["--fail", "3@1", "--fail", "4@1"];
-    let limit = 20.0 + 10.0 + 2.0 * 41.0 + 30.0;
+    let limit = 20.0 + 10.0 + 3.0 * 41.0 + 30.0;
     if let Some((peak, without)) = holds_against(&RESOURCE_ROUNDS, &attacks, &reference, 3, limit) {
         eprintln!("peak memory {peak} bytes attacked, {without} without");
     }

@@ -17,7 +17,8 @@
 //! - `stalled-frames`: eight peers each keep as many streams open as the node lets them, on
 //!   each a length prefix of 4 MiB whose bytes never come;
 //! - `new-peer-ids`: 10,000 connections, each from a new peer id, 64 being dialled at once,
-//!   each held open.
+//!   each held open once made (from one address, the node admits 64 at once and refuses the
+//!   rest before their handshake).
 //!
 //! The honest peer connects before each abuse starts (a node full of abusers' connections
 //! takes no new ones: that is its connection limit working). Machines with few cores share

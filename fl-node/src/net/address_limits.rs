@@ -24,8 +24,11 @@ pub const MAX_INBOUND_PER_ADDRESS: u32 = 64;
 /// New inbound connections one IP address may open per second, on average (it may open
 /// [`MAX_INBOUND_PER_ADDRESS`] at once).
 pub const NEW_INBOUND_PER_SECOND: f64 = 16.0;
-/// Addresses tracked at once; past this, those with no connection are forgotten.
+/// Addresses tracked at once. Past this, those idle with a whole allowance are forgotten (at
+/// most once a second), and while none can be, addresses not tracked are refused.
 const MAX_TRACKED: usize = 4096;
+/// Least time between two sweeps of the addresses tracked.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The limits.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +93,8 @@ pub struct Behaviour {
     config: Config,
     addresses: HashMap<IpAddr, Entry>,
     connections: HashMap<ConnectionId, IpAddr>,
+    /// When the addresses were last swept of forgettable ones.
+    swept: Option<Instant>,
 }
 
 impl Behaviour {
@@ -110,11 +115,18 @@ impl Behaviour {
     }
 }
 
-/// The IP address a multiaddr starts with, if any.
+/// The address a multiaddr starts with, as limited: an IPv4 address (IPv4-mapped IPv6 ones
+/// too), or an IPv6 address's /64, which one host usually holds whole.
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next()? {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => Some(IpAddr::V4(v4)),
+            None => {
+                let prefix = u128::from(ip) & !((1u128 << 64) - 1);
+                Some(IpAddr::V6(prefix.into()))
+            }
+        },
         _ => None,
     }
 }
@@ -133,16 +145,25 @@ impl NetworkBehaviour for Behaviour {
             return Ok(());
         };
         let now = Instant::now();
-        if self.addresses.len() >= MAX_TRACKED {
-            // Forgotten only once idle with a whole allowance: forgetting gives none.
-            let (max, rate) = (
-                f64::from(self.config.max_per_address),
-                self.config.new_per_second,
-            );
-            self.addresses.retain(|_, e| {
-                let since = now.saturating_duration_since(e.at).as_secs_f64();
-                e.open > 0 || e.allowance + since * rate < max
-            });
+        if self.addresses.len() >= MAX_TRACKED && !self.addresses.contains_key(&address) {
+            if self
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY)
+            {
+                self.swept = Some(now);
+                // Forgotten only once idle with a whole allowance: forgetting gives none.
+                let (max, rate) = (
+                    f64::from(self.config.max_per_address),
+                    self.config.new_per_second,
+                );
+                self.addresses.retain(|_, e| {
+                    let since = now.saturating_duration_since(e.at).as_secs_f64();
+                    e.open > 0 || e.allowance + since * rate < max
+                });
+            }
+            if self.addresses.len() >= MAX_TRACKED {
+                return Err(ConnectionDenied::new(TooMany { address }));
+            }
         }
         let config = self.config;
         let entry = self
@@ -232,5 +253,19 @@ mod tests {
             .count();
         assert_eq!(admitted, 4 + 1, "a second of churn: the burst and 2/s");
         assert!(e.admit(&config, start + Duration::from_secs(10)));
+    }
+
+    /// An IPv6 host is limited by its /64; an IPv4-mapped address as the IPv4 one.
+    #[test]
+    fn addresses_are_limited_by_host() {
+        let a: Multiaddr = "/ip6/2001:db8:1:2:aaaa::1/tcp/1".parse().unwrap();
+        let b: Multiaddr = "/ip6/2001:db8:1:2:bbbb::9/tcp/2".parse().unwrap();
+        let c: Multiaddr = "/ip6/2001:db8:1:3::1/tcp/1".parse().unwrap();
+        assert_eq!(ip_of(&a), ip_of(&b));
+        assert_ne!(ip_of(&a), ip_of(&c));
+        let mapped: Multiaddr = "/ip6/::ffff:192.0.2.7/tcp/1".parse().unwrap();
+        let v4: Multiaddr = "/ip4/192.0.2.7/tcp/1".parse().unwrap();
+        assert_eq!(ip_of(&mapped), ip_of(&v4));
+        assert_eq!(ip_of(&"/dns4/example.com/tcp/1".parse().unwrap()), None);
     }
 }

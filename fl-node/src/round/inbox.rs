@@ -239,9 +239,13 @@ impl Inbox {
                     }
                 })
                 .await;
-                let Ok(result) = filed else {
-                    tracing::error!("round gossip: filing stopped");
-                    return;
+                let result = match filed {
+                    Ok(result) => result,
+                    // A bug in filing one record must not deafen the node to the rest.
+                    Err(e) => {
+                        tracing::error!("round gossip: filing a record failed: {e}");
+                        continue;
+                    }
                 };
                 let verdict = match &result {
                     Ok(()) => MessageAcceptance::Accept,

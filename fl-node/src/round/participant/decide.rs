@@ -61,6 +61,8 @@ impl Participant {
             said: Instant::now(),
         };
         loop {
+            // Manifests filed from here on are new to this look.
+            let look = Instant::now();
             self.report_evaluations(ctx, emit)?;
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
@@ -76,7 +78,7 @@ impl Participant {
             {
                 return Ok(adopt);
             }
-            if ctx.inbox.latest_round() > round && self.newer_arrived(ctx, round).await {
+            if ctx.inbox.latest_round() > round && self.newer_arrived(ctx, round, look).await {
                 continue;
             }
             if waiting.made.is_none()
@@ -241,20 +243,19 @@ impl Participant {
             .collect()
     }
 
-    /// Whether following a newer manifest back brought a manifest for `round` not looked at
-    /// yet. A newer manifest whose chain cannot be followed (yet, or ever: anyone may gossip
-    /// one) is no reason to stop.
-    async fn newer_arrived(&self, ctx: &Ctx, round: u32) -> bool {
-        // Only a manifest new to this look counts: one already here and still open (one this
-        // node contests, say) was looked at, and looking again at once would spin.
-        let before: HashSet<Cid> = ctx.inbox.manifests(round).iter().map(|(c, _)| *c).collect();
+    /// Whether a manifest for `round` not looked at yet came since `look` began, following a
+    /// newer manifest back included. A newer manifest whose chain cannot be followed (yet,
+    /// or ever: anyone may gossip one) is no reason to stop; one already looked at and
+    /// still open (one this node contests, say) is none either: looking again at once would
+    /// spin.
+    async fn newer_arrived(&self, ctx: &Ctx, round: u32, look: Instant) -> bool {
         if let Err(e) = self.walk_back(ctx, round).await {
             tracing::info!(round, "cannot follow a newer manifest back: {e}");
         }
-        ctx.inbox
-            .manifests(round)
-            .iter()
-            .any(|(c, _)| !before.contains(c) && lock(&ctx.verdicts).open(c, Instant::now()))
+        ctx.inbox.manifests(round).iter().any(|(c, _)| {
+            ctx.inbox.arrived(round, c).is_some_and(|at| at >= look)
+                && lock(&ctx.verdicts).open(c, Instant::now())
+        })
     }
 
     /// Attack `censor`: once a round, aggregates as soon as the minimum is in, counting only

@@ -23,12 +23,31 @@ impl Participant {
                 tokio::spawn(flood_haves(node, repo, model).in_current_span());
             }
             Some(Attack::ManifestFlood) => {
-                let manifests = flooding_manifests(ctx, base, &self.key);
-                let (node, topic) = (self.node.clone(), Task::manifests_topic(&ctx.terms.cid));
+                let last = ctx
+                    .terms
+                    .task
+                    .rounds
+                    .min(base.round.saturating_add(KEEP_ROUNDS_BEHIND));
+                let (node, key) = (self.node.clone(), self.key.clone());
+                let (task, topic) = (ctx.terms.cid, Task::manifests_topic(&ctx.terms.cid));
+                let (first, prev, model) = (base.round, base.prev, base.model_cid);
                 tokio::spawn(
                     async move {
-                        for bytes in manifests {
-                            let _ = node.publish(&topic, bytes).await;
+                        let padding = "x".repeat(MAX_RECORD_BYTES - MANIFEST_ROOM);
+                        tracing::info!(rounds = last + 1 - first, "attack: flooding manifests");
+                        for round in first..=last {
+                            for rank in 0..FLOOD_MANIFESTS_PER_ROUND as u32 {
+                                let manifest =
+                                    flooding_manifest(task, round, prev, model, &padding, rank);
+                                match Signed::sign(manifest, &key).and_then(|s| s.to_block()) {
+                                    Ok(block) => {
+                                        let _ = node.publish(&topic, block.data().to_vec()).await;
+                                    }
+                                    Err(e) => tracing::warn!(
+                                        "attack: a flooding manifest could not be made: {e}"
+                                    ),
+                                }
+                            }
                         }
                     }
                     .in_current_span(),
@@ -99,40 +118,30 @@ fn dag_cids(store: &dyn Blockstore, root: Cid, max: usize) -> Vec<Cid> {
     found
 }
 
-/// Attack `manifest-flood`: [`FLOOD_MANIFESTS_PER_ROUND`] signed manifests for each round from
-/// `base`'s to the task's last (at most [`KEEP_ROUNDS_BEHIND`] of them), each near the largest
-/// a record may be (its rule name padded), none of them valid.
-fn flooding_manifests(ctx: &Ctx, base: &RoundBase, key: &Keypair) -> Vec<Vec<u8>> {
-    let last = ctx
-        .terms
-        .task
-        .rounds
-        .min(base.round.saturating_add(KEEP_ROUNDS_BEHIND));
-    let padding = "x".repeat(MAX_RECORD_BYTES - MANIFEST_ROOM);
-    let mut out = Vec::new();
-    for round in base.round..=last {
-        for rank in 0..FLOOD_MANIFESTS_PER_ROUND as u32 {
-            let manifest = Manifest {
-                task: ctx.terms.cid,
-                round,
-                prev: base.prev,
-                base_model: base.model_cid,
-                model: base.model_cid,
-                rule: padding.clone(),
-                server_state: None,
-                contributions: Vec::new(),
-                rejected: Vec::new(),
-                epsilon: None,
-                delta: None,
-                metrics: None,
-                rank,
-            };
-            match Signed::sign(manifest, key).and_then(|s| s.to_block()) {
-                Ok(block) => out.push(block.data().to_vec()),
-                Err(e) => tracing::warn!("attack: a flooding manifest could not be made: {e}"),
-            }
-        }
+/// Attack `manifest-flood`: one of the [`FLOOD_MANIFESTS_PER_ROUND`] manifests signed for
+/// each round from the attacker's to the task's last (at most [`KEEP_ROUNDS_BEHIND`] rounds
+/// after it), near the largest a record may be (its rule name padded), none of them valid.
+fn flooding_manifest(
+    task: Cid,
+    round: u32,
+    prev: Option<Cid>,
+    model: Cid,
+    padding: &str,
+    rank: u32,
+) -> Manifest {
+    Manifest {
+        task,
+        round,
+        prev,
+        base_model: model,
+        model,
+        rule: padding.to_string(),
+        server_state: None,
+        contributions: Vec::new(),
+        rejected: Vec::new(),
+        epsilon: None,
+        delta: None,
+        metrics: None,
+        rank,
     }
-    tracing::info!(manifests = out.len(), "attack: flooding manifests");
-    out
 }
