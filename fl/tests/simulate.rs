@@ -544,29 +544,31 @@ fn final_model(lines: &[serde_json::Value]) -> String {
     summary["model"].as_str().expect("a model").to_string()
 }
 
+/// The round settings of the attack tests: five nodes, two rounds of three steps.
+const ATTACK_ROUNDS: [&str; 14] = [
+    "--nodes",
+    "5",
+    "--rounds",
+    "2",
+    "--steps",
+    "3",
+    "--images",
+    "1500",
+    "--min-participants",
+    "3",
+    "--deadline",
+    "20",
+    "--grace",
+    "10",
+];
+
 /// Two dishonest members of five, one claiming 1,000 times its samples and one announcing
 /// another's update as its own, gain nothing: every round counts the three honest updates
 /// only, closes at its deadline, and ends on exactly the model the honest three reach when
 /// the two stop before announcing anything.
 #[test]
 fn members_that_inflate_their_samples_or_copy_an_update_change_nothing() {
-    let common = [
-        "--nodes",
-        "5",
-        "--rounds",
-        "2",
-        "--steps",
-        "3",
-        "--images",
-        "1500",
-        "--min-participants",
-        "3",
-        "--deadline",
-        "20",
-        "--grace",
-        "10",
-    ];
-    let with = |extra: &[&str]| simulate(&[&common[..], extra].concat());
+    let with = |extra: &[&str]| simulate(&[&ATTACK_ROUNDS[..], extra].concat());
     let Some((stdout, attacked)) =
         with(&["--attack", "3:inflate-samples", "--attack", "4:copy-update"])
     else {
@@ -703,24 +705,6 @@ fn holds_against(
     Some((peak, reference_peak))
 }
 
-/// The round settings of the resource attacks' tests: five nodes, two rounds of three steps.
-const RESOURCE_ROUNDS: [&str; 14] = [
-    "--nodes",
-    "5",
-    "--rounds",
-    "2",
-    "--steps",
-    "3",
-    "--images",
-    "1500",
-    "--min-participants",
-    "3",
-    "--deadline",
-    "20",
-    "--grace",
-    "10",
-];
-
 /// A member whose update is a DAG bomb (three blocks naming 256 GB) and one that serves its
 /// blocks at a trickle weigh nothing and hold a round up for a bounded time: every round
 /// counts the three honest updates (the bomb rejected as too large before it is fetched,
@@ -735,7 +719,7 @@ fn a_bomb_and_a_trickle_are_left_out_in_time() {
     let attacks = ["--attack", "3:dag-bomb", "--attack", "4:slow-serve"];
     let reference = ["--fail", "3@1", "--fail", "4@1"];
     let limit = 20.0 + 10.0 + 3.0 * 41.0 + 30.0;
-    if let Some((peak, without)) = holds_against(&RESOURCE_ROUNDS, &attacks, &reference, 3, limit) {
+    if let Some((peak, without)) = holds_against(&ATTACK_ROUNDS, &attacks, &reference, 3, limit) {
         eprintln!("peak memory {peak} bytes attacked, {without} without");
     }
 }
@@ -750,7 +734,7 @@ fn a_bomb_and_a_trickle_are_left_out_in_time() {
 fn floods_of_wants_and_manifests_change_nothing() {
     let attacks = ["--attack", "3:have-flood", "--attack", "4:manifest-flood"];
     if let Some((peak, without)) =
-        holds_against(&RESOURCE_ROUNDS, &attacks, &[], 5, 20.0 + 10.0 + 40.0)
+        holds_against(&ATTACK_ROUNDS, &attacks, &[], 5, 20.0 + 10.0 + 40.0)
     {
         eprintln!("peak memory {peak} bytes attacked, {without} without");
     }
