@@ -33,9 +33,10 @@ struct Args {
     /// Where the results go.
     #[arg(long, default_value = "results")]
     out: PathBuf,
-    /// The privacy experiment's targets: epsilons at delta 1e-5, and `none` for no DP.
-    #[arg(long, value_delimiter = ',', default_value = "1,3,8,none")]
-    epsilons: Vec<PrivacyPoint>,
+    /// The privacy experiment's targets: epsilons at delta 1e-5, and `none` for no DP
+    /// [default: 1,3,8,none; with --quick 1,8,none].
+    #[arg(long, value_delimiter = ',')]
+    epsilons: Option<Vec<PrivacyPoint>>,
     /// The seed of every run's initial model and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -83,13 +84,18 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let started = Instant::now();
     let mut ctx = Ctx::new(data, data_dir.clone(), scale, args.out.clone());
-    let epsilons_flag = if args.epsilons == PrivacyPoint::DEFAULT {
-        String::new()
-    } else {
-        let list: Vec<String> = args.epsilons.iter().map(ToString::to_string).collect();
-        format!("--epsilons {} ", list.join(","))
+    let epsilons_flag = match &args.epsilons {
+        None => String::new(),
+        Some(points) => {
+            let list: Vec<String> = points.iter().map(ToString::to_string).collect();
+            format!("--epsilons {} ", list.join(","))
+        }
     };
-    ctx.privacy_points = args.epsilons;
+    ctx.privacy_points = match args.epsilons {
+        Some(points) => points,
+        None if scale.quick => PrivacyPoint::QUICK.to_vec(),
+        None => PrivacyPoint::DEFAULT.to_vec(),
+    };
     ctx.seed = args.seed;
     ctx.merge_privacy = args.merge;
     let seed_flag = match args.seed {

@@ -70,6 +70,20 @@ pub enum SimulationError {
     /// No node finished the task.
     #[error("no node finished the task; the first error: {0}")]
     NoneFinished(String),
+    /// So many nodes gave up or were stopped that no round could close any more: the run
+    /// was ended rather than left waiting for ever.
+    #[error(
+        "{left} nodes were left, fewer than the {needed} participants a round needs, so the run was ended; \
+         the first error: {first}"
+    )]
+    TooFewLeft {
+        /// Nodes neither failed nor stopped.
+        left: usize,
+        /// The task's minimum participants.
+        needed: usize,
+        /// The first node's error.
+        first: String,
+    },
 }
 
 /// Runs `plan` on `data` with every node's repo under `root` (made if missing); returns when
@@ -120,6 +134,7 @@ pub async fn run(
         .filter(|&n| plan.attack_of(n).is_some())
         .collect();
     let mut told_to_stop: Vec<usize> = Vec::new();
+    let mut too_few = None;
     loop {
         tokio::select! {
             Some((node, event)) = running.events.recv() => {
@@ -140,6 +155,16 @@ pub async fn run(
                 let honest_done = (0..plan.nodes)
                     .filter(|n| !attackers.contains(n))
                     .all(|n| outcomes.contains_key(&n));
+                if too_few.is_none() {
+                    too_few = too_few_left(plan, &outcomes);
+                    if let Some((left, needed)) = too_few {
+                        tracing::warn!(left, needed, "too few nodes left to close a round: ending the run");
+                        for n in (0..plan.nodes).filter(|n| !outcomes.contains_key(n)) {
+                            told_to_stop.push(n);
+                            let _ = running.stop.send(n);
+                        }
+                    }
+                }
                 if honest_done {
                     for &n in &attackers {
                         if !outcomes.contains_key(&n) && !told_to_stop.contains(&n) {
@@ -158,6 +183,13 @@ pub async fn run(
     }
     for row in book.ready(true) {
         emit(&Progress::Round(row));
+    }
+    if let Some((left, needed)) = too_few {
+        return Err(SimulationError::TooFewLeft {
+            left,
+            needed,
+            first: first_error(&outcomes),
+        });
     }
     let (model, agreeing) = consensus(&outcomes)?;
     let stats: Vec<_> = counters.iter().map(|b| b.stats()).collect();
@@ -182,11 +214,77 @@ fn consensus(
     for model in outcomes.values().flatten() {
         *votes.entry(*model).or_default() += 1;
     }
-    votes.into_iter().max_by_key(|(_, n)| *n).ok_or_else(|| {
-        let first = outcomes
-            .values()
-            .find_map(|o| o.as_ref().err().cloned())
-            .unwrap_or_else(|| "no node ran".into());
-        SimulationError::NoneFinished(first)
-    })
+    votes
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .ok_or_else(|| SimulationError::NoneFinished(first_error(outcomes)))
+}
+
+/// The first node's error, in node order.
+fn first_error(outcomes: &BTreeMap<usize, Result<Cid, String>>) -> String {
+    outcomes
+        .values()
+        .find_map(|o| o.as_ref().err().cloned())
+        .unwrap_or_else(|| "no node ran".into())
+}
+
+/// The nodes left and the participants a round needs, when so many nodes have failed or
+/// been stopped (a node that finished still counts) that the nodes still running can no
+/// longer close a round; `None` while they can, or once none is running.
+fn too_few_left(
+    plan: &Plan,
+    outcomes: &BTreeMap<usize, Result<Cid, String>>,
+) -> Option<(usize, usize)> {
+    let failed = outcomes.values().filter(|o| o.is_err()).count();
+    let left = plan.nodes.saturating_sub(failed);
+    let needed = plan.min_participants as usize;
+    let running = outcomes.len() < plan.nodes;
+    (running && left < needed).then_some((left, needed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(outcomes: &[(usize, bool)]) -> BTreeMap<usize, Result<Cid, String>> {
+        outcomes
+            .iter()
+            .map(|&(n, ok)| {
+                (
+                    n,
+                    if ok {
+                        Ok(Cid::default())
+                    } else {
+                        Err("diverged".into())
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_ends_once_too_few_nodes_are_left_to_close_a_round() {
+        let mut plan = Plan::new(10, 3);
+        plan.min_participants = 5;
+        // Five of ten failed: five left, a round can still close.
+        let five = ended(&[(0, false), (1, false), (2, false), (3, false), (4, false)]);
+        assert_eq!(too_few_left(&plan, &five), None);
+        // Six failed: four left of the five a round needs.
+        let mut six = five.clone();
+        six.insert(5, Err("stopped".into()));
+        assert_eq!(too_few_left(&plan, &six), Some((4, 5)));
+        // Nodes that finished still count: the last ones are only lingering.
+        let finished = ended(&[
+            (0, true),
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, true),
+            (5, true),
+        ]);
+        assert_eq!(too_few_left(&plan, &finished), None);
+        // Once every node has ended there is nothing left to stop.
+        let all = ended(&(0..10).map(|n| (n, false)).collect::<Vec<_>>());
+        assert_eq!(too_few_left(&plan, &all), None);
+    }
 }
