@@ -111,7 +111,7 @@ pub const EXPERIMENTS: [(&str, &str); 9] = [
     ),
     (
         "privacy",
-        "DP-SGD at epsilon 1, 3, 8 and without DP: centralized, federated, Opacus",
+        "DP-SGD at epsilon 1, 3, 8 (quick: 1, 8) and without DP: centralized, federated, Opacus",
     ),
     (
         "non-iid",

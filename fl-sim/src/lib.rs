@@ -86,6 +86,9 @@ pub enum SimulationError {
     },
 }
 
+/// How a node told to stop ended.
+const STOPPED: &str = "stopped";
+
 /// Runs `plan` on `data` with every node's repo under `root` (made if missing); returns when
 /// every node has finished, failed or given up.
 pub async fn run(
@@ -148,16 +151,19 @@ pub async fn run(
                         emit(&Progress::Errored { node, reason: reason.clone() });
                         outcomes.insert(node, Err(reason));
                     }
-                    Some(Ok((node, None))) => { outcomes.insert(node, Err("stopped".into())); }
+                    Some(Ok((node, None))) => { outcomes.insert(node, Err(STOPPED.into())); }
                     Some(Err(e)) => tracing::error!("a node's task ended abnormally: {e}"),
                     None => break,
                 }
                 let honest_done = (0..plan.nodes)
                     .filter(|n| !attackers.contains(n))
                     .all(|n| outcomes.contains_key(&n));
-                if too_few.is_none() {
-                    too_few = too_few_left(plan, &outcomes);
-                    if let Some((left, needed)) = too_few {
+                // Once the honest nodes are done nothing waits (the attackers are stopped
+                // below), and the nodes stopped here count as stopped, not as failed.
+                if too_few.is_none() && !honest_done {
+                    too_few = too_few_left(plan, &outcomes)
+                        .map(|(left, needed)| (left, needed, first_error(&outcomes)));
+                    if let Some((left, needed, _)) = &too_few {
                         tracing::warn!(left, needed, "too few nodes left to close a round: ending the run");
                         for n in (0..plan.nodes).filter(|n| !outcomes.contains_key(n)) {
                             told_to_stop.push(n);
@@ -184,11 +190,11 @@ pub async fn run(
     for row in book.ready(true) {
         emit(&Progress::Round(row));
     }
-    if let Some((left, needed)) = too_few {
+    if let Some((left, needed, first)) = too_few {
         return Err(SimulationError::TooFewLeft {
             left,
             needed,
-            first: first_error(&outcomes),
+            first,
         });
     }
     let (model, agreeing) = consensus(&outcomes)?;
@@ -220,11 +226,13 @@ fn consensus(
         .ok_or_else(|| SimulationError::NoneFinished(first_error(outcomes)))
 }
 
-/// The first node's error, in node order.
+/// The first node's error in node order, one that was not only told to stop if any.
 fn first_error(outcomes: &BTreeMap<usize, Result<Cid, String>>) -> String {
-    outcomes
-        .values()
-        .find_map(|o| o.as_ref().err().cloned())
+    let errors = || outcomes.values().filter_map(|o| o.as_ref().err());
+    errors()
+        .find(|e| *e != STOPPED)
+        .or_else(|| errors().next())
+        .cloned()
         .unwrap_or_else(|| "no node ran".into())
 }
 
@@ -286,5 +294,14 @@ mod tests {
         // Once every node has ended there is nothing left to stop.
         let all = ended(&(0..10).map(|n| (n, false)).collect::<Vec<_>>());
         assert_eq!(too_few_left(&plan, &all), None);
+    }
+
+    #[test]
+    fn the_reason_given_is_a_failure_not_a_stop() {
+        let mut outcomes = ended(&[(3, false)]);
+        outcomes.insert(0, Err(STOPPED.into()));
+        assert_eq!(first_error(&outcomes), "diverged");
+        let stopped: BTreeMap<_, _> = [(1, Err(STOPPED.to_string()))].into_iter().collect();
+        assert_eq!(first_error(&stopped), STOPPED);
     }
 }
