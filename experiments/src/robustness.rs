@@ -76,21 +76,16 @@ impl Ctx {
             for attackers in counts {
                 let attacks = (0..attackers).map(|i| (nodes - 1 - i, POISON)).collect();
                 let label = format!("{rule}, {attackers} x {POISON}");
-                let run = match self.attacked(&label, nodes, rule, attacks, &mut csv)? {
-                    Ok(run) => run,
-                    Err(why) => {
-                        table.push_str(&format!(
-                            "| {rule} | {POISON} | {attackers} | failed: {why} | - | - | - |\n"
-                        ));
-                        continue;
-                    }
-                };
+                let outcome = self.attacked(&label, nodes, rule, attacks, &mut csv)?;
+                if attackers == 0 {
+                    clean = outcome.as_ref().ok().and_then(FedRun::final_accuracy);
+                }
+                table.push_str(&row(rule, &POISON.to_string(), attackers, &outcome, clean));
+                let Ok(run) = outcome else { continue };
                 let accuracy = run.final_accuracy();
                 if attackers == 0 {
-                    clean = accuracy;
                     baselines.push((rule.clone(), run.round_seconds()));
                 }
-                table.push_str(&row(rule, &POISON.to_string(), attackers, &run, clean));
                 if let Some(a) = accuracy {
                     points.push((attackers as f64, 100.0 * a));
                 }
@@ -126,15 +121,10 @@ impl Ctx {
                 .collect::<Vec<_>>()
                 .join(" + ");
             let label = format!("fedavg, {named}");
-            match self.attacked(&label, nodes, "fedavg", attacks, &mut csv)? {
-                Ok(run) => {
-                    table.push_str(&row("fedavg", &named, kinds.len(), &run, fedavg_clean));
-                    times.push((format!("{what} attackers"), run.round_seconds()));
-                }
-                Err(why) => table.push_str(&format!(
-                    "| fedavg | {named} | {} | failed: {why} | - | - | - |\n",
-                    kinds.len()
-                )),
+            let outcome = self.attacked(&label, nodes, "fedavg", attacks, &mut csv)?;
+            table.push_str(&row("fedavg", &named, kinds.len(), &outcome, fedavg_clean));
+            if let Ok(run) = outcome {
+                times.push((format!("{what} attackers"), run.round_seconds()));
             }
         }
         let csv = csv.finish()?;
@@ -252,8 +242,20 @@ impl Ctx {
     }
 }
 
-/// One line of the report's table.
-fn row(rule: &str, attack: &str, attackers: usize, run: &FedRun, clean: Option<f64>) -> String {
+/// One line of the report's table: the run's figures, or why it failed.
+fn row(
+    rule: &str,
+    attack: &str,
+    attackers: usize,
+    outcome: &Result<FedRun, String>,
+    clean: Option<f64>,
+) -> String {
+    let run = match outcome {
+        Ok(run) => run,
+        Err(why) => {
+            return format!("| {rule} | {attack} | {attackers} | failed: {why} | - | - | - |\n");
+        }
+    };
     let accuracy = run.final_accuracy();
     let delta = match (accuracy, clean) {
         (Some(a), Some(c)) => format!("{:+.2} points", 100.0 * (a - c)),
