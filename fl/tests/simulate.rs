@@ -206,7 +206,10 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
                 .collect()
         };
         let mut updates = std::collections::BTreeMap::new();
-        for a in events("announced") {
+        for a in events("announced")
+            .into_iter()
+            .chain(events("announced-again"))
+        {
             let round = a["round"].as_u64().expect("a round");
             let update = a["update"].as_str().expect("an update").to_string();
             let first = updates.entry(round).or_insert_with(|| update.clone());

@@ -31,6 +31,15 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         epsilon: Option<f64>,
     },
+    /// The update this node announced for the round before (before a restart, or before
+    /// it went back to a better manifest of the round before) was announced again: still
+    /// one update a round.
+    AnnouncedAgain {
+        /// The round.
+        round: u32,
+        /// The update file.
+        update: String,
+    },
     /// This node is aggregating the round.
     Aggregating {
         /// The round.

@@ -148,13 +148,10 @@ impl Participant {
             if let Some(before) = self.confirm(ctx, pending.take(), emit).await? {
                 return Ok(before);
             }
-            if let Some((update, samples, epsilon)) = self.announced_before(ctx, &base).await? {
-                emit(&Event::Announced {
+            if let Some(update) = self.announced_before(ctx, &base).await? {
+                emit(&Event::AnnouncedAgain {
                     round,
                     update: update.to_string(),
-                    samples,
-                    train_seconds: 0.0,
-                    epsilon,
                 });
             }
         } else {

@@ -4,30 +4,28 @@
 use super::*;
 
 impl Participant {
-    /// The update this node announced for the round before a restart, if any (announced
-    /// again when the chain still holds its base): a round gets one update from a node.
+    /// Whether this node announced an update for the round before (before a restart, or
+    /// before going back to a better manifest of the round before): a round gets one update
+    /// from a node. Announces it again, and returns it, when the chain still holds its base.
     pub(super) async fn announced_before(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
-    ) -> Result<Option<(Cid, u64, Option<f64>)>, RoundError> {
+    ) -> Result<Option<Cid>, RoundError> {
         let round = base.round;
         let Some(cid) = self.rounds.announced(&ctx.terms.cid, round)? else {
             return Ok(None);
         };
         let bytes = self.block_bytes(&cid)?;
         let signed = Signed::<Announcement>::from_bytes(&cid, &bytes)?;
-        if signed.body.base == base.model_cid {
-            tracing::info!(round, %cid, "announcing again the update made before a restart");
-            self.publish_announcement(ctx, bytes).await;
+        if signed.body.base != base.model_cid {
+            // Made on a model the chain no longer holds: that round went on without it.
+            tracing::info!(round, %cid, "the update announced before was made on another model");
+            return Ok(None);
         }
-        // Otherwise it was made on a model the chain no longer holds: that round went on
-        // without it.
-        Ok(Some((
-            signed.body.update,
-            signed.body.samples,
-            signed.body.epsilon,
-        )))
+        tracing::info!(round, %cid, "announcing again the update made before");
+        self.publish_announcement(ctx, bytes).await;
+        Ok(Some(signed.body.update))
     }
 
     /// Trains on the local data from the round's model, then clips and noises the update
