@@ -4,7 +4,7 @@
 //! forwarded; an invalid one is not forwarded and costs the peer that sent it gossipsub
 //! score, one over a limit of this node's is dropped without blame.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -149,6 +149,9 @@ struct Contents {
     /// Round -> authors whose announcements came after the round closed: alive, and
     /// expected in the next round.
     late: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
+    /// Round -> authors whose announcement for it every node refuses (a sample count out
+    /// of bounds, another author's update): the round does not wait for them.
+    refused: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
     /// Peer -> the manifest it gossiped last: the head it follows (peers re-publish it).
     heads: HashMap<PeerId, Cid>,
     /// Peer -> when a valid record of theirs last arrived (peers re-publish at a pace).
@@ -291,46 +294,15 @@ impl Inbox {
     pub fn file_announcement(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), FileError> {
         let block = Block::hashed(DAG_CBOR, bytes);
         let signed = Signed::<Announcement>::from_block(&block)?;
-        let a = &signed.body;
-        self.admits(a.task, a.round, &signed.signer)?;
-        if a.samples == 0 || a.samples > self.terms.max_samples {
-            return Err(FileError::Samples(a.samples));
-        }
+        self.admits(signed.body.task, signed.body.round, &signed.signer)?;
         let cid = *block.cid();
-        let author = signed.signer;
-        let round = a.round;
         let mut c = lock(&self.contents);
-        if round <= c.closed_through {
-            // Routine (authors re-publish until they adopt the round): noted, not kept.
-            let late = c.late.entry(round).or_default();
-            if late.len() < MAX_ANNOUNCERS_PER_ROUND {
-                late.insert(author);
-            }
+        if !c.admit_announcement(cid, &signed, self.terms.max_samples)? {
             return Ok(());
-        }
-        let entry = c.announcements.entry(round).or_default();
-        if let Some((existing, _)) = entry.get(&author) {
-            if *existing != cid {
-                return Err(FileError::SecondUpdate { author, round });
-            }
-            return Ok(());
-        }
-        if let Some((_, (_, first))) = entry.iter().find(|(_, (_, o))| o.body.update == a.update) {
-            return Err(FileError::SharedUpdate {
-                update: a.update,
-                first: first.signer,
-            });
-        }
-        if entry.len() >= MAX_ANNOUNCERS_PER_ROUND {
-            return Err(FileError::Full {
-                what: format!("round {round}'s announcers"),
-                limit: MAX_ANNOUNCERS_PER_ROUND,
-            });
         }
         // Stored once accepted, so others can fetch it from us (and replays fill nothing).
         store.put(block)?;
-        entry.insert(author, (cid, signed));
-        c.arrived_now(round, cid);
+        c.keep_announcement(cid, signed);
         drop(c);
         self.changed.notify_waiters();
         Ok(())
@@ -511,6 +483,13 @@ impl Inbox {
             .unwrap_or_default()
     }
 
+    /// Authors that announced for `round` only what every node refuses (a sample count out
+    /// of bounds, an update another author announced first): the round has no update of
+    /// theirs to wait for.
+    pub fn refused(&self, round: u32) -> HashSet<PeerId> {
+        lock(&self.contents).refused(round)
+    }
+
     /// The rounds with manifests seen, newest first.
     pub fn manifest_rounds(&self) -> Vec<u32> {
         lock(&self.contents)
@@ -539,6 +518,8 @@ impl Inbox {
         // manifests among them. Older ones go.
         let keep = c.announcements.split_off(&round);
         c.announcements = keep;
+        let keep = c.refused.split_off(&round);
+        c.refused = keep;
         // Manifests, their evaluations and late authors of rounds far behind go too.
         let oldest = round.saturating_sub(KEEP_ROUNDS_BEHIND);
         c.manifests = c.manifests.split_off(&oldest);
@@ -612,6 +593,88 @@ impl Contents {
             .entry(signer)
             .or_default() += size;
         self.manifest_bytes_held += size;
+    }
+
+    /// Whether announcement `cid` is new and to be kept (`false`: a replay, or one for a
+    /// closed round, which only marks its author as late). One every node refuses (a sample
+    /// count out of `1..=max_samples`, an update another author announced first) marks its
+    /// author as refused for the round.
+    fn admit_announcement(
+        &mut self,
+        cid: Cid,
+        signed: &Signed<Announcement>,
+        max_samples: u64,
+    ) -> Result<bool, FileError> {
+        let (a, author) = (&signed.body, signed.signer);
+        let round = a.round;
+        if a.samples == 0 || a.samples > max_samples {
+            self.refuse(round, author);
+            return Err(FileError::Samples(a.samples));
+        }
+        if round <= self.closed_through {
+            // Routine (authors re-publish until they adopt the round): noted, not kept.
+            let late = self.late.entry(round).or_default();
+            if late.len() < MAX_ANNOUNCERS_PER_ROUND {
+                late.insert(author);
+            }
+            return Ok(false);
+        }
+        let entry = self.announcements.entry(round).or_default();
+        if let Some((existing, _)) = entry.get(&author) {
+            if *existing != cid {
+                return Err(FileError::SecondUpdate { author, round });
+            }
+            return Ok(false);
+        }
+        if let Some((_, (_, first))) = entry.iter().find(|(_, (_, o))| o.body.update == a.update) {
+            let first = first.signer;
+            self.refuse(round, author);
+            return Err(FileError::SharedUpdate {
+                update: a.update,
+                first,
+            });
+        }
+        if entry.len() >= MAX_ANNOUNCERS_PER_ROUND {
+            return Err(FileError::Full {
+                what: format!("round {round}'s announcers"),
+                limit: MAX_ANNOUNCERS_PER_ROUND,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Keeps announcement `cid`, admitted and arrived just now.
+    fn keep_announcement(&mut self, cid: Cid, signed: Signed<Announcement>) {
+        let round = signed.body.round;
+        self.announcements
+            .entry(round)
+            .or_default()
+            .insert(signed.signer, (cid, signed));
+        self.arrived_now(round, cid);
+    }
+
+    /// See [`Inbox::refused`].
+    fn refused(&self, round: u32) -> HashSet<PeerId> {
+        let filed = self.announcements.get(&round);
+        self.refused
+            .get(&round)
+            .into_iter()
+            .flatten()
+            .filter(|p| !filed.is_some_and(|a| a.contains_key(p)))
+            .copied()
+            .collect()
+    }
+
+    /// Notes that `author`'s announcement for `round` was refused, unless the round is
+    /// closed already (bounded like the round's announcers).
+    fn refuse(&mut self, round: u32, author: PeerId) {
+        if round <= self.closed_through {
+            return;
+        }
+        let refused = self.refused.entry(round).or_default();
+        if refused.len() < MAX_ANNOUNCERS_PER_ROUND {
+            refused.insert(author);
+        }
     }
 
     /// Notes that record `cid` of `round` was filed just now.
@@ -694,6 +757,91 @@ mod tests {
             signature: Vec::new(),
         };
         (cid, signed)
+    }
+
+    /// An announcement by `signer` of `update` with `samples`, as the inbox keeps it (its
+    /// signature is checked before this point).
+    fn announcement(
+        round: u32,
+        signer: PeerId,
+        update: &str,
+        samples: u64,
+    ) -> (Cid, Signed<Announcement>) {
+        let update = *Block::hashed(DAG_CBOR, update.as_bytes().to_vec()).cid();
+        let body = Announcement {
+            task: Cid::default(),
+            round,
+            base: Cid::default(),
+            update,
+            samples,
+            epochs: 1,
+            epsilon: None,
+        };
+        let cid = *Block::hashed(
+            DAG_CBOR,
+            format!("{signer} {round} {update} {samples}").into_bytes(),
+        )
+        .cid();
+        let signed = Signed {
+            body,
+            signer,
+            key: Vec::new(),
+            signature: Vec::new(),
+        };
+        (cid, signed)
+    }
+
+    /// A member that inflates its samples or names another's update is refused and marked
+    /// so for the round (the round stops waiting for it), until it sends one that counts;
+    /// a replay is not kept twice, and a closed round marks its authors late, not refused.
+    #[test]
+    fn a_refused_announcement_marks_its_author_for_the_round() {
+        let mut c = Contents::default();
+        let (honest, inflater, copier) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let file = |c: &mut Contents, (cid, signed): (Cid, Signed<Announcement>)| {
+            let admitted = c.admit_announcement(cid, &signed, 1200)?;
+            if admitted {
+                c.keep_announcement(cid, signed);
+            }
+            Ok::<bool, FileError>(admitted)
+        };
+        assert!(matches!(
+            file(&mut c, announcement(2, honest, "h", 1200)),
+            Ok(true)
+        ));
+        assert!(matches!(
+            file(&mut c, announcement(2, honest, "h", 1200)),
+            Ok(false)
+        ));
+        assert!(matches!(
+            file(&mut c, announcement(2, inflater, "i", 1 << 32)),
+            Err(FileError::Samples(_))
+        ));
+        assert!(matches!(
+            file(&mut c, announcement(2, copier, "h", 1200)),
+            Err(FileError::SharedUpdate { first, .. }) if first == honest
+        ));
+        assert_eq!(c.refused(2), [inflater, copier].into_iter().collect());
+        assert!(c.refused(3).is_empty());
+        // The inflater thinks better of it: its update counts, and it is awaited again.
+        assert!(matches!(
+            file(&mut c, announcement(2, inflater, "i", 600)),
+            Ok(true)
+        ));
+        assert_eq!(c.refused(2), [copier].into_iter().collect());
+        assert_eq!(c.announcements[&2].len(), 2);
+        c.closed_through = 2;
+        let late = PeerId::random();
+        assert!(matches!(
+            file(&mut c, announcement(2, late, "l", 0)),
+            Err(FileError::Samples(0))
+        ));
+        assert!(matches!(
+            file(&mut c, announcement(2, late, "l", 10)),
+            Ok(false)
+        ));
+        assert!(!c.refused(2).contains(&late));
+        assert!(c.late[&2].contains(&late));
     }
 
     /// A member that signs near-2 MiB manifests for every round ahead fills its own share of

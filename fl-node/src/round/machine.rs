@@ -29,22 +29,25 @@ pub enum Expected {
 impl Expected {
     /// How many updates to wait for now: a peer gone `quiet` (stopped, cut off) is not
     /// waited for unless its update is in already, so the round need not wait out its
-    /// deadline; one heard from again is waited for again.
+    /// deadline; one heard from again is waited for again. Nor is one whose announcement
+    /// was `refused` (a sample count out of bounds, a copied update), unless it since sent
+    /// one that counts.
     pub fn awaited<'a>(
         &self,
         me: &PeerId,
         announced: impl IntoIterator<Item = &'a PeerId>,
+        refused: &HashSet<PeerId>,
         quiet: impl Fn(&PeerId) -> bool,
     ) -> usize {
+        let in_already: HashSet<&PeerId> = announced.into_iter().collect();
+        let ruled_out = |p: &PeerId| p != me && !in_already.contains(p) && refused.contains(p);
         match self {
-            Expected::Count(n) => *n,
-            Expected::Peers(peers) => {
-                let in_already: HashSet<&PeerId> = announced.into_iter().collect();
-                peers
-                    .iter()
-                    .filter(|p| *p == me || in_already.contains(p) || !quiet(p))
-                    .count()
-            }
+            Expected::Count(n) => n.saturating_sub(refused.iter().filter(|p| ruled_out(p)).count()),
+            Expected::Peers(peers) => peers
+                .iter()
+                .filter(|p| *p == me || in_already.contains(p) || !quiet(p))
+                .filter(|p| !ruled_out(p))
+                .count(),
         }
     }
 }
@@ -368,15 +371,43 @@ mod tests {
         let all = peers(4);
         let (me, a, b, c) = (all[0], all[1], all[2], all[3]);
         let expected = Expected::Peers(all.iter().copied().collect());
+        let none = HashSet::new();
         let quiet_b_c = |p: &PeerId| *p == b || *p == c;
-        assert_eq!(expected.awaited(&me, [&a], quiet_b_c), 2);
+        assert_eq!(expected.awaited(&me, [&a], &none, quiet_b_c), 2);
         // c's update arrived before it went quiet: it counts.
-        assert_eq!(expected.awaited(&me, [&a, &c], quiet_b_c), 3);
-        assert_eq!(expected.awaited(&me, [&a], |p| *p == b), 3);
-        assert_eq!(expected.awaited(&me, [&a], NONE_QUIET), 4);
+        assert_eq!(expected.awaited(&me, [&a, &c], &none, quiet_b_c), 3);
+        assert_eq!(expected.awaited(&me, [&a], &none, |p| *p == b), 3);
+        assert_eq!(expected.awaited(&me, [&a], &none, NONE_QUIET), 4);
         // Even quiet, this node waits for itself.
-        assert_eq!(expected.awaited(&me, [], |_| true), 1);
-        assert_eq!(Expected::Count(5).awaited(&me, [], |_| true), 5);
+        assert_eq!(expected.awaited(&me, [], &none, |_| true), 1);
+        assert_eq!(Expected::Count(5).awaited(&me, [], &none, |_| true), 5);
+    }
+
+    /// A member whose announcement every node refuses (inflated samples, a copied update)
+    /// is not waited for, whether it keeps re-publishing or not, in the first round (a count
+    /// of members) as in later ones; one that then sends an announcement that counts is.
+    /// (The waiting part of
+    /// `simulate.rs::members_that_inflate_their_samples_or_copy_an_update_change_nothing`.)
+    #[test]
+    fn a_member_whose_announcement_was_refused_is_not_awaited() {
+        let all = peers(5);
+        let (me, a, b, c) = (all[0], all[1], all[2], all[3]);
+        let refused: HashSet<PeerId> = [b, c].into_iter().collect();
+        let expected = Expected::Peers(all.iter().copied().collect());
+        assert_eq!(expected.awaited(&me, [&a], &refused, NONE_QUIET), 3);
+        assert_eq!(expected.awaited(&me, [&a, &c], &refused, NONE_QUIET), 4);
+        assert_eq!(
+            Expected::Count(5).awaited(&me, [&a], &refused, NONE_QUIET),
+            3
+        );
+        assert_eq!(
+            Expected::Count(5).awaited(&me, [&a, &b], &refused, NONE_QUIET),
+            4
+        );
+        // This node is never ruled out by its own count.
+        let mine: HashSet<PeerId> = [me].into_iter().collect();
+        assert_eq!(Expected::Count(5).awaited(&me, [], &mine, NONE_QUIET), 5);
+        assert_eq!(expected.awaited(&me, [], &mine, NONE_QUIET), 5);
     }
 
     /// A manifest for `round` after `prev` signed by `key`, counting `counted` updates (by

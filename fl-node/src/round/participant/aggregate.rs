@@ -78,15 +78,18 @@ impl Participant {
     }
 
     /// This node and the live peers that follow the chain to `base` (they re-publish its
-    /// head): they will announce updates on it, so the round waits for them too.
+    /// head): they will announce updates on it, so the round waits for them too, unless
+    /// what they announced was refused.
     pub(super) fn following(&self, ctx: &Ctx, base: &RoundBase) -> usize {
         let Some(head) = base.prev else { return 1 };
         let me = self.node.peer_id();
+        let refused = ctx.inbox.refused(base.round);
         1 + ctx
             .inbox
             .live_peers()
             .iter()
             .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
+            .filter(|p| !refused.contains(p))
             .count()
     }
 

@@ -319,9 +319,12 @@ impl Participant {
         let me = self.node.peer_id();
         waiting.awaited = waiting
             .expected
-            .awaited(&me, announced.iter().map(|(_, a)| &a.signer), |p| {
-                ctx.inbox.gone(p)
-            })
+            .awaited(
+                &me,
+                announced.iter().map(|(_, a)| &a.signer),
+                &ctx.inbox.refused(base.round),
+                |p| ctx.inbox.gone(p),
+            )
             .max(waiting.min)
             .max(self.following(ctx, base));
         if waiting.closed.is_none() {
