@@ -207,6 +207,33 @@ impl Record for Manifest {
 }
 
 impl Manifest {
+    /// A manifest of `round` that counts no update and keeps the model it starts from (no
+    /// round closes on one: it is what a flooding attacker or a test signs).
+    pub fn counting_nothing(
+        task: Cid,
+        round: u32,
+        prev: Option<Cid>,
+        model: Cid,
+        rule: impl Into<String>,
+        rank: u32,
+    ) -> Self {
+        Manifest {
+            task,
+            round,
+            prev,
+            base_model: model,
+            model,
+            rule: rule.into(),
+            server_state: None,
+            contributions: Vec::new(),
+            rejected: Vec::new(),
+            epsilon: None,
+            delta: None,
+            metrics: None,
+            rank,
+        }
+    }
+
     /// The record that ranks this round's aggregators: the previous manifest, or the task.
     pub fn rank_anchor(&self) -> Cid {
         self.prev.unwrap_or(self.task)

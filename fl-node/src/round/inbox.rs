@@ -149,8 +149,10 @@ struct Contents {
     /// Round -> authors whose announcements came after the round closed: alive, and
     /// expected in the next round.
     late: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
-    /// Round -> authors whose announcement for it every node refuses (a sample count out
-    /// of bounds, another author's update): the round does not wait for them.
+    /// Round -> authors whose announcement for it this node refused (a sample count out of
+    /// bounds, which every node refuses; an update another author announced first here):
+    /// the round does not wait for them. This node's view, from what reached it first: it
+    /// decides only what this node waits for, never a penalty.
     refused: BTreeMap<u32, std::collections::BTreeSet<PeerId>>,
     /// Peer -> the manifest it gossiped last: the head it follows (peers re-publish it).
     heads: HashMap<PeerId, Cid>,
@@ -296,8 +298,15 @@ impl Inbox {
         let signed = Signed::<Announcement>::from_block(&block)?;
         self.admits(signed.body.task, signed.body.round, &signed.signer)?;
         let cid = *block.cid();
+        let round = signed.body.round;
         let mut c = lock(&self.contents);
-        if !c.admit_announcement(cid, &signed, self.terms.max_samples)? {
+        let refused = c.refused.get(&round).map_or(0, |r| r.len());
+        let admitted = c.admit_announcement(cid, &signed, self.terms.max_samples);
+        if c.refused.get(&round).map_or(0, |r| r.len()) > refused {
+            // One author fewer to wait for (once per author and round).
+            self.changed.notify_waiters();
+        }
+        if !admitted? {
             return Ok(());
         }
         // Stored once accepted, so others can fetch it from us (and replays fill nothing).
@@ -317,19 +326,16 @@ impl Inbox {
         let round = signed.body.round;
         self.admits(signed.body.task, round, &signed.signer)?;
         let size = block.len();
-        let mut c = lock(&self.contents);
-        if round + KEEP_ROUNDS_BEHIND < c.closed_through {
-            // Older than any fork this node still looks at: noted as the signer's head only.
+        if !lock(&self.contents).wants_manifest(round, &cid, &signed.signer, size)? {
             return Ok(cid);
         }
-        if c.manifests
-            .get(&round)
-            .is_some_and(|m| m.contains_key(&cid))
-        {
-            return Ok(cid);
-        }
-        c.room_for_manifest(round, &signed.signer, size)?;
+        // Written without the inbox locked (up to 2 MiB): other records are filed meanwhile,
+        // so whether it still has room is asked again after (an unkept block is left to gc).
         store.put(block)?;
+        let mut c = lock(&self.contents);
+        if !c.wants_manifest(round, &cid, &signed.signer, size)? {
+            return Ok(cid);
+        }
         c.keep_manifest(cid, signed, size);
         drop(c);
         self.changed.notify_waiters();
@@ -483,9 +489,9 @@ impl Inbox {
             .unwrap_or_default()
     }
 
-    /// Authors that announced for `round` only what every node refuses (a sample count out
-    /// of bounds, an update another author announced first): the round has no update of
-    /// theirs to wait for.
+    /// Authors that announced for `round` only what this node refused (a sample count out
+    /// of bounds, an update another author announced first here): the round has no update
+    /// of theirs to wait for.
     pub fn refused(&self, round: u32) -> HashSet<PeerId> {
         lock(&self.contents).refused(round)
     }
@@ -578,6 +584,28 @@ impl Contents {
         Ok(())
     }
 
+    /// Whether manifest `cid` of `round`, `size` bytes signed by `signer`, is to be kept:
+    /// not one kept already, nor older than any fork this node still looks at (noted as the
+    /// signer's head only), and with room for it.
+    fn wants_manifest(
+        &self,
+        round: u32,
+        cid: &Cid,
+        signer: &PeerId,
+        size: usize,
+    ) -> Result<bool, FileError> {
+        if round + KEEP_ROUNDS_BEHIND < self.closed_through
+            || self
+                .manifests
+                .get(&round)
+                .is_some_and(|m| m.contains_key(cid))
+        {
+            return Ok(false);
+        }
+        self.room_for_manifest(round, signer, size)?;
+        Ok(true)
+    }
+
     /// Keeps manifest `cid` of `size` bytes, arrived just now.
     fn keep_manifest(&mut self, cid: Cid, signed: Signed<Manifest>, size: usize) {
         let (round, signer) = (signed.body.round, signed.signer);
@@ -596,9 +624,9 @@ impl Contents {
     }
 
     /// Whether announcement `cid` is new and to be kept (`false`: a replay, or one for a
-    /// closed round, which only marks its author as late). One every node refuses (a sample
-    /// count out of `1..=max_samples`, an update another author announced first) marks its
-    /// author as refused for the round.
+    /// closed round, which only marks its author as late). One refused for its sample count
+    /// (out of `1..=max_samples`) or for naming an update another author announced first
+    /// marks its author as refused for the round ([`Contents::refuse`]).
     fn admit_announcement(
         &mut self,
         cid: Cid,
@@ -734,21 +762,8 @@ mod tests {
     /// A manifest of `round` signed by `signer`, as the inbox keeps it (its signature is
     /// checked before this point).
     fn manifest(round: u32, signer: PeerId, rank: u32) -> (Cid, Signed<Manifest>) {
-        let body = Manifest {
-            task: Cid::default(),
-            round,
-            prev: None,
-            base_model: Cid::default(),
-            model: Cid::default(),
-            rule: "fedavg".into(),
-            server_state: None,
-            contributions: Vec::new(),
-            rejected: Vec::new(),
-            epsilon: None,
-            delta: None,
-            metrics: None,
-            rank,
-        };
+        let body =
+            Manifest::counting_nothing(Cid::default(), round, None, Cid::default(), "fedavg", rank);
         let cid = *Block::hashed(DAG_CBOR, format!("{signer} {round} {rank}").into_bytes()).cid();
         let signed = Signed {
             body,
@@ -794,6 +809,7 @@ mod tests {
     /// A member that inflates its samples or names another's update is refused and marked
     /// so for the round (the round stops waiting for it), until it sends one that counts;
     /// a replay is not kept twice, and a closed round marks its authors late, not refused.
+    /// Of two announcers of one update, the one that arrives second is refused.
     #[test]
     fn a_refused_announcement_marks_its_author_for_the_round() {
         let mut c = Contents::default();
@@ -842,6 +858,16 @@ mod tests {
         ));
         assert!(!c.refused(2).contains(&late));
         assert!(c.late[&2].contains(&late));
+        // Which of two announcers of one update is refused is this node's view: the one
+        // that reached it second (a copy that outruns its original leaves the original's
+        // author refused here, which decides only what this node waits for).
+        let mut c = Contents::default();
+        assert!(matches!(
+            file(&mut c, announcement(3, copier, "h", 1200)),
+            Ok(true)
+        ));
+        assert!(file(&mut c, announcement(3, honest, "h", 1200)).is_err());
+        assert_eq!(c.refused(3), [honest].into_iter().collect());
     }
 
     /// A member that signs near-2 MiB manifests for every round ahead fills its own share of

@@ -22,8 +22,10 @@ pub const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
 pub enum Expected {
     /// Last round's contributors and latecomers, each while it is heard from.
     Peers(HashSet<PeerId>),
-    /// First round: how many joined (no peer has re-published anything yet to be heard by).
-    Count(usize),
+    /// First round: who joined, the task's members or, in an open task, this node and the
+    /// peers on its updates topic (none has re-published anything yet to be heard by, so
+    /// none is taken for quiet).
+    Joined(HashSet<PeerId>),
 }
 
 impl Expected {
@@ -42,7 +44,7 @@ impl Expected {
         let in_already: HashSet<&PeerId> = announced.into_iter().collect();
         let ruled_out = |p: &PeerId| p != me && !in_already.contains(p) && refused.contains(p);
         match self {
-            Expected::Count(n) => n.saturating_sub(refused.iter().filter(|p| ruled_out(p)).count()),
+            Expected::Joined(peers) => peers.iter().filter(|p| !ruled_out(p)).count(),
             Expected::Peers(peers) => peers
                 .iter()
                 .filter(|p| *p == me || in_already.contains(p) || !quiet(p))
@@ -380,34 +382,30 @@ mod tests {
         assert_eq!(expected.awaited(&me, [&a], &none, NONE_QUIET), 4);
         // Even quiet, this node waits for itself.
         assert_eq!(expected.awaited(&me, [], &none, |_| true), 1);
-        assert_eq!(Expected::Count(5).awaited(&me, [], &none, |_| true), 5);
+        // In the first round no peer is taken for quiet.
+        let joined = Expected::Joined(all.iter().copied().collect());
+        assert_eq!(joined.awaited(&me, [], &none, |_| true), 4);
     }
 
-    /// A member whose announcement every node refuses (inflated samples, a copied update)
-    /// is not waited for, whether it keeps re-publishing or not, in the first round (a count
-    /// of members) as in later ones; one that then sends an announcement that counts is.
+    /// A member whose announcement this node refused (inflated samples, a copied update) is
+    /// not waited for, whether it keeps re-publishing or not, in the first round as in later
+    /// ones; one that then sends an announcement that counts is. A refused peer that was not
+    /// awaited (a fresh key in an open task) takes nothing off what the round waits for.
     /// (The waiting part of
     /// `simulate.rs::members_that_inflate_their_samples_or_copy_an_update_change_nothing`.)
     #[test]
     fn a_member_whose_announcement_was_refused_is_not_awaited() {
-        let all = peers(5);
-        let (me, a, b, c) = (all[0], all[1], all[2], all[3]);
-        let refused: HashSet<PeerId> = [b, c].into_iter().collect();
-        let expected = Expected::Peers(all.iter().copied().collect());
-        assert_eq!(expected.awaited(&me, [&a], &refused, NONE_QUIET), 3);
-        assert_eq!(expected.awaited(&me, [&a, &c], &refused, NONE_QUIET), 4);
-        assert_eq!(
-            Expected::Count(5).awaited(&me, [&a], &refused, NONE_QUIET),
-            3
-        );
-        assert_eq!(
-            Expected::Count(5).awaited(&me, [&a, &b], &refused, NONE_QUIET),
-            4
-        );
-        // This node is never ruled out by its own count.
-        let mine: HashSet<PeerId> = [me].into_iter().collect();
-        assert_eq!(Expected::Count(5).awaited(&me, [], &mine, NONE_QUIET), 5);
-        assert_eq!(expected.awaited(&me, [], &mine, NONE_QUIET), 5);
+        let all = peers(6);
+        let (me, a, b, c, stranger) = (all[0], all[1], all[2], all[3], all[5]);
+        let refused: HashSet<PeerId> = [b, c, stranger].into_iter().collect();
+        let five: HashSet<PeerId> = all[..5].iter().copied().collect();
+        for expected in [Expected::Peers(five.clone()), Expected::Joined(five)] {
+            assert_eq!(expected.awaited(&me, [&a], &refused, NONE_QUIET), 3);
+            assert_eq!(expected.awaited(&me, [&a, &c], &refused, NONE_QUIET), 4);
+            // This node is never ruled out.
+            let mine: HashSet<PeerId> = [me].into_iter().collect();
+            assert_eq!(expected.awaited(&me, [], &mine, NONE_QUIET), 5);
+        }
     }
 
     /// A manifest for `round` after `prev` signed by `key`, counting `counted` updates (by

@@ -29,14 +29,17 @@ impl Participant {
             return Ok(Expected::Peers(alive));
         }
         let joined = match &task.members {
-            Some(members) => members.len(),
+            Some(members) => members.iter().copied().collect(),
             // An open task: this node and the peers following the task's updates.
             None => {
                 let topic = Task::updates_topic(&ctx.terms.cid);
-                1 + self.node.topic_peers(&topic).await?.len()
+                let mut peers: HashSet<libp2p::PeerId> =
+                    self.node.topic_peers(&topic).await?.into_iter().collect();
+                peers.insert(self.node.peer_id());
+                peers
             }
         };
-        Ok(Expected::Count(joined))
+        Ok(Expected::Joined(joined))
     }
 
     /// Starts fetching the updates announced for `round` on `base` that are not here yet,

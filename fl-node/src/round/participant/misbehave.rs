@@ -37,8 +37,11 @@ impl Participant {
                         tracing::info!(rounds = last + 1 - first, "attack: flooding manifests");
                         for round in first..=last {
                             for rank in 0..FLOOD_MANIFESTS_PER_ROUND as u32 {
-                                let manifest =
-                                    flooding_manifest(task, round, prev, model, &padding, rank);
+                                // Near the largest a record may be (its rule name padded),
+                                // and none of them valid.
+                                let manifest = Manifest::counting_nothing(
+                                    task, round, prev, model, &*padding, rank,
+                                );
                                 match Signed::sign(manifest, &key).and_then(|s| s.to_block()) {
                                     Ok(block) => {
                                         let _ = node.publish(&topic, block.data().to_vec()).await;
@@ -116,32 +119,4 @@ fn dag_cids(store: &dyn Blockstore, root: Cid, max: usize) -> Vec<Cid> {
         }
     }
     found
-}
-
-/// Attack `manifest-flood`: one of the [`FLOOD_MANIFESTS_PER_ROUND`] manifests signed for
-/// each round from the attacker's to the task's last (at most [`KEEP_ROUNDS_BEHIND`] rounds
-/// after it), near the largest a record may be (its rule name padded), none of them valid.
-fn flooding_manifest(
-    task: Cid,
-    round: u32,
-    prev: Option<Cid>,
-    model: Cid,
-    padding: &str,
-    rank: u32,
-) -> Manifest {
-    Manifest {
-        task,
-        round,
-        prev,
-        base_model: model,
-        model,
-        rule: padding.to_string(),
-        server_state: None,
-        contributions: Vec::new(),
-        rejected: Vec::new(),
-        epsilon: None,
-        delta: None,
-        metrics: None,
-        rank,
-    }
 }

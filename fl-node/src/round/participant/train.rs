@@ -177,10 +177,10 @@ impl Participant {
             .file_announcement(self.repo.blocks(), bytes.clone())
         {
             tracing::warn!("our own announcement was not filed: {why}");
-            // Peers would refuse it too, and count it against this node (an attacker sends
-            // it all the same).
+            // Peers would refuse it too, and count it against this node (an attacker whose
+            // announcement is the attack sends it all the same).
             let refused = why.acceptance(&self.node.peer_id()) == MessageAcceptance::Reject;
-            if refused && self.config.attack.is_none() {
+            if refused && !matches!(self.config.attack, Some(Attack::InflateSamples(_))) {
                 return;
             }
         }
