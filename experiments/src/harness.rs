@@ -305,10 +305,12 @@ impl Csv {
         Ok(csv)
     }
 
-    /// Writes one row (fields must not hold commas).
+    /// Writes one row (fields must not hold commas), on disk at once: an experiment stopped
+    /// midway keeps the runs it finished.
     pub fn row(&mut self, fields: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
         let line: Vec<String> = fields.into_iter().collect();
         writeln!(self.out, "{}", line.join(","))
+            .and_then(|()| self.out.flush())
             .with_context(|| format!("writing {}", self.path.display()))
     }
 

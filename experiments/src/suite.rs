@@ -172,6 +172,13 @@ impl Ctx {
         let mut plan = Plan::new(nodes, self.scale.rounds);
         plan.seed = self.seed;
         plan.checkers = nodes.min(4);
+        // Rounds take a minute or so here (up to about 200 s under attack at full scale): a
+        // run that adopts nothing for this long is ended and its row says so.
+        plan.stall_after = Some(Duration::from_secs(if self.scale.quick {
+            300
+        } else {
+            900
+        }));
         plan
     }
 

@@ -5,6 +5,7 @@
 
 mod faults;
 mod launch;
+mod memory;
 mod plan;
 mod progress;
 
@@ -14,13 +15,15 @@ use std::time::Instant;
 
 use cid::Cid;
 use datasets::cifar10::Cifar10;
+use fl_node::round::Event;
 use libp2p::PeerId;
 
 use crate::faults::Faults;
 use crate::progress::Book;
 
+pub use memory::{MALLOC_ARENAS, limit_malloc_arenas, peak_memory};
 pub use plan::{Failure, Plan, PrivacyTarget, Victim};
-pub use progress::{Progress, Report, RoundRow, peak_memory};
+pub use progress::{Progress, Report, RoundRow};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,17 @@ pub enum SimulationError {
         /// The first node's error.
         first: String,
     },
+    /// No honest node adopted a round for longer than the plan allows: the run was ended
+    /// rather than left waiting for ever.
+    #[error(
+        "no honest node adopted a round for {seconds} s (round {round} open), so the run was ended"
+    )]
+    Stalled {
+        /// The round open then.
+        round: u32,
+        /// Seconds since the last adoption.
+        seconds: u64,
+    },
 }
 
 /// How a node told to stop ended.
@@ -138,9 +152,14 @@ pub async fn run(
         .collect();
     let mut told_to_stop: Vec<usize> = Vec::new();
     let mut too_few = None;
+    let mut adopted_at = Instant::now();
+    let mut stalled = None;
     loop {
         tokio::select! {
             Some((node, event)) = running.events.recv() => {
+                if plan.attack_of(node).is_none() && matches!(event, Event::Adopted { .. }) {
+                    adopted_at = Instant::now();
+                }
                 note(node, &event, &mut book, &mut faults, &mut emit);
             }
             joined = running.nodes.join_next() => {
@@ -180,7 +199,20 @@ pub async fn run(
                     }
                 }
             },
-            _ = tick.tick() => faults.tick(book.open_round(), &mut emit),
+            _ = tick.tick() => {
+                faults.tick(book.open_round(), &mut emit);
+                let waited = adopted_at.elapsed();
+                if stalled.is_none() && plan.stall_after.is_some_and(|limit| waited > limit) {
+                    tracing::warn!(?waited, "no honest node adopted a round: ending the run");
+                    stalled = Some((book.open_round(), waited.as_secs()));
+                    for n in (0..plan.nodes).filter(|n| !outcomes.contains_key(n)) {
+                        if !told_to_stop.contains(&n) {
+                            told_to_stop.push(n);
+                            let _ = running.stop.send(n);
+                        }
+                    }
+                }
+            }
         }
     }
     // Events sent just before the last node ended.
@@ -189,6 +221,9 @@ pub async fn run(
     }
     for row in book.ready(true) {
         emit(&Progress::Round(row));
+    }
+    if let Some((round, seconds)) = stalled {
+        return Err(SimulationError::Stalled { round, seconds });
     }
     if let Some((left, needed, first)) = too_few {
         return Err(SimulationError::TooFewLeft {

@@ -54,6 +54,9 @@ pub struct Plan {
     pub failures: Vec<Failure>,
     /// Nodes that depart from the protocol (attack injection), by index.
     pub attacks: Vec<(usize, Attack)>,
+    /// Most time the run waits for an honest node to adopt a round before it is ended as
+    /// stalled (a harness running many federations must not hang on one); `None`: no limit.
+    pub stall_after: Option<Duration>,
 }
 
 /// A node that stops (its swarm closes, as if the process were killed) at a moment.
@@ -121,6 +124,7 @@ impl Plan {
             linger: Duration::from_secs(120),
             failures: Vec::new(),
             attacks: Vec::new(),
+            stall_after: None,
         }
     }
 

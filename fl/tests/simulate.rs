@@ -236,6 +236,37 @@ fn four_nodes_train_three_rounds_and_agree_on_one_model() {
     assert!(last > first, "accuracy {first} -> {last}");
 }
 
+/// A run in which no honest node adopts a round for `--stall-after` seconds ends with one
+/// clear message instead of waiting for ever (here the first round's training outlasts a
+/// one-second limit).
+#[test]
+fn a_run_that_adopts_nothing_for_its_stall_limit_is_ended() {
+    let data = shared_cifar();
+    if !data.join("data_batch_1.bin").exists() {
+        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
+        return;
+    }
+    let data = data.to_str().expect("utf-8 path");
+    let stderr = refused(&[
+        "--nodes",
+        "2",
+        "--rounds",
+        "2",
+        "--images",
+        "600",
+        "--stall-after",
+        "1",
+        "--data",
+        data,
+    ]);
+    assert!(
+        stderr.contains(
+            "no honest node adopted a round for 1 s (round 1 open), so the run was ended"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn rounds_of_a_few_local_steps_train_that_many_batches_each() {
     // 300 images a node: 10 batches of 32 an epoch, so round 4 crosses into the second.

@@ -59,6 +59,10 @@ pub(super) struct Simulate {
     /// Seconds each next-ranked aggregator waits for the one before it.
     #[arg(long, default_value_t = 60.0)]
     grace: f64,
+    /// End the run when no honest node has adopted a round for this many seconds; default:
+    /// wait for ever.
+    #[arg(long)]
+    stall_after: Option<f64>,
     /// Nodes that recompute every manifest from its updates (the others check its claims);
     /// default: all nodes up to 8.
     #[arg(long)]
@@ -149,6 +153,10 @@ impl Simulate {
             seed: self.seed,
             failures: self.failures.clone(),
             attacks: self.attacks.clone(),
+            stall_after: self
+                .stall_after
+                .map(|s| seconds("stall-after", s))
+                .transpose()?,
             ..defaults
         })
     }
