@@ -50,7 +50,6 @@ struct Args {
 const QUICK_IMAGES: usize = 2400;
 
 fn main() -> anyhow::Result<()> {
-    fl_sim::limit_malloc_arenas();
     let args = Args::parse();
     if args.names.iter().any(|n| n == "list") {
         println!("experiments (run one by name, or `all`):");

@@ -21,7 +21,7 @@ use libp2p::PeerId;
 use crate::faults::Faults;
 use crate::progress::Book;
 
-pub use memory::{MALLOC_ARENAS, limit_malloc_arenas, peak_memory};
+pub use memory::peak_memory;
 pub use plan::{Failure, Plan, PrivacyTarget, Victim};
 pub use progress::{Progress, Report, RoundRow};
 

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 mod cli;
 
 fn main() -> ExitCode {
-    fl_sim::limit_malloc_arenas();
     let args = match cli::Cli::parse_args() {
         Ok(args) => args,
         Err(e) => {

@@ -62,7 +62,6 @@ const ABUSE_LIMIT: Duration = Duration::from_secs(600);
 const FETCH_LIMIT: Duration = Duration::from_secs(120);
 
 fn main() -> anyhow::Result<()> {
-    fl_sim::limit_malloc_arenas();
     let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Runtime::new()?;
     if args.get(1).map(String::as_str) == Some("serve") {
