@@ -764,7 +764,13 @@ mod tests {
     fn manifest(round: u32, signer: PeerId, rank: u32) -> (Cid, Signed<Manifest>) {
         let body =
             Manifest::counting_nothing(Cid::default(), round, None, Cid::default(), "fedavg", rank);
-        let cid = *Block::hashed(DAG_CBOR, format!("{signer} {round} {rank}").into_bytes()).cid();
+        unsigned(body, signer, format!("{signer} {round} {rank}"))
+    }
+
+    /// `body` as if `signer` had signed it, under a CID made from `id` (the inbox checks
+    /// signatures before these tests' point).
+    fn unsigned<R>(body: R, signer: PeerId, id: String) -> (Cid, Signed<R>) {
+        let cid = *Block::hashed(DAG_CBOR, id.into_bytes()).cid();
         let signed = Signed {
             body,
             signer,
@@ -792,18 +798,7 @@ mod tests {
             epochs: 1,
             epsilon: None,
         };
-        let cid = *Block::hashed(
-            DAG_CBOR,
-            format!("{signer} {round} {update} {samples}").into_bytes(),
-        )
-        .cid();
-        let signed = Signed {
-            body,
-            signer,
-            key: Vec::new(),
-            signature: Vec::new(),
-        };
-        (cid, signed)
+        unsigned(body, signer, format!("{signer} {round} {update} {samples}"))
     }
 
     /// A member that inflates its samples or names another's update is refused and marked
