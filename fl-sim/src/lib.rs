@@ -5,7 +5,6 @@
 
 mod faults;
 mod launch;
-mod memory;
 mod plan;
 mod progress;
 
@@ -21,9 +20,8 @@ use libp2p::PeerId;
 use crate::faults::Faults;
 use crate::progress::Book;
 
-pub use memory::peak_memory;
 pub use plan::{Failure, Plan, PrivacyTarget, Victim};
-pub use progress::{Progress, Report, RoundRow};
+pub use progress::{Progress, Report, RoundRow, peak_memory};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -184,19 +182,13 @@ pub async fn run(
                         .map(|(left, needed)| (left, needed, first_error(&outcomes)));
                     if let Some((left, needed, _)) = &too_few {
                         tracing::warn!(left, needed, "too few nodes left to close a round: ending the run");
-                        for n in (0..plan.nodes).filter(|n| !outcomes.contains_key(n)) {
-                            told_to_stop.push(n);
-                            let _ = running.stop.send(n);
-                        }
+                        let left = (0..plan.nodes).filter(|n| !outcomes.contains_key(n));
+                        stop(left, &mut told_to_stop, &running.stop);
                     }
                 }
                 if honest_done {
-                    for &n in &attackers {
-                        if !outcomes.contains_key(&n) && !told_to_stop.contains(&n) {
-                            told_to_stop.push(n);
-                            let _ = running.stop.send(n);
-                        }
-                    }
+                    let left = attackers.iter().copied().filter(|n| !outcomes.contains_key(n));
+                    stop(left, &mut told_to_stop, &running.stop);
                 }
             },
             _ = tick.tick() => {
@@ -205,12 +197,8 @@ pub async fn run(
                 if stalled.is_none() && plan.stall_after.is_some_and(|limit| waited > limit) {
                     tracing::warn!(?waited, "no honest node adopted a round: ending the run");
                     stalled = Some((book.open_round(), waited.as_secs()));
-                    for n in (0..plan.nodes).filter(|n| !outcomes.contains_key(n)) {
-                        if !told_to_stop.contains(&n) {
-                            told_to_stop.push(n);
-                            let _ = running.stop.send(n);
-                        }
-                    }
+                    let left = (0..plan.nodes).filter(|n| !outcomes.contains_key(n));
+                    stop(left, &mut told_to_stop, &running.stop);
                 }
             }
         }
@@ -245,6 +233,20 @@ pub async fn run(
         seconds: clock.elapsed().as_secs_f64(),
         peak_memory: peak_memory(),
     })
+}
+
+/// Tells each of `nodes` to stop, once (`told` keeps who was told).
+fn stop(
+    nodes: impl Iterator<Item = usize>,
+    told: &mut Vec<usize>,
+    sender: &tokio::sync::broadcast::Sender<usize>,
+) {
+    for n in nodes {
+        if !told.contains(&n) {
+            told.push(n);
+            let _ = sender.send(n);
+        }
+    }
 }
 
 /// The final model most nodes ended with, and how many did; the first error if none did.

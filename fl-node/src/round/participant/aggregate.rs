@@ -82,11 +82,15 @@ impl Participant {
 
     /// This node and the live peers that follow the chain to `base` (they re-publish its
     /// head): they will announce updates on it, so the round waits for them too, unless
-    /// what they announced was refused.
-    pub(super) fn following(&self, ctx: &Ctx, base: &RoundBase) -> usize {
+    /// what they announced was `refused`.
+    pub(super) fn following(
+        &self,
+        ctx: &Ctx,
+        base: &RoundBase,
+        refused: &HashSet<libp2p::PeerId>,
+    ) -> usize {
         let Some(head) = base.prev else { return 1 };
         let me = self.node.peer_id();
-        let refused = ctx.inbox.refused(base.round);
         1 + ctx
             .inbox
             .live_peers()

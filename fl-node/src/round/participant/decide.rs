@@ -317,16 +317,17 @@ impl Participant {
         announced: &[SignedAnnouncement],
     ) {
         let me = self.node.peer_id();
+        let refused = ctx.inbox.refused(base.round);
         waiting.awaited = waiting
             .expected
             .awaited(
                 &me,
                 announced.iter().map(|(_, a)| &a.signer),
-                &ctx.inbox.refused(base.round),
+                &refused,
                 |p| ctx.inbox.gone(p),
             )
             .max(waiting.min)
-            .max(self.following(ctx, base));
+            .max(self.following(ctx, base, &refused));
         if waiting.closed.is_none() {
             let now = Instant::now();
             waiting.closed = if announced.len() >= waiting.awaited {
