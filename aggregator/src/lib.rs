@@ -19,6 +19,7 @@
 //! | [`fedavg`] | FedAvg, the sample-weighted mean |
 //! | [`fedopt`] | server optimizers on the mean (Reddi et al., 2021): FedAvgM, FedAdam, FedYogi |
 //! | [`median`], [`trimmed_mean`], [`krum`], [`norm_bound`] | robust rules |
+//! | [`screen`] | far updates left out before a coordinate-wise rule |
 //! | [`state`] | [`ServerState`]: momentum and moments, in and out as a tensor bundle |
 //! | [`accumulate`] | [`WeightedMean`]: the streaming `f64` accumulator |
 //! | [`math`] | norms, distances, order statistics in fixed orders |
@@ -66,6 +67,7 @@ pub mod median;
 pub mod norm_bound;
 pub mod round;
 pub mod rule;
+pub mod screen;
 pub mod state;
 pub mod strategy;
 pub mod trimmed_mean;

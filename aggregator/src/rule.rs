@@ -4,7 +4,9 @@
 //! Grammar: `NAME[:ARGS]`. Positional arguments for the robust rules (`trimmed-mean:BETA`,
 //! `krum:F[:M]`, `norm-bound:BOUND`); `key=value` pairs separated by commas for the server
 //! optimizers (`fedadam:server_lr=0.01,beta1=0.9,beta2=0.99,tau=0.001`,
-//! `fedavgm:server_lr=1,momentum=0.9`), any subset, the rest at their defaults.
+//! `fedavgm:server_lr=1,momentum=0.9`), any subset, the rest at their defaults, and for the
+//! screen of the coordinate-wise rules, after their positional arguments (`median:screen=3`,
+//! `trimmed-mean:0.1:screen=0`).
 //!
 //! `Display` writes the short form (parameters at their defaults left out), `{:#}` the full
 //! form, which is what a manifest should record: it stays valid if defaults change. Both
@@ -24,12 +26,13 @@ use crate::fedopt::{FedAdam, FedAvgM, FedYogi};
 use crate::krum::Krum;
 use crate::median::Median;
 use crate::norm_bound::NormBound;
+use crate::screen::DEFAULT_SCREEN;
 use crate::state::ServerState;
 use crate::strategy::{MeanRule, Strategy};
 use crate::trimmed_mean::TrimmedMean;
 
 /// The rule names [`Rule::from_str`] knows, with their arguments.
-pub const KNOWN_RULES: &str = "fedavg, fedavgm[:server_lr=..,momentum=..], fedadam[:server_lr=..,beta1=..,beta2=..,tau=..], fedyogi[:...], median, trimmed-mean:BETA, krum:F[:M], norm-bound:BOUND";
+pub const KNOWN_RULES: &str = "fedavg, fedavgm[:server_lr=..,momentum=..], fedadam[:server_lr=..,beta1=..,beta2=..,tau=..], fedyogi[:...], median[:screen=..], trimmed-mean:BETA[:screen=..], krum:F[:M], norm-bound:BOUND";
 
 /// An aggregation rule with its parameters; a [`Strategy`] itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,7 +107,8 @@ impl Rule {
     /// Refuses out-of-range parameters, naming the field (`rule.beta1`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
-            Rule::FedAvg(_) | Rule::Median(_) => Ok(()),
+            Rule::FedAvg(_) => Ok(()),
+            Rule::Median(r) => r.validate(),
             Rule::FedAvgM(r) => r.validate(),
             Rule::FedAdam(r) => r.validate(),
             Rule::FedYogi(r) => r.validate(),
@@ -162,8 +166,18 @@ impl fmt::Display for Rule {
         let full = f.alternate();
         match self {
             Rule::FedAvg(_) => f.write_str(FedAvg::NAME),
-            Rule::Median(_) => f.write_str(Median::NAME),
-            Rule::TrimmedMean(r) => write!(f, "{}:{}", TrimmedMean::NAME, r.beta),
+            Rule::Median(r) => write_pairs(
+                f,
+                Median::NAME,
+                full,
+                &[("screen", r.screen, DEFAULT_SCREEN)],
+            ),
+            Rule::TrimmedMean(r) => write_pairs(
+                f,
+                &format!("{}:{}", TrimmedMean::NAME, r.beta),
+                full,
+                &[("screen", r.screen, DEFAULT_SCREEN)],
+            ),
             Rule::Krum(Krum { f: bad, m: None }) => write!(f, "{}:{bad}", Krum::NAME),
             Rule::Krum(Krum { f: bad, m: Some(m) }) => write!(f, "{}:{bad}:{m}", Krum::NAME),
             Rule::NormBound(r) => write!(f, "{}:{}", NormBound::NAME, r.bound),
@@ -280,14 +294,19 @@ impl<'a> Parser<'a> {
                 Rule::FedAvg(FedAvg)
             }
             Median::NAME => {
-                self.no_args(name, args)?;
-                Rule::Median(Median)
+                let mut r = Median::default();
+                self.pairs(args, &mut [("screen", &mut r.screen)])?;
+                Rule::Median(r)
             }
             TrimmedMean::NAME => {
-                let beta = self.required(args, "trimmed-mean:BETA, e.g. trimmed-mean:0.1")?;
-                Rule::TrimmedMean(TrimmedMean {
-                    beta: self.number("beta", beta)?,
-                })
+                let args = self.required(args, "trimmed-mean:BETA, e.g. trimmed-mean:0.1")?;
+                let (beta, rest) = match args.split_once(':') {
+                    Some((beta, rest)) => (beta, Some(rest)),
+                    None => (args, None),
+                };
+                let mut r = TrimmedMean::new(self.number("beta", beta)?);
+                self.pairs(rest, &mut [("screen", &mut r.screen)])?;
+                Rule::TrimmedMean(r)
             }
             Krum::NAME => {
                 let args = self.required(args, "krum:F or krum:F:M, e.g. krum:3")?;
@@ -389,7 +408,10 @@ mod tests {
             "fedadam",
             "fedyogi",
             "median",
+            "median:screen=0",
+            "median:screen=3",
             "trimmed-mean:0.1",
+            "trimmed-mean:0.1:screen=0",
             "krum:3",
             "krum:3:4",
             "norm-bound:5",
@@ -404,6 +426,10 @@ mod tests {
         assert_eq!(
             format!("{:#}", "fedyogi".parse::<Rule>().unwrap()),
             "fedyogi:server_lr=0.01,beta1=0.9,beta2=0.99,tau=0.001"
+        );
+        assert_eq!(
+            format!("{:#}", "trimmed-mean:0.3".parse::<Rule>().unwrap()),
+            "trimmed-mean:0.3:screen=2"
         );
         assert_eq!(
             "norm-bound:5.0".parse::<Rule>().unwrap().to_string(),
@@ -422,7 +448,9 @@ mod tests {
         assert!(err("trimmed-mean").contains("expected trimmed-mean:BETA"));
         assert!(err("krum:x").contains("f \"x\" is not a number"));
         assert!(err("krum:3:0").contains("rule.m = 0"));
-        assert!(err("median:1").contains("median takes no arguments"));
+        assert!(err("median:1").contains("expected key=value"));
+        assert!(err("median:screen=0.5").contains("rule.screen = 0.5"));
+        assert!(err("trimmed-mean:0.1:screen=-1").contains("rule.screen = -1"));
         assert!(err("fedadam:beta3=1").contains("unknown parameter \"beta3\""));
         assert!(err("fedadam:beta1=1").contains("rule.beta1 = 1: must be in [0, 1)"));
         assert!(err("norm-bound:-1").contains("rule.bound = -1"));

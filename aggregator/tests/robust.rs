@@ -153,7 +153,13 @@ fn robust_rules_end_near_the_honest_mean_despite_three_attacks() {
 
     // The robust rules on all ten, NaN included, with no validation in front.
     let mut robust = Vec::new();
-    for rule in ["median", "trimmed-mean:0.3", "krum:3"] {
+    for rule in [
+        "median",
+        "trimmed-mean:0.3",
+        "krum:3",
+        "median:screen=0",
+        "trimmed-mean:0.3:screen=0",
+    ] {
         let (m, _) = rule
             .parse::<Rule>()
             .unwrap()
@@ -181,7 +187,22 @@ fn robust_rules_end_near_the_honest_mean_despite_three_attacks() {
 
     // Stated bounds, relative to the honest spread.
     let (median, trimmed, krum) = (robust[0], robust[1], robust[2]);
+    let (plain_median, plain_trimmed) = (robust[3], robust[4]);
     assert!(median <= 0.5 * spread, "median {median} vs spread {spread}");
+    // The screen leaves the three far updates out (and only those), so the rank bias they
+    // cause is gone: what is left is the rule's own spread over the seven honest updates.
+    let deltas: Vec<&Bundle> = updates.iter().map(|c| &*c.delta).collect();
+    let kept = aggregator::screen::screen(&global, &deltas, aggregator::screen::DEFAULT_SCREEN);
+    assert_eq!(kept.len(), 7);
+    assert!(
+        kept.iter()
+            .zip(&deltas[..7])
+            .all(|(k, h)| std::ptr::eq(*k, *h))
+    );
+    assert!(
+        median < plain_median && trimmed < 0.5 * plain_trimmed,
+        "screened {median}, {trimmed} vs plain {plain_median}, {plain_trimmed}"
+    );
     assert!(
         trimmed <= 0.5 * spread,
         "trimmed mean {trimmed} vs spread {spread}"

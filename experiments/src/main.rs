@@ -51,6 +51,14 @@ const QUICK_IMAGES: usize = 2400;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The nodes' own logs only when asked for (`RUST_LOG=info`): the suite prints its
+    // progress itself.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if args.names.iter().any(|n| n == "list") {
         println!("experiments (run one by name, or `all`):");
         for (name, what) in EXPERIMENTS {

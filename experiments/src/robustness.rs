@@ -163,6 +163,8 @@ impl Ctx {
         let body = format!(
             "{nodes} nodes, {} rounds, minimum {} participants, round deadline {} s. Attackers are the last nodes; a \
              poisoning attacker trains honestly and sends its update times -10 every round (`--attack N:scale:-10`). \
+             The median and the trimmed mean first leave out updates farther from the coordinate-wise median than \
+             twice the median such distance (their default screen, `aggregator::screen`). \
              In the protocol run one attacker claims 1,000 times its samples (`inflate-samples`), one announces another \
              member's update as its own (`copy-update`) and one closes each round as soon as the minimum is in, without \
              the members ranked ahead of it (`censor`). The honest nodes refuse the first two (the sample bound of the \

@@ -566,8 +566,12 @@ fn two_of_five_killed_the_rest_go_on_and_a_restarted_node_catches_up() {
         "4",
         "--min-participants",
         "3",
+        // Above a debug build's round of training (about 60 s with five nodes on two cores):
+        // a round 1 closed at its deadline while the last update comes in races a fuller
+        // manifest, and a node that announced round 2 on the model it then leaves sits that
+        // round out, which can leave it short of the minimum (docs/DESIGN.md, threat model).
         "--deadline",
-        "60",
+        "120",
         "--grace",
         "5",
     ]) else {

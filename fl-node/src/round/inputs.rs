@@ -122,7 +122,12 @@ impl Inputs {
 
 /// Checks that the DAG under `cid` is whole in `repo` and holds at most `max_bytes`, each
 /// distinct block read once (a DAG may link one block many times).
-fn local_dag(repo: &Repo, cid: Cid, what: &'static str, max_bytes: u64) -> Result<(), RoundError> {
+pub(crate) fn local_dag(
+    repo: &Repo,
+    cid: Cid,
+    what: &'static str,
+    max_bytes: u64,
+) -> Result<(), RoundError> {
     let mut seen = std::collections::HashSet::from([cid]);
     let mut queue = vec![cid];
     let mut held = 0u64;
@@ -189,7 +194,35 @@ pub(crate) async fn fetch_held(
 
 #[cfg(test)]
 mod tests {
+    use fl_core::content::links::links;
+    use fl_core::content::unixfs::ImportOptions;
+
     use super::*;
+
+    /// An update is held only when every block of it is: its root and some leaves, all a
+    /// fetch cut short by its deadline leaves of an update served at a trickle, are not
+    /// enough; nor is a whole one larger than the limit.
+    #[test]
+    fn a_dag_is_held_only_whole_and_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::open(dir.path().join("repo")).unwrap();
+        let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let added = repo.add(&bytes[..], &ImportOptions::default()).unwrap();
+        assert!(local_dag(&repo, added.root, "an update", 2_000_000).is_ok());
+        assert!(matches!(
+            local_dag(&repo, added.root, "an update", 500_000),
+            Err(RoundError::TooLarge { .. })
+        ));
+        let root = repo.blocks().get(&added.root).unwrap();
+        let leaves = links(&root).unwrap();
+        assert!(leaves.len() > 1);
+        repo.blocks().delete(leaves[1].hash()).unwrap();
+        assert!(repo.blocks().has(&added.root).unwrap());
+        assert!(matches!(
+            local_dag(&repo, added.root, "an update", 2_000_000),
+            Err(RoundError::Missing { .. })
+        ));
+    }
 
     /// An update of the reference CNN (7 MB in float32) gets its block wait plus 27 s at
     /// 256 KiB/s; an unbounded DAG (a model, a shard) keeps only the per-block wait.

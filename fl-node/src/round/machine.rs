@@ -16,6 +16,13 @@ use libp2p::PeerId;
 pub const RECHECK_AFTER: Duration = Duration::from_secs(2);
 /// Longest such pause (it doubles each time).
 pub const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
+/// Tries after which a rival manifest (a fork of a round this node decided on a manifest it
+/// checked) whose inputs could not be fetched is looked at only once per
+/// [`RIVAL_RECHECK_AFTER`]: each try can hold the round loop for a whole fetch deadline, and
+/// a signer that serves its inputs at a trickle must not take that time from every round.
+pub const RIVAL_TRIES: u32 = 3;
+/// Pause between looks at such a rival once [`RIVAL_TRIES`] have failed.
+pub const RIVAL_RECHECK_AFTER: Duration = Duration::from_secs(600);
 
 /// Who a round waits for before its first-ranked aggregator closes it early.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +158,15 @@ pub fn wins(rival: &Standing, ours: &Standing) -> bool {
     rival < ours
 }
 
+/// Whether a peer whose head is `theirs` stays off this node's chain, whose manifest for that
+/// round is `ours`: the fork choice never takes a peer from a manifest to one it beats, so
+/// one standing on a rival that beats this node's will not announce on this node's chain
+/// (not before that rival is refuted where it stands), and a round need not wait for it.
+/// A peer on a rival that loses comes over, and is waited for.
+pub fn stays_elsewhere(theirs: &Standing, ours: &Standing) -> bool {
+    theirs.cid != ours.cid && wins(theirs, ours)
+}
+
 /// The manifests for a round worth looking at now, best first: those continuing this node's
 /// chain (their `prev` is its head) that are neither refuted nor paused, in the order the
 /// fork choice prefers. Each manifest is given as its standing and `prev`.
@@ -175,7 +191,8 @@ pub fn candidates(
 pub struct Verdicts {
     valid: HashSet<Cid>,
     refuted: HashSet<Cid>,
-    unreachable: HashMap<Cid, (Instant, Duration)>,
+    /// When each is looked at again, the pause before that, and how many tries failed.
+    unreachable: HashMap<Cid, (Instant, Duration, u32)>,
     /// Manifests off this node's chain found no better than it (or not forks of it), and
     /// the last round decided when they were: looked at again once that changes.
     settled: HashSet<Cid>,
@@ -194,17 +211,19 @@ impl Verdicts {
     /// Notes that what `cid` needs could not be fetched at `now`: it is looked at again after
     /// a pause that doubles each time (returned).
     pub fn unreachable(&mut self, cid: Cid, now: Instant) -> Duration {
-        let pause = self
+        let (pause, tries) = self
             .unreachable
             .get(&cid)
-            .map_or(RECHECK_AFTER, |(_, p)| (*p * 2).min(RECHECK_AT_MOST));
-        self.unreachable.insert(cid, (now + pause, pause));
+            .map_or((RECHECK_AFTER, 1), |(_, p, n)| {
+                ((*p * 2).min(RECHECK_AT_MOST), n.saturating_add(1))
+            });
+        self.unreachable.insert(cid, (now + pause, pause, tries));
         pause
     }
 
     /// The pause before `cid` is looked at again, if its inputs were missing.
     pub fn pause(&self, cid: &Cid) -> Option<Duration> {
-        self.unreachable.get(cid).map(|(_, p)| *p)
+        self.unreachable.get(cid).map(|(_, p, _)| *p)
     }
 
     /// Notes that `cid` held up to recomputation.
@@ -241,7 +260,23 @@ impl Verdicts {
 
     /// Whether `cid` is worth checking (or is known valid) at `now`.
     pub fn open(&self, cid: &Cid, now: Instant) -> bool {
-        !self.refuted.contains(cid) && self.unreachable.get(cid).is_none_or(|(at, _)| now >= *at)
+        !self.refuted.contains(cid)
+            && self
+                .unreachable
+                .get(cid)
+                .is_none_or(|(at, _, _)| now >= *at)
+    }
+
+    /// Whether rival `cid` is worth checking at `now`: as [`open`](Self::open), but after
+    /// [`RIVAL_TRIES`] failed fetches only once per [`RIVAL_RECHECK_AFTER`]. (A fork's
+    /// manifests are also this round's candidates while undecided, with the shorter pauses.)
+    pub fn open_rival(&self, cid: &Cid, now: Instant) -> bool {
+        match self.unreachable.get(cid) {
+            Some((at, pause, tries)) if *tries >= RIVAL_TRIES => {
+                !self.refuted.contains(cid) && now >= *at - *pause + RIVAL_RECHECK_AFTER
+            }
+            _ => self.open(cid, now),
+        }
     }
 }
 
@@ -519,7 +554,45 @@ mod tests {
         let bad = cid(4);
         v.refuted(bad);
         assert!(!v.open(&bad, t0 + Duration::from_secs(3600)));
+        assert!(!v.open_rival(&bad, t0 + Duration::from_secs(3600)));
         assert!(Verdicts::default().open(&bad, t0));
+    }
+
+    /// A peer standing on a rival manifest that beats this node's (one the node cannot
+    /// check, say, from a signer serving at a trickle) is not waited for; one on a rival that
+    /// loses, or on the same manifest, is.
+    #[test]
+    fn peers_on_a_rival_that_wins_are_not_waited_for() {
+        let key = Keypair::generate_ed25519();
+        let prev = cid(20);
+        let [fuller, ours] = [9, 8].map(|counted| manifest(&key, prev, counted, 0, 0));
+        let (fuller, ours) = (standing(&fuller), standing(&ours));
+        assert!(stays_elsewhere(&fuller, &ours));
+        assert!(!stays_elsewhere(&ours, &fuller));
+        assert!(!stays_elsewhere(&ours, &ours));
+    }
+
+    /// A rival whose inputs stay out of reach is looked at like any manifest for its first
+    /// tries, then once per ten minutes: a signer serving at a trickle cannot hold every
+    /// round loop a fetch deadline at a time. A candidate of an undecided round keeps the
+    /// short pauses (a node catching up must not give up on the chain it needs).
+    #[test]
+    fn rivals_out_of_reach_are_looked_at_rarely_after_a_few_tries() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let rival = cid(6);
+        let mut v = Verdicts::default();
+        v.unreachable(rival, t0);
+        assert!(v.open_rival(&rival, at(2)));
+        v.unreachable(rival, at(2));
+        assert!(v.open_rival(&rival, at(6)));
+        v.unreachable(rival, at(6));
+        assert!(v.open(&rival, at(14)));
+        assert!(!v.open_rival(&rival, at(14)));
+        assert!(!v.open_rival(&rival, at(6 + 599)));
+        assert!(v.open_rival(&rival, at(6 + 600)));
+        v.valid(rival);
+        assert!(v.open_rival(&rival, at(7)));
     }
 
     /// A fork found no better stays settled while the rounds decided stay as they are, and is

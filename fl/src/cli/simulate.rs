@@ -34,8 +34,10 @@ pub(super) struct Simulate {
     /// every step; epsilon is each node's).
     #[arg(long = "dp", value_name = "LEVEL", default_value = "client", value_parser = super::dp_level_arg, requires = "dp_epsilon")]
     dp_level: fl_core::records::DpLevel,
-    /// The aggregation rule: fedavg, fedavgm[:momentum=M], fedadam, fedyogi, median,
-    /// trimmed-mean:F, krum:F, norm-bound:N.
+    /// The aggregation rule: fedavg, fedavgm[:momentum=M], fedadam, fedyogi,
+    /// median[:screen=K], trimmed-mean:F[:screen=K], krum:F, norm-bound:N (the screen leaves
+    /// out updates farther than K, default 2, times the median distance from the
+    /// coordinate-wise median; 0 turns it off).
     #[arg(long, default_value = "fedavg")]
     aggregation: String,
     /// CIFAR-10 (the binary version's directory); default: fetched into the user's data

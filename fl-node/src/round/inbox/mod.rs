@@ -454,6 +454,15 @@ impl Inbox {
             .unwrap_or_default()
     }
 
+    /// Manifest `cid` and its round, if it is kept here.
+    pub fn manifest(&self, cid: &Cid) -> Option<(u32, Arc<Signed<Manifest>>)> {
+        lock(&self.contents)
+            .manifests
+            .iter()
+            .rev()
+            .find_map(|(round, m)| m.get(cid).map(|s| (*round, s.clone())))
+    }
+
     /// Authors that announced for `round` after it closed.
     pub fn late(&self, round: u32) -> Vec<PeerId> {
         lock(&self.contents)

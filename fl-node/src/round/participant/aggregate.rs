@@ -100,6 +100,38 @@ impl Participant {
             .count()
     }
 
+    /// Live peers whose head is a manifest off this node's chain that beats the one this
+    /// node adopted for its round ([`machine::stays_elsewhere`]): they will not announce on
+    /// this node's chain, so a round does not wait for them.
+    pub(super) fn elsewhere(&self, ctx: &Ctx) -> HashSet<libp2p::PeerId> {
+        let mut out = HashSet::new();
+        for peer in ctx.inbox.live_peers() {
+            let Some((round, theirs)) = ctx
+                .inbox
+                .head_of(&peer)
+                .and_then(|h| ctx.inbox.manifest(&h))
+            else {
+                continue;
+            };
+            let Ok(Some(ours)) = self.rounds.adopted(&ctx.terms.cid, round) else {
+                continue;
+            };
+            let Some(head) = ctx.inbox.head_of(&peer).filter(|h| *h != ours) else {
+                continue;
+            };
+            let Ok(our_manifest) = self.load_manifest(&ours) else {
+                continue;
+            };
+            if machine::stays_elsewhere(
+                &machine::Standing::of(head, &theirs),
+                &machine::Standing::of(ours, &our_manifest),
+            ) {
+                out.insert(peer);
+            }
+        }
+        out
+    }
+
     /// Aggregates the round as rank `rank`, publishes the signed manifest and files it.
     pub(super) async fn aggregate(
         &self,

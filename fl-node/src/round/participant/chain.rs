@@ -111,7 +111,7 @@ impl Participant {
             let adopted = self.rounds.adopted(&ctx.terms.cid, round)?;
             let v = lock(&ctx.verdicts);
             tips.extend(ctx.inbox.manifests(round).into_iter().filter(|(c, _)| {
-                Some(*c) != adopted && v.open(c, Instant::now()) && !v.is_settled(c)
+                Some(*c) != adopted && v.open_rival(c, Instant::now()) && !v.is_settled(c)
             }));
             if tips.len() >= MAX_TIPS {
                 break;
@@ -199,6 +199,11 @@ impl Participant {
         };
         let mut valid = Vec::new();
         for (cid, m) in path {
+            // A manifest whose inputs stayed out of reach is not fetched again before its
+            // pause is out, whichever tip of its chain leads here.
+            if !lock(&ctx.verdicts).open_rival(&cid, Instant::now()) {
+                break;
+            }
             let base = match self
                 .base(ctx, m.body.round, prev, prev_manifest.as_deref())
                 .await

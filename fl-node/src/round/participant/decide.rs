@@ -30,6 +30,8 @@ struct Waiting {
     censored: usize,
     /// When this node last logged where it stands.
     said: Instant,
+    /// The most an update may hold: the size of the round's model.
+    update_limit: u64,
 }
 
 impl Participant {
@@ -59,6 +61,7 @@ impl Participant {
             retry_at: None,
             censored: 0,
             said: Instant::now(),
+            update_limit: base.model.file_limit(),
         };
         loop {
             // Manifests filed from here on are new to this look.
@@ -196,7 +199,10 @@ impl Participant {
             .chain(
                 m.rejected
                     .iter()
-                    .filter(|r| r.reason != RejectReason::Unavailable || !self.holds(&r.update))
+                    .filter(|r| {
+                        r.reason != RejectReason::Unavailable
+                            || !self.holds(&r.update, waiting.update_limit)
+                    })
                     .map(|r| r.announcement),
             )
             .collect();
@@ -220,9 +226,12 @@ impl Participant {
         }
     }
 
-    /// Whether the root of `update` is in this node's store.
-    fn holds(&self, update: &Cid) -> bool {
+    /// Whether the whole of `update` (no larger than `limit`) is in this node's store. Its root alone is not enough: a fetch cut short by its deadline leaves the root
+    /// and a few blocks of an update served at a trickle, and a node holding only those
+    /// could not have counted it either.
+    fn holds(&self, update: &Cid, limit: u64) -> bool {
         self.repo.blocks().has(update).unwrap_or(false)
+            && local_dag(&self.repo, *update, "an update", limit).is_ok()
     }
 
     /// The round's manifests worth looking at now, best first ([`machine::candidates`]).
@@ -318,13 +327,14 @@ impl Participant {
     ) {
         let me = self.node.peer_id();
         let refused = ctx.inbox.refused(base.round);
+        let elsewhere = self.elsewhere(ctx);
         waiting.awaited = waiting
             .expected
             .awaited(
                 &me,
                 announced.iter().map(|(_, a)| &a.signer),
                 &refused,
-                |p| ctx.inbox.gone(p),
+                |p| ctx.inbox.gone(p) || elsewhere.contains(p),
             )
             .max(waiting.min)
             .max(self.following(ctx, base, &refused));

@@ -35,7 +35,7 @@ use tracing::Instrument;
 use super::attack::Attack;
 use super::compute::{self, RoundBase};
 use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
-use super::inputs::{fetch_deadline, fetch_held};
+use super::inputs::{fetch_deadline, fetch_held, local_dag};
 use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
 use super::{Inputs, Refutation, RoundError, RoundStore, Terms, verify};
