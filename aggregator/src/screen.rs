@@ -11,7 +11,9 @@
 //! of 2 leaves them in. In the spirit of Bulyan (El Mhamdi et al., 2018), which screens with
 //! Krum before a coordinate-wise rule, but needs no bound on the number of bad updates:
 //! at least half the updates are always kept (the median distance is at most the factor
-//! times itself).
+//! times itself). Like any distance rule it assumes honest updates cluster: on skewed shards
+//! an honest update far from the rest may be left out, and colluders at the centre lower
+//! the limit.
 
 use fl_core::tensors::Bundle;
 use rayon::prelude::*;

@@ -119,7 +119,12 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
             }),
             _ => None,
         },
-        rule: plan.rule.clone(),
+        // In full, as `fl task create` records it.
+        rule: plan
+            .rule
+            .parse::<aggregator::Rule>()
+            .map(|r| format!("{r:#}"))
+            .unwrap_or_else(|_| plan.rule.clone()),
         members: Some(keys.iter().map(|k| k.public().to_peer_id()).collect()),
         flops_per_sample: arch.training_flops_per_sample(),
         seed: plan.seed,

@@ -344,6 +344,25 @@ fn task_create_refuses_dp_settings_that_cannot_work_with_one_message_each() {
     assert_eq!(dp.noise_multiplier, 1.1);
 }
 
+/// The task records its rule with every parameter, defaults too, so a later change of a
+/// default cannot change what its manifests are recomputed with.
+#[test]
+fn task_create_records_the_rule_in_full() {
+    let t = Fl::new();
+    for (given, recorded) in [
+        ("median", "median:screen=2"),
+        ("trimmed-mean:0.3:screen=0", "trimmed-mean:0.3:screen=0"),
+        ("fedavg", "fedavg"),
+    ] {
+        let cid = t.ok(&["task", "create", "--own-data", "--rule", given]);
+        let repo = fl_core::content::Repo::open(t.repo()).unwrap();
+        let block =
+            fl_core::content::Blockstore::get(repo.blocks(), &cid.trim().parse().unwrap()).unwrap();
+        let task = fl_core::records::Task::from_block(&block).unwrap();
+        assert_eq!(task.rule, recorded, "{given}");
+    }
+}
+
 #[test]
 fn privacy_answers_for_dp_sgd_steps_as_well_as_rounds() {
     let t = Fl::new();

@@ -18,8 +18,9 @@ pub const RECHECK_AFTER: Duration = Duration::from_secs(2);
 pub const RECHECK_AT_MOST: Duration = Duration::from_secs(30);
 /// Tries after which a rival manifest (a fork of a round this node decided on a manifest it
 /// checked) whose inputs could not be fetched is looked at only once per
-/// [`RIVAL_RECHECK_AFTER`]: each try can hold the round loop for a whole fetch deadline, and
-/// a signer that serves its inputs at a trickle must not take that time from every round.
+/// [`RIVAL_RECHECK_AFTER`] (unless a peer other than its signer stands on it: that peer has
+/// its inputs): each try can hold the round loop for a whole fetch deadline, and a signer
+/// that serves its inputs at a trickle must not take that time from every round.
 pub const RIVAL_TRIES: u32 = 3;
 /// Pause between looks at such a rival once [`RIVAL_TRIES`] have failed.
 pub const RIVAL_RECHECK_AFTER: Duration = Duration::from_secs(600);
@@ -235,6 +236,11 @@ impl Verdicts {
     /// Whether `cid` held up to recomputation.
     pub fn is_valid(&self, cid: &Cid) -> bool {
         self.valid.contains(cid)
+    }
+
+    /// Whether `cid` was refuted.
+    pub fn is_refuted(&self, cid: &Cid) -> bool {
+        self.refuted.contains(cid)
     }
 
     /// Notes that `cid` is wrong: it is never looked at again.

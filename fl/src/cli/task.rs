@@ -130,7 +130,9 @@ pub(super) fn run(cmd: TaskCmd, repo: &RepoPath) -> anyhow::Result<()> {
 
 fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
     let arch: Architecture = c.arch.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _: aggregator::Rule = c
+    // Recorded in full (every parameter, defaults too): a later change of a default must not
+    // change what the task's manifests are recomputed with.
+    let rule: aggregator::Rule = c
         .rule
         .parse()
         .with_context(|| format!("--rule {}", c.rule))?;
@@ -176,7 +178,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         round_deadline_ms: seconds("deadline", c.deadline)?,
         grace_ms: seconds("grace", c.grace)?,
         dp,
-        rule: c.rule,
+        rule: format!("{rule:#}"),
         members: (!c.members.is_empty()).then_some(c.members),
         flops_per_sample: arch.training_flops_per_sample(),
         seed: c.seed,

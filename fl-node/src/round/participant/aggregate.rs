@@ -100,36 +100,57 @@ impl Participant {
             .count()
     }
 
-    /// Live peers whose head is a manifest off this node's chain that beats the one this
-    /// node adopted for its round ([`machine::stays_elsewhere`]): they will not announce on
-    /// this node's chain, so a round does not wait for them.
-    pub(super) fn elsewhere(&self, ctx: &Ctx) -> HashSet<libp2p::PeerId> {
+    /// Live peers whose head is a rival of the manifest this node adopted for its round,
+    /// parting from this node's chain at that round, that beats it and that this node has
+    /// not refuted ([`machine::stays_elsewhere`]): they will not announce on this node's
+    /// chain, so a round does not wait for them. What each head decides is kept in `seen`
+    /// for the round (the chain does not change while it is decided; a refutation is looked
+    /// up each time), so a look costs a map lookup per peer.
+    pub(super) fn elsewhere(
+        &self,
+        ctx: &Ctx,
+        seen: &mut HashMap<Cid, bool>,
+    ) -> HashSet<libp2p::PeerId> {
         let mut out = HashSet::new();
         for peer in ctx.inbox.live_peers() {
-            let Some((round, theirs)) = ctx
-                .inbox
-                .head_of(&peer)
-                .and_then(|h| ctx.inbox.manifest(&h))
-            else {
+            let Some(head) = ctx.inbox.head_of(&peer) else {
                 continue;
             };
-            let Ok(Some(ours)) = self.rounds.adopted(&ctx.terms.cid, round) else {
+            if seen.len() >= MAX_HEADS_JUDGED && !seen.contains_key(&head) {
                 continue;
-            };
-            let Some(head) = ctx.inbox.head_of(&peer).filter(|h| *h != ours) else {
-                continue;
-            };
-            let Ok(our_manifest) = self.load_manifest(&ours) else {
-                continue;
-            };
-            if machine::stays_elsewhere(
-                &machine::Standing::of(head, &theirs),
-                &machine::Standing::of(ours, &our_manifest),
-            ) {
+            }
+            let beats = *seen
+                .entry(head)
+                .or_insert_with(|| self.beats_ours(ctx, head).unwrap_or(false));
+            if beats && !lock(&ctx.verdicts).is_refuted(&head) {
                 out.insert(peer);
             }
         }
         out
+    }
+
+    /// Whether manifest `head` parts from this node's chain at its round and beats the
+    /// manifest this node adopted there.
+    fn beats_ours(&self, ctx: &Ctx, head: Cid) -> Result<bool, RoundError> {
+        let Some((round, theirs)) = ctx.inbox.manifest(&head) else {
+            return Ok(false);
+        };
+        let task = &ctx.terms.cid;
+        let Some(ours) = self.rounds.adopted(task, round)? else {
+            return Ok(false);
+        };
+        let our_prev = match round {
+            1 => None,
+            r => self.rounds.adopted(task, r - 1)?,
+        };
+        if ours == head || theirs.body.prev != our_prev {
+            return Ok(false);
+        }
+        let our_manifest = self.load_manifest(&ours)?;
+        Ok(machine::stays_elsewhere(
+            &machine::Standing::of(head, &theirs),
+            &machine::Standing::of(ours, &our_manifest),
+        ))
     }
 
     /// Aggregates the round as rank `rank`, publishes the signed manifest and files it.

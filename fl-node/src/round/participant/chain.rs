@@ -70,7 +70,9 @@ impl Participant {
             return Ok(None);
         }
         lock(&ctx.verdicts).decided(done);
-        for (tip, signed) in self.rival_tips(ctx)? {
+        let vouched = self.vouched(ctx);
+        for (tip, signed) in self.rival_tips(ctx, &vouched)? {
+            let vouched = vouched.contains(&tip);
             let Some(path) = self.path_to_fork(ctx, tip, signed).await? else {
                 continue;
             };
@@ -95,7 +97,7 @@ impl Participant {
                 lock(&ctx.verdicts).settled(tip);
                 continue;
             }
-            let valid = self.holding_part(ctx, from, path, emit).await?;
+            let valid = self.holding_part(ctx, from, path, vouched, emit).await?;
             if !valid.is_empty() {
                 return Ok(Some(Reorg { from, chain: valid }));
             }
@@ -103,15 +105,44 @@ impl Participant {
         Ok(None)
     }
 
+    /// Heads that a live peer other than their signer stands on: that peer checked them (or
+    /// made their inputs its own), so they are worth looking at again at the short pace.
+    fn vouched(&self, ctx: &Ctx) -> HashSet<Cid> {
+        let mut out = HashSet::new();
+        for peer in ctx.inbox.live_peers() {
+            if let Some(head) = ctx.inbox.head_of(&peer)
+                && !out.contains(&head)
+                && ctx
+                    .inbox
+                    .manifest(&head)
+                    .is_some_and(|(_, m)| m.signer != peer)
+            {
+                out.insert(head);
+            }
+        }
+        out
+    }
+
     /// Manifests not on this node's chain, not yet settled, newest round first (a fork wins
-    /// or loses for its whole chain), at most [`MAX_TIPS`].
-    fn rival_tips(&self, ctx: &Ctx) -> Result<Vec<SignedManifest>, RoundError> {
+    /// or loses for its whole chain), at most [`MAX_TIPS`]. One whose inputs stayed out of
+    /// reach waits out the long pause unless another peer stands on it (`vouched`).
+    fn rival_tips(
+        &self,
+        ctx: &Ctx,
+        vouched: &HashSet<Cid>,
+    ) -> Result<Vec<SignedManifest>, RoundError> {
         let mut tips = Vec::new();
         for round in ctx.inbox.manifest_rounds() {
             let adopted = self.rounds.adopted(&ctx.terms.cid, round)?;
             let v = lock(&ctx.verdicts);
+            let now = Instant::now();
             tips.extend(ctx.inbox.manifests(round).into_iter().filter(|(c, _)| {
-                Some(*c) != adopted && v.open_rival(c, Instant::now()) && !v.is_settled(c)
+                let open = if vouched.contains(c) {
+                    v.open(c, now)
+                } else {
+                    v.open_rival(c, now)
+                };
+                Some(*c) != adopted && open && !v.is_settled(c)
             }));
             if tips.len() >= MAX_TIPS {
                 break;
@@ -179,12 +210,14 @@ impl Participant {
     }
 
     /// The part of a rival chain parting at round `from` that holds up to recomputation,
-    /// checked round by round from the base both chains share.
+    /// checked round by round from the base both chains share (a manifest out of reach at
+    /// the long pause, unless another peer stands on the chain's tip: `vouched`).
     async fn holding_part(
         &self,
         ctx: &Ctx,
         from: u32,
         path: Vec<SignedManifest>,
+        vouched: bool,
         emit: &mut impl FnMut(&Event),
     ) -> Result<Vec<SignedManifest>, RoundError> {
         let (mut prev, mut prev_manifest) = match from {
@@ -201,7 +234,15 @@ impl Participant {
         for (cid, m) in path {
             // A manifest whose inputs stayed out of reach is not fetched again before its
             // pause is out, whichever tip of its chain leads here.
-            if !lock(&ctx.verdicts).open_rival(&cid, Instant::now()) {
+            let open = {
+                let v = lock(&ctx.verdicts);
+                if vouched {
+                    v.open(&cid, Instant::now())
+                } else {
+                    v.open_rival(&cid, Instant::now())
+                }
+            };
+            if !open {
                 break;
             }
             let base = match self

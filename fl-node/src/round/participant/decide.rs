@@ -32,6 +32,12 @@ struct Waiting {
     said: Instant,
     /// The most an update may hold: the size of the round's model.
     update_limit: u64,
+    /// Updates found whole here (they stay so), and when each of the others was last found
+    /// not to be: fair inclusion reads an update's blocks at most once per
+    /// [`HOLDS_RECHECK`] however often the round is looked at.
+    whole: HashMap<Cid, Option<Instant>>,
+    /// Peers' heads judged for whether they stand elsewhere (`Participant::elsewhere`).
+    heads: HashMap<Cid, bool>,
 }
 
 impl Participant {
@@ -62,6 +68,8 @@ impl Participant {
             censored: 0,
             said: Instant::now(),
             update_limit: base.model.file_limit(),
+            whole: HashMap::new(),
+            heads: HashMap::new(),
         };
         loop {
             // Manifests filed from here on are new to this look.
@@ -192,20 +200,18 @@ impl Participant {
     ) -> bool {
         let m = &signed.body;
         let round = m.round;
-        let counted: HashSet<Cid> = m
-            .contributions
-            .iter()
-            .map(|c| c.announcement)
-            .chain(
-                m.rejected
-                    .iter()
-                    .filter(|r| {
-                        r.reason != RejectReason::Unavailable
-                            || !self.holds(&r.update, waiting.update_limit)
-                    })
-                    .map(|r| r.announcement),
-            )
-            .collect();
+        let held_here: HashSet<&Cid> = held.iter().map(|(a, _)| a).collect();
+        let mut counted: HashSet<Cid> = m.contributions.iter().map(|c| c.announcement).collect();
+        for r in &m.rejected {
+            // Only what this node held in time bears on inclusion: an update called
+            // unavailable is read here only for those.
+            let left_out = r.reason == RejectReason::Unavailable
+                && held_here.contains(&r.announcement)
+                && self.holds(&r.update, waiting);
+            if !left_out {
+                counted.insert(r.announcement);
+            }
+        }
         let counts = |a: &Cid| counted.contains(a);
         let arrived = ctx.inbox.arrived(round, cid).unwrap_or_else(Instant::now);
         match inclusion(held, counts, arrived, waiting.closed, waiting.grace) {
@@ -226,12 +232,23 @@ impl Participant {
         }
     }
 
-    /// Whether the whole of `update` (no larger than `limit`) is in this node's store. Its root alone is not enough: a fetch cut short by its deadline leaves the root
+    /// Whether the whole of `update` (no larger than the round's model) is in this node's
+    /// store. Its root alone is not enough: a fetch cut short by its deadline leaves the root
     /// and a few blocks of an update served at a trickle, and a node holding only those
-    /// could not have counted it either.
-    fn holds(&self, update: &Cid, limit: u64) -> bool {
-        self.repo.blocks().has(update).unwrap_or(false)
-            && local_dag(&self.repo, *update, "an update", limit).is_ok()
+    /// could not have counted it either. Read at most once per [`HOLDS_RECHECK`] an update.
+    fn holds(&self, update: &Cid, waiting: &mut Waiting) -> bool {
+        let now = Instant::now();
+        match waiting.whole.get(update) {
+            Some(None) => return true,
+            Some(Some(at)) if now < *at + HOLDS_RECHECK => return false,
+            _ => {}
+        }
+        let whole = self.repo.blocks().has(update).unwrap_or(false)
+            && local_dag(&self.repo, *update, "an update", waiting.update_limit).is_ok();
+        if waiting.whole.len() < MAX_ANNOUNCERS_PER_ROUND || waiting.whole.contains_key(update) {
+            waiting.whole.insert(*update, (!whole).then_some(now));
+        }
+        whole
     }
 
     /// The round's manifests worth looking at now, best first ([`machine::candidates`]).
@@ -327,7 +344,10 @@ impl Participant {
     ) {
         let me = self.node.peer_id();
         let refused = ctx.inbox.refused(base.round);
-        let elsewhere = self.elsewhere(ctx);
+        let elsewhere = match waiting.expected {
+            Expected::Peers(_) => self.elsewhere(ctx, &mut waiting.heads),
+            Expected::Joined(_) => HashSet::new(),
+        };
         waiting.awaited = waiting
             .expected
             .awaited(

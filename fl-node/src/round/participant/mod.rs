@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 use super::attack::Attack;
 use super::compute::{self, RoundBase};
-use super::inbox::{Inbox, SignedAnnouncement, SignedManifest};
+use super::inbox::{Inbox, MAX_ANNOUNCERS_PER_ROUND, SignedAnnouncement, SignedManifest};
 use super::inputs::{fetch_deadline, fetch_held, local_dag};
 use super::machine::{self, Expected, Turn, Verdicts};
 use super::republish;
@@ -71,6 +71,11 @@ const MAX_TIPS: usize = 16;
 const SETTLE: Duration = Duration::from_secs(3);
 /// Longest wait between looks at the inbox.
 const POLL: Duration = Duration::from_millis(200);
+/// Pause before fair inclusion reads again an update it found not whole here.
+const HOLDS_RECHECK: Duration = Duration::from_secs(2);
+/// Peers' heads a round judges for whether they stand elsewhere; more (in an open task, a
+/// crowd of peers gossiping distinct manifests) are taken to follow the chain.
+const MAX_HEADS_JUDGED: usize = 256;
 /// How long an aggregator with too few usable updates waits before trying again.
 const RETRY_AGGREGATION: Duration = Duration::from_secs(2);
 /// Tries beyond the first at recomputing a manifest taken on its claims whose inputs cannot
