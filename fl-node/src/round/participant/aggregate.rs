@@ -26,6 +26,15 @@ impl Participant {
                     .into_iter()
                     .map(|(_, a)| a.signer),
             );
+            // Not those whose update the round called unavailable (not served in time): one
+            // that follows the chain is waited for all the same (`following`), one that does
+            // not (a member serving at a trickle, standing on a manifest of its own) would
+            // hold the round to its deadline.
+            for r in &m.body.rejected {
+                if r.reason == fl_core::records::RejectReason::Unavailable {
+                    alive.remove(&r.peer);
+                }
+            }
             return Ok(Expected::Peers(alive));
         }
         let joined = match &task.members {
