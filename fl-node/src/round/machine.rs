@@ -274,11 +274,13 @@ impl Verdicts {
     }
 
     /// Whether rival `cid` is worth checking at `now`: as [`open`](Self::open), but after
-    /// [`RIVAL_TRIES`] failed fetches only once per [`RIVAL_RECHECK_AFTER`]. (A fork's
-    /// manifests are also this round's candidates while undecided, with the shorter pauses.)
-    pub fn open_rival(&self, cid: &Cid, now: Instant) -> bool {
+    /// [`RIVAL_TRIES`] failed fetches only once per [`RIVAL_RECHECK_AFTER`], unless it is
+    /// `vouched` for (a peer other than its signer stands on it, so its inputs are there).
+    /// (A fork's manifests are also this round's candidates while undecided, with the
+    /// shorter pauses.)
+    pub fn open_rival(&self, cid: &Cid, vouched: bool, now: Instant) -> bool {
         match self.unreachable.get(cid) {
-            Some((at, pause, tries)) if *tries >= RIVAL_TRIES => {
+            Some((at, pause, tries)) if !vouched && *tries >= RIVAL_TRIES => {
                 !self.refuted.contains(cid) && now >= *at - *pause + RIVAL_RECHECK_AFTER
             }
             _ => self.open(cid, now),
@@ -560,7 +562,7 @@ mod tests {
         let bad = cid(4);
         v.refuted(bad);
         assert!(!v.open(&bad, t0 + Duration::from_secs(3600)));
-        assert!(!v.open_rival(&bad, t0 + Duration::from_secs(3600)));
+        assert!(!v.open_rival(&bad, false, t0 + Duration::from_secs(3600)));
         assert!(Verdicts::default().open(&bad, t0));
     }
 
@@ -589,16 +591,18 @@ mod tests {
         let rival = cid(6);
         let mut v = Verdicts::default();
         v.unreachable(rival, t0);
-        assert!(v.open_rival(&rival, at(2)));
+        assert!(v.open_rival(&rival, false, at(2)));
         v.unreachable(rival, at(2));
-        assert!(v.open_rival(&rival, at(6)));
+        assert!(v.open_rival(&rival, false, at(6)));
         v.unreachable(rival, at(6));
         assert!(v.open(&rival, at(14)));
-        assert!(!v.open_rival(&rival, at(14)));
-        assert!(!v.open_rival(&rival, at(6 + 599)));
-        assert!(v.open_rival(&rival, at(6 + 600)));
+        assert!(!v.open_rival(&rival, false, at(14)));
+        assert!(!v.open_rival(&rival, false, at(6 + 599)));
+        assert!(v.open_rival(&rival, false, at(6 + 600)));
+        // Vouched for by a peer that stands on it: the short pace again.
+        assert!(v.open_rival(&rival, true, at(14)));
         v.valid(rival);
-        assert!(v.open_rival(&rival, at(7)));
+        assert!(v.open_rival(&rival, false, at(7)));
     }
 
     /// A fork found no better stays settled while the rounds decided stay as they are, and is

@@ -137,12 +137,7 @@ impl Participant {
             let v = lock(&ctx.verdicts);
             let now = Instant::now();
             tips.extend(ctx.inbox.manifests(round).into_iter().filter(|(c, _)| {
-                let open = if vouched.contains(c) {
-                    v.open(c, now)
-                } else {
-                    v.open_rival(c, now)
-                };
-                Some(*c) != adopted && open && !v.is_settled(c)
+                Some(*c) != adopted && v.open_rival(c, vouched.contains(c), now) && !v.is_settled(c)
             }));
             if tips.len() >= MAX_TIPS {
                 break;
@@ -234,15 +229,7 @@ impl Participant {
         for (cid, m) in path {
             // A manifest whose inputs stayed out of reach is not fetched again before its
             // pause is out, whichever tip of its chain leads here.
-            let open = {
-                let v = lock(&ctx.verdicts);
-                if vouched {
-                    v.open(&cid, Instant::now())
-                } else {
-                    v.open_rival(&cid, Instant::now())
-                }
-            };
-            if !open {
+            if !lock(&ctx.verdicts).open_rival(&cid, vouched, Instant::now()) {
                 break;
             }
             let base = match self
