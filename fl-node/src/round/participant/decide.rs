@@ -243,8 +243,8 @@ impl Participant {
             Some(Some(at)) if now < *at + HOLDS_RECHECK => return false,
             _ => {}
         }
-        let whole = self.repo.blocks().has(update).unwrap_or(false)
-            && local_dag(&self.repo, *update, "an update", waiting.update_limit).is_ok();
+        // Its root is read first: a missing one ends the look at once.
+        let whole = local_dag(&self.repo, *update, "an update", waiting.update_limit).is_ok();
         if waiting.whole.len() < MAX_ANNOUNCERS_PER_ROUND || waiting.whole.contains_key(update) {
             waiting.whole.insert(*update, (!whole).then_some(now));
         }
