@@ -53,8 +53,13 @@ impl Strategy for Median {
         self.validate()?;
         let ordered = ordered(global, contributions)?;
         let deltas: Vec<&Bundle> = ordered.iter().map(|c| &*c.delta).collect();
-        let deltas = screen::screen(global, &deltas, self.screen);
-        let median = math::coordinatewise(global, &deltas, math::median);
+        let (kept, centre) = screen::screen_with_centre(global, &deltas, self.screen);
+        // Nothing left out: the screen's centre is the median of the same updates, in the
+        // same order, computed the same way.
+        let median = match centre {
+            Some(centre) if kept.len() == deltas.len() => centre,
+            _ => math::coordinatewise(global, &kept, math::median),
+        };
         let model = math::apply_delta(global, &median).map_err(AggregateError::Assemble)?;
         Ok((model, ServerState::empty()))
     }

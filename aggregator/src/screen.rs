@@ -39,8 +39,18 @@ pub fn validate(field: &str, factor: f64) -> Result<(), ConfigError> {
 /// in the order given. `factor` 0 keeps them all. An update with a non-finite value is as far
 /// as can be.
 pub fn screen<'d>(global: &Bundle, deltas: &[&'d Bundle], factor: f64) -> Vec<&'d Bundle> {
+    screen_with_centre(global, deltas, factor).0
+}
+
+/// [`screen`], with the coordinate-wise median of all of `deltas` when it was computed: the
+/// median rule's own result when nothing is left out, so it is not computed twice.
+pub(crate) fn screen_with_centre<'d>(
+    global: &Bundle,
+    deltas: &[&'d Bundle],
+    factor: f64,
+) -> (Vec<&'d Bundle>, Option<Vec<f64>>) {
     if factor == 0.0 || deltas.len() < 3 {
-        return deltas.to_vec();
+        return (deltas.to_vec(), None);
     }
     let centre = math::coordinatewise(global, deltas, math::median);
     let distances: Vec<f64> = deltas
@@ -59,12 +69,13 @@ pub fn screen<'d>(global: &Bundle, deltas: &[&'d Bundle], factor: f64) -> Vec<&'
         (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
     };
     let limit = factor * typical;
-    deltas
+    let kept = deltas
         .iter()
         .zip(&distances)
         .filter(|(_, d)| **d <= limit)
         .map(|(b, _)| *b)
-        .collect()
+        .collect();
+    (kept, Some(centre))
 }
 
 /// `Σ (delta - centre)²` over the flat coordinates, tensors in name order: each tensor cut
