@@ -10,6 +10,8 @@ Reads a model file that `fl_core::model` saved (safetensors, PyTorch names and l
             on the first N images and saves the resulting model as safetensors
   baseline  centralized training on a CIFAR-10 directory from a given initial model, with
             the hyper-parameters and augmentation of `fl baseline`; a JSON line per epoch
+  fedavg    plain FedAvg over the shards of a split (`fl data partition --indices`), every
+            client every round from the global model, sample-weighted; a JSON line per round
   dp-step   DP-SGD steps on the first N images taken whole (q = 1) and no noise: each
             example's gradient clipped to C' = C (1 - 2^-10) by min(1, C' / (norm + 1e-6)),
             summed, divided by N, then SGD with momentum and weight decay; saves the model
@@ -259,6 +261,92 @@ def cmd_baseline(args):
                       "threads": torch.get_num_threads(), "torch": torch.__version__}))
 
 
+def round_rate(schedule, base, rnd, rounds):
+    """The local rate of round `rnd` (1-based) of `rounds`, as a task's round schedule sets it."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        t = min(max((rnd - 0.5) / max(rounds, 1), 0.0), 1.0)
+        return base * (1 + math.cos(math.pi * t)) / 2
+    sys.exit(f"unknown round schedule {schedule}")
+
+
+def cmd_fedavg(args):
+    """Plain FedAvg (McMahan et al. 2017) over the clients of a split that `fl data partition
+    --indices` (or the experiments) wrote: every client trains from the round's global model
+    with a fresh SGD optimizer, and the global model becomes the sample-weighted mean of the
+    clients' models. A client whose loss turns non-finite is left out of that round and
+    counted."""
+    model = load_model(args.model).train()
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)]
+    parts = [load_raw(os.path.join(args.data, n)) for n in names
+             if os.path.exists(os.path.join(args.data, n))]
+    train_raw = torch.cat([p[0] for p in parts])
+    train_labels = torch.cat([p[1] for p in parts])
+    test_raw, test_labels = load_raw(os.path.join(args.data, "test_batch.bin"))
+    test_images = normalise(test_raw)
+    with open(args.split) as f:
+        clients = [torch.tensor(c, dtype=torch.long) for c in json.load(f)["clients"]]
+    if any(len(c) == 0 or int(c.max()) >= len(train_labels) for c in clients):
+        sys.exit(f"{args.split}: a client is empty or names an image past the training set")
+    gen = torch.Generator().manual_seed(args.seed)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    started = time.perf_counter()
+    for rnd in range(1, args.rounds + 1):
+        t0 = time.perf_counter()
+        lr = round_rate(args.schedule, args.lr, rnd, args.rounds)
+        total, summed, diverged = 0, None, 0
+        for client in clients:
+            model.load_state_dict(global_state)
+            model.train()
+            anchor = [p.detach().clone() for p in model.parameters()]
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum,
+                                  dampening=0.0, weight_decay=args.weight_decay)
+            finite = True
+            for _ in range(args.epochs):
+                order = client[torch.randperm(len(client), generator=gen)]
+                for start in range(0, len(order), args.batch):
+                    idx = order[start:start + args.batch]
+                    raw = train_raw[idx]
+                    if not args.no_augment:
+                        raw = augment(raw, gen)
+                    opt.zero_grad()
+                    loss = F.cross_entropy(model(normalise(raw)), train_labels[idx])
+                    if args.mu > 0:
+                        prox = sum(((p - a) ** 2).sum()
+                                   for p, a in zip(model.parameters(), anchor))
+                        loss = loss + args.mu / 2 * prox
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    loss.backward()
+                    opt.step()
+                if not finite:
+                    break
+            if not finite:
+                diverged += 1
+                continue
+            n = len(client)
+            state = model.state_dict()
+            if summed is None:
+                summed = {k: v.detach().double() * n for k, v in state.items()}
+            else:
+                for k, v in state.items():
+                    summed[k] += v.detach().double() * n
+            total += n
+        if summed is not None:
+            global_state = {k: (v / total).float() for k, v in summed.items()}
+        model.load_state_dict(global_state)
+        test_loss, test_accuracy = evaluate(model, test_images, test_labels)
+        print(json.dumps({"event": "round", "round": rnd, "learning_rate": lr,
+                          "clients": len(clients) - diverged, "diverged": diverged,
+                          "seconds": time.perf_counter() - t0, "test_loss": test_loss,
+                          "test_accuracy": test_accuracy}), flush=True)
+    print(json.dumps({"event": "done", "test_accuracy": test_accuracy, "test_loss": test_loss,
+                      "seconds": time.perf_counter() - started,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
 def evaluate(model, images, labels):
     model.eval()
     loss, correct = 0.0, 0
@@ -333,6 +421,22 @@ def main():
     b.add_argument("--no-augment", action="store_true")
     b.add_argument("--no-shuffle", action="store_true")
     b.set_defaults(func=cmd_baseline)
+
+    fa = sub.add_parser("fedavg", help="plain FedAvg over a split's clients, as `fl simulate`")
+    fa.add_argument("model", help="initial model (safetensors)")
+    fa.add_argument("data", help="CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin)")
+    fa.add_argument("split", help='JSON {"clients": [[image index, ...], ...]}')
+    fa.add_argument("--rounds", type=int, default=10)
+    fa.add_argument("--epochs", type=int, default=1)
+    fa.add_argument("--batch", type=int, default=32)
+    fa.add_argument("--lr", type=float, default=0.05)
+    fa.add_argument("--schedule", default="cosine", help="over the rounds: constant or cosine")
+    fa.add_argument("--momentum", type=float, default=0.9)
+    fa.add_argument("--weight-decay", type=float, default=5e-4)
+    fa.add_argument("--mu", type=float, default=0.0, help="FedProx proximal term")
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--no-augment", action="store_true")
+    fa.set_defaults(func=cmd_fedavg)
 
     args = p.parse_args()
     args.func(args)

@@ -332,3 +332,45 @@ pub fn field(v: Option<f64>) -> String {
 pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
+
+/// Runs the PyTorch anchor `experiments/pytorch/{script}` with `positional` arguments, then
+/// `flags` (`--name value`), in `$FL_TORCH_PYTHON` (else `python3`), and returns the JSON
+/// lines it printed. Errors name the script by its path in the repo, never one of this
+/// machine, for they end up in the report.
+pub fn run_torch(
+    script: &str,
+    positional: &[&std::ffi::OsStr],
+    flags: &[(&str, String)],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (python, python_shown) = match std::env::var("FL_TORCH_PYTHON") {
+        Ok(python) => (python, "$FL_TORCH_PYTHON"),
+        Err(_) => ("python3".into(), "python3"),
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pytorch")
+        .join(script);
+    let shown = format!("experiments/pytorch/{script}");
+    let out = std::process::Command::new(&python)
+        .arg(&path)
+        .args(positional)
+        .args(
+            flags
+                .iter()
+                .flat_map(|(flag, value)| [*flag, value.as_str()]),
+        )
+        .output()
+        .with_context(|| {
+            format!("running {python_shown} {shown} (set FL_TORCH_PYTHON to a Python with torch)")
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!(
+            "{python_shown} {shown} failed: {}",
+            err.trim().lines().last().unwrap_or("")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}

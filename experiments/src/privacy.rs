@@ -10,7 +10,7 @@ use fl_core::tensors::Bundle;
 use fl_plot::{Series, line_chart};
 use fl_sim::PrivacyTarget;
 
-use crate::harness::{Csv, centralize, federate, field, pct};
+use crate::harness::{Csv, centralize, federate, field, pct, run_torch};
 use crate::suite::{Ctx, failure};
 
 /// The DP-SGD recipe, shared with the Opacus runs: expected batch of the centralized runs and
@@ -501,42 +501,28 @@ impl Ctx {
     /// Opacus on the same initial model and data with the privacy experiment's recipe and
     /// noise multiplier `z`, run by `experiments/pytorch/dp_sgd.py` in `$FL_TORCH_PYTHON`.
     fn opacus(&self, initial: &Bundle, z: f64, epochs: usize) -> anyhow::Result<AnchorRun> {
-        let python = std::env::var("FL_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
         let dir = tempfile::tempdir().context("making a scratch directory")?;
         let init = dir.path().join("init.safetensors");
         std::fs::write(&init, initial.to_safetensors()?)
             .with_context(|| format!("writing {}", init.display()))?;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pytorch/dp_sgd.py");
-        let out = std::process::Command::new(&python)
-            .arg(script)
-            .arg(&init)
-            .arg(&self.data_dir)
-            .args(["--mode", "opacus", "--images"])
-            .arg(self.data.train.len().to_string())
-            .args(["--epochs", &epochs.to_string()])
-            .args(["--batch", &DP_BATCH.to_string()])
-            .args(["--lr", &DP_LR.to_string()])
-            .args(["--momentum", &DP_MOMENTUM.to_string()])
-            .args(["--weight-decay", "0"])
-            .args(["--clip", &DP_CLIP.to_string()])
-            .args(["--delta", &DP_DELTA.to_string()])
-            .args(["--noise-multiplier", &z.to_string()])
-            .args(["--seed", &self.seed.to_string()])
-            .output()
-            .with_context(|| {
-                format!("running {python} {script} (set FL_TORCH_PYTHON to a Python with opacus)")
-            })?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            anyhow::bail!(
-                "{python} {script} failed: {}",
-                err.trim().lines().last().unwrap_or("")
-            );
-        }
-        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+        let flags = [
+            ("--mode", "opacus".to_string()),
+            ("--images", self.data.train.len().to_string()),
+            ("--epochs", epochs.to_string()),
+            ("--batch", DP_BATCH.to_string()),
+            ("--lr", DP_LR.to_string()),
+            ("--momentum", DP_MOMENTUM.to_string()),
+            ("--weight-decay", "0".to_string()),
+            ("--clip", DP_CLIP.to_string()),
+            ("--delta", DP_DELTA.to_string()),
+            ("--noise-multiplier", z.to_string()),
+            ("--seed", self.seed.to_string()),
+        ];
+        let lines = run_torch(
+            "dp_sgd.py",
+            &[init.as_os_str(), self.data_dir.as_os_str()],
+            &flags,
+        )?;
         let done = lines
             .iter()
             .find(|l| l["event"] == "done")

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use datasets::cifar10::Cifar10;
-use datasets::partition::Scheme;
 use fl_core::content::Repo;
 use fl_core::model::{Architecture, Batch, Classifier};
 use fl_core::tensors::{Bundle, Encoding};
@@ -668,90 +667,6 @@ impl Ctx {
             fl_node::round::republish::liveness(nodes - 1).as_secs()
         );
         Ok(("Fault tolerance".into(), body, vec![csv, acc, time]))
-    }
-
-    fn non_iid(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {
-        let mut csv = Csv::create(
-            &self.out,
-            "non_iid.csv",
-            &["alpha", "rule", "round", "accuracy", "failure"],
-        )?;
-        let mut table =
-            String::from("| Dirichlet alpha | FedAvg | FedProx (mu 0.01) |\n| --- | --- | --- |\n");
-        let mut series = Vec::new();
-        // A node whose training diverges on its skewed shard leaves the task; the rest go
-        // on without it, as in the fault-tolerance runs.
-        let tolerant = self.tolerant_plan(self.scale.nodes);
-        for alpha in [0.1, 0.5, 100.0] {
-            let mut finals = Vec::new();
-            for (rule, mu) in [("FedAvg", 0.0), ("FedProx", 0.01)] {
-                let mut plan = tolerant.clone();
-                plan.scheme = Scheme::Dirichlet { alpha };
-                plan.train.proximal_mu = mu;
-                let label = format!("{rule}, alpha {alpha}");
-                let run = match federate(&label, &plan, &self.data) {
-                    Ok(run) => run,
-                    Err(e) => {
-                        let why = failure(&e);
-                        csv.row([
-                            alpha.to_string(),
-                            rule.into(),
-                            String::new(),
-                            String::new(),
-                            why.clone(),
-                        ])?;
-                        finals.push(format!("failed: {why}"));
-                        continue;
-                    }
-                };
-                for r in &run.report.rounds {
-                    csv.row([
-                        alpha.to_string(),
-                        rule.into(),
-                        r.round.to_string(),
-                        field(r.accuracy),
-                        String::new(),
-                    ])?;
-                }
-                finals.push(match run.errored {
-                    0 => pct(run.final_accuracy()),
-                    k => format!(
-                        "{} ({k} of {} nodes left: training diverged)",
-                        pct(run.final_accuracy()),
-                        self.scale.nodes
-                    ),
-                });
-                series.push(Series {
-                    label,
-                    points: run
-                        .report
-                        .rounds
-                        .iter()
-                        .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
-                        .collect(),
-                });
-            }
-            table.push_str(&format!("| {alpha} | {} | {} |\n", finals[0], finals[1]));
-        }
-        let csv = csv.finish()?;
-        let png = self.path("non_iid.png");
-        line_chart(
-            &series,
-            "Test accuracy by round, label skew by Dirichlet alpha",
-            ("round", "test accuracy (%)"),
-            &png,
-        )?;
-        let body = format!(
-            "{} nodes, {} rounds; each node's labels drawn by Dirichlet(alpha) (alpha 0.1: a few classes per node; 100: \
-             close to IID). A round closes with at least {} updates, {} s after it opens if a node is missing: a node \
-             whose local training diverges on its skewed shard (NaN loss) leaves the task, and the rest go on without \
-             it.\n\n{table}",
-            self.scale.nodes,
-            self.scale.rounds,
-            tolerant.min_participants,
-            tolerant.deadline.as_secs()
-        );
-        Ok(("Non-IID data".into(), body, vec![csv, png]))
     }
 
     fn inference_latency(&self) -> anyhow::Result<(String, String, Vec<PathBuf>)> {

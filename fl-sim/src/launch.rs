@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use cid::Cid;
 use datasets::cifar10::Cifar10;
-use datasets::partition::partition;
 use datasets::shard;
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Blockstore, Repo};
@@ -25,7 +24,6 @@ use libp2p::multiaddr::Protocol;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
-use crate::plan::MIN_SHARD;
 use crate::{Plan, Progress, SimulationError, Victim};
 
 /// Seconds each peer gets to send a block before the next is asked.
@@ -77,13 +75,7 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
         })
         .collect::<Result<Vec<_>, SimulationError>>()?;
     let seed_repo = Repo::open(&dirs[0])?;
-    let split = partition(
-        data.train.labels(),
-        plan.nodes,
-        &plan.scheme,
-        plan.seed,
-        MIN_SHARD,
-    )?;
+    let split = plan.split(data.train.labels())?;
     let smallest_shard = split.clients.iter().map(Vec::len).min().unwrap_or(0) as u64;
     let noise_multiplier = plan.noise_multiplier(smallest_shard)?;
     let dataset = shard::publish(

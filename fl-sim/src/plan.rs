@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use datasets::partition::Scheme;
+use datasets::partition::{Partition, PartitionError, Scheme, partition};
 use fl_core::model::Backend;
 use fl_core::privacy::plan::DpSgdTarget;
 use fl_core::records::{DpLevel, RoundSchedule, TrainParams};
@@ -147,6 +147,12 @@ impl Plan {
             }
             None => f64::from(round) * f64::from(self.train.epochs),
         }
+    }
+
+    /// Which training images (by index into `labels`) each node trains on: the split a run of
+    /// this plan publishes, for anchors in other frameworks to train on the same shards.
+    pub fn split(&self, labels: &[u8]) -> Result<Partition, PartitionError> {
+        partition(labels, self.nodes, &self.scheme, self.seed, MIN_SHARD)
     }
 
     /// Local batches in one pass over a node's share of `samples` images split IID.

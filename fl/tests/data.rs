@@ -107,6 +107,56 @@ fn partition_table_png_publish_and_shard_fetch() {
 }
 
 #[test]
+fn partition_writes_index_lists_of_the_first_images_that_match_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let indices = dir.path().join("split.json");
+    let out = fl(
+        &repo,
+        &[
+            "data",
+            "partition",
+            "--clients",
+            "4",
+            "--scheme",
+            "dirichlet:0.1",
+            "--images",
+            "2400",
+            "--indices",
+            indices.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let totals: Vec<usize> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&indices).unwrap()).unwrap();
+    assert_eq!(json["scheme"], "dirichlet:0.1");
+    assert_eq!(json["images"], 2400);
+    let clients: Vec<Vec<usize>> = serde_json::from_value(json["clients"].clone()).unwrap();
+    assert_eq!(
+        clients.iter().map(Vec::len).collect::<Vec<_>>(),
+        totals,
+        "the lists are the table's nodes"
+    );
+    let mut all: Vec<usize> = clients.concat();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..2400).collect::<Vec<_>>(),
+        "each of the first 2,400 once"
+    );
+}
+
+#[test]
 fn bad_data_requests_fail_with_one_line_each() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -141,6 +191,10 @@ fn bad_data_requests_fail_with_one_line_each() {
         (
             vec!["data", "publish", "--clients", "2000", "--min-size", "10"],
             "at least 10",
+        ),
+        (
+            vec!["data", "partition", "--clients", "4", "--images", "20000"],
+            "--images 20000",
         ),
     ] {
         let out = fl(&repo, &args);

@@ -30,6 +30,10 @@ pub(super) enum Data {
         /// Also draw the table as a PNG heatmap.
         #[arg(long, value_name = "FILE")]
         png: Option<PathBuf>,
+        /// Also write each node's training-image indices as JSON (`{"clients": [[i, ...],
+        /// ...]}`), so another framework can train on exactly the same shards.
+        #[arg(long, value_name = "FILE")]
+        indices: Option<PathBuf>,
     },
     /// Stores every node's shard and a dataset manifest; prints the manifest's CID.
     Publish {
@@ -67,11 +71,15 @@ pub(super) struct SplitArgs {
     /// Fewest samples any node may get.
     #[arg(long, default_value_t = 10)]
     min_size: usize,
+    /// Split only the first N training images, as `fl simulate --images` does; default: all.
+    #[arg(long, value_name = "N")]
+    images: Option<usize>,
 }
 
 impl SplitArgs {
     fn run(&self) -> anyhow::Result<(cifar10::Cifar10, Partition)> {
-        let data = cifar10::load(&self.data)?;
+        let mut data = cifar10::load(&self.data)?;
+        super::first_images(&mut data, self.images)?;
         let split = partition(
             data.train.labels(),
             self.clients,
@@ -113,10 +121,25 @@ pub(super) fn run(cmd: Data, repo: &RepoPath) -> anyhow::Result<()> {
                 unpacked.display()
             );
         }
-        Data::Partition { split, png } => {
+        Data::Partition {
+            split,
+            png,
+            indices,
+        } => {
             let (data, parts) = split.run()?;
             let counts = parts.label_counts(data.train.labels());
             print_table(&counts);
+            if let Some(path) = indices {
+                let json = serde_json::json!({
+                    "scheme": split.scheme.to_string(),
+                    "seed": split.seed,
+                    "images": data.train.len(),
+                    "clients": parts.clients,
+                });
+                std::fs::write(&path, json.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("indices written to {}", path.display());
+            }
             if let Some(path) = png {
                 fl_plot::label_heatmap(
                     &counts,
