@@ -149,6 +149,27 @@ impl Partition {
             })
             .collect()
     }
+
+    /// The split as JSON, `{"scheme", "seed", "images", "clients": [[index, ...], ...]}`
+    /// (`images`: the training set's size), for another framework to train on exactly
+    /// these shards (`experiments/pytorch/fedavg_cnn.py fedavg` reads it).
+    pub fn index_lists_json(&self, scheme: &Scheme, seed: u64, images: usize) -> String {
+        #[derive(serde::Serialize)]
+        struct IndexLists<'a> {
+            scheme: String,
+            seed: u64,
+            images: usize,
+            clients: &'a [Vec<usize>],
+        }
+        let lists = IndexLists {
+            scheme: scheme.to_string(),
+            seed,
+            images,
+            clients: &self.clients,
+        };
+        // Strings and integers only: serialising cannot fail.
+        serde_json::to_string(&lists).unwrap_or_default()
+    }
 }
 
 /// Splits `labels.len()` samples across `nodes` by `scheme`, the same for the same

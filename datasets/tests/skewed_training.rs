@@ -28,7 +28,7 @@ fn every_node_of_a_dirichlet_0_1_split_trains_its_first_epoch_without_diverging(
         0,
         10,
     )
-    .expect("a Dirichlet(0.1) split of 12,000 images over 8 nodes");
+    .expect("a Dirichlet(0.1) split over 8 nodes");
     let arch = Architecture::FedAvgCnn;
     let global = arch.init(0).expect("the initial model");
     let device = Backend::default().device();

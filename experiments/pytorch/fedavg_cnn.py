@@ -181,6 +181,17 @@ def load_raw(path):
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].long()
 
 
+def load_train_raw(data):
+    """The training set of a CIFAR-10 binary directory: data_batch_1.bin .. data_batch_5.bin in
+    order, as `fl_core`'s reader concatenates them; exits naming the first one missing."""
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)]
+    for n in names:
+        if not os.path.exists(os.path.join(data, n)):
+            sys.exit(f"{data} has no {n} (a CIFAR-10 binary directory is needed)")
+    parts = [load_raw(os.path.join(data, n)) for n in names]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def normalise(raw):
     mean = torch.tensor(MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(STD).reshape(1, 3, 1, 1)
@@ -216,10 +227,7 @@ def learning_rate(schedule, base, epoch, step, total_steps):
 
 def cmd_baseline(args):
     model = load_model(args.model).train()
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)]
-    parts = [load_raw(os.path.join(args.data, n)) for n in names]
-    train_raw = torch.cat([p[0] for p in parts])
-    train_labels = torch.cat([p[1] for p in parts])
+    train_raw, train_labels = load_train_raw(args.data)
     test_raw, test_labels = load_raw(os.path.join(args.data, "test_batch.bin"))
     test_images = normalise(test_raw)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -271,32 +279,47 @@ def round_rate(schedule, base, rnd, rounds):
     sys.exit(f"unknown round schedule {schedule}")
 
 
+def read_split(path, images):
+    """The clients' index lists of a split file, checked against `images` training images."""
+    try:
+        with open(path) as f:
+            split = json.load(f)
+        clients = [[int(i) for i in c] for c in split["clients"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{os.path.basename(path)}: not a split file ({e.__class__.__name__}: {e})")
+    if isinstance(split.get("images"), int) and split["images"] > images:
+        sys.exit(f"{os.path.basename(path)} splits {split['images']} images; the data has {images}")
+    for k, c in enumerate(clients):
+        if not c or min(c) < 0 or max(c) >= images:
+            sys.exit(f"{os.path.basename(path)}: client {k} is empty or names an image outside "
+                     f"0..{images - 1}")
+    return [torch.tensor(c, dtype=torch.long) for c in clients]
+
+
 def cmd_fedavg(args):
     """Plain FedAvg (McMahan et al. 2017) over the clients of a split that `fl data partition
     --indices` (or the experiments) wrote: every client trains from the round's global model
     with a fresh SGD optimizer, and the global model becomes the sample-weighted mean of the
-    clients' models. A client whose loss turns non-finite is left out of that round and
-    counted."""
+    clients' models. A client whose loss or parameters turn non-finite leaves the federation,
+    as a node whose training diverges leaves a task."""
+    if args.rounds < 1 or args.epochs < 1 or args.batch < 1:
+        sys.exit("--rounds, --epochs and --batch must be at least 1")
     model = load_model(args.model).train()
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)]
-    parts = [load_raw(os.path.join(args.data, n)) for n in names
-             if os.path.exists(os.path.join(args.data, n))]
-    train_raw = torch.cat([p[0] for p in parts])
-    train_labels = torch.cat([p[1] for p in parts])
+    train_raw, train_labels = load_train_raw(args.data)
     test_raw, test_labels = load_raw(os.path.join(args.data, "test_batch.bin"))
     test_images = normalise(test_raw)
-    with open(args.split) as f:
-        clients = [torch.tensor(c, dtype=torch.long) for c in json.load(f)["clients"]]
-    if any(len(c) == 0 or int(c.max()) >= len(train_labels) for c in clients):
-        sys.exit(f"{args.split}: a client is empty or names an image past the training set")
+    clients = read_split(args.split, len(train_labels))
     gen = torch.Generator().manual_seed(args.seed)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gone = set()
     started = time.perf_counter()
     for rnd in range(1, args.rounds + 1):
         t0 = time.perf_counter()
         lr = round_rate(args.schedule, args.lr, rnd, args.rounds)
         total, summed, diverged = 0, None, 0
-        for client in clients:
+        for k, client in enumerate(clients):
+            if k in gone:
+                continue
             model.load_state_dict(global_state)
             model.train()
             anchor = [p.detach().clone() for p in model.parameters()]
@@ -323,23 +346,24 @@ def cmd_fedavg(args):
                     opt.step()
                 if not finite:
                     break
-            if not finite:
+            state = model.state_dict()
+            if not finite or not all(torch.isfinite(v).all() for v in state.values()):
+                gone.add(k)
                 diverged += 1
                 continue
             n = len(client)
-            state = model.state_dict()
             if summed is None:
-                summed = {k: v.detach().double() * n for k, v in state.items()}
+                summed = {name: v.detach().double() * n for name, v in state.items()}
             else:
-                for k, v in state.items():
-                    summed[k] += v.detach().double() * n
+                for name, v in state.items():
+                    summed[name] += v.detach().double() * n
             total += n
         if summed is not None:
             global_state = {k: (v / total).float() for k, v in summed.items()}
         model.load_state_dict(global_state)
         test_loss, test_accuracy = evaluate(model, test_images, test_labels)
         print(json.dumps({"event": "round", "round": rnd, "learning_rate": lr,
-                          "clients": len(clients) - diverged, "diverged": diverged,
+                          "clients": len(clients) - len(gone), "diverged": diverged,
                           "seconds": time.perf_counter() - t0, "test_loss": test_loss,
                           "test_accuracy": test_accuracy}), flush=True)
     print(json.dumps({"event": "done", "test_accuracy": test_accuracy, "test_loss": test_loss,
@@ -430,7 +454,8 @@ def main():
     fa.add_argument("--epochs", type=int, default=1)
     fa.add_argument("--batch", type=int, default=32)
     fa.add_argument("--lr", type=float, default=0.05)
-    fa.add_argument("--schedule", default="cosine", help="over the rounds: constant or cosine")
+    fa.add_argument("--schedule", default="cosine", choices=["constant", "cosine"],
+                    help="how the rate falls over the rounds")
     fa.add_argument("--momentum", type=float, default=0.9)
     fa.add_argument("--weight-decay", type=float, default=5e-4)
     fa.add_argument("--mu", type=float, default=0.0, help="FedProx proximal term")

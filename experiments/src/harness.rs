@@ -333,13 +333,14 @@ pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
-/// Runs the PyTorch anchor `experiments/pytorch/{script}` with `positional` arguments, then
-/// `flags` (`--name value`), in `$FL_TORCH_PYTHON` (else `python3`), and returns the JSON
-/// lines it printed. Errors name the script by its path in the repo, never one of this
-/// machine, for they end up in the report.
+/// Runs the PyTorch anchor `experiments/pytorch/{script}` with `positional` arguments (each
+/// named as `shown` says in errors), then `flags` (`--name value`), in `$FL_TORCH_PYTHON`
+/// (else `python3`), and returns the JSON lines it printed. Errors end up in the report, so
+/// they name the script by its path in the repo and each positional argument by its `shown`
+/// name, never a path of this machine.
 pub fn run_torch(
     script: &str,
-    positional: &[&std::ffi::OsStr],
+    positional: &[(&std::ffi::OsStr, &str)],
     flags: &[(&str, String)],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let (python, python_shown) = match std::env::var("FL_TORCH_PYTHON") {
@@ -352,7 +353,7 @@ pub fn run_torch(
     let shown = format!("experiments/pytorch/{script}");
     let out = std::process::Command::new(&python)
         .arg(&path)
-        .args(positional)
+        .args(positional.iter().map(|(arg, _)| arg))
         .args(
             flags
                 .iter()
@@ -360,14 +361,24 @@ pub fn run_torch(
         )
         .output()
         .with_context(|| {
-            format!("running {python_shown} {shown} (set FL_TORCH_PYTHON to a Python with torch)")
+            format!(
+                "running {python_shown} {shown} (set FL_TORCH_PYTHON to a Python with torch, and opacus for dp_sgd.py)"
+            )
         })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!(
-            "{python_shown} {shown} failed: {}",
-            err.trim().lines().last().unwrap_or("")
-        );
+        let mut last = err.trim().lines().last().unwrap_or("").to_string();
+        // Longest first, so that a path inside another is replaced as part of the longer.
+        let mut named: Vec<(String, &str)> = positional
+            .iter()
+            .map(|(arg, name)| (arg.to_string_lossy().into_owned(), *name))
+            .filter(|(arg, _)| !arg.is_empty())
+            .collect();
+        named.sort_by_key(|(arg, _)| std::cmp::Reverse(arg.len()));
+        for (arg, name) in named {
+            last = last.replace(&arg, name);
+        }
+        anyhow::bail!("{python_shown} {shown} failed ({}): {last}", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()

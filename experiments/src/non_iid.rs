@@ -22,14 +22,15 @@ use crate::harness::{Csv, federate, field, pct, run_torch};
 use crate::suite::{Ctx, failure};
 
 /// Local learning rate of every run here (cosine over the rounds, momentum 0.9).
-pub(crate) const LEARNING_RATE: f64 = 0.01;
+const LEARNING_RATE: f64 = 0.01;
 
 /// One round of PyTorch's FedAvg.
 struct TorchRound {
     round: u32,
     /// Test accuracy of the round's global model.
     accuracy: f64,
-    /// Clients whose training turned non-finite and were left out of the round.
+    /// Clients whose training turned non-finite in this round: they leave the federation,
+    /// as a node whose training diverges leaves the task.
     diverged: u64,
 }
 
@@ -114,14 +115,19 @@ impl Ctx {
                             String::new(),
                         ])?;
                     }
-                    let diverged: u64 = rounds.iter().map(|r| r.diverged).sum();
+                    let left: u64 = rounds.iter().map(|r| r.diverged).sum();
                     let last = rounds.last().map(|r| r.accuracy);
-                    match diverged {
+                    match left {
                         0 => pct(last),
-                        k => format!("{} ({k} client trainings diverged)", pct(last)),
+                        k => format!(
+                            "{} ({k} of {} clients left: training diverged)",
+                            pct(last),
+                            self.scale.nodes
+                        ),
                     }
                 }
                 Err(e) => {
+                    eprintln!("  PyTorch FedAvg failed: {e:#}");
                     torch_note.get_or_insert(format!("{e:#}"));
                     "-".into()
                 }
@@ -149,7 +155,8 @@ impl Ctx {
              classes per node; 100: close to IID). A round closes with at least {} updates, {} s after it opens if a \
              node is missing: a node whose local training diverges on its skewed shard (NaN loss) leaves the task, \
              and the rest go on without it. PyTorch trains plain FedAvg (every client every round, a fresh SGD \
-             optimizer each round, the same augmentation) on the same shards from the same initial model. The \
+             optimizer each round, the same augmentation; a client whose training diverges leaves too) on the \
+             same shards from the same initial model. The \
              learning rate is 0.01, not the other experiments' 0.05: at 0.05 local SGD overshoots on a shard of \
              two classes, in PyTorch too, and FedAvg at alpha 0.1 ends at one class for every image (9.09%) in both \
              (docs/decisions.md).\n\n{table}{torch_line}",
@@ -167,18 +174,20 @@ impl Ctx {
     /// PyTorch's plain FedAvg over `plan`'s shards, from the initial model a run of `plan`
     /// starts with, round by round.
     fn torch_fedavg(&self, plan: &Plan) -> anyhow::Result<Vec<TorchRound>> {
+        let t = &plan.train;
+        anyhow::ensure!(
+            t.steps.is_none(),
+            "PyTorch's FedAvg trains whole local epochs, not --steps"
+        );
         let dir = tempfile::tempdir().context("making a scratch directory")?;
         let init = dir.path().join("init.safetensors");
         let initial = Architecture::FedAvgCnn.init(plan.seed)?;
         std::fs::write(&init, initial.to_safetensors()?)
-            .with_context(|| format!("writing {}", init.display()))?;
+            .context("writing the initial model for PyTorch")?;
         let split = plan.split(self.data.train.labels())?;
         let shards = dir.path().join("split.json");
-        let json =
-            serde_json::json!({ "scheme": plan.scheme.to_string(), "clients": split.clients });
-        std::fs::write(&shards, json.to_string())
-            .with_context(|| format!("writing {}", shards.display()))?;
-        let t = &plan.train;
+        let json = split.index_lists_json(&plan.scheme, plan.seed, self.data.train.len());
+        std::fs::write(&shards, json).context("writing the split for PyTorch")?;
         let flags = [
             ("--rounds", plan.rounds.to_string()),
             ("--epochs", t.epochs.to_string()),
@@ -193,10 +202,10 @@ impl Ctx {
         let lines = run_torch(
             "fedavg_cnn.py",
             &[
-                OsStr::new("fedavg"),
-                init.as_os_str(),
-                self.data_dir.as_os_str(),
-                shards.as_os_str(),
+                (OsStr::new("fedavg"), "fedavg"),
+                (init.as_os_str(), "init.safetensors"),
+                (self.data_dir.as_os_str(), "DATA"),
+                (shards.as_os_str(), "split.json"),
             ],
             &flags,
         )?;

@@ -504,7 +504,7 @@ impl Ctx {
         let dir = tempfile::tempdir().context("making a scratch directory")?;
         let init = dir.path().join("init.safetensors");
         std::fs::write(&init, initial.to_safetensors()?)
-            .with_context(|| format!("writing {}", init.display()))?;
+            .context("writing the initial model for Opacus")?;
         let flags = [
             ("--mode", "opacus".to_string()),
             ("--images", self.data.train.len().to_string()),
@@ -520,7 +520,10 @@ impl Ctx {
         ];
         let lines = run_torch(
             "dp_sgd.py",
-            &[init.as_os_str(), self.data_dir.as_os_str()],
+            &[
+                (init.as_os_str(), "init.safetensors"),
+                (self.data_dir.as_os_str(), "DATA"),
+            ],
             &flags,
         )?;
         let done = lines

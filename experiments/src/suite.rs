@@ -114,7 +114,7 @@ pub const EXPERIMENTS: [(&str, &str); 9] = [
     ),
     (
         "non-iid",
-        "Dirichlet alpha 0.1, 0.5, 100 with FedAvg and FedProx",
+        "Dirichlet alpha 0.1, 0.5, 100 with FedAvg and FedProx, and PyTorch's FedAvg on the same shards",
     ),
     (
         "inference-latency",

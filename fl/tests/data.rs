@@ -154,6 +154,16 @@ fn partition_writes_index_lists_of_the_first_images_that_match_its_table() {
         (0..2400).collect::<Vec<_>>(),
         "each of the first 2,400 once"
     );
+
+    // The shards a simulation of the same plan trains on.
+    let mut plan = fl_sim::Plan::new(4, 1);
+    plan.scheme = "dirichlet:0.1".parse().unwrap();
+    let data = datasets::cifar10::load(&cifar()).unwrap();
+    let split = plan.split(&data.train.labels()[..2400]).unwrap();
+    assert_eq!(
+        clients, split.clients,
+        "fl simulate --images 2400 splits the same"
+    );
 }
 
 #[test]
@@ -193,8 +203,15 @@ fn bad_data_requests_fail_with_one_line_each() {
             "at least 10",
         ),
         (
-            vec!["data", "partition", "--clients", "4", "--images", "20000"],
-            "--images 20000",
+            vec![
+                "data",
+                "partition",
+                "--clients",
+                "4",
+                "--images",
+                "10000000",
+            ],
+            "--images 10000000",
         ),
     ] {
         let out = fl(&repo, &args);

@@ -130,13 +130,8 @@ pub(super) fn run(cmd: Data, repo: &RepoPath) -> anyhow::Result<()> {
             let counts = parts.label_counts(data.train.labels());
             print_table(&counts);
             if let Some(path) = indices {
-                let json = serde_json::json!({
-                    "scheme": split.scheme.to_string(),
-                    "seed": split.seed,
-                    "images": data.train.len(),
-                    "clients": parts.clients,
-                });
-                std::fs::write(&path, json.to_string())
+                let json = parts.index_lists_json(&split.scheme, split.seed, data.train.len());
+                std::fs::write(&path, json)
                     .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("indices written to {}", path.display());
             }
