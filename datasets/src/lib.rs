@@ -7,6 +7,7 @@
 //! | [`cifar10`] | images and labels; readers for both official formats |
 //! | [`download`] | the official archive, resumable, checked against its published MD5 |
 //! | [`partition`] | IID, Dirichlet label skew, pathological shards, quantity skew |
+//! | [`population`] | a population's clients as index lists into the pool, from the scheme and seed |
 //! | `pipeline` | shuffled, augmented, normalised batches on worker threads (feature `train`) |
 //! | [`shard`] | shards as UnixFS files and the dataset manifest |
 //! | [`synthetic`] | CIFAR-shaped random images, for smoke tests only |
@@ -24,5 +25,6 @@ pub mod download;
 pub mod partition;
 #[cfg(feature = "train")]
 pub mod pipeline;
+pub mod population;
 pub mod shard;
 pub mod synthetic;

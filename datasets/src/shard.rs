@@ -174,6 +174,19 @@ pub fn fetch_shard<S: Blockstore>(
     fetch_entry(store, entry)
 }
 
+/// Fetches every shard, in order, as one training set: the pool a population's clients are
+/// dealt from.
+pub fn fetch_pool<S: Blockstore>(
+    store: &S,
+    manifest: &DatasetManifest,
+) -> Result<Images, ShardError> {
+    let mut pool = Images::default();
+    for entry in &manifest.shards {
+        pool.extend(fetch_entry(store, entry)?);
+    }
+    Ok(pool)
+}
+
 /// Fetches the test set named by the manifest.
 pub fn fetch_test<S: Blockstore>(
     store: &S,

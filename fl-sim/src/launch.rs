@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cid::Cid;
 use datasets::cifar10::Cifar10;
+use datasets::partition::Partition;
 use datasets::shard;
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Blockstore, Repo};
@@ -75,7 +76,17 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
         })
         .collect::<Result<Vec<_>, SimulationError>>()?;
     let seed_repo = Repo::open(&dirs[0])?;
-    let split = plan.split(data.train.labels())?;
+    let labels = data.train.labels();
+    let split = match &plan.population {
+        // One pool, in order, that every node deals the clients from (and can deal them).
+        Some(_) => {
+            plan.clients(labels)?;
+            Partition {
+                clients: vec![(0..labels.len()).collect()],
+            }
+        }
+        None => plan.split(labels)?,
+    };
     let smallest_shard = split.clients.iter().map(Vec::len).min().unwrap_or(0) as u64;
     let noise_multiplier = plan.noise_multiplier(smallest_shard)?;
     let dataset = shard::publish(
@@ -122,6 +133,7 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
         seed: plan.seed,
         update_encoding: plan.update_encoding,
         max_samples: None,
+        population: plan.task_population(),
     };
     task.validate()?;
     let block = task.to_block()?;

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use datasets::partition::{Partition, PartitionError, Scheme, partition};
+use datasets::partition::{Partition, Scheme, partition};
+use datasets::population::Clients;
 use fl_core::model::Backend;
 use fl_core::privacy::plan::DpSgdTarget;
-use fl_core::records::{DpLevel, RoundSchedule, TrainParams};
+use fl_core::records::{DpLevel, Population, RoundSchedule, TrainParams};
 use fl_core::tensors::Encoding;
 
 use fl_node::round::attack::Attack;
@@ -19,12 +20,16 @@ pub(crate) const MIN_SHARD: usize = 10;
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Nodes (each trains on one shard).
+    /// Nodes (each trains on one shard, or hosts a share of the population's clients).
     pub nodes: usize,
     /// Rounds.
     pub rounds: u32,
-    /// How the training set is split across nodes.
+    /// How the training set is split across nodes (or the population's clients).
     pub scheme: Scheme,
+    /// Clients apart from the nodes, `per_round` of them sampled each round, dealt the
+    /// training set by `scheme` (the population's `partition` is set from it); `None`: each
+    /// node is one client that trains every round.
+    pub population: Option<Population>,
     /// Local training.
     pub train: TrainParams,
     /// The aggregation rule (`fedavg`, `fedavgm:momentum=0.9`, `median`, ...).
@@ -101,6 +106,7 @@ impl Plan {
             nodes,
             rounds,
             scheme: Scheme::Iid,
+            population: None,
             train: TrainParams {
                 epochs: 1,
                 batch_size: 32,
@@ -151,8 +157,48 @@ impl Plan {
 
     /// Which training images (by index into `labels`) each node trains on: the split a run of
     /// this plan publishes, for anchors in other frameworks to train on the same shards.
-    pub fn split(&self, labels: &[u8]) -> Result<Partition, PartitionError> {
-        partition(labels, self.nodes, &self.scheme, self.seed, MIN_SHARD)
+    /// With a population, each client's ([`Plan::clients`]; `draw:N` deals nothing).
+    pub fn split(&self, labels: &[u8]) -> Result<Partition, SimulationError> {
+        if self.population.is_some() {
+            let clients = self.clients(labels)?;
+            return clients.split().cloned().ok_or_else(|| {
+                SimulationError::Plan(format!(
+                    "--partition {}: each client draws its images on its own; there are no index lists to export",
+                    self.scheme
+                ))
+            });
+        }
+        Ok(partition(
+            labels,
+            self.nodes,
+            &self.scheme,
+            self.seed,
+            MIN_SHARD,
+        )?)
+    }
+
+    /// The population's clients over a training set whose labels are `labels`, as every
+    /// node of a run of this plan deals them.
+    pub fn clients(&self, labels: &[u8]) -> Result<Clients, SimulationError> {
+        let Some(p) = &self.population else {
+            return Err(SimulationError::Plan(
+                "the plan has no population (--clients)".into(),
+            ));
+        };
+        Clients::new(labels, p.clients, &self.scheme, self.seed).map_err(|e| {
+            SimulationError::Plan(format!(
+                "--clients {} --partition {}: {e}",
+                p.clients, self.scheme
+            ))
+        })
+    }
+
+    /// The population as the task records it: its partition is the plan's scheme.
+    pub fn task_population(&self) -> Option<Population> {
+        self.population.as_ref().map(|p| Population {
+            partition: self.scheme.to_string(),
+            ..p.clone()
+        })
     }
 
     /// Local batches in one pass over a node's share of `samples` images split IID.
@@ -170,7 +216,23 @@ impl Plan {
         if self.rounds == 0 {
             return bad("--rounds must be at least 1".into());
         }
-        if self.nodes.saturating_mul(MIN_SHARD) > samples {
+        if let Some(p) = &self.population {
+            p.validate().map_err(|e| {
+                SimulationError::Plan(format!(
+                    "--clients {} --per-round {}: {e}",
+                    p.clients, p.per_round
+                ))
+            })?;
+            if self.privacy.is_some() {
+                return bad(
+                    "--dp-epsilon with --clients: differential privacy is not built for populations yet"
+                        .into(),
+                );
+            }
+            if self.train.steps.is_some() {
+                return bad("--steps with --clients: a sampled client trains whole epochs from the round's model".into());
+            }
+        } else if self.nodes.saturating_mul(MIN_SHARD) > samples {
             return bad(format!(
                 "--nodes {}: the data has {samples} training images, too few for {} nodes of at least {MIN_SHARD} each",
                 self.nodes, self.nodes

@@ -723,6 +723,7 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
                 samples: 10,
                 epochs: 1,
                 epsilon: None,
+                clients: Vec::new(),
             },
             &Keypair::generate_ed25519(),
         )
@@ -749,6 +750,7 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
                 samples: 10,
                 epochs: 1,
                 epsilon: None,
+                clients: Vec::new(),
             },
             &key,
         )

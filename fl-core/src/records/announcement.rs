@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::population::ClientId;
 use super::signed::Record;
 use crate::content::Cid;
 
@@ -26,6 +27,11 @@ pub struct Announcement {
     /// task's delta (records without it: no sample-level DP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// In a task with a population: the sampled clients this node hosts whose updates it
+    /// averaged (by their samples) into `update`, in increasing order; `samples` is the sum
+    /// of theirs, so the round stays FedAvg over clients (records without it: no population).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientId>,
 }
 
 impl Record for Announcement {

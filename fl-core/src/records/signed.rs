@@ -148,6 +148,7 @@ mod tests {
             samples: 5000,
             epochs: 1,
             epsilon: None,
+            clients: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::population::{Population, PopulationError};
 use crate::content::dagcbor::{self, DagCborError};
 use crate::content::{Block, Cid};
 use crate::privacy::accountant::{self, AccountantError};
@@ -289,6 +290,10 @@ pub struct Task {
     /// largest shard). Records without it: no bound beyond the protocol's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_samples: Option<u64>,
+    /// Clients apart from the peers, a sample of them training each round (records without
+    /// it: each member is one client that trains every round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub population: Option<Population>,
 }
 
 /// What is wrong with a task.
@@ -304,6 +309,9 @@ pub enum TaskError {
         /// What it must be.
         reason: &'static str,
     },
+    /// Its population of clients cannot be run.
+    #[error("task: population: {0}")]
+    Population(#[from] PopulationError),
     /// The record could not be encoded or decoded.
     #[error(transparent)]
     DagCbor(#[from] DagCborError),
@@ -383,6 +391,9 @@ impl Task {
         if self.rounds > 1_000_000 {
             return Err(invalid("rounds", self.rounds, "must be at most 1,000,000"));
         }
+        if let Some(population) = &self.population {
+            self.validate_population(population)?;
+        }
         if let Some(dp) = &self.dp {
             if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {
                 return Err(invalid("dp.clip_norm", dp.clip_norm, "must be > 0"));
@@ -428,6 +439,49 @@ impl Task {
                     "gives an infinite epsilon",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A population needs what deals its clients out: members to host them, a published
+    /// dataset to partition, and rounds that start each sampled client afresh.
+    fn validate_population(&self, population: &Population) -> Result<(), TaskError> {
+        population.validate()?;
+        let Some(members) = self.members.as_ref().filter(|m| !m.is_empty()) else {
+            return Err(invalid(
+                "population",
+                population.clients,
+                "clients are hosted by the task's members: name them (--members)",
+            ));
+        };
+        let hosts = (members.len() as u64).min(u64::from(population.per_round));
+        if u64::from(self.min_participants) > hosts {
+            return Err(invalid(
+                "min_participants",
+                self.min_participants,
+                "is more than the members that can host a round's sampled clients",
+            ));
+        }
+        if self.data == DataSource::OwnData {
+            return Err(invalid(
+                "population",
+                population.clients,
+                "clients are dealt the images of a published dataset: the task needs one",
+            ));
+        }
+        if self.train.steps.is_some() {
+            return Err(invalid(
+                "steps",
+                self.train.steps.unwrap_or(0),
+                "a sampled client trains whole epochs from the round's model: local steps carry a node's state from round to round",
+            ));
+        }
+        if self.dp.is_some() {
+            return Err(invalid(
+                "dp",
+                "set",
+                "differential privacy is not built for populations yet (clipping per client, accounting with sampling)",
+            ));
         }
         Ok(())
     }
@@ -507,6 +561,7 @@ mod tests {
             seed: 0,
             update_encoding: Encoding::F32,
             max_samples: None,
+            population: None,
         }
     }
 

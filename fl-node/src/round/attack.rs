@@ -39,6 +39,9 @@ pub enum Attack {
     /// round after it ([`FLOOD_MANIFESTS_PER_ROUND`] a round, more than a signer may have
     /// kept): inboxes that grow, were they not bounded.
     ManifestFlood,
+    /// In a task with a population: trains and announces, every round, a client it hosts
+    /// that the round did not sample: a say in rounds its client was not drawn for.
+    UnsampledClient,
 }
 
 /// Bytes a second a `slow-serve` node sends each peer: a 256 KiB block a minute, far below
@@ -74,7 +77,7 @@ impl Attack {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown attack {0:?}: expected inflate-samples[:FACTOR], scale:FACTOR, sign-flip, copy-update, censor, \
-     dag-bomb, have-flood, slow-serve or manifest-flood"
+     dag-bomb, have-flood, slow-serve, manifest-flood or unsampled-client"
 )]
 pub struct UnknownAttack(String);
 
@@ -104,6 +107,7 @@ impl FromStr for Attack {
             ("have-flood", None) => Ok(Attack::HaveFlood),
             ("slow-serve", None) => Ok(Attack::SlowServe),
             ("manifest-flood", None) => Ok(Attack::ManifestFlood),
+            ("unsampled-client", None) => Ok(Attack::UnsampledClient),
             _ => Err(bad()),
         }
     }
@@ -121,6 +125,7 @@ impl fmt::Display for Attack {
             Attack::HaveFlood => write!(f, "have-flood"),
             Attack::SlowServe => write!(f, "slow-serve"),
             Attack::ManifestFlood => write!(f, "manifest-flood"),
+            Attack::UnsampledClient => write!(f, "unsampled-client"),
         }
     }
 }
@@ -142,6 +147,7 @@ mod tests {
             "have-flood",
             "slow-serve",
             "manifest-flood",
+            "unsampled-client",
         ] {
             let attack: Attack = text.parse().unwrap();
             assert_eq!(attack.to_string(), text);

@@ -264,6 +264,7 @@ mod tests {
 
     use super::*;
     use crate::round::Refutation;
+    use crate::round::claim::ClaimError;
     use crate::round::verify::{check_claims, recompute};
 
     /// A round of four authors: one good update, one holding a NaN, one file that is not a
@@ -306,6 +307,7 @@ mod tests {
             seed: 0,
             update_encoding: Encoding::F32,
             max_samples: None,
+            population: None,
         }
     }
 
@@ -348,6 +350,7 @@ mod tests {
                     samples: 10 * (i as u64 + 1),
                     epochs: 1,
                     epsilon: None,
+                    clients: Vec::new(),
                 };
                 let signed = Signed::sign(body, &key).unwrap();
                 (*signed.to_block().unwrap().cid(), signed)
@@ -487,8 +490,12 @@ mod tests {
         round.check(&manifest).unwrap();
         round.terms = round.terms.clone().with_shards(25);
         match round.check(&manifest) {
-            Err(RoundError::Refuted(Refutation::Samples { samples, .. })) => {
-                assert!(samples > 25, "{samples}")
+            Err(RoundError::Refuted(Refutation::Claim {
+                reason: ClaimError::Samples { claimed, bound },
+                ..
+            })) => {
+                assert_eq!(bound, 25);
+                assert!(claimed > 25, "{claimed}")
             }
             other => panic!("{other:?}"),
         }

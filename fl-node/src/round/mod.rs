@@ -4,6 +4,7 @@
 //!
 //! | module | what |
 //! | --- | --- |
+//! | [`claim`] | what an announcement may claim (samples in bounds; sampled clients its author hosts), pure |
 //! | [`attack`] | deviations a node can be told to make (`fl simulate --attack`), to test what honest nodes withstand |
 //! | [`compute`] | a round's aggregation as a function of published bytes, and its check |
 //! | [`machine`] | the round's decisions (turn, waiting, fork choice, rechecks) as pure functions |
@@ -18,6 +19,7 @@
 //! | [`terms`] | a task record decoded and checked once, its rule and architecture typed |
 
 pub mod attack;
+pub mod claim;
 pub mod compute;
 pub mod inbox;
 pub mod inclusion;
@@ -151,6 +153,10 @@ pub enum RoundError {
     /// The task's data shards could not be read.
     #[error("the task's data")]
     Shards(#[from] datasets::shard::ShardError),
+    /// The task has a population and its clients were not dealt the pool (a bug: joining
+    /// deals them).
+    #[error("the task's clients were not dealt their data")]
+    NoPool,
     /// The task's data is sharded and this node was given no shard.
     #[error("the task's data is sharded: this node needs a shard index (--shard I)")]
     NoShard,

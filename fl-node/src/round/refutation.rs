@@ -76,13 +76,14 @@ pub enum Refutation {
     /// It counts a peer the task does not admit.
     #[error("it counts {0}, not a member of the task")]
     NotMember(PeerId),
-    /// An announcement it lists claims a sample count out of bounds.
-    #[error("announcement {announcement} claims {samples} samples")]
-    Samples {
+    /// An announcement it lists claims what the task does not allow (a sample count out of
+    /// bounds, a client not sampled this round or not its author's).
+    #[error("announcement {announcement}: {reason}")]
+    Claim {
         /// The announcement.
         announcement: Cid,
-        /// What it claims.
-        samples: u64,
+        /// What is wrong with its claims.
+        reason: super::claim::ClaimError,
     },
     /// It counts fewer updates than the task's minimum.
     #[error("it counts {counted} updates, the task's minimum is {min}")]

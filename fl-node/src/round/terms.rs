@@ -2,14 +2,17 @@
 //! and architecture parsed into types, so no later step parses a string or meets a setting
 //! it cannot run.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use aggregator::{Rule, RuleError};
 use cid::Cid;
+use datasets::partition::{Scheme, SchemeError};
+use datasets::population::{Clients, ClientsError};
 use fl_core::content::Block;
 use fl_core::model::{Architecture, ModelError};
-use fl_core::records::Task;
 use fl_core::records::task::TaskError;
+use fl_core::records::{PeerId, Task};
 
 /// A task every node of it agreed to by its CID, checked once.
 #[derive(Debug, Clone)]
@@ -25,6 +28,11 @@ pub struct Terms {
     /// The most examples one update may claim: what bounds a member's FedAvg weight and
     /// credits ([`Terms::sample_bound`]).
     pub max_samples: u64,
+    /// How its population's clients are dealt the data, where it has one.
+    pub scheme: Option<Scheme>,
+    /// Its population's clients, once the data is read ([`Terms::with_pool`]): what each
+    /// trains on and the samples it may claim.
+    pub clients: Option<Arc<Clients>>,
 }
 
 /// Largest sample count an announcement may claim in any task (more than any single node
@@ -64,6 +72,12 @@ pub enum TermsError {
     /// Its architecture is unknown here.
     #[error("the task's architecture")]
     Architecture(#[source] ModelError),
+    /// Its population's partition does not parse.
+    #[error("the task's population")]
+    Partition(#[source] SchemeError),
+    /// Its population cannot be dealt the task's data.
+    #[error("the task's population")]
+    Clients(#[source] ClientsError),
 }
 
 impl Terms {
@@ -87,13 +101,55 @@ impl Terms {
             .parse()
             .map_err(TermsError::Architecture)?;
         let max_samples = Self::sample_bound(&task, None);
+        let scheme = task
+            .population
+            .as_ref()
+            .map(|p| p.partition.parse::<Scheme>())
+            .transpose()
+            .map_err(TermsError::Partition)?;
         Ok(Self {
             cid,
             task: Arc::new(task),
             rule,
             architecture,
             max_samples,
+            scheme,
+            clients: None,
         })
+    }
+
+    /// The terms with the task's population dealt the pool whose labels are `labels` (all
+    /// the dataset's shards, in order): refused when the pool cannot give every client
+    /// its images. Without a population, the terms as they are.
+    pub fn with_pool(mut self, labels: &[u8]) -> Result<Self, TermsError> {
+        let (Some(population), Some(scheme)) = (&self.task.population, &self.scheme) else {
+            return Ok(self);
+        };
+        let clients = Clients::new(labels, population.clients, scheme, self.task.seed)
+            .map_err(TermsError::Clients)?;
+        self.clients = Some(Arc::new(clients));
+        Ok(self)
+    }
+
+    /// In a task with a population, the members hosting a client of the sample of `round`
+    /// started from `base_model`: the round's announcers, if all are honest and alive.
+    pub fn hosts(&self, round: u32, base_model: &Cid) -> Option<HashSet<PeerId>> {
+        let population = self.task.population.as_ref()?;
+        let members = self.task.members.as_deref().unwrap_or_default();
+        let sample = population.sample(&self.cid, round, base_model);
+        Some(population.hosts(&sample, members))
+    }
+
+    /// Fewest updates the round `round` started from `base_model` may close with: the
+    /// task's minimum, or in a population, fewer when the round's sample has fewer hosts.
+    pub fn min_updates(&self, round: u32, base_model: &Cid) -> u32 {
+        let min = self.task.min_participants;
+        match self.hosts(round, base_model) {
+            Some(hosts) => min
+                .min(u32::try_from(hosts.len()).unwrap_or(u32::MAX))
+                .max(1),
+            None => min,
+        }
     }
 
     /// The terms with the bound that the task's published data sets: no update may claim
@@ -183,6 +239,7 @@ mod tests {
             seed: 0,
             update_encoding: Encoding::F32,
             max_samples,
+            population: None,
         }
     }
 

@@ -9,13 +9,15 @@ use std::collections::HashSet;
 
 use cid::Cid;
 use fl_core::content::Repo;
-use fl_core::records::{Announcement, DataSource, Manifest, PeerId, RejectReason, Signed};
+use fl_core::records::{
+    Announcement, ClientId, DataSource, Manifest, PeerId, RejectReason, Sample, Signed,
+};
 use fl_core::tensors::Bundle;
 
 use super::compute::{RoundBase, aggregate};
 use super::inbox::{MAX_ANNOUNCERS_PER_ROUND, SignedAnnouncement};
 use super::refutation::CLAIM_CHARS;
-use super::{Inputs, Refutation, RoundError, Terms};
+use super::{Inputs, Refutation, RoundError, Terms, claim};
 
 /// The round a manifest for `round` continues: the manifest before it (its CID and body;
 /// none for the first round) names the model and server state it starts from, fetched from
@@ -70,14 +72,24 @@ pub async fn base(
 }
 
 /// `terms` bound by the task's published data: no update may claim more examples than its
-/// largest shard ([`Terms::with_shards`]). Tasks whose members bring their own data are
-/// bound by their own `max_samples`.
+/// largest shard ([`Terms::with_shards`]); in a task with a population, each client's
+/// samples are what the pool (every shard, fetched) deals it ([`Terms::with_pool`]). Tasks
+/// whose members bring their own data are bound by their own `max_samples`.
 pub async fn bound_by_data(inputs: &Inputs, terms: Terms) -> Result<Terms, RoundError> {
     let DataSource::Shards { manifest } = terms.task.data else {
         return Ok(terms);
     };
     inputs.block(manifest, "the dataset manifest").await?;
     let dataset = datasets::shard::manifest(inputs.repo().blocks(), &manifest)?;
+    if terms.task.population.is_some() {
+        for entry in &dataset.shards {
+            inputs
+                .dag(entry.cid, "a shard of the pool", None, u64::MAX)
+                .await?;
+        }
+        let pool = datasets::shard::fetch_pool(inputs.repo().blocks(), &dataset)?;
+        return Ok(terms.with_pool(pool.labels())?);
+    }
     let largest = dataset.shards.iter().map(|s| s.samples).max().unwrap_or(0);
     Ok(terms.with_shards(largest))
 }
@@ -178,10 +190,11 @@ pub fn check_claims(
         });
     }
     let authors = listed_authors(terms, base, announcements)?;
-    if manifest.contributions.len() < task.min_participants as usize {
+    let min = terms.min_updates(base.round, &base.model_cid);
+    if manifest.contributions.len() < min as usize {
         return refuted(Refutation::TooFew {
             counted: manifest.contributions.len(),
-            min: task.min_participants,
+            min,
         });
     }
     if !authors.contains(signer) {
@@ -248,8 +261,9 @@ pub fn recompute(
 }
 
 /// The authors of the announcements a manifest lists, each checked: listed once (and its
-/// author once), made for this task, round and base model, by a member, with a sample count
-/// in the task's bounds, naming an update no other listed announcement names.
+/// author once), made for this task, round and base model, by a member, with claims the
+/// task allows ([`claim::check`]: a sample count in bounds; sampled clients it hosts),
+/// naming an update no other listed announcement names.
 fn listed_authors(
     terms: &Terms,
     base: &RoundBase,
@@ -272,10 +286,10 @@ fn listed_authors(
         if !terms.task.admits(&a.signer) {
             return Err(Refutation::NotMember(a.signer));
         }
-        if b.samples == 0 || b.samples > terms.max_samples {
-            return Err(Refutation::Samples {
+        if let Err(reason) = claim::check(terms, &a.signer, b) {
+            return Err(Refutation::Claim {
                 announcement: *cid,
-                samples: b.samples,
+                reason,
             });
         }
     }
@@ -289,6 +303,9 @@ pub struct Verified {
     pub manifest: Signed<Manifest>,
     /// Its task.
     pub terms: Terms,
+    /// In a task with a population: the round's sample, recomputed from the task, the
+    /// round and its model, and the clients whose updates the manifest counts.
+    pub clients: Option<(Sample, Vec<ClientId>)>,
 }
 
 /// Verifies the manifest `cid` from public material alone: its task, the manifest before
@@ -327,11 +344,22 @@ pub async fn manifest(inputs: &Inputs, cid: Cid) -> Result<Verified, RoundError>
     let base = base(inputs, &terms, m.round, prev.as_ref().map(|(c, p)| (*c, p))).await?;
     let announcements = claims(inputs, &terms, &base, &signed).await?;
     updates(inputs, &base, m, &announcements).await?;
+    let counted: HashSet<Cid> = m.contributions.iter().map(|c| c.announcement).collect();
+    let clients = terms.task.population.as_ref().map(|p| {
+        let mut counted: Vec<ClientId> = announcements
+            .iter()
+            .filter(|(cid, _)| counted.contains(cid))
+            .flat_map(|(_, a)| a.body.clients.iter().copied())
+            .collect();
+        counted.sort_unstable();
+        (p.sample(&terms.cid, m.round, &m.base_model), counted)
+    });
     let (repo, t, manifest) = (inputs.repo().clone(), terms.clone(), m.clone());
     tokio::task::spawn_blocking(move || recompute(&repo, &t, &base, &manifest, &announcements))
         .await??;
     Ok(Verified {
         manifest: signed,
         terms,
+        clients,
     })
 }

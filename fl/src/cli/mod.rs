@@ -170,6 +170,68 @@ fn cid_arg(text: &str) -> Result<fl_core::content::Cid, String> {
     })
 }
 
+/// A population of clients apart from the nodes, sampled each round; shared by `fl
+/// simulate` and `fl task create`.
+#[derive(Debug, clap::Args)]
+struct PopulationArgs {
+    /// Registered clients, apart from the nodes: a population of which --per-round (or
+    /// --fraction) are sampled each round, hosted by the task's members in turn. Default:
+    /// each node is one client that trains every round.
+    #[arg(long, value_name = "K")]
+    clients: Option<u64>,
+    /// Clients sampled each round, uniformly without replacement (with --clients).
+    #[arg(
+        long,
+        value_name = "M",
+        requires = "clients",
+        conflicts_with = "fraction"
+    )]
+    per_round: Option<u32>,
+    /// Share of the clients sampled each round, in (0, 1], rounded up (Flower's
+    /// fraction_fit; with --clients).
+    #[arg(
+        long,
+        value_name = "F",
+        requires = "clients",
+        allow_negative_numbers = true
+    )]
+    fraction: Option<f64>,
+}
+
+impl PopulationArgs {
+    /// The population asked for, its clients dealt the data by `partition`.
+    fn population(
+        &self,
+        partition: String,
+    ) -> anyhow::Result<Option<fl_core::records::Population>> {
+        let Some(clients) = self.clients else {
+            return Ok(None);
+        };
+        let population = match (self.per_round, self.fraction) {
+            (Some(per_round), _) => fl_core::records::Population {
+                clients,
+                per_round,
+                partition,
+            },
+            (None, Some(fraction)) => {
+                fl_core::records::Population::by_fraction(clients, fraction, partition)
+                    .map_err(|e| anyhow::anyhow!("--fraction {fraction}: {e}"))?
+            }
+            (None, None) => anyhow::bail!(
+                "--clients {clients}: say how many are sampled each round, with --per-round M or --fraction F"
+            ),
+        };
+        population.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "--clients {} --per-round {}: {e}",
+                population.clients,
+                population.per_round
+            )
+        })?;
+        Ok(Some(population))
+    }
+}
+
 /// A target epsilon with its clip norm and delta, shared by `fl baseline` (DP-SGD) and `fl
 /// simulate` (either level).
 #[derive(Debug, clap::Args)]

@@ -24,9 +24,13 @@ pub(super) struct Simulate {
     /// Rounds.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// How the training set is split: iid, dirichlet:ALPHA, shards:K, quantity:ALPHA.
+    /// How the training set is split across the nodes (or, with --clients, the clients):
+    /// iid, dirichlet:ALPHA, shards:K, quantity:ALPHA, draw:N (each draws N images of its
+    /// own, overlapping: populations larger than the data).
     #[arg(long, default_value = "iid")]
     partition: Scheme,
+    #[command(flatten)]
+    population: super::PopulationArgs,
     #[command(flatten)]
     dp: super::DpTarget,
     /// What DP protects: `client` (DP-FedAvg: each node's update clipped and noised once a
@@ -52,7 +56,8 @@ pub(super) struct Simulate {
     /// How the local learning rate falls over the rounds: cosine or constant.
     #[arg(long, default_value = "cosine")]
     schedule: RoundSchedule,
-    /// Fewest updates a round closes with; default: every node.
+    /// Fewest updates a round closes with; default: every node (with --clients, 1: a round
+    /// waits for the hosts of its sample).
     #[arg(long)]
     min_participants: Option<u32>,
     /// Seconds after a round opens when it closes with what has arrived.
@@ -135,8 +140,14 @@ impl Simulate {
             Ok(Duration::from_secs_f64(s))
         };
         let defaults = Plan::new(self.nodes, self.rounds);
+        let population = self.population.population(self.partition.to_string())?;
+        let min_participants = match &population {
+            Some(_) => 1,
+            None => defaults.min_participants,
+        };
         Ok(Plan {
             scheme: self.partition,
+            population,
             train: self.training.params(self.schedule),
             rule: self.aggregation.clone(),
             update_encoding: self.training.update_encoding,
@@ -146,7 +157,7 @@ impl Simulate {
                 delta: self.dp.dp_delta,
                 clip_norm: self.dp.dp_clip,
             }),
-            min_participants: self.min_participants.unwrap_or(defaults.min_participants),
+            min_participants: self.min_participants.unwrap_or(min_participants),
             deadline: seconds("deadline", self.deadline)?,
             grace: seconds("grace", self.grace)?,
             backend: self.device.backend()?,
@@ -224,6 +235,10 @@ struct View {
     /// The round in progress and how many nodes announced in it.
     round: u32,
     announced: usize,
+    /// With a population: the clients sampled a round, and those trained so far in the
+    /// round in progress.
+    per_round: Option<u32>,
+    clients: Vec<u64>,
     /// What a round needs each node to send at least: the model down and an update up.
     minimum_bytes: u64,
 }
@@ -248,6 +263,8 @@ impl View {
             bar: None,
             round: 1,
             announced: 0,
+            per_round: plan.population.as_ref().map(|p| p.per_round),
+            clients: Vec::new(),
             minimum_bytes: 0,
         }
     }
@@ -284,6 +301,11 @@ impl View {
             } => {
                 self.minimum_bytes = model_bytes + update_bytes;
                 println!("task {task}: {nodes} nodes, {rounds} rounds, dataset {dataset}");
+                if let Some(per_round) = self.per_round {
+                    println!(
+                        "a population of clients hosted by the nodes, {per_round} sampled a round"
+                    );
+                }
                 if let Some(z) = noise_multiplier {
                     println!("differential privacy: noise multiplier {z:.3}");
                 }
@@ -299,6 +321,8 @@ impl View {
                     "seconds"
                 );
                 let bar = indicatif::ProgressBar::new(*nodes as u64);
+                // With a population, the bar counts the nodes that announced (hosts of
+                // sampled clients) out of all.
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
                         "round {prefix:>3} {wide_bar} {pos}/{len} trained {elapsed_precise} {msg}",
@@ -310,16 +334,18 @@ impl View {
                 self.bar = Some(bar);
             }
             Progress::Node { event, .. } => match event {
-                Event::Announced { round, .. } if *round >= self.round => {
+                Event::Announced { round, clients, .. } if *round >= self.round => {
                     if *round > self.round {
                         self.round = *round;
                         self.announced = 0;
+                        self.clients.clear();
                     }
                     self.announced += 1;
+                    self.clients.extend(clients);
                     if let Some(bar) = &self.bar {
                         bar.set_prefix(self.round.to_string());
                         bar.set_position(self.announced.min(self.nodes) as u64);
-                        bar.set_message("");
+                        bar.set_message(self.clients_trained());
                     }
                 }
                 Event::Aggregating { round, updates, .. } if *round == self.round => {
@@ -340,6 +366,7 @@ impl View {
                 if row.round >= self.round {
                     self.round = row.round + 1;
                     self.announced = 0;
+                    self.clients.clear();
                     if let Some(bar) = &self.bar {
                         bar.set_prefix(self.round.to_string());
                         bar.set_position(0);
@@ -348,6 +375,27 @@ impl View {
                 }
             }
         }
+    }
+
+    /// With a population, the round's sampled clients trained so far (`clients 4, 17 of 10
+    /// sampled`); nothing without one.
+    fn clients_trained(&self) -> String {
+        let Some(per_round) = self.per_round else {
+            return String::new();
+        };
+        let mut sorted = self.clients.clone();
+        sorted.sort_unstable();
+        let shown: Vec<String> = sorted.iter().take(12).map(u64::to_string).collect();
+        let more = if sorted.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        format!(
+            "clients {}{more} ({} of {per_round} sampled)",
+            shown.join(", "),
+            sorted.len()
+        )
     }
 
     fn finish(

@@ -12,7 +12,8 @@ use fl_core::content::{Blockstore, Cid, Repo};
 use fl_core::model::Architecture;
 use fl_core::privacy::{accountant, plan};
 use fl_core::records::{
-    DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed, Task, ranking,
+    ClientId, DataSource, DpLevel, DpParams, Evaluation, Manifest, Neighbours, PeerId, Signed,
+    Task, ranking,
 };
 use fl_core::tensors::Bundle;
 use fl_node::round::{Inputs, RoundError, RoundStore, RoundStoreError, verify};
@@ -93,9 +94,15 @@ pub(super) struct Create {
     /// DP: the delta epsilon is reported at.
     #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     dp_delta: f64,
-    /// Seed for data order and noise streams.
+    /// Seed for data order and noise streams (and the dealing of a population's clients).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    population: super::PopulationArgs,
+    /// How the dataset's images, all its shards in order, are dealt to the clients (with
+    /// --clients): iid, dirichlet:ALPHA, shards:K, quantity:ALPHA, draw:N.
+    #[arg(long, default_value = "iid", requires = "clients")]
+    partition: datasets::partition::Scheme,
 }
 
 /// `fl verify MANIFEST_CID`.
@@ -151,6 +158,15 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
     };
     let train = c.training.params(c.schedule);
     let dp = dp_params(&c, &train, smallest_shard)?;
+    let population = c.population.population(c.partition.to_string())?;
+    if let (Some(p), DataSource::Shards { manifest }) = (&population, &data) {
+        // Refused here, not when nodes join: the pool must give every client its images.
+        let m = datasets::shard::manifest(repo.blocks(), manifest)?;
+        let pool = datasets::shard::fetch_pool(repo.blocks(), &m)
+            .with_context(|| format!("--data {manifest}: reading its shards"))?;
+        datasets::population::Clients::new(pool.labels(), p.clients, &c.partition, c.seed)
+            .with_context(|| format!("--clients {} --partition {}", p.clients, c.partition))?;
+    }
     let initial_model = match c.init {
         Some(cid) => {
             let model = Bundle::load(repo, &cid).with_context(|| format!("--init {cid}"))?;
@@ -184,6 +200,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         seed: c.seed,
         update_encoding: c.training.update_encoding,
         max_samples: None,
+        population,
     };
     task.validate()?;
     let block = task.to_block()?;
@@ -316,6 +333,22 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
             manifest.signer,
             m.rank
         );
+        if let Some((sample, counted)) = &verified.clients {
+            let list = |c: &mut dyn Iterator<Item = ClientId>| {
+                c.map(|c| c.0.to_string()).collect::<Vec<_>>().join(", ")
+            };
+            let clients = verified.terms.task.population.as_ref().map_or(0, |p| p.clients);
+            println!(
+                "  sampled (recomputed from the task, the round and its model): {} of {clients} clients: {}",
+                sample.len(),
+                list(&mut sample.iter())
+            );
+            println!(
+                "  counted: {} clients, each sampled and trained by its host: {}",
+                counted.len(),
+                list(&mut counted.iter().copied())
+            );
+        }
         for r in &m.rejected {
             println!(
                 "  rejected: update {} by {}: {} ({})",

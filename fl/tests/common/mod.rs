@@ -2,6 +2,8 @@
 
 #[allow(dead_code)] // only the multi-host tests make namespaces
 pub mod lan;
+#[allow(dead_code)] // only the tests of whole federations run `fl simulate`
+pub mod simulate;
 
 /// `len` pseudo-random bytes (xorshift), the same for the same seed.
 #[allow(dead_code)] // not every test binary makes files
@@ -59,5 +61,6 @@ pub fn open_task(name: &str, model: cid::Cid) -> fl_core::records::Task {
         seed: 0,
         update_encoding: fl_core::tensors::Encoding::F32,
         max_samples: None,
+        population: None,
     }
 }

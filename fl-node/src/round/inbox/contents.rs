@@ -8,6 +8,7 @@ use std::time::Instant;
 use cid::Cid;
 use fl_core::records::{Announcement, Manifest, PeerId, Signed};
 
+use super::super::claim::ClaimError;
 use super::{
     FileError, KEEP_ROUNDS_BEHIND, MAX_ANNOUNCERS_PER_ROUND, MAX_MANIFEST_BYTES_HELD,
     MAX_MANIFEST_BYTES_PER_SIGNER, MAX_MANIFESTS_PER_ROUND, MAX_MANIFESTS_PER_SIGNER,
@@ -130,20 +131,21 @@ impl Contents {
     }
 
     /// Whether announcement `cid` is new and to be kept (`false`: a replay, or one for a
-    /// closed round, which only marks its author as late). One refused for its sample count
-    /// (out of `1..=max_samples`) or for naming an update another author announced first
-    /// marks its author as refused for the round ([`Contents::refuse`]).
+    /// closed round, which only marks its author as late). One whose claims the task does
+    /// not allow (`claimed`: a sample count out of bounds, a client not sampled or not its
+    /// author's) or that names an update another author announced first marks its author
+    /// as refused for the round ([`Contents::refuse`]).
     pub(super) fn admit_announcement(
         &mut self,
         cid: Cid,
         signed: &Signed<Announcement>,
-        max_samples: u64,
+        claimed: Result<(), ClaimError>,
     ) -> Result<bool, FileError> {
         let (a, author) = (&signed.body, signed.signer);
         let round = a.round;
-        if a.samples == 0 || a.samples > max_samples {
+        if let Err(why) = claimed {
             self.refuse(round, author);
-            return Err(FileError::Samples(a.samples));
+            return Err(FileError::Claim(why));
         }
         if round <= self.closed_through {
             // Routine (authors re-publish until they adopt the round): noted, not kept.
@@ -270,6 +272,7 @@ mod tests {
             samples,
             epochs: 1,
             epsilon: None,
+            clients: Vec::new(),
         };
         unsigned(body, signer, format!("{signer} {round} {update} {samples}"))
     }
@@ -283,7 +286,15 @@ mod tests {
         let mut c = Contents::default();
         let (honest, inflater, copier) = (PeerId::random(), PeerId::random(), PeerId::random());
         let file = |c: &mut Contents, (cid, signed): (Cid, Signed<Announcement>)| {
-            let admitted = c.admit_announcement(cid, &signed, 1200)?;
+            let s = signed.body.samples;
+            let claimed = match s {
+                1..=1200 => Ok(()),
+                _ => Err(ClaimError::Samples {
+                    claimed: s,
+                    bound: 1200,
+                }),
+            };
+            let admitted = c.admit_announcement(cid, &signed, claimed)?;
             if admitted {
                 c.keep_announcement(cid, signed);
             }
@@ -299,7 +310,7 @@ mod tests {
         ));
         assert!(matches!(
             file(&mut c, announcement(2, inflater, "i", 1 << 32)),
-            Err(FileError::Samples(_))
+            Err(FileError::Claim(ClaimError::Samples { .. }))
         ));
         assert!(matches!(
             file(&mut c, announcement(2, copier, "h", 1200)),
@@ -318,7 +329,7 @@ mod tests {
         let late = PeerId::random();
         assert!(matches!(
             file(&mut c, announcement(2, late, "l", 0)),
-            Err(FileError::Samples(0))
+            Err(FileError::Claim(ClaimError::Samples { claimed: 0, .. }))
         ));
         assert!(matches!(
             file(&mut c, announcement(2, late, "l", 10)),

@@ -65,9 +65,10 @@ pub enum FileError {
         /// The task's rounds.
         rounds: u32,
     },
-    /// An announcement claiming a sample count out of the task's bounds.
-    #[error("an announcement claiming {0} samples")]
-    Samples(u64),
+    /// An announcement claiming what the task does not allow (a sample count out of
+    /// bounds, a client not sampled this round or not its author's).
+    #[error("an announcement: {0}")]
+    Claim(super::claim::ClaimError),
     /// An announcement naming an update another author announced this round first (a copy:
     /// an update has one author).
     #[error("an announcement of update {update}, which {first} announced first")]
@@ -275,7 +276,8 @@ impl Inbox {
         let round = signed.body.round;
         let mut c = lock(&self.contents);
         let refused = c.refused.get(&round).map_or(0, |r| r.len());
-        let admitted = c.admit_announcement(cid, &signed, self.terms.max_samples);
+        let claimed = super::claim::check(&self.terms, &signed.signer, &signed.body);
+        let admitted = c.admit_announcement(cid, &signed, claimed);
         if c.refused.get(&round).map_or(0, |r| r.len()) > refused {
             // One author fewer to wait for (once per author and round).
             self.changed.notify_waiters();
@@ -544,7 +546,7 @@ mod tests {
         assert_eq!(second.acceptance(&author), MessageAcceptance::Reject);
         assert_eq!(second.acceptance(&forwarder), MessageAcceptance::Ignore);
         for invalid in [
-            FileError::Samples(0),
+            FileError::Claim(super::super::claim::ClaimError::NoClients),
             FileError::NotMember(author),
             FileError::NoSuchRound {
                 round: 9,

@@ -13,6 +13,13 @@ impl Participant {
         task: &Task,
         base: &RoundBase,
     ) -> Result<Expected, RoundError> {
+        // A population's round waits for the hosts of its sample, and only them.
+        if let Some(hosts) = ctx.terms.hosts(base.round, &base.model_cid) {
+            return Ok(match base.prev {
+                Some(_) => Expected::Peers(hosts),
+                None => Expected::Joined(hosts),
+            });
+        }
         if let Some(prev) = base.prev {
             let m = self.load_manifest(&prev)?;
             let mut alive: HashSet<libp2p::PeerId> =
@@ -91,22 +98,28 @@ impl Participant {
 
     /// This node and the live peers that follow the chain to `base` (they re-publish its
     /// head): they will announce updates on it, so the round waits for them too, unless
-    /// what they announced was `refused`.
+    /// what they announced was `refused` (in a population, only those hosting a sampled
+    /// client announce).
     pub(super) fn following(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
         refused: &HashSet<libp2p::PeerId>,
     ) -> usize {
-        let Some(head) = base.prev else { return 1 };
+        let hosts = ctx.terms.hosts(base.round, &base.model_cid);
+        let due = |p: &libp2p::PeerId| hosts.as_ref().is_none_or(|h| h.contains(p));
         let me = self.node.peer_id();
-        1 + ctx
-            .inbox
-            .live_peers()
-            .iter()
-            .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
-            .filter(|p| !refused.contains(p))
-            .count()
+        let Some(head) = base.prev else {
+            return usize::from(due(&me));
+        };
+        usize::from(due(&me))
+            + ctx
+                .inbox
+                .live_peers()
+                .iter()
+                .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
+                .filter(|p| !refused.contains(p) && due(p))
+                .count()
     }
 
     /// Live peers whose head is a rival of the manifest this node adopted for its round,
@@ -202,7 +215,7 @@ impl Participant {
         };
         let computed = started.elapsed();
         aggregated.manifest.rank = rank;
-        let needed = ctx.terms.task.min_participants as usize;
+        let needed = ctx.terms.min_updates(base.round, &base.model_cid) as usize;
         let usable = aggregated.manifest.contributions.len();
         if usable < needed {
             return Err(RoundError::TooFew { usable, needed });

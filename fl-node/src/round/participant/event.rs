@@ -30,6 +30,17 @@ pub enum Event {
         /// Sample-level DP: the epsilon this node's data has spent, this round included.
         #[serde(skip_serializing_if = "Option::is_none")]
         epsilon: Option<f64>,
+        /// In a task with a population: the sampled clients this node trained, in turn.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        clients: Vec<u64>,
+    },
+    /// In a task with a population: none of the clients this node hosts was sampled for
+    /// the round, so it trains nothing and follows the round's manifest.
+    NotSampled {
+        /// The round.
+        round: u32,
+        /// Clients the round sampled.
+        sampled: usize,
     },
     /// The update this node announced for the round before (before a restart, or before
     /// it went back to a better manifest of the round before) was announced again: still

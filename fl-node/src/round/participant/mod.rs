@@ -26,7 +26,8 @@ use fl_core::model::{
     Architecture, Backend, Batch, Classifier, DpSgdConfig, Momentum, TrainConfig,
 };
 use fl_core::records::{
-    Announcement, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task, ranking,
+    Announcement, ClientId, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task,
+    ranking,
 };
 use fl_core::tensors::Bundle;
 use libp2p::PeerId;
@@ -140,6 +141,8 @@ impl Limits {
 
 /// The training data a node holds.
 struct LocalData {
+    /// Its shard or own data; in a task with a population, the pool its clients are dealt
+    /// from.
     train: Images,
     test: Option<Vec<Batch>>,
 }
@@ -220,6 +223,8 @@ struct Pending {
 struct Trained {
     update: Bundle,
     samples: u64,
+    /// In a task with a population: the clients whose updates it averages.
+    clients: Vec<ClientId>,
     seconds: f64,
     /// Sample-level DP: the epsilon this node's data has spent, this round included.
     epsilon: Option<f64>,

@@ -143,6 +143,7 @@ impl Participant {
             .await?;
         let closed = self.closed_already(ctx, &base, emit).await;
         let announced = !closed && self.rounds.announced(&ctx.terms.cid, round)?.is_some();
+        let due = self.clients_due(ctx, &base);
         let mut train_seconds = 0.0;
         if closed || announced {
             if let Some(before) = self.confirm(ctx, pending.take(), emit).await? {
@@ -154,9 +155,18 @@ impl Participant {
                     update: update.to_string(),
                 });
             }
+        } else if due.as_ref().is_some_and(Vec::is_empty) {
+            if let Some(before) = self.confirm(ctx, pending.take(), emit).await? {
+                return Ok(before);
+            }
+            let sampled = ctx.terms.task.population.as_ref().map_or(0, |p| {
+                p.sample(&ctx.terms.cid, round, &base.model_cid).len()
+            });
+            tracing::info!(round, "none of this node's clients was sampled");
+            emit(&Event::NotSampled { round, sampled });
         } else {
             let trained = match self
-                .train_confirming(ctx, &base, data, pending.take(), emit)
+                .train_confirming(ctx, &base, data, due, pending.take(), emit)
                 .await?
             {
                 ControlFlow::Continue(trained) => trained?,
@@ -164,6 +174,7 @@ impl Participant {
             };
             train_seconds = trained.seconds;
             let epsilon = trained.epsilon;
+            let clients = trained.clients.iter().map(|c| c.0).collect();
             let (update, samples) = self.announce(ctx, &base, trained).await?;
             self.misbehave(ctx, &base);
             emit(&Event::Announced {
@@ -172,6 +183,7 @@ impl Participant {
                 samples,
                 train_seconds,
                 epsilon,
+                clients,
             });
         }
         let (cid, signed, checked) = match self.decide(ctx, &base, done, data, opened, emit).await?
@@ -238,10 +250,11 @@ impl Participant {
         ctx: &Ctx,
         base: &RoundBase,
         data: &LocalData,
+        due: Option<Vec<ClientId>>,
         pending: Option<Pending>,
         emit: &mut impl FnMut(&Event),
     ) -> Result<ControlFlow<Position, Result<Trained, RoundError>>, RoundError> {
-        let training = self.train(ctx, base, data);
+        let training = self.train(ctx, base, data, due);
         let confirming = self.confirm(ctx, pending, emit);
         tokio::pin!(training, confirming);
         Ok(tokio::select! {

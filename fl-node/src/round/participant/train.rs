@@ -28,24 +28,65 @@ impl Participant {
         Ok(Some(signed.body.update))
     }
 
-    /// Trains on the local data from the round's model, then clips and noises the update
-    /// when the task asks.
+    /// In a task with a population, the sampled clients this node hosts for the round
+    /// `base` opens (none: it sits the round out); `None` in a task without one (the node
+    /// trains its own shard).
+    pub(super) fn clients_due(&self, ctx: &Ctx, base: &RoundBase) -> Option<Vec<ClientId>> {
+        let population = ctx.terms.task.population.as_ref()?;
+        let members = ctx.terms.task.members.as_deref().unwrap_or_default();
+        let me = self.node.peer_id();
+        let sample = population.sample(&ctx.terms.cid, base.round, &base.model_cid);
+        let hosted = population.hosted_by(&sample, &me, members);
+        if self.config.attack != Some(Attack::UnsampledClient) {
+            return Some(hosted);
+        }
+        // The first client this node hosts that the round did not sample.
+        let index = members.iter().position(|p| *p == me)? as u64;
+        let unsampled = (0..=u64::from(population.per_round))
+            .map(|k| ClientId(index + k * members.len() as u64))
+            .take_while(|c| c.0 < population.clients)
+            .find(|c| !sample.contains(*c));
+        tracing::info!(
+            round = base.round,
+            ?unsampled,
+            "attack: training a client not sampled"
+        );
+        Some(unsampled.map_or(hosted, |c| vec![c]))
+    }
+
+    /// Trains from the round's model on the local data, or on each of `due` (the sampled
+    /// clients this node hosts) in turn, averaging their updates by their samples; then
+    /// clips and noises the update when the task asks.
     pub(super) async fn train(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
         data: &LocalData,
+        due: Option<Vec<ClientId>>,
     ) -> Result<Trained, RoundError> {
         let round = base.round;
         let task = ctx.terms.task.clone();
         let arch = ctx.terms.architecture;
-        let images = data.train.clone();
         let global = base.model.clone();
         let device = self.config.backend.device();
         let node_seed = task
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
+        // Each client's images, cut from the pool before the training runs.
+        let shards: Option<Vec<(ClientId, Images)>> = match (&due, &ctx.terms.clients) {
+            (None, _) => None,
+            (Some(due), Some(clients)) => Some(
+                due.iter()
+                    .map(|&c| (c, data.train.subset(&clients.images(c).unwrap_or_default())))
+                    .collect(),
+            ),
+            (Some(_), None) => return Err(RoundError::NoPool),
+        };
+        let images = match shards {
+            Some(_) => Images::default(),
+            None => data.train.clone(),
+        };
         // Held until the training ends, even one whose result is no longer wanted.
         let slot = self.config.limits.training.clone().acquire_owned().await?;
         // Rounds of a few steps go on with the momentum of the node's last round, as they go
@@ -57,8 +98,11 @@ impl Participant {
         let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
         let epsilon = sample_epsilon(&task, images.len() as u64, round)?;
         let started = Instant::now();
-        let outcome = blocking(move || {
+        let (update, samples, clients) = blocking(move || {
             let _slot = slot;
+            if let Some(shards) = shards {
+                return train_clients(&task, arch, &global, shards, round, &device);
+            }
             let config = train_config(&task, round, node_seed);
             let batches = local_batches(&task, arch, images, &config, round, node_seed);
             let (outcome, ended) =
@@ -66,16 +110,21 @@ impl Participant {
             if let Some(momentum) = momentum {
                 *lock(&momentum) = Some((round, ended));
             }
-            Ok::<_, fl_core::model::TrainError>(outcome)
+            Ok::<_, fl_core::model::TrainError>((
+                outcome.update,
+                outcome.samples as u64,
+                Vec::new(),
+            ))
         })
         .await??;
-        let update = privatize_client(&ctx.terms.task, outcome.update)?;
+        let update = privatize_client(&ctx.terms.task, update)?;
         Ok(Trained {
             update: match self.config.attack {
                 Some(attack) => attack.update(update),
                 None => update,
             },
-            samples: outcome.samples as u64,
+            samples,
+            clients,
             seconds: started.elapsed().as_secs_f64(),
             epsilon,
         })
@@ -124,6 +173,7 @@ impl Participant {
                 samples,
                 epochs: ctx.terms.task.train.epochs,
                 epsilon: trained.epsilon,
+                clients: trained.clients,
             },
             &self.key,
         )?;
@@ -180,7 +230,11 @@ impl Participant {
             // Peers would refuse it too, and count it against this node (an attacker whose
             // announcement is the attack sends it all the same).
             let refused = why.acceptance(&self.node.peer_id()) == MessageAcceptance::Reject;
-            if refused && !matches!(self.config.attack, Some(Attack::InflateSamples(_))) {
+            let sent_anyway = matches!(
+                self.config.attack,
+                Some(Attack::InflateSamples(_) | Attack::UnsampledClient)
+            );
+            if refused && !sent_anyway {
                 return;
             }
         }
@@ -191,9 +245,22 @@ impl Participant {
         lock(&ctx.republish).announcement = Some(bytes);
     }
 
-    /// The node's training images and, where the task has one, the test set.
+    /// The node's training images (in a task with a population, the pool its clients are
+    /// dealt from: every shard, which joining fetched) and, where the task has one, the
+    /// test set.
     pub(super) async fn local_data(&self, terms: &Terms) -> Result<LocalData, RoundError> {
         match &terms.task.data {
+            DataSource::Shards { manifest } if terms.task.population.is_some() => {
+                let dataset = shard::manifest(self.repo.blocks(), manifest)?;
+                self.inputs
+                    .dag(dataset.test.cid, "the test set", None, u64::MAX)
+                    .await?;
+                let train = shard::fetch_pool(self.repo.blocks(), &dataset)?;
+                Ok(LocalData {
+                    train,
+                    test: Some(self.test_batches(terms, &dataset)?),
+                })
+            }
             DataSource::Shards { manifest } => {
                 let shard_index = self.config.shard.ok_or(RoundError::NoShard)?;
                 self.inputs.block(*manifest, "the dataset manifest").await?;
@@ -213,12 +280,9 @@ impl Participant {
                     .dag(dataset.test.cid, "the test set", None, u64::MAX)
                     .await?;
                 let train = shard::fetch_shard(self.repo.blocks(), &dataset, shard_index)?;
-                let test = shard::fetch_test(self.repo.blocks(), &dataset)?;
-                let mut config = PipelineConfig::evaluation(EVAL_BATCH);
-                config.normalization = terms.architecture.normalization();
                 Ok(LocalData {
                     train,
-                    test: Some(Pipeline::new(test, config).collect_epoch(0)),
+                    test: Some(self.test_batches(terms, &dataset)?),
                 })
             }
             DataSource::OwnData => {
@@ -234,6 +298,65 @@ impl Participant {
             }
         }
     }
+}
+
+impl Participant {
+    /// The task's test set as evaluation batches.
+    fn test_batches(
+        &self,
+        terms: &Terms,
+        dataset: &shard::DatasetManifest,
+    ) -> Result<Vec<Batch>, RoundError> {
+        let test = shard::fetch_test(self.repo.blocks(), dataset)?;
+        let mut config = PipelineConfig::evaluation(EVAL_BATCH);
+        config.normalization = terms.architecture.normalization();
+        Ok(Pipeline::new(test, config).collect_epoch(0))
+    }
+}
+
+/// Trains each client of `shards` (its number and images) from `global` in turn, as the
+/// task sets it, each seeded by its number and the round (a client trains the same
+/// wherever it is hosted); returns the update averaged by samples, the samples and the
+/// clients.
+fn train_clients(
+    task: &Task,
+    arch: Architecture,
+    global: &Bundle,
+    shards: Vec<(ClientId, Images)>,
+    round: u32,
+    device: &fl_core::model::Device,
+) -> Result<(Bundle, u64, Vec<ClientId>), fl_core::model::TrainError> {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut first: Option<Bundle> = None;
+    let (mut samples, mut clients) = (0u64, Vec::with_capacity(shards.len()));
+    for (client, images) in shards {
+        let seed = task.seed.wrapping_mul(1_000_003).wrapping_add(client.0);
+        let config = train_config(task, round, seed);
+        let batches = local_batches(task, arch, images, &config, round, seed);
+        let (outcome, _) =
+            fl_core::model::train_carrying(arch, global, &batches, &config, device, None)?;
+        let n = outcome.samples as u64;
+        let flat = outcome.update.flatten();
+        sum.resize(flat.len(), 0.0);
+        for (s, x) in sum.iter_mut().zip(&flat) {
+            *s += n as f64 * f64::from(*x);
+        }
+        samples += n;
+        clients.push(client);
+        first.get_or_insert(outcome.update);
+    }
+    let Some(layout) = first else {
+        return Err(fl_core::model::TrainError::NoData);
+    };
+    let mean: Vec<f32> = sum
+        .iter()
+        .map(|s| (s / samples.max(1) as f64) as f32)
+        .collect();
+    let mut update = layout
+        .with_flat(&mean)
+        .map_err(|e| fl_core::model::TrainError::Model(e.into()))?;
+    update.set_metadata(fl_core::model::train::META_SAMPLES, samples.to_string());
+    Ok((update, samples, clients))
 }
 
 /// Sample-level DP: the epsilon this node's `samples` examples will have spent after

@@ -1,0 +1,294 @@
+//! Populations of clients apart from the nodes (`fl simulate --clients K --per-round M`):
+//! each round trains exactly the clients its sample names, each on its host, anyone can
+//! recompute who was due, a member that announces a client the round did not sample is
+//! refused, and settings that cannot work get one clear message each.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::simulate::{fl, json_lines, refused, shared_cifar, simulate};
+use fl_core::records::{ClientId, Population};
+
+/// Each round's announced clients, by node, from the nodes' events.
+fn announced(lines: &[serde_json::Value]) -> BTreeMap<u64, BTreeMap<u64, Vec<u64>>> {
+    let mut by_round: BTreeMap<u64, BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["type"] == "node") {
+        if l["event"] != "announced" {
+            continue;
+        }
+        let node = l["node"].as_u64().expect("a node");
+        let round = l["round"].as_u64().expect("a round");
+        let clients: Vec<u64> = l["clients"]
+            .as_array()
+            .expect("a population's announcement names its clients")
+            .iter()
+            .map(|c| c.as_u64().expect("a client number"))
+            .collect();
+        by_round.entry(round).or_default().insert(node, clients);
+    }
+    by_round
+}
+
+/// The task's CID, from the run's first line.
+fn task_of(lines: &[serde_json::Value]) -> fl_core::content::Cid {
+    let started = lines
+        .iter()
+        .find(|l| l["type"] == "started")
+        .expect("a start");
+    started["task"]
+        .as_str()
+        .expect("a task")
+        .parse()
+        .expect("a CID")
+}
+
+#[test]
+fn each_round_trains_the_clients_its_sample_names_on_their_hosts_and_verifies() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let keep = dir.path().join("run");
+    let Some((stdout, lines)) = simulate(&[
+        "--nodes",
+        "3",
+        "--rounds",
+        "3",
+        "--clients",
+        "12",
+        "--per-round",
+        "4",
+        "--partition",
+        "dirichlet:0.5",
+        "--images",
+        "1200",
+        "--lr",
+        "0.01",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+        "--keep",
+        keep.to_str().expect("utf-8 path"),
+    ]) else {
+        return;
+    };
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    let summary = lines.last().expect("a summary");
+    assert_eq!(summary["agreeing"], 3, "{summary}");
+    let population = Population {
+        clients: 12,
+        per_round: 4,
+        partition: "dirichlet:0.5".into(),
+    };
+    let task = task_of(&lines);
+    let by_round = announced(&lines);
+    for (r, row) in rows.iter().enumerate() {
+        let round = r as u64 + 1;
+        let nodes = &by_round[&round];
+        // Each node trained only clients it hosts (client c: node c mod 3), once each.
+        let mut trained = BTreeSet::new();
+        for (node, clients) in nodes {
+            for c in clients {
+                assert_eq!(
+                    c % 3,
+                    *node,
+                    "round {round}: node {node} trained client {c}"
+                );
+                assert!(
+                    trained.insert(*c),
+                    "round {round}: client {c} trained twice"
+                );
+            }
+        }
+        assert_eq!(
+            row["participants"].as_u64(),
+            Some(nodes.len() as u64),
+            "{row}"
+        );
+        // Exactly the round's sample, recomputed here from the task, the round and the
+        // model it started from (the round before's; round 1's is the initial model).
+        assert_eq!(trained.len(), 4, "round {round}: {trained:?}");
+        if round > 1 {
+            let base: fl_core::content::Cid = rows[r - 1]["model"]
+                .as_str()
+                .expect("a model")
+                .parse()
+                .expect("a CID");
+            let sample: BTreeSet<u64> = population
+                .sample(&task, round as u32, &base)
+                .iter()
+                .map(|c: ClientId| c.0)
+                .collect();
+            assert_eq!(trained, sample, "round {round}");
+        }
+    }
+    // Anyone recomputes a round, who was sampled included.
+    let manifest = rows[2]["manifest"].as_str().expect("a manifest");
+    let out = fl(&[
+        "verify",
+        manifest,
+        "--repo",
+        keep.join("node-001").to_str().expect("utf-8 path"),
+    ]);
+    let verdict = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && verdict.contains("valid"),
+        "{verdict}"
+    );
+    let trained: Vec<String> = by_round[&3]
+        .values()
+        .flatten()
+        .map(u64::to_string)
+        .collect();
+    let mut trained: Vec<u64> = trained
+        .iter()
+        .map(|c| c.parse().expect("a number"))
+        .collect();
+    trained.sort_unstable();
+    let list = trained
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        verdict.contains(&format!("4 of 12 clients: {list}"))
+            && verdict.contains(&format!(
+                "counted: 4 clients, each sampled and trained by its host: {list}"
+            )),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn a_member_announcing_a_client_the_round_did_not_sample_is_refused() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let keep = dir.path().join("run");
+    let Some((stdout, lines)) = simulate(&[
+        "--nodes",
+        "4",
+        "--rounds",
+        "2",
+        "--clients",
+        "16",
+        "--per-round",
+        "6",
+        "--images",
+        "1200",
+        "--lr",
+        "0.01",
+        "--deadline",
+        "300",
+        "--grace",
+        "10",
+        "--attack",
+        "3:unsampled-client",
+        "--keep",
+        keep.to_str().expect("utf-8 path"),
+    ]) else {
+        return;
+    };
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    // A round whose sample names a client the attacker hosts does not wait for it: every
+    // node refused what it announced instead (a round that waited would take the 300 s
+    // deadline).
+    for row in &rows {
+        let seconds = row["seconds"].as_f64().expect("seconds");
+        assert!(seconds < 200.0, "a round waited for the attacker: {row}");
+    }
+    let by_round = announced(&lines);
+    let peer_of = |node: u64| -> String {
+        let joined = lines
+            .iter()
+            .find(|l| l["node"] == node && l["event"] == "joined")
+            .expect("every node joins");
+        joined["peer"].as_str().expect("a peer").to_string()
+    };
+    let attacker = peer_of(3);
+    for round in [1u64, 2] {
+        // The attacker announced a client of its own every round, never one sampled.
+        let named = &by_round[&round][&3];
+        assert_eq!(named.len(), 1, "round {round}: {named:?}");
+        assert_eq!(named[0] % 4, 3);
+    }
+    // No manifest counts it: its announcements were refused by every honest node.
+    let task = task_of(&lines).to_string();
+    let out = fl(&[
+        "status",
+        "--task",
+        &task,
+        "--json",
+        "--repo",
+        keep.join("node-000").to_str().expect("utf-8 path"),
+    ]);
+    let (status, _) = json_lines(&out);
+    assert!(
+        !status.contains(&attacker),
+        "the attacker earned credit:\n{status}"
+    );
+    for row in &rows {
+        let manifest = row["manifest"].as_str().expect("a manifest");
+        let out = fl(&[
+            "verify",
+            manifest,
+            "--repo",
+            keep.join("node-001").to_str().expect("utf-8 path"),
+        ]);
+        let verdict = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{verdict}");
+        assert!(!verdict.contains(&attacker), "{verdict}");
+    }
+}
+
+#[test]
+fn populations_that_cannot_work_get_one_clear_message_each() {
+    let data = shared_cifar();
+    let data = data.to_str().expect("utf-8 path");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--clients", "100", "--per-round", "200", "--data", data],
+            "--clients 100 --per-round 200: 200 clients a round is more than the 100 registered",
+        ),
+        (
+            &["--clients", "100", "--fraction", "1.5", "--data", data],
+            "--fraction 1.5: a fraction of the clients must be in (0, 1], got 1.5",
+        ),
+        (
+            &["--clients", "100", "--fraction", "0", "--data", data],
+            "--fraction 0: a fraction of the clients must be in (0, 1], got 0",
+        ),
+        (
+            &["--clients", "100", "--data", data],
+            "--clients 100: say how many are sampled each round, with --per-round M or --fraction F",
+        ),
+        (
+            &["--per-round", "10", "--data", data],
+            "the following required arguments were not provided",
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = refused(args);
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    if shared_cifar().join("data_batch_1.bin").exists() {
+        let stderr = refused(&[
+            "--clients",
+            "20000",
+            "--per-round",
+            "10",
+            "--images",
+            "1200",
+            "--data",
+            data,
+        ]);
+        assert!(
+            stderr.contains(
+                "--clients 20000 --partition iid: 20000 clients cannot each be dealt one of the 1200 training images by iid: use draw:N"
+            ),
+            "{stderr}"
+        );
+    }
+}
