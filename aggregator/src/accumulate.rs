@@ -124,11 +124,17 @@ impl<'g> WeightedMean<'g> {
 
     /// The weighted mean, flat, tensors in name order.
     pub fn finish(self) -> Result<Vec<f64>, AggregateError> {
+        self.finish_over(None)
+    }
+
+    /// The weighted sum over `total` (the total weight when `None`), flat, tensors in name
+    /// order.
+    pub fn finish_over(self, total: Option<u64>) -> Result<Vec<f64>, AggregateError> {
         if self.count == 0 {
             return Err(AggregateError::NoContributions);
         }
         let mut sums = self.sums;
-        divide(&mut sums, self.total_samples as f64);
+        divide(&mut sums, total.unwrap_or(self.total_samples) as f64);
         Ok(sums)
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::strategy::Strategy;
+
 use crate::rule::Rule;
 
 /// A setting out of range: names the field, the value and what it must be.
@@ -56,6 +58,11 @@ pub struct AggregatorConfig {
     /// bound. With DP noise of multiplier z on clip C over d parameters, honest updates
     /// have norm about `C * sqrt(1 + z^2 d)`: set the bound above that.
     pub max_update_norm: Option<f64>,
+    /// Divide the weighted sum of the updates by this, not by their total weight:
+    /// DP-FedAvg's fixed denominator (McMahan et al. 2018, the expected weight of a round's
+    /// sample), so that one client more or less moves the result by its clipped update over
+    /// this, whoever else was sampled. Mean rules only. Default: the total weight.
+    pub fixed_total: Option<u64>,
 }
 
 impl AggregatorConfig {
@@ -64,7 +71,14 @@ impl AggregatorConfig {
         Self {
             rule,
             max_update_norm: None,
+            fixed_total: None,
         }
+    }
+
+    /// Sets the fixed denominator of a mean rule.
+    pub fn with_fixed_total(mut self, total: u64) -> Self {
+        self.fixed_total = Some(total);
+        self
     }
 
     /// Sets the norm bound of validation.
@@ -78,6 +92,18 @@ impl AggregatorConfig {
         self.rule.validate()?;
         if let Some(bound) = self.max_update_norm {
             positive("max_update_norm", bound)?;
+        }
+        if let Some(total) = self.fixed_total {
+            if total == 0 {
+                return Err(ConfigError::new("fixed_total", total, "must be at least 1"));
+            }
+            if self.rule.as_mean_rule().is_none() {
+                return Err(ConfigError::new(
+                    "fixed_total",
+                    total,
+                    "needs a rule built on a weighted mean (fedavg, fedavgm, fedadam, fedyogi, norm-bound)",
+                ));
+            }
         }
         Ok(())
     }

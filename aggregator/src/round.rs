@@ -72,6 +72,8 @@ pub struct Aggregation<'g> {
     last: Option<(NodeId, Cid)>,
     accepted: Vec<Accepted>,
     rejected: Vec<Rejection>,
+    /// A mean rule's fixed denominator ([`AggregatorConfig::fixed_total`]).
+    fixed_total: Option<u64>,
 }
 
 impl<'g> Aggregation<'g> {
@@ -94,6 +96,7 @@ impl<'g> Aggregation<'g> {
             last: None,
             accepted: Vec::new(),
             rejected: Vec::new(),
+            fixed_total: config.fixed_total,
         })
     }
 
@@ -148,7 +151,7 @@ impl<'g> Aggregation<'g> {
     pub fn finish(self, state: ServerState) -> Result<Outcome, AggregateError> {
         let (model, state) = match self.sink {
             Sink::Stream(acc) => {
-                let mean = acc.finish()?;
+                let mean = acc.finish_over(self.fixed_total)?;
                 match self.rule.as_mean_rule() {
                     Some(rule) => rule.step(self.global, &mean, state)?,
                     None => return Err(AggregateError::NoContributions),

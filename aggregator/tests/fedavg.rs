@@ -56,6 +56,52 @@ fn fedavg_equals_the_hand_computed_weighted_mean() {
     assert_eq!(out.accepted.len(), 3);
 }
 
+/// DP-FedAvg's fixed denominator: the weighted sum over the expected weight, not over the
+/// weight that came (McMahan et al. 2018), and only for mean rules.
+#[test]
+fn a_fixed_total_divides_the_weighted_sum_by_it() {
+    let model = cid("model");
+    let global = bundle(SMALL, &[0.0; 6]);
+    let updates = vec![
+        contribution(
+            "a",
+            "1",
+            model,
+            1,
+            bundle(SMALL, &[8.0, 0.0, 0.0, 0.0, 0.0, 4.0]),
+        ),
+        contribution(
+            "b",
+            "1",
+            model,
+            3,
+            bundle(SMALL, &[0.0, 8.0, 0.0, 0.0, 0.0, 4.0]),
+        ),
+    ];
+    // Sum: (8, 24, 0, 0, 0, 16); over a fixed 8 (not the 4 that came): (1, 3, 0, 0, 0, 2).
+    let config = AggregatorConfig::new(Rule::FedAvg(FedAvg)).with_fixed_total(8);
+    let out = aggregate_round(
+        &config,
+        &global,
+        model,
+        updates.clone(),
+        ServerState::empty(),
+    )
+    .unwrap();
+    assert_eq!(out.model, bundle(SMALL, &[1.0, 3.0, 0.0, 0.0, 0.0, 2.0]));
+    let plain = AggregatorConfig::new(Rule::FedAvg(FedAvg));
+    let out = aggregate_round(&plain, &global, model, updates, ServerState::empty()).unwrap();
+    assert_eq!(out.model, bundle(SMALL, &[2.0, 6.0, 0.0, 0.0, 0.0, 4.0]));
+    let median: Rule = "median".parse().unwrap();
+    let err = AggregatorConfig::new(median)
+        .with_fixed_total(8)
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("fixed_total"), "{err}");
+    let zero = AggregatorConfig::new(Rule::FedAvg(FedAvg)).with_fixed_total(0);
+    assert!(zero.validate().is_err());
+}
+
 /// 17 updates of 20,000 values with assorted sample counts and magnitudes (so that the
 /// order of `f64` additions matters to the last bit).
 fn many_updates() -> (fl_core::tensors::Bundle, cid::Cid, Vec<Contribution>) {

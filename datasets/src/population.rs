@@ -42,6 +42,18 @@ pub enum ClientsError {
         /// Images in the pool.
         images: usize,
     },
+    /// The scheme found no deal that gives every client an image.
+    #[error(
+        "no deal of the {images} training images by {scheme} gives each of {clients} clients one: use fewer clients, a larger alpha, or draw:N"
+    )]
+    CannotDeal {
+        /// Registered clients.
+        clients: u64,
+        /// Images in the pool.
+        images: usize,
+        /// The scheme.
+        scheme: String,
+    },
     /// The scheme cannot deal the pool to this many clients.
     #[error(transparent)]
     Partition(#[from] PartitionError),
@@ -74,7 +86,15 @@ impl Clients {
                         images,
                         scheme: scheme.to_string(),
                     })?;
-                Some(partition(labels, nodes, scheme, seed, 1)?)
+                let dealt = partition(labels, nodes, scheme, seed, 1).map_err(|e| match e {
+                    PartitionError::MinSize { .. } => ClientsError::CannotDeal {
+                        clients: count,
+                        images,
+                        scheme: scheme.to_string(),
+                    },
+                    other => ClientsError::Partition(other),
+                })?;
+                Some(dealt)
             }
         };
         Ok(Self {
@@ -195,5 +215,12 @@ mod tests {
         let err = Clients::new(&pool, 5, &"draw:51".parse().unwrap(), 0).unwrap_err();
         assert!(matches!(err, ClientsError::DrawTooMany { .. }), "{err}");
         assert!(Clients::new(&pool, 50, &"iid".parse().unwrap(), 0).is_ok());
+        // 45 clients of 50 images with two classes each (alpha 0.01): no deal gives each one.
+        let two: Vec<u8> = (0..50).map(|i| (i % 2) as u8).collect();
+        let err = Clients::new(&two, 45, &"dirichlet:0.01".parse().unwrap(), 0).unwrap_err();
+        assert!(
+            matches!(err, ClientsError::CannotDeal { clients: 45, .. }),
+            "{err}"
+        );
     }
 }

@@ -34,6 +34,8 @@ pub struct FedRun {
     pub failed: usize,
     /// Nodes whose run ended with an error of their own (their training diverged, say).
     pub errored: usize,
+    /// Seconds of local training each round took, summed over the nodes that announced.
+    pub train_seconds: std::collections::BTreeMap<u32, f64>,
 }
 
 impl FedRun {
@@ -67,6 +69,13 @@ impl FedRun {
         rows.iter().map(|r| r.seconds).sum::<f64>() / rows.len().max(1) as f64
     }
 
+    /// Mean seconds of local training a round (summed over its announcers), over the rounds
+    /// after the first, as [`FedRun::round_seconds`] counts them.
+    pub fn train_seconds_per_round(&self) -> f64 {
+        let rounds: Vec<f64> = self.train_seconds.range(2..).map(|(_, s)| *s).collect();
+        rounds.iter().sum::<f64>() / rounds.len().max(1) as f64
+    }
+
     /// Bitswap bytes sent per node per round, all rounds.
     pub fn bytes_per_node_round(&self, nodes: usize) -> f64 {
         let sent: u64 = self.report.bytes_sent.iter().sum();
@@ -94,6 +103,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
     let cpu = cpu_seconds();
     let (mut model_bytes, mut update_bytes) = (0, 0);
     let (mut failed, mut errored) = (0, 0);
+    let mut train_seconds = std::collections::BTreeMap::new();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
         .block_on(fl_sim::run(plan, data, scratch.path(), |p| match p {
@@ -114,6 +124,15 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
                 errored += 1;
                 eprintln!("  {label}: node {node}: {reason}");
             }
+            Progress::Node {
+                event:
+                    fl_node::round::Event::Announced {
+                        round,
+                        train_seconds: t,
+                        ..
+                    },
+                ..
+            } => *train_seconds.entry(*round).or_insert(0.0) += t,
             Progress::Node { .. } => {}
         }))
         .with_context(|| format!("{label}: simulating"))?;
@@ -125,6 +144,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
         cpu_seconds: cpu_seconds() - cpu,
         failed,
         errored,
+        train_seconds,
     })
 }
 
@@ -333,24 +353,50 @@ pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
-/// Runs the PyTorch anchor `experiments/pytorch/{script}` with `positional` arguments (each
-/// named as `shown` says in errors), then `flags` (`--name value`), in `$FL_TORCH_PYTHON`
-/// (else `python3`), and returns the JSON lines it printed. Errors end up in the report, so
-/// they name the script by its path in the repo and each positional argument by its `shown`
-/// name, never a path of this machine.
-pub fn run_torch(
+/// A Python anchor the experiments run beside the federation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// PyTorch (and Opacus): `experiments/pytorch/`, in `$FL_TORCH_PYTHON`.
+    Torch,
+    /// Flower's simulation engine with PyTorch: `experiments/flower/`, in
+    /// `$FL_FLOWER_PYTHON`.
+    Flower,
+}
+
+impl Anchor {
+    /// Its scripts' directory under `experiments/`, the variable naming its Python, and what
+    /// that Python needs.
+    fn setup(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Anchor::Torch => (
+                "pytorch",
+                "FL_TORCH_PYTHON",
+                "torch, and opacus for dp_sgd.py",
+            ),
+            Anchor::Flower => ("flower", "FL_FLOWER_PYTHON", "flwr[simulation] and torch"),
+        }
+    }
+}
+
+/// Runs the anchor's script `experiments/{anchor}/{script}` with `positional` arguments
+/// (each named as `shown` says in errors), then `flags` (`--name value`), in its Python
+/// (`$FL_TORCH_PYTHON` or `$FL_FLOWER_PYTHON`, else `python3`), and returns the JSON lines it
+/// printed. Errors end up in the report, so they name the script by its path in the repo and
+/// each positional argument by its `shown` name, never a path of this machine.
+pub fn run_anchor(
+    anchor: Anchor,
     script: &str,
     positional: &[(&std::ffi::OsStr, &str)],
     flags: &[(&str, String)],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let (python, python_shown) = match std::env::var("FL_TORCH_PYTHON") {
-        Ok(python) => (python, "$FL_TORCH_PYTHON"),
+    let (dir, variable, needs) = anchor.setup();
+    let python_shown = format!("${variable}");
+    let (python, python_shown) = match std::env::var(variable) {
+        Ok(python) => (python, python_shown.as_str()),
         Err(_) => ("python3".into(), "python3"),
     };
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("pytorch")
-        .join(script);
-    let shown = format!("experiments/pytorch/{script}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(script);
+    let shown = format!("experiments/{dir}/{script}");
     let out = std::process::Command::new(&python)
         .arg(&path)
         .args(positional.iter().map(|(arg, _)| arg))
@@ -361,9 +407,7 @@ pub fn run_torch(
         )
         .output()
         .with_context(|| {
-            format!(
-                "running {python_shown} {shown} (set FL_TORCH_PYTHON to a Python with torch, and opacus for dp_sgd.py)"
-            )
+            format!("running {python_shown} {shown} (set {variable} to a Python with {needs})")
         })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

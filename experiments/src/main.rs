@@ -4,6 +4,7 @@
 
 mod harness;
 mod non_iid;
+mod population;
 mod privacy;
 mod robustness;
 mod suite;

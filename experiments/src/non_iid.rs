@@ -18,7 +18,7 @@ use fl_core::model::Architecture;
 use fl_plot::{Series, line_chart};
 use fl_sim::Plan;
 
-use crate::harness::{Csv, federate, field, pct, run_torch};
+use crate::harness::{Anchor, Csv, federate, field, pct, run_anchor};
 use crate::suite::{Ctx, failure};
 
 /// Local learning rate of every run here (cosine over the rounds, momentum 0.9).
@@ -199,7 +199,8 @@ impl Ctx {
             ("--seed", plan.seed.to_string()),
         ];
         eprintln!("  PyTorch FedAvg, {}:", plan.scheme);
-        let lines = run_torch(
+        let lines = run_anchor(
+            Anchor::Torch,
             "fedavg_cnn.py",
             &[
                 (OsStr::new("fedavg"), "fedavg"),

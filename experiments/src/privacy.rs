@@ -10,7 +10,7 @@ use fl_core::tensors::Bundle;
 use fl_plot::{Series, line_chart};
 use fl_sim::PrivacyTarget;
 
-use crate::harness::{Csv, centralize, federate, field, pct, run_torch};
+use crate::harness::{Anchor, Csv, centralize, federate, field, pct, run_anchor};
 use crate::suite::{Ctx, failure};
 
 /// The DP-SGD recipe, shared with the Opacus runs: expected batch of the centralized runs and
@@ -518,7 +518,8 @@ impl Ctx {
             ("--noise-multiplier", z.to_string()),
             ("--seed", self.seed.to_string()),
         ];
-        let lines = run_torch(
+        let lines = run_anchor(
+            Anchor::Torch,
             "dp_sgd.py",
             &[
                 (init.as_os_str(), "init.safetensors"),

@@ -91,7 +91,7 @@ pub struct Section {
 }
 
 /// The experiments, by name, in report order.
-pub const EXPERIMENTS: [(&str, &str); 9] = [
+pub const EXPERIMENTS: [(&str, &str); 12] = [
     (
         "federated-vs-centralized",
         "accuracy against wall time and rounds, both setups",
@@ -125,6 +125,18 @@ pub const EXPERIMENTS: [(&str, &str); 9] = [
         "robustness",
         "0 to a third of members poisoning, or lying about samples or authorship, under FedAvg, median, trimmed mean and Krum",
     ),
+    (
+        "populations",
+        "100 clients, 10 sampled a round, Dirichlet alpha 0.1, 0.5, 1: FedAvg and FedProx beside Flower on the same clients",
+    ),
+    (
+        "population-scale",
+        "ten million registered clients against one hundred, ten a round: round time and memory",
+    ),
+    (
+        "population-privacy",
+        "client-level DP (DP-FedAvg) on 1,000 clients, 100 a round, at epsilon 8, beside no DP",
+    ),
 ];
 
 impl Ctx {
@@ -156,6 +168,9 @@ impl Ctx {
             "inference-latency" => self.inference_latency()?,
             "resources" => self.resources()?,
             "robustness" => self.robustness()?,
+            "populations" => self.populations()?,
+            "population-scale" => self.population_scale()?,
+            "population-privacy" => self.population_privacy()?,
             other => anyhow::bail!("unknown experiment {other:?}"),
         };
         Ok(Section {

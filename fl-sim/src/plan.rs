@@ -7,7 +7,7 @@ use datasets::partition::{Partition, Scheme, partition};
 use datasets::population::Clients;
 use fl_core::model::Backend;
 use fl_core::privacy::plan::DpSgdTarget;
-use fl_core::records::{DpLevel, Population, RoundSchedule, TrainParams};
+use fl_core::records::{DpLevel, Population, RoundSchedule, Sampling, TrainParams};
 use fl_core::tensors::Encoding;
 
 use fl_node::round::attack::Attack;
@@ -193,12 +193,26 @@ impl Plan {
         })
     }
 
-    /// The population as the task records it: its partition is the plan's scheme.
+    /// The population as the task records it: its partition is the plan's scheme; with
+    /// client-level DP its clients are Poisson-sampled, as the accountant assumes.
     pub fn task_population(&self) -> Option<Population> {
+        let sampling = match self.privacy {
+            Some(_) => Sampling::Poisson,
+            None => Sampling::Fixed,
+        };
         self.population.as_ref().map(|p| Population {
             partition: self.scheme.to_string(),
+            sampling,
             ..p.clone()
         })
+    }
+
+    /// The chance a client takes part in a round, for the client-level accountant (1
+    /// without a population).
+    fn client_rate(&self) -> f64 {
+        self.task_population()
+            .filter(|p| p.sampling == Sampling::Poisson)
+            .map_or(1.0, |p| p.rate())
     }
 
     /// Local batches in one pass over a node's share of `samples` images split IID.
@@ -223,9 +237,9 @@ impl Plan {
                     p.clients, p.per_round
                 ))
             })?;
-            if self.privacy.is_some() {
+            if self.privacy.is_some_and(|p| p.level == DpLevel::Sample) {
                 return bad(
-                    "--dp-epsilon with --clients: differential privacy is not built for populations yet"
+                    "--dp sample with --clients: sample-level DP is not built for populations; use --dp client (DP-FedAvg over the sampled clients)"
                         .into(),
                 );
             }
@@ -330,7 +344,7 @@ impl Plan {
         };
         match p.level {
             DpLevel::Client => fl_core::privacy::accountant::noise_for_epsilon(
-                1.0,
+                self.client_rate(),
                 u64::from(self.rounds),
                 p.delta,
                 p.epsilon,

@@ -224,3 +224,91 @@ fn bad_data_requests_fail_with_one_line_each() {
     let out = fl(&repo, &["ipfs", "pins"]);
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "");
 }
+
+/// `fl task create --clients K --per-round M` over a published dataset: the record names the
+/// population (Poisson-sampled under client-level DP, its epsilon amplified by q = M / K),
+/// and a population the pool cannot deal, or a fraction outside (0, 1], is refused with one
+/// message each.
+#[test]
+fn task_create_records_a_population_the_published_pool_can_deal() {
+    if !cifar().join("data_batch_1.bin").exists() {
+        eprintln!("skipped: ../shared/datasets/cifar10 is not here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = fl(
+        &repo,
+        &["data", "publish", "--clients", "1", "--images", "1200"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let manifest = stdout.lines().last().unwrap().to_owned();
+    let member = "12D3KooWKcs6Vsnezw7QdUeU9FWwcE3BVPGRZazwhv9MuhoqxSmK";
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "task", "create", "--data", &manifest, "--member", member, "--rounds", "10",
+        ];
+        args.extend_from_slice(extra);
+        fl(&repo, &args)
+    };
+    let out = create(&[
+        "--clients",
+        "100",
+        "--per-round",
+        "20",
+        "--partition",
+        "dirichlet:0.5",
+        "--dp-epsilon",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cid: fl_core::content::Cid = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Read, then closed: the repo takes one process at a time.
+    let task = {
+        let store = fl_core::content::Repo::open(&repo).unwrap();
+        let block = fl_core::content::Blockstore::get(store.blocks(), &cid).unwrap();
+        fl_core::records::Task::from_block(&block).unwrap()
+    };
+    let population = task.population.clone().expect("a population");
+    assert_eq!((population.clients, population.per_round), (100, 20));
+    assert_eq!(task.client_rate(), 0.2);
+    assert_eq!(population.partition, "dirichlet:0.5");
+    assert_eq!(population.sampling, fl_core::records::Sampling::Poisson);
+    let dp = task.dp.clone().expect("DP");
+    let epsilon = dp.client_epsilon(10, task.client_rate()).unwrap();
+    assert!(epsilon <= 8.0 && epsilon > 7.9, "{epsilon}");
+    for (extra, expected) in [
+        (
+            &["--clients", "2000", "--per-round", "10"][..],
+            "2000 clients cannot each be dealt one of the 1200 training images by iid: use draw:N",
+        ),
+        (
+            &["--clients", "100", "--fraction", "2"][..],
+            "--fraction 2: a fraction of the clients must be in (0, 1], got 2",
+        ),
+        (
+            &["--clients", "100", "--per-round", "101"][..],
+            "101 clients a round is more than the 100 registered",
+        ),
+    ] {
+        let out = create(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{extra:?}: {stderr}"
+        );
+    }
+}

@@ -79,6 +79,7 @@ fn each_round_trains_the_clients_its_sample_names_on_their_hosts_and_verifies() 
         clients: 12,
         per_round: 4,
         partition: "dirichlet:0.5".into(),
+        sampling: fl_core::records::Sampling::Fixed,
     };
     let task = task_of(&lines);
     let by_round = announced(&lines);
@@ -244,7 +245,7 @@ fn a_member_announcing_a_client_the_round_did_not_sample_is_refused() {
 fn populations_that_cannot_work_get_one_clear_message_each() {
     let data = shared_cifar();
     let data = data.to_str().expect("utf-8 path");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--clients", "100", "--per-round", "200", "--data", data],
             "--clients 100 --per-round 200: 200 clients a round is more than the 100 registered",
@@ -264,6 +265,34 @@ fn populations_that_cannot_work_get_one_clear_message_each() {
         (
             &["--per-round", "10", "--data", data],
             "the following required arguments were not provided",
+        ),
+        (
+            &[
+                "--clients",
+                "100",
+                "--per-round",
+                "10",
+                "--dp-epsilon",
+                "8",
+                "--data",
+                data,
+            ],
+            "10 clients a round on average is too few for Poisson sampling (at least 20",
+        ),
+        (
+            &[
+                "--clients",
+                "100",
+                "--per-round",
+                "20",
+                "--dp",
+                "sample",
+                "--dp-epsilon",
+                "8",
+                "--data",
+                data,
+            ],
+            "--dp sample with --clients: sample-level DP is not built for populations",
         ),
     ];
     for (args, expected) in cases {
@@ -291,4 +320,82 @@ fn populations_that_cannot_work_get_one_clear_message_each() {
             "{stderr}"
         );
     }
+}
+
+/// DP-FedAvg over a population: Poisson-sampled clients, each clipped, each host's sum
+/// noised, the model moved by the sum over the expected count; every manifest states the
+/// amplified epsilon and recomputes (the fixed denominator included).
+#[test]
+fn client_level_dp_over_a_population_trains_states_its_epsilon_and_verifies() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let keep = dir.path().join("run");
+    let Some((stdout, lines)) = simulate(&[
+        "--nodes",
+        "3",
+        "--rounds",
+        "2",
+        "--clients",
+        "60",
+        "--per-round",
+        "20",
+        "--images",
+        "1200",
+        "--lr",
+        "0.01",
+        "--dp-epsilon",
+        "8",
+        "--dp-clip",
+        "0.1",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+        "--keep",
+        keep.to_str().expect("utf-8 path"),
+    ]) else {
+        return;
+    };
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let started = lines
+        .iter()
+        .find(|l| l["type"] == "started")
+        .expect("a start");
+    let z = started["noise_multiplier"]
+        .as_f64()
+        .expect("a noise multiplier");
+    // epsilon 8 over 2 rounds at q = 20 / 60, amplified: far less noise than without.
+    let unamplified =
+        fl_core::privacy::accountant::noise_for_epsilon(1.0, 2, 1e-5, 8.0).expect("a z");
+    assert!(z < unamplified, "z {z} against {unamplified} unamplified");
+    for (r, row) in rows.iter().enumerate() {
+        let epsilon = row["epsilon"].as_f64().expect("an epsilon");
+        let want = fl_core::privacy::accountant::epsilon_for(1.0 / 3.0, z, r as u64 + 1, 1e-5)
+            .expect("an epsilon");
+        assert!(
+            (epsilon - want).abs() < 1e-9,
+            "round {}: {epsilon} against {want}",
+            r + 1
+        );
+        let acc = row["accuracy"].as_f64().expect("an accuracy");
+        assert!(acc.is_finite() && acc > 0.0, "{row}");
+    }
+    assert!(rows[1]["epsilon"].as_f64().unwrap_or(9.0) <= 8.0 + 1e-6);
+    // Each host claimed its clients' count (every client weighs one).
+    for l in lines.iter().filter(|l| l["event"] == "announced") {
+        let clients = l["clients"].as_array().map_or(0, Vec::len) as u64;
+        assert_eq!(l["samples"].as_u64(), Some(clients), "{l}");
+    }
+    let manifest = rows[1]["manifest"].as_str().expect("a manifest");
+    let out = fl(&[
+        "verify",
+        manifest,
+        "--repo",
+        keep.join("node-002").to_str().expect("utf-8 path"),
+    ]);
+    let verdict = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && verdict.contains("valid"),
+        "{verdict}"
+    );
 }

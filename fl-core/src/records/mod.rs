@@ -15,7 +15,7 @@ pub use announcement::Announcement;
 pub use evaluation::Evaluation;
 pub use libp2p_identity::{Keypair, PeerId, PublicKey};
 pub use manifest::{Contribution, Manifest, Metrics, RejectReason, Rejected};
-pub use population::{ClientId, Population, PopulationError, Sample};
+pub use population::{ClientId, Population, PopulationError, Sample, Sampling};
 pub use rank::{rank_key, ranking};
 pub use signed::{Record, Signed, SignedError};
 pub use task::{

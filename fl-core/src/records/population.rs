@@ -20,6 +20,14 @@ pub const MAX_PER_ROUND: u32 = 10_000;
 /// Most clients a task may register (2⁴⁰: far past any deployment, and exact in an f64).
 pub const MAX_CLIENTS: u64 = 1 << 40;
 
+/// Most clients a Poisson-sampled round may expect: the count exceeds [`MAX_PER_ROUND`]
+/// (where the draw stops) with probability below 10⁻³⁰⁰.
+pub const MAX_POISSON_MEAN: u32 = MAX_PER_ROUND / 4;
+
+/// Fewest clients a Poisson-sampled round may expect: it samples none (and cannot close)
+/// with probability about e^-per_round, 2·10⁻⁹ here; DP-FedAvg needs many a round anyway.
+pub const MIN_POISSON_MEAN: u32 = 20;
+
 /// Domain of the sample's seed, so no other hash of the same inputs can collide with it.
 const SAMPLE_DOMAIN: &[u8] = b"fl/sample/1:";
 
@@ -50,6 +58,29 @@ pub struct Population {
     /// How the pool's images are dealt to clients (`iid`, `dirichlet:0.5`, `draw:120`: the
     /// dataset crate's partition schemes), seeded by the task's seed.
     pub partition: String,
+    /// How a round's clients are drawn (records without it: exactly `per_round`).
+    #[serde(default, skip_serializing_if = "Sampling::is_fixed")]
+    pub sampling: Sampling,
+}
+
+/// How a round's clients are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Exactly `per_round` clients, uniformly without replacement (Flower's `fraction_fit`).
+    #[default]
+    Fixed,
+    /// Each client on its own with probability `per_round / clients` (at most
+    /// [`MAX_PER_ROUND`] a round): the sampling DP-FedAvg's accountant assumes (McMahan et al.
+    /// 2018), for client-level DP.
+    Poisson,
+}
+
+impl Sampling {
+    /// Whether it is [`Sampling::Fixed`].
+    pub fn is_fixed(&self) -> bool {
+        *self == Sampling::Fixed
+    }
 }
 
 /// A population that cannot be run.
@@ -77,6 +108,16 @@ pub enum PopulationError {
     /// No client sampled per round.
     #[error("a round must sample at least one client")]
     NoneSampled,
+    /// Poisson sampling with an expected count too near the most a round may name.
+    #[error(
+        "{0} clients a round on average is more than Poisson sampling allows ({MAX_POISSON_MEAN}: a round may name at most {MAX_PER_ROUND})"
+    )]
+    PoissonTooMany(u32),
+    /// Poisson sampling with so few clients expected that a round may sample none.
+    #[error(
+        "{0} clients a round on average is too few for Poisson sampling (at least {MIN_POISSON_MEAN}: a round samples none with probability e^-{0})"
+    )]
+    PoissonTooFew(u32),
     /// More sampled per round than one announcement may name.
     #[error("{0} clients a round is more than a round may sample ({MAX_PER_ROUND})")]
     TooManySampled(u32),
@@ -106,6 +147,7 @@ impl Population {
             clients,
             per_round,
             partition,
+            sampling: Sampling::Fixed,
         };
         population.validate()?;
         Ok(population)
@@ -127,6 +169,12 @@ impl Population {
         if self.per_round > MAX_PER_ROUND {
             return Err(PopulationError::TooManySampled(self.per_round));
         }
+        if self.sampling == Sampling::Poisson && self.per_round > MAX_POISSON_MEAN {
+            return Err(PopulationError::PoissonTooMany(self.per_round));
+        }
+        if self.sampling == Sampling::Poisson && self.per_round < MIN_POISSON_MEAN {
+            return Err(PopulationError::PoissonTooFew(self.per_round));
+        }
         if u64::from(self.per_round) > self.clients {
             return Err(PopulationError::MoreSampledThanRegistered {
                 per_round: self.per_round,
@@ -146,8 +194,27 @@ impl Population {
         hash.update(round.to_be_bytes());
         hash.update(base.to_bytes());
         let mut rng = ChaCha20Rng::from_seed(hash.finalize().into());
-        let count = u64::from(self.per_round).min(self.clients);
-        Sample(draw_distinct(&mut rng, count, self.clients))
+        match self.sampling {
+            Sampling::Fixed => {
+                let count = u64::from(self.per_round).min(self.clients);
+                Sample(draw_distinct(&mut rng, count, self.clients))
+            }
+            Sampling::Poisson => Sample(draw_poisson(&mut rng, self.rate(), self.clients)),
+        }
+    }
+
+    /// The chance that a given client is sampled in a round: `per_round / clients`.
+    pub fn rate(&self) -> f64 {
+        (f64::from(self.per_round) / self.clients.max(1) as f64).min(1.0)
+    }
+
+    /// Most clients one round may name: `per_round`, or with Poisson sampling
+    /// [`MAX_PER_ROUND`].
+    pub fn most_sampled(&self) -> usize {
+        match self.sampling {
+            Sampling::Fixed => self.per_round as usize,
+            Sampling::Poisson => MAX_PER_ROUND as usize,
+        }
     }
 
     /// The member that hosts `client`, of the task's `members` (client `c` is hosted by
@@ -219,6 +286,39 @@ pub fn draw_distinct(rng: &mut impl RngCore, count: u64, n: u64) -> BTreeSet<Cli
     chosen
 }
 
+/// Each number of `0..n` on its own with probability `q` (stopping at [`MAX_PER_ROUND`]),
+/// in work proportional to how many are drawn: the gaps between drawn numbers are
+/// geometric, `floor(ln U / ln(1 - q))`, computed with `libm` so that every platform draws
+/// the same numbers.
+pub fn draw_poisson(rng: &mut impl RngCore, q: f64, n: u64) -> BTreeSet<ClientId> {
+    let mut chosen = BTreeSet::new();
+    if q.is_nan() || q <= 0.0 {
+        return chosen;
+    }
+    if q >= 1.0 {
+        chosen.extend((0..n.min(u64::from(MAX_PER_ROUND))).map(ClientId));
+        return chosen;
+    }
+    let log_miss = libm::log1p(-q);
+    let mut at = 0u64;
+    while chosen.len() < MAX_PER_ROUND as usize {
+        // U in (0, 1]: 53 random bits, plus one so that ln U is finite.
+        let u = ((rng.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let gap = (libm::log(u) / log_miss).floor();
+        // NaN (no draw reaches it) or past the last client: done.
+        if gap.is_nan() || gap >= (n - at) as f64 {
+            break;
+        }
+        at += gap as u64;
+        chosen.insert(ClientId(at));
+        at += 1;
+        if at >= n {
+            break;
+        }
+    }
+    chosen
+}
+
 /// A uniform number in `0..n` (`n > 0`) by Lemire's multiply-and-reject, written out so the
 /// sample does not depend on how a version of `rand` maps bits to ranges.
 pub fn uniform_below(rng: &mut impl RngCore, n: u64) -> u64 {
@@ -247,6 +347,7 @@ mod tests {
             clients,
             per_round,
             partition: "iid".into(),
+            sampling: Sampling::Fixed,
         }
     }
 
@@ -343,6 +444,57 @@ mod tests {
                 .per_round,
             1
         );
+    }
+
+    #[test]
+    fn poisson_sampling_takes_each_client_at_its_rate_whatever_the_population() {
+        // 1,000 clients at q = 0.1 over 2,000 rounds: each expects 200 turns (sd about 13),
+        // and a round's count is Binomial(1000, 0.1): mean 100, sd 9.5.
+        let p = Population {
+            sampling: Sampling::Poisson,
+            ..population(1000, 100)
+        };
+        let task = cid(b"task");
+        let mut turns = vec![0u32; 1000];
+        let mut counts = Vec::new();
+        for round in 1..=2000u32 {
+            let s = p.sample(&task, round, &cid(&round.to_be_bytes()));
+            counts.push(s.len());
+            for c in s.iter() {
+                turns[c.0 as usize] += 1;
+            }
+        }
+        let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+        assert!(
+            (mean - 100.0).abs() < 1.5,
+            "{mean} clients a round on average"
+        );
+        assert!(counts.iter().any(|&c| c != 100), "the count varies");
+        for (c, t) in turns.iter().enumerate() {
+            assert!(
+                (140..=260).contains(t),
+                "client {c}: {t} turns of 200 expected"
+            );
+        }
+        // Ten million registered: about twenty a round, drawn in work for about twenty.
+        let big = Population {
+            sampling: Sampling::Poisson,
+            ..population(10_000_000, 20)
+        };
+        let total: usize = (1..=200u32)
+            .map(|r| big.sample(&task, r, &cid(&r.to_be_bytes())).len())
+            .sum();
+        assert!((3600..=4400).contains(&total), "{total} in 200 rounds");
+        assert_eq!(
+            big.sample(&task, 7, &cid(b"m")),
+            big.sample(&task, 7, &cid(b"m"))
+        );
+        let err = Population {
+            sampling: Sampling::Poisson,
+            ..population(1_000_000, 5000)
+        }
+        .validate();
+        assert_eq!(err, Err(PopulationError::PoissonTooMany(5000)));
     }
 
     #[test]

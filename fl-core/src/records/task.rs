@@ -4,7 +4,7 @@
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::population::{Population, PopulationError};
+use super::population::{Population, PopulationError, Sampling};
 use crate::content::dagcbor::{self, DagCborError};
 use crate::content::{Block, Cid};
 use crate::privacy::accountant::{self, AccountantError};
@@ -211,15 +211,16 @@ impl DpParams {
         self.neighbours.unwrap_or_default()
     }
 
-    /// Client level: epsilon after `round` rounds in which every node's update is noised
-    /// (no sampling of nodes), over dp-accounting's orders.
-    pub fn client_epsilon(&self, round: u32) -> Result<f64, AccountantError> {
+    /// Client level: epsilon after `round` rounds in which each client takes part with
+    /// probability `q` (1 without a population: every node's update is noised every round;
+    /// a population's Poisson sampling rate otherwise), over dp-accounting's orders.
+    pub fn client_epsilon(&self, round: u32, q: f64) -> Result<f64, AccountantError> {
         let z = match self.neighbours() {
             Neighbours::AddRemove => self.noise_multiplier,
             // Sensitivity 2C: the same mechanism at half the noise multiplier.
             Neighbours::ReplaceOne => self.noise_multiplier / 2.0,
         };
-        accountant::epsilon_for(1.0, z, u64::from(round), self.delta)
+        accountant::epsilon_for(q, z, u64::from(round), self.delta)
     }
 
     /// Sample level: the epsilon of a node with `samples` examples once it has trained in
@@ -426,7 +427,7 @@ impl Task {
                 ));
             }
             let epsilon = match dp.level() {
-                DpLevel::Client => dp.client_epsilon(self.rounds),
+                DpLevel::Client => dp.client_epsilon(self.rounds, self.client_rate()),
                 DpLevel::Sample => dp.sample_epsilon(t, u64::from(t.batch_size), self.rounds),
             };
             if !epsilon.is_ok_and(f64::is_finite) {
@@ -476,14 +477,39 @@ impl Task {
                 "a sampled client trains whole epochs from the round's model: local steps carry a node's state from round to round",
             ));
         }
-        if self.dp.is_some() {
-            return Err(invalid(
-                "dp",
-                "set",
-                "differential privacy is not built for populations yet (clipping per client, accounting with sampling)",
-            ));
+        if let Some(dp) = &self.dp {
+            if dp.level() == DpLevel::Sample {
+                return Err(invalid(
+                    "dp.level",
+                    dp.level(),
+                    "sample-level DP is not built for populations: use client-level DP (DP-FedAvg over the sampled clients)",
+                ));
+            }
+            if population.sampling != Sampling::Poisson {
+                return Err(invalid(
+                    "population.sampling",
+                    "fixed",
+                    "client-level DP over a population samples each client on its own (poisson), as its accountant assumes",
+                ));
+            }
+            if dp.neighbours() != Neighbours::AddRemove {
+                return Err(invalid(
+                    "dp.neighbours",
+                    dp.neighbours(),
+                    "client-level DP over a population is accounted for add-remove neighbours (Poisson sampling)",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The chance a client takes part in a round, for the client-level accountant: a
+    /// population's Poisson rate `per_round / clients`, else 1 (every member every round).
+    pub fn client_rate(&self) -> f64 {
+        match &self.population {
+            Some(p) if p.sampling == Sampling::Poisson => p.rate(),
+            _ => 1.0,
+        }
     }
 
     /// Whether `peer` may take part.
@@ -666,6 +692,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn client_level_dp_over_a_population_is_poisson_sampled_add_remove_and_amplified() {
+        use crate::records::{Population, Sampling};
+        let mut t = task(RoundSchedule::Constant);
+        t.data = DataSource::Shards {
+            manifest: t.initial_model,
+        };
+        t.members = Some(vec![PeerId::random(), PeerId::random()]);
+        t.population = Some(Population {
+            clients: 1000,
+            per_round: 100,
+            partition: "iid".into(),
+            sampling: Sampling::Fixed,
+        });
+        t.validate().unwrap();
+        assert_eq!(t.client_rate(), 1.0, "without DP nothing is accounted");
+        t.dp = Some(dp(Some(DpLevel::Client), Some(Neighbours::AddRemove), 1.0));
+        let field = |t: &Task| match t.validate() {
+            Err(TaskError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(&t), "population.sampling");
+        if let Some(p) = t.population.as_mut() {
+            p.sampling = Sampling::Poisson;
+        }
+        t.validate().unwrap();
+        // Each client takes part with probability 100 / 1,000: epsilon amplified by it.
+        assert_eq!(t.client_rate(), 0.1);
+        let dp = t.dp.clone().unwrap();
+        let amplified = dp.client_epsilon(4, t.client_rate()).unwrap();
+        assert_eq!(
+            amplified,
+            accountant::epsilon_for(0.1, 1.0, 4, 1e-5).unwrap()
+        );
+        assert!(amplified < dp.client_epsilon(4, 1.0).unwrap() / 3.0);
+        t.dp = Some(dp_params_of(DpLevel::Client, Neighbours::ReplaceOne));
+        assert_eq!(field(&t), "dp.neighbours");
+        t.dp = Some(dp_params_of(DpLevel::Sample, Neighbours::AddRemove));
+        assert_eq!(field(&t), "dp.level");
+    }
+
+    fn dp_params_of(level: DpLevel, neighbours: Neighbours) -> DpParams {
+        dp(Some(level), Some(neighbours), 1.0)
+    }
+
     fn dp(level: Option<DpLevel>, neighbours: Option<Neighbours>, z: f64) -> DpParams {
         DpParams {
             clip_norm: 1.0,
@@ -684,8 +755,8 @@ mod tests {
         let add_remove = dp(None, None, 4.0);
         let replace_one = dp(Some(DpLevel::Client), Some(Neighbours::ReplaceOne), 4.0);
         for round in [1, 10, 100] {
-            let a = add_remove.client_epsilon(round).unwrap();
-            let r = replace_one.client_epsilon(round).unwrap();
+            let a = add_remove.client_epsilon(round, 1.0).unwrap();
+            let r = replace_one.client_epsilon(round, 1.0).unwrap();
             let half = accountant::epsilon_for(1.0, 2.0, u64::from(round), 1e-5).unwrap();
             assert_eq!(r, half, "round {round}");
             assert!(r > a, "round {round}: {r} against {a}");
@@ -694,7 +765,7 @@ mod tests {
         assert_eq!(add_remove.level(), DpLevel::Client);
         assert_eq!(add_remove.neighbours(), Neighbours::AddRemove);
         let old = accountant::epsilon_for(1.0, 4.0, 10, 1e-5).unwrap();
-        assert_eq!(add_remove.client_epsilon(10).unwrap(), old);
+        assert_eq!(add_remove.client_epsilon(10, 1.0).unwrap(), old);
     }
 
     #[test]

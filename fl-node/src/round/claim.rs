@@ -26,12 +26,12 @@ pub enum ClaimError {
     #[error("it names clients, and the task has no population")]
     NoPopulation,
     /// It names more clients than a round samples.
-    #[error("it names {named} clients, more than a round samples ({per_round})")]
+    #[error("it names {named} clients, more than a round samples ({most})")]
     TooManyClients {
         /// Clients named.
         named: usize,
-        /// The task's sample size.
-        per_round: u32,
+        /// The most a round samples.
+        most: usize,
     },
     /// Its clients are not in increasing order (one named twice, or out of order).
     #[error("it names {0} out of order or twice")]
@@ -84,16 +84,18 @@ pub fn check(
     if a.clients.is_empty() {
         return Err(ClaimError::NoClients);
     }
-    if a.clients.len() > population.per_round as usize {
+    if a.clients.len() > population.most_sampled() {
         return Err(ClaimError::TooManyClients {
             named: a.clients.len(),
-            per_round: population.per_round,
+            most: population.most_sampled(),
         });
     }
     if let Some(w) = a.clients.windows(2).find(|w| w[0] >= w[1]) {
         return Err(ClaimError::Unordered(w[1]));
     }
-    let sample = population.sample(&terms.cid, a.round, &a.base);
+    let Some(sample) = terms.sample(a.round, &a.base) else {
+        return Err(ClaimError::NoPopulation);
+    };
     let members = terms.task.members.as_deref().unwrap_or_default();
     let mut hold = 0u64;
     for &client in &a.clients {
@@ -117,7 +119,11 @@ pub fn check(
             hold = hold.saturating_add(clients.samples(client).unwrap_or(0));
         }
     }
-    if terms.clients.is_some() && hold != a.samples {
+    // Under client-level DP every client weighs one, whatever its data.
+    if terms.task.dp.is_some() {
+        hold = a.clients.len() as u64;
+    }
+    if (terms.clients.is_some() || terms.task.dp.is_some()) && hold != a.samples {
         return Err(ClaimError::ClientSamples {
             claimed: a.samples,
             hold,
@@ -129,7 +135,10 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use cid::Cid;
-    use fl_core::records::{DataSource, Population, RoundSchedule, Task, TrainParams};
+    use fl_core::records::{
+        DataSource, DpLevel, DpParams, Neighbours, Population, RoundSchedule, Sampling, Task,
+        TrainParams,
+    };
     use fl_core::tensors::Encoding;
 
     use super::*;
@@ -137,6 +146,10 @@ mod tests {
     /// A task of three members and, when `population`, 30 clients of which 6 a round, dealt
     /// a pool of 300 images IID (10 each).
     fn terms(population: bool) -> (Terms, Vec<PeerId>) {
+        terms_of(population, |_| {})
+    }
+
+    fn terms_of(population: bool, change: impl FnOnce(&mut Task)) -> (Terms, Vec<PeerId>) {
         let members: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
         let task = Task {
             format: fl_core::records::task::TASK_FORMAT.into(),
@@ -171,8 +184,11 @@ mod tests {
                 clients: 30,
                 per_round: 6,
                 partition: "iid".into(),
+                sampling: Sampling::Fixed,
             }),
         };
+        let mut task = task;
+        change(&mut task);
         let labels: Vec<u8> = (0..300).map(|i| (i % 10) as u8).collect();
         let terms = Terms::new(Cid::default(), task)
             .and_then(|t| t.with_pool(&labels))
@@ -272,9 +288,43 @@ mod tests {
         let too_many: Vec<u64> = (0..7).collect();
         assert_eq!(
             check(&terms, host, &announcement(2, &too_many, 70)),
-            Err(ClaimError::TooManyClients {
-                named: 7,
-                per_round: 6
+            Err(ClaimError::TooManyClients { named: 7, most: 6 })
+        );
+    }
+
+    /// DP-FedAvg over a population weighs every client one, whatever its data: a host's
+    /// announcement claims its clients' count, not their images.
+    #[test]
+    fn under_client_level_dp_every_client_weighs_one() {
+        let (terms, members) = terms_of(true, |t| {
+            t.dp = Some(DpParams {
+                clip_norm: 1.0,
+                noise_multiplier: 1.0,
+                delta: 1e-5,
+                level: Some(DpLevel::Client),
+                neighbours: Some(Neighbours::AddRemove),
+                epsilon_budget: None,
+            });
+            if let Some(p) = t.population.as_mut() {
+                p.sampling = Sampling::Poisson;
+                p.per_round = 20;
+            }
+        });
+        let population = terms.task.population.clone().expect("a population");
+        let sample = population.sample(&terms.cid, 3, &Cid::default());
+        let (host, mine) = members
+            .iter()
+            .map(|m| (m, population.hosted_by(&sample, m, &members)))
+            .find(|(_, mine)| !mine.is_empty())
+            .expect("some member hosts a sampled client");
+        let ids: Vec<u64> = mine.iter().map(|c| c.0).collect();
+        let count = ids.len() as u64;
+        assert_eq!(check(&terms, host, &announcement(3, &ids, count)), Ok(()));
+        assert_eq!(
+            check(&terms, host, &announcement(3, &ids, 10 * count)),
+            Err(ClaimError::ClientSamples {
+                claimed: 10 * count,
+                hold: count
             })
         );
     }

@@ -58,6 +58,10 @@ pub fn aggregate(
     if let Some(bound) = terms.update_norm_bound(base.model.num_values()) {
         config = config.with_max_update_norm(bound);
     }
+    // DP-FedAvg over a population: the sum over the expected count, whoever came.
+    if let Some(population) = task.population.as_ref().filter(|_| task.dp.is_some()) {
+        config = config.with_fixed_total(u64::from(population.per_round));
+    }
     let outcome = aggregate_round(
         &config,
         &base.model,
@@ -233,7 +237,7 @@ fn round_privacy(
         return (None, None);
     };
     let epsilon = match dp.level() {
-        DpLevel::Client => dp.client_epsilon(round).ok(),
+        DpLevel::Client => dp.client_epsilon(round, task.client_rate()).ok(),
         DpLevel::Sample => contributions
             .iter()
             .filter_map(|c| c.epsilon)

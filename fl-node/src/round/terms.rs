@@ -3,16 +3,16 @@
 //! it cannot run.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use aggregator::{Rule, RuleError};
+use aggregator::{Rule, RuleError, Strategy};
 use cid::Cid;
 use datasets::partition::{Scheme, SchemeError};
 use datasets::population::{Clients, ClientsError};
 use fl_core::content::Block;
 use fl_core::model::{Architecture, ModelError};
 use fl_core::records::task::TaskError;
-use fl_core::records::{PeerId, Task};
+use fl_core::records::{PeerId, Sample, Task};
 
 /// A task every node of it agreed to by its CID, checked once.
 #[derive(Debug, Clone)]
@@ -33,7 +33,16 @@ pub struct Terms {
     /// Its population's clients, once the data is read ([`Terms::with_pool`]): what each
     /// trains on and the samples it may claim.
     pub clients: Option<Arc<Clients>>,
+    /// The last few rounds' samples, by round and base model: every announcement and look
+    /// at a round asks for its sample, which costs draws for every client sampled.
+    samples: Arc<Mutex<Vec<KeptSample>>>,
 }
+
+/// A round's sample, by its round and base model.
+type KeptSample = ((u32, Cid), Arc<Sample>);
+
+/// Samples [`Terms`] keeps (a round and its rivals' models).
+const SAMPLES_KEPT: usize = 8;
 
 /// Largest sample count an announcement may claim in any task (more than any single node
 /// holds), where nothing tighter is known.
@@ -72,6 +81,14 @@ pub enum TermsError {
     /// Its architecture is unknown here.
     #[error("the task's architecture")]
     Architecture(#[source] ModelError),
+    /// Client-level DP over a population with a rule that is not a weighted mean.
+    #[error(
+        "the task's rule {rule:?}: client-level DP over a population divides the clipped sum by the expected count, which needs a rule built on a weighted mean (fedavg, fedavgm, fedadam, fedyogi, norm-bound)"
+    )]
+    DpRule {
+        /// The rule as written.
+        rule: String,
+    },
     /// Its population's partition does not parse.
     #[error("the task's population")]
     Partition(#[source] SchemeError),
@@ -100,6 +117,11 @@ impl Terms {
             .architecture
             .parse()
             .map_err(TermsError::Architecture)?;
+        if task.population.is_some() && task.dp.is_some() && rule.as_mean_rule().is_none() {
+            return Err(TermsError::DpRule {
+                rule: task.rule.clone(),
+            });
+        }
         let max_samples = Self::sample_bound(&task, None);
         let scheme = task
             .population
@@ -115,6 +137,7 @@ impl Terms {
             max_samples,
             scheme,
             clients: None,
+            samples: Arc::default(),
         })
     }
 
@@ -136,8 +159,29 @@ impl Terms {
     pub fn hosts(&self, round: u32, base_model: &Cid) -> Option<HashSet<PeerId>> {
         let population = self.task.population.as_ref()?;
         let members = self.task.members.as_deref().unwrap_or_default();
-        let sample = population.sample(&self.cid, round, base_model);
+        let sample = self.sample(round, base_model)?;
         Some(population.hosts(&sample, members))
+    }
+
+    /// In a task with a population, the clients sampled for `round` started from
+    /// `base_model` ([`Population::sample`](fl_core::records::Population::sample)), kept for
+    /// the next asks.
+    pub fn sample(&self, round: u32, base_model: &Cid) -> Option<Arc<Sample>> {
+        let population = self.task.population.as_ref()?;
+        let key = (round, *base_model);
+        let mut kept = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, sample)) = kept.iter().find(|(k, _)| *k == key) {
+            return Some(sample.clone());
+        }
+        let sample = Arc::new(population.sample(&self.cid, round, base_model));
+        if kept.len() >= SAMPLES_KEPT {
+            kept.remove(0);
+        }
+        kept.push((key, sample.clone()));
+        Some(sample)
     }
 
     /// Fewest updates the round `round` started from `base_model` may close with: the

@@ -305,7 +305,7 @@ pub struct Verified {
     pub terms: Terms,
     /// In a task with a population: the round's sample, recomputed from the task, the
     /// round and its model, and the clients whose updates the manifest counts.
-    pub clients: Option<(Sample, Vec<ClientId>)>,
+    pub clients: Option<(Arc<Sample>, Vec<ClientId>)>,
 }
 
 /// Verifies the manifest `cid` from public material alone: its task, the manifest before
@@ -345,14 +345,14 @@ pub async fn manifest(inputs: &Inputs, cid: Cid) -> Result<Verified, RoundError>
     let announcements = claims(inputs, &terms, &base, &signed).await?;
     updates(inputs, &base, m, &announcements).await?;
     let counted: HashSet<Cid> = m.contributions.iter().map(|c| c.announcement).collect();
-    let clients = terms.task.population.as_ref().map(|p| {
+    let clients = terms.sample(m.round, &m.base_model).map(|sample| {
         let mut counted: Vec<ClientId> = announcements
             .iter()
             .filter(|(cid, _)| counted.contains(cid))
             .flat_map(|(_, a)| a.body.clients.iter().copied())
             .collect();
         counted.sort_unstable();
-        (p.sample(&terms.cid, m.round, &m.base_model), counted)
+        (sample, counted)
     });
     let (repo, t, manifest) = (inputs.repo().clone(), terms.clone(), m.clone());
     tokio::task::spawn_blocking(move || recompute(&repo, &t, &base, &manifest, &announcements))

@@ -62,7 +62,8 @@ pub(super) struct SplitArgs {
     /// Number of nodes.
     #[arg(long)]
     clients: usize,
-    /// iid, dirichlet:ALPHA, shards:K or quantity:ALPHA.
+    /// iid, dirichlet:ALPHA, shards:K, quantity:ALPHA or draw:N (each node draws N images
+    /// of its own; nodes overlap).
     #[arg(long, default_value = "iid")]
     scheme: Scheme,
     /// Seed of the split.

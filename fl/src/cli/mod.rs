@@ -212,6 +212,7 @@ impl PopulationArgs {
                 clients,
                 per_round,
                 partition,
+                sampling: fl_core::records::Sampling::Fixed,
             },
             (None, Some(fraction)) => {
                 fl_core::records::Population::by_fraction(clients, fraction, partition)

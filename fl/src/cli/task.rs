@@ -157,8 +157,17 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         (None, false) => bail!("give --data MANIFEST_CID (from `fl data publish`) or --own-data"),
     };
     let train = c.training.params(c.schedule);
-    let dp = dp_params(&c, &train, smallest_shard)?;
-    let population = c.population.population(c.partition.to_string())?;
+    let mut population = c.population.population(c.partition.to_string())?;
+    let dp_asked = c.dp_clip.is_some() || c.dp_noise.is_some() || c.dp_epsilon.is_some();
+    if let Some(p) = population.as_mut().filter(|_| dp_asked) {
+        // DP-FedAvg's accountant assumes each client is sampled on its own.
+        p.sampling = fl_core::records::Sampling::Poisson;
+    }
+    let q = population
+        .as_ref()
+        .filter(|_| dp_asked)
+        .map_or(1.0, |p| p.rate());
+    let dp = dp_params(&c, &train, smallest_shard, q)?;
     if let (Some(p), DataSource::Shards { manifest }) = (&population, &data) {
         // Refused here, not when nodes join: the pool must give every client its images.
         let m = datasets::shard::manifest(repo.blocks(), manifest)?;
@@ -223,11 +232,13 @@ fn neighbours_arg(text: &str) -> Result<Neighbours, String> {
 }
 
 /// The task's DP section from the `--dp*` flags, deriving the noise from --dp-epsilon where
-/// it is not given; `smallest_shard` is the fewest examples a node trains on, when known.
+/// it is not given; `smallest_shard` is the fewest examples a node trains on, when known,
+/// and `q` the chance a client takes part in a round (1 without a population).
 fn dp_params(
     c: &Create,
     train: &fl_core::records::TrainParams,
     smallest_shard: Option<u64>,
+    q: f64,
 ) -> anyhow::Result<Option<DpParams>> {
     if c.dp_clip.is_none() && c.dp_noise.is_none() && c.dp_epsilon.is_none() {
         return Ok(None);
@@ -245,7 +256,7 @@ fn dp_params(
     let noise_multiplier = match (c.dp_level, c.dp_noise, c.dp_epsilon) {
         (_, Some(z), _) => z,
         (DpLevel::Client, None, Some(epsilon)) => {
-            let z = accountant::noise_for_epsilon(1.0, u64::from(c.rounds), c.dp_delta, epsilon)
+            let z = accountant::noise_for_epsilon(q, u64::from(c.rounds), c.dp_delta, epsilon)
                 .context("--dp-epsilon")?;
             match c.dp_neighbours {
                 Neighbours::AddRemove => z,

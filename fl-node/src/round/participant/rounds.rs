@@ -159,9 +159,10 @@ impl Participant {
             if let Some(before) = self.confirm(ctx, pending.take(), emit).await? {
                 return Ok(before);
             }
-            let sampled = ctx.terms.task.population.as_ref().map_or(0, |p| {
-                p.sample(&ctx.terms.cid, round, &base.model_cid).len()
-            });
+            let sampled = ctx
+                .terms
+                .sample(round, &base.model_cid)
+                .map_or(0, |s| s.len());
             tracing::info!(round, "none of this node's clients was sampled");
             emit(&Event::NotSampled { round, sampled });
         } else {

@@ -35,7 +35,7 @@ impl Participant {
         let population = ctx.terms.task.population.as_ref()?;
         let members = ctx.terms.task.members.as_deref().unwrap_or_default();
         let me = self.node.peer_id();
-        let sample = population.sample(&ctx.terms.cid, base.round, &base.model_cid);
+        let sample = ctx.terms.sample(base.round, &base.model_cid)?;
         let hosted = population.hosted_by(&sample, &me, members);
         if self.config.attack != Some(Attack::UnsampledClient) {
             return Some(hosted);
@@ -98,10 +98,12 @@ impl Participant {
         let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
         let epsilon = sample_epsilon(&task, images.len() as u64, round)?;
         let started = Instant::now();
+        // A population's clients are clipped and noised as they are summed.
+        let clip = client_dp(&task).filter(|_| shards.is_some());
         let (update, samples, clients) = blocking(move || {
             let _slot = slot;
             if let Some(shards) = shards {
-                return train_clients(&task, arch, &global, shards, round, &device);
+                return train_clients(&task, arch, &global, shards, round, &device, clip);
             }
             let config = train_config(&task, round, node_seed);
             let batches = local_batches(&task, arch, images, &config, round, node_seed);
@@ -110,14 +112,13 @@ impl Participant {
             if let Some(momentum) = momentum {
                 *lock(&momentum) = Some((round, ended));
             }
-            Ok::<_, fl_core::model::TrainError>((
-                outcome.update,
-                outcome.samples as u64,
-                Vec::new(),
-            ))
+            Ok::<_, RoundError>((outcome.update, outcome.samples as u64, Vec::new()))
         })
         .await??;
-        let update = privatize_client(&ctx.terms.task, update)?;
+        let update = match clip {
+            Some(_) => update,
+            None => privatize_client(&ctx.terms.task, update)?,
+        };
         Ok(Trained {
             update: match self.config.attack {
                 Some(attack) => attack.update(update),
@@ -316,8 +317,11 @@ impl Participant {
 
 /// Trains each client of `shards` (its number and images) from `global` in turn, as the
 /// task sets it, each seeded by its number and the round (a client trains the same
-/// wherever it is hosted); returns the update averaged by samples, the samples and the
-/// clients.
+/// wherever it is hosted); returns the update, its weight and the clients. Without DP: the
+/// clients' updates averaged by their samples, weighed by the samples. With client-level
+/// DP (`clip`: C and z): each client's update clipped to C, their sum noised once with
+/// N(0, (zC)²) per value (this host's full share: its update alone is protected), divided
+/// by the clients; every client weighs one.
 fn train_clients(
     task: &Task,
     arch: Architecture,
@@ -325,7 +329,8 @@ fn train_clients(
     shards: Vec<(ClientId, Images)>,
     round: u32,
     device: &fl_core::model::Device,
-) -> Result<(Bundle, u64, Vec<ClientId>), fl_core::model::TrainError> {
+    clip: Option<(f64, f64)>,
+) -> Result<(Bundle, u64, Vec<ClientId>), RoundError> {
     let mut sum: Vec<f64> = Vec::new();
     let mut first: Option<Bundle> = None;
     let (mut samples, mut clients) = (0u64, Vec::with_capacity(shards.len()));
@@ -335,25 +340,37 @@ fn train_clients(
         let batches = local_batches(task, arch, images, &config, round, seed);
         let (outcome, _) =
             fl_core::model::train_carrying(arch, global, &batches, &config, device, None)?;
-        let n = outcome.samples as u64;
-        let flat = outcome.update.flatten();
+        let mut flat = outcome.update.flatten();
+        let weight = match clip {
+            Some((c, _)) => {
+                fl_core::privacy::clip::clip_flat(&mut flat, c)
+                    .map_err(fl_core::privacy::NoiseError::from)?;
+                1
+            }
+            None => outcome.samples as u64,
+        };
         sum.resize(flat.len(), 0.0);
         for (s, x) in sum.iter_mut().zip(&flat) {
-            *s += n as f64 * f64::from(*x);
+            *s += weight as f64 * f64::from(*x);
         }
-        samples += n;
+        samples += weight;
         clients.push(client);
         first.get_or_insert(outcome.update);
     }
     let Some(layout) = first else {
-        return Err(fl_core::model::TrainError::NoData);
+        return Err(fl_core::model::TrainError::NoData.into());
     };
-    let mean: Vec<f32> = sum
-        .iter()
-        .map(|s| (s / samples.max(1) as f64) as f32)
-        .collect();
+    let mut values: Vec<f32> = sum.iter().map(|s| *s as f32).collect();
+    if let Some((c, z)) = clip {
+        let noise = fl_core::privacy::GaussianNoise::from_config(
+            &fl_core::privacy::NoiseConfig::new(c, z),
+        )?;
+        noise.add_to(&mut values)?;
+    }
+    let over = samples.max(1) as f32;
+    values.iter_mut().for_each(|v| *v /= over);
     let mut update = layout
-        .with_flat(&mean)
+        .with_flat(&values)
         .map_err(|e| fl_core::model::TrainError::Model(e.into()))?;
     update.set_metadata(fl_core::model::train::META_SAMPLES, samples.to_string());
     Ok((update, samples, clients))
@@ -439,16 +456,20 @@ fn local_batches(
     }
 }
 
-/// Client-level DP: the update clipped and noised as the task sets it (as it is without).
-fn privatize_client(task: &Task, update: Bundle) -> Result<Bundle, RoundError> {
-    let Some(dp) = task
-        .dp
+/// Client-level DP's clip norm and noise multiplier, where the task asks for it.
+fn client_dp(task: &Task) -> Option<(f64, f64)> {
+    task.dp
         .as_ref()
         .filter(|dp| dp.level() == fl_core::records::DpLevel::Client)
-    else {
+        .map(|dp| (dp.clip_norm, dp.noise_multiplier))
+}
+
+/// Client-level DP: the update clipped and noised as the task sets it (as it is without).
+fn privatize_client(task: &Task, update: Bundle) -> Result<Bundle, RoundError> {
+    let Some((clip_norm, z)) = client_dp(task) else {
         return Ok(update);
     };
-    let noise = fl_core::privacy::NoiseConfig::new(dp.clip_norm, dp.noise_multiplier);
+    let noise = fl_core::privacy::NoiseConfig::new(clip_norm, z);
     fl_core::privacy::privatize(&update, &noise)
         .map(|(private, _)| private)
         .map_err(RoundError::from)
