@@ -353,6 +353,41 @@ pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
+/// What a Python anchor trains from to compare with a run of `plan` on `data`: the run's
+/// initial model and its split (each node's or client's image indices), written into a
+/// scratch directory that lives as long as the first value.
+pub struct AnchorInputs {
+    /// The scratch directory.
+    _dir: tempfile::TempDir,
+    /// The initial model (safetensors).
+    pub init: PathBuf,
+    /// The split (`Partition::index_lists_json`).
+    pub split: PathBuf,
+}
+
+impl AnchorInputs {
+    /// Writes `plan`'s initial model and split of `data`'s training images.
+    pub fn write(plan: &Plan, data: &Cifar10) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("making a scratch directory")?;
+        let init = dir.path().join("init.safetensors");
+        let initial = Architecture::FedAvgCnn.init(plan.seed)?;
+        std::fs::write(&init, initial.to_safetensors()?)
+            .context("writing the initial model for an anchor")?;
+        let split = dir.path().join("split.json");
+        let json = plan.split(data.train.labels())?.index_lists_json(
+            &plan.scheme,
+            plan.seed,
+            data.train.len(),
+        );
+        std::fs::write(&split, json).context("writing the split for an anchor")?;
+        Ok(Self {
+            _dir: dir,
+            init,
+            split,
+        })
+    }
+}
+
 /// A Python anchor the experiments run beside the federation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Anchor {

@@ -12,13 +12,11 @@
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use datasets::partition::Scheme;
-use fl_core::model::Architecture;
 use fl_plot::{Series, line_chart};
 use fl_sim::Plan;
 
-use crate::harness::{Anchor, Csv, federate, field, pct, run_anchor};
+use crate::harness::{Anchor, AnchorInputs, Csv, federate, field, pct, run_anchor};
 use crate::suite::{Ctx, failure};
 
 /// Local learning rate of every run here (cosine over the rounds, momentum 0.9).
@@ -179,15 +177,7 @@ impl Ctx {
             t.steps.is_none(),
             "PyTorch's FedAvg trains whole local epochs, not --steps"
         );
-        let dir = tempfile::tempdir().context("making a scratch directory")?;
-        let init = dir.path().join("init.safetensors");
-        let initial = Architecture::FedAvgCnn.init(plan.seed)?;
-        std::fs::write(&init, initial.to_safetensors()?)
-            .context("writing the initial model for PyTorch")?;
-        let split = plan.split(self.data.train.labels())?;
-        let shards = dir.path().join("split.json");
-        let json = split.index_lists_json(&plan.scheme, plan.seed, self.data.train.len());
-        std::fs::write(&shards, json).context("writing the split for PyTorch")?;
+        let inputs = AnchorInputs::write(plan, &self.data)?;
         let flags = [
             ("--rounds", plan.rounds.to_string()),
             ("--epochs", t.epochs.to_string()),
@@ -204,9 +194,9 @@ impl Ctx {
             "fedavg_cnn.py",
             &[
                 (OsStr::new("fedavg"), "fedavg"),
-                (init.as_os_str(), "init.safetensors"),
+                (inputs.init.as_os_str(), "init.safetensors"),
                 (self.data_dir.as_os_str(), "DATA"),
-                (shards.as_os_str(), "split.json"),
+                (inputs.split.as_os_str(), "split.json"),
             ],
             &flags,
         )?;

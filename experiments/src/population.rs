@@ -13,16 +13,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use datasets::partition::Scheme;
 use datasets::population::Clients;
-use fl_core::model::Architecture;
-use fl_core::records::DpLevel;
-use fl_core::records::{Population, RoundSchedule, Sampling};
+use fl_core::records::{DpLevel, Population, RoundSchedule, Sampling};
 use fl_plot::{Series, line_chart};
 use fl_sim::{Plan, PrivacyTarget};
 
-use crate::harness::{Anchor, Csv, FedRun, federate, field, pct, run_anchor};
+use crate::harness::{Anchor, AnchorInputs, Csv, FedRun, federate, field, pct, run_anchor};
 use crate::suite::{Ctx, failure};
 
 /// Clients of the benchmark, and how many train a round.
@@ -341,15 +338,7 @@ impl Ctx {
     fn flower(&self, plan: &Plan) -> anyhow::Result<Vec<FlowerRound>> {
         let t = &plan.train;
         let per_round = plan.population.as_ref().map_or(0, |p| p.per_round);
-        let dir = tempfile::tempdir().context("making a scratch directory")?;
-        let init = dir.path().join("init.safetensors");
-        let initial = Architecture::FedAvgCnn.init(plan.seed)?;
-        std::fs::write(&init, initial.to_safetensors()?)
-            .context("writing the initial model for Flower")?;
-        let split = plan.split(self.data.train.labels())?;
-        let clients = dir.path().join("split.json");
-        let json = split.index_lists_json(&plan.scheme, plan.seed, self.data.train.len());
-        std::fs::write(&clients, json).context("writing the split for Flower")?;
+        let inputs = AnchorInputs::write(plan, &self.data)?;
         let flags = [
             ("--rounds", plan.rounds.to_string()),
             ("--per-round", per_round.to_string()),
@@ -367,9 +356,9 @@ impl Ctx {
             Anchor::Flower,
             "fedavg_population.py",
             &[
-                (init.as_os_str(), "init.safetensors"),
+                (inputs.init.as_os_str(), "init.safetensors"),
                 (self.data_dir.as_os_str(), "DATA"),
-                (clients.as_os_str(), "split.json"),
+                (inputs.split.as_os_str(), "split.json"),
             ],
             &flags,
         )?;

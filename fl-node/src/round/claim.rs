@@ -196,6 +196,27 @@ mod tests {
         (terms.with_shards(300), members)
     }
 
+    /// Round `round`'s sample (started from the default CID), a member hosting some of it,
+    /// and the numbers of the sampled clients that member hosts.
+    fn sampled_host<'a>(
+        terms: &Terms,
+        members: &'a [PeerId],
+        round: u32,
+    ) -> (
+        std::sync::Arc<fl_core::records::Sample>,
+        &'a PeerId,
+        Vec<u64>,
+    ) {
+        let population = terms.task.population.clone().expect("a population");
+        let sample = terms.sample(round, &Cid::default()).expect("a sample");
+        let (host, mine) = members
+            .iter()
+            .map(|m| (m, population.hosted_by(&sample, m, members)))
+            .find(|(_, mine)| !mine.is_empty())
+            .expect("some member hosts a sampled client");
+        (sample, host, mine.iter().map(|c| c.0).collect())
+    }
+
     fn announcement(round: u32, clients: &[u64], samples: u64) -> Announcement {
         Announcement {
             task: Cid::default(),
@@ -237,14 +258,7 @@ mod tests {
     #[test]
     fn a_population_takes_only_sampled_clients_from_their_host_with_their_samples() {
         let (terms, members) = terms(true);
-        let population = terms.task.population.clone().expect("a population");
-        let sample = population.sample(&terms.cid, 2, &Cid::default());
-        let (host, mine) = members
-            .iter()
-            .map(|m| (m, population.hosted_by(&sample, m, &members)))
-            .find(|(_, mine)| !mine.is_empty())
-            .expect("some member hosts a sampled client");
-        let ids: Vec<u64> = mine.iter().map(|c| c.0).collect();
+        let (sample, host, ids) = sampled_host(&terms, &members, 2);
         let held = 10 * ids.len() as u64;
         assert_eq!(check(&terms, host, &announcement(2, &ids, held)), Ok(()));
         assert_eq!(
@@ -310,14 +324,7 @@ mod tests {
                 p.per_round = 20;
             }
         });
-        let population = terms.task.population.clone().expect("a population");
-        let sample = population.sample(&terms.cid, 3, &Cid::default());
-        let (host, mine) = members
-            .iter()
-            .map(|m| (m, population.hosted_by(&sample, m, &members)))
-            .find(|(_, mine)| !mine.is_empty())
-            .expect("some member hosts a sampled client");
-        let ids: Vec<u64> = mine.iter().map(|c| c.0).collect();
+        let (_, host, ids) = sampled_host(&terms, &members, 3);
         let count = ids.len() as u64;
         assert_eq!(check(&terms, host, &announcement(3, &ids, count)), Ok(()));
         assert_eq!(
