@@ -229,7 +229,7 @@ pub fn partition(
             dirichlet_label_skew(labels, nodes, alpha, min_size, &mut rng).ok_or_else(min_err)?
         }
         Scheme::Shards { per_node } => {
-            let shards = nodes * per_node;
+            let shards = nodes.saturating_mul(per_node);
             if shards > n {
                 return Err(PartitionError::Shards { shards, samples: n });
             }

@@ -94,6 +94,15 @@ impl Clients {
                     },
                     other => ClientsError::Partition(other),
                 })?;
+                // Every partition deals each of its nodes a list; one that did not would
+                // leave clients with nothing.
+                if dealt.clients.len() != nodes {
+                    return Err(ClientsError::CannotDeal {
+                        clients: count,
+                        images,
+                        scheme: scheme.to_string(),
+                    });
+                }
                 Some(dealt)
             }
         };

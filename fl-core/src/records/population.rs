@@ -1,7 +1,8 @@
 //! A task's population of clients, apart from its peers: K registered clients (units of data
 //! and training), M of them sampled each round, hosted by the task's members in turn. The
-//! sample is a function of the task, the round and the round's model, so every node and
-//! `fl verify` recompute who was due; nothing is stored per registered client.
+//! sample is a function of the task and the round alone, so every node and `fl verify`
+//! recompute who was due, and no member can steer it (a seed that any update or manifest
+//! fed could be ground by trying variants of it); nothing is stored per registered client.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -29,7 +30,7 @@ pub const MAX_POISSON_MEAN: u32 = MAX_PER_ROUND / 4;
 pub const MIN_POISSON_MEAN: u32 = 20;
 
 /// Domain of the sample's seed, so no other hash of the same inputs can collide with it.
-const SAMPLE_DOMAIN: &[u8] = b"fl/sample/1:";
+const SAMPLE_DOMAIN: &[u8] = b"fl/sample/2:";
 
 /// One registered client, by its number in `0..clients`.
 #[derive(
@@ -53,7 +54,7 @@ impl std::fmt::Display for ClientId {
 pub struct Population {
     /// Registered clients.
     pub clients: u64,
-    /// Clients sampled each round, uniformly without replacement.
+    /// Clients sampled each round: exactly this many, or this many on average (Poisson).
     pub per_round: u32,
     /// How the pool's images are dealt to clients (`iid`, `dirichlet:0.5`, `draw:120`: the
     /// dataset crate's partition schemes), seeded by the task's seed.
@@ -121,14 +122,22 @@ pub enum PopulationError {
     /// More sampled per round than one announcement may name.
     #[error("{0} clients a round is more than a round may sample ({MAX_PER_ROUND})")]
     TooManySampled(u32),
+    /// A fraction of the clients that is more than a round may sample.
+    #[error("{fraction} of {clients} clients is more than a round may sample ({MAX_PER_ROUND})")]
+    TooManyByFraction {
+        /// Registered clients.
+        clients: u64,
+        /// The fraction asked for.
+        fraction: f64,
+    },
     /// A fraction that is no share of the population.
     #[error("a fraction of the clients must be in (0, 1], got {0}")]
     Fraction(f64),
 }
 
 impl Population {
-    /// `clients` clients of which `fraction` (in (0, 1], rounded up, at least one) are
-    /// sampled a round, Flower's `fraction_fit`.
+    /// `clients` clients of which `fraction` (in (0, 1]) are sampled a round, rounded down
+    /// and at least one, as Flower's `fraction_fit` (`int(clients * fraction)`).
     pub fn by_fraction(
         clients: u64,
         fraction: f64,
@@ -137,12 +146,11 @@ impl Population {
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(PopulationError::Fraction(fraction));
         }
-        let sampled = (clients as f64 * fraction).ceil().max(1.0);
-        let per_round = if sampled > f64::from(MAX_PER_ROUND) {
-            return Err(PopulationError::TooManySampled(u32::MAX));
-        } else {
-            sampled as u32
-        };
+        let sampled = (clients as f64 * fraction).floor().max(1.0);
+        if sampled > f64::from(MAX_PER_ROUND) {
+            return Err(PopulationError::TooManyByFraction { clients, fraction });
+        }
+        let per_round = sampled as u32;
         let population = Self {
             clients,
             per_round,
@@ -184,15 +192,15 @@ impl Population {
         Ok(())
     }
 
-    /// The clients round `round` samples when it starts from the model `base` in task
-    /// `task`: `per_round` of them, uniformly without replacement, in increasing order.
-    /// Work and memory grow with `per_round`, not with the registered count.
-    pub fn sample(&self, task: &Cid, round: u32, base: &Cid) -> Sample {
+    /// The clients round `round` of task `task` samples, in increasing order: `per_round`
+    /// of them uniformly without replacement, or each with probability `per_round /
+    /// clients` (Poisson). Work and memory grow with `per_round`, not with the registered
+    /// count.
+    pub fn sample(&self, task: &Cid, round: u32) -> Sample {
         let mut hash = Sha256::new();
         hash.update(SAMPLE_DOMAIN);
         hash.update(task.to_bytes());
         hash.update(round.to_be_bytes());
-        hash.update(base.to_bytes());
         let mut rng = ChaCha20Rng::from_seed(hash.finalize().into());
         match self.sampling {
             Sampling::Fixed => {
@@ -336,6 +344,11 @@ pub fn uniform_below(rng: &mut impl RngCore, n: u64) -> u64 {
 mod tests {
     use super::*;
 
+    const PINNED_FIXED: [u64; 5] = [44, 66, 89, 328, 823];
+    const PINNED_POISSON: [u64; 16] = [
+        153, 287, 343, 353, 473, 487, 508, 524, 559, 579, 652, 670, 699, 806, 816, 968,
+    ];
+
     fn cid(text: &[u8]) -> Cid {
         crate::content::Block::hashed(crate::content::RAW, text.to_vec())
             .cid()
@@ -352,22 +365,40 @@ mod tests {
     }
 
     #[test]
-    fn a_round_samples_the_same_clients_wherever_it_is_recomputed_and_others_for_other_models() {
+    fn a_round_samples_the_same_clients_wherever_it_is_recomputed_and_others_in_other_rounds() {
         let p = population(100, 10);
-        let (task, model) = (cid(b"task"), cid(b"model"));
-        let a = p.sample(&task, 3, &model);
-        assert_eq!(a, p.sample(&task, 3, &model));
+        let task = cid(b"task");
+        let a = p.sample(&task, 3);
+        assert_eq!(a, p.sample(&task, 3));
         assert_eq!(a.len(), 10);
         assert!(a.iter().all(|c| c.0 < 100));
-        assert_ne!(a, p.sample(&task, 4, &model));
-        assert_ne!(a, p.sample(&task, 3, &cid(b"another model")));
-        assert_ne!(a, p.sample(&cid(b"another task"), 3, &model));
+        assert_ne!(a, p.sample(&task, 4));
+        assert_ne!(a, p.sample(&cid(b"another task"), 3));
         // The whole population when every client is due.
-        let all = population(7, 7).sample(&task, 1, &model);
+        let all = population(7, 7).sample(&task, 1);
         assert_eq!(
             all.iter().map(|c| c.0).collect::<Vec<_>>(),
             (0..7).collect::<Vec<_>>()
         );
+    }
+
+    /// The sample of a known task and round, pinned: a change of ChaCha20, of the uniform
+    /// draw or of `libm` that moved it would refute every manifest made before.
+    #[test]
+    fn the_sample_of_a_known_round_is_pinned() {
+        let task = cid(b"pinned task");
+        let fixed: Vec<u64> = population(1000, 5)
+            .sample(&task, 7)
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        let poisson = Population {
+            sampling: Sampling::Poisson,
+            ..population(1000, 20)
+        };
+        let drawn: Vec<u64> = poisson.sample(&task, 7).iter().map(|c| c.0).collect();
+        assert_eq!(fixed, PINNED_FIXED, "fixed");
+        assert_eq!(drawn, PINNED_POISSON, "poisson");
     }
 
     #[test]
@@ -377,7 +408,7 @@ mod tests {
         let task = cid(b"task");
         let mut turns = [0u32; 50];
         for round in 1..=4000 {
-            for c in p.sample(&task, round, &cid(&round.to_be_bytes())).iter() {
+            for c in p.sample(&task, round).iter() {
                 turns[c.0 as usize] += 1;
             }
         }
@@ -392,7 +423,7 @@ mod tests {
     #[test]
     fn ten_million_clients_cost_what_ten_sampled_cost() {
         let p = population(10_000_000, 10);
-        let s = p.sample(&cid(b"task"), 1, &cid(b"model"));
+        let s = p.sample(&cid(b"task"), 1);
         assert_eq!(s.len(), 10);
         assert!(s.iter().all(|c| c.0 < 10_000_000));
     }
@@ -401,7 +432,7 @@ mod tests {
     fn clients_are_hosted_by_the_members_in_turn() {
         let members: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
         let p = population(10, 10);
-        let s = p.sample(&cid(b"t"), 1, &cid(b"m"));
+        let s = p.sample(&cid(b"t"), 1);
         assert_eq!(p.host(ClientId(4), &members), Some(&members[1]));
         let hosted: Vec<u64> = p
             .hosted_by(&s, &members[2], &members)
@@ -438,6 +469,13 @@ mod tests {
         }
         let p = Population::by_fraction(1000, 0.1, "iid".into()).unwrap();
         assert_eq!(p.per_round, 100);
+        // As Flower: int(30 * 0.1) = 3 (not the 4 that 3.0000000000000004 rounds up to).
+        assert_eq!(
+            Population::by_fraction(30, 0.1, "iid".into())
+                .unwrap()
+                .per_round,
+            3
+        );
         assert_eq!(
             Population::by_fraction(5, 0.01, "iid".into())
                 .unwrap()
@@ -458,7 +496,7 @@ mod tests {
         let mut turns = vec![0u32; 1000];
         let mut counts = Vec::new();
         for round in 1..=2000u32 {
-            let s = p.sample(&task, round, &cid(&round.to_be_bytes()));
+            let s = p.sample(&task, round);
             counts.push(s.len());
             for c in s.iter() {
                 turns[c.0 as usize] += 1;
@@ -481,14 +519,9 @@ mod tests {
             sampling: Sampling::Poisson,
             ..population(10_000_000, 20)
         };
-        let total: usize = (1..=200u32)
-            .map(|r| big.sample(&task, r, &cid(&r.to_be_bytes())).len())
-            .sum();
+        let total: usize = (1..=200u32).map(|r| big.sample(&task, r).len()).sum();
         assert!((3600..=4400).contains(&total), "{total} in 200 rounds");
-        assert_eq!(
-            big.sample(&task, 7, &cid(b"m")),
-            big.sample(&task, 7, &cid(b"m"))
-        );
+        assert_eq!(big.sample(&task, 7), big.sample(&task, 7));
         let err = Population {
             sampling: Sampling::Poisson,
             ..population(1_000_000, 5000)

@@ -25,6 +25,10 @@ pub enum ClaimError {
     /// It names clients in a task that has no population.
     #[error("it names clients, and the task has no population")]
     NoPopulation,
+    /// The task names no members to host its clients (a task record that validation
+    /// refuses; never from a valid task).
+    #[error("the task names no members to host its clients")]
+    NoMembers,
     /// It names more clients than a round samples.
     #[error("it names {named} clients, more than a round samples ({most})")]
     TooManyClients {
@@ -93,18 +97,9 @@ pub fn check(
     if let Some(w) = a.clients.windows(2).find(|w| w[0] >= w[1]) {
         return Err(ClaimError::Unordered(w[1]));
     }
-    let Some(sample) = terms.sample(a.round, &a.base) else {
-        return Err(ClaimError::NoPopulation);
-    };
+    // The cheap checks first: whose clients they are, before the round's sample is drawn.
     let members = terms.task.members.as_deref().unwrap_or_default();
-    let mut hold = 0u64;
     for &client in &a.clients {
-        if !sample.contains(client) {
-            return Err(ClaimError::NotSampled {
-                client,
-                round: a.round,
-            });
-        }
         match population.host(client, members) {
             Some(host) if host == author => {}
             Some(host) => {
@@ -113,7 +108,19 @@ pub fn check(
                     host: *host,
                 });
             }
-            None => return Err(ClaimError::NoPopulation),
+            None => return Err(ClaimError::NoMembers),
+        }
+    }
+    let Some(sample) = terms.sample(a.round) else {
+        return Err(ClaimError::NoPopulation);
+    };
+    let mut hold = 0u64;
+    for &client in &a.clients {
+        if !sample.contains(client) {
+            return Err(ClaimError::NotSampled {
+                client,
+                round: a.round,
+            });
         }
         if let Some(clients) = &terms.clients {
             hold = hold.saturating_add(clients.samples(client).unwrap_or(0));
@@ -193,7 +200,13 @@ mod tests {
         let terms = Terms::new(Cid::default(), task)
             .and_then(|t| t.with_pool(&labels))
             .expect("terms");
-        (terms.with_shards(300), members)
+        // As nodes bound them: by the largest shard without a population, by the deal with.
+        let terms = if population {
+            terms
+        } else {
+            terms.with_shards(300)
+        };
+        (terms, members)
     }
 
     /// Round `round`'s sample (started from the default CID), a member hosting some of it,
@@ -208,7 +221,7 @@ mod tests {
         Vec<u64>,
     ) {
         let population = terms.task.population.clone().expect("a population");
-        let sample = terms.sample(round, &Cid::default()).expect("a sample");
+        let sample = terms.sample(round).expect("a sample");
         let (host, mine) = members
             .iter()
             .map(|m| (m, population.hosted_by(&sample, m, members)))

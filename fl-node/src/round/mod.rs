@@ -157,6 +157,10 @@ pub enum RoundError {
     /// deals them).
     #[error("the task's clients were not dealt their data")]
     NoPool,
+    /// A client this node was to train is not one of the population's (a bug: only
+    /// registered clients are sampled).
+    #[error("{0} is not one of the task's clients")]
+    NoSuchClient(fl_core::records::ClientId),
     /// The task's data is sharded and this node was given no shard.
     #[error("the task's data is sharded: this node needs a shard index (--shard I)")]
     NoShard,

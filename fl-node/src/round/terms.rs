@@ -33,15 +33,15 @@ pub struct Terms {
     /// Its population's clients, once the data is read ([`Terms::with_pool`]): what each
     /// trains on and the samples it may claim.
     pub clients: Option<Arc<Clients>>,
-    /// The last few rounds' samples, by round and base model: every announcement and look
-    /// at a round asks for its sample, which costs draws for every client sampled.
+    /// The last few rounds' samples, by round: every announcement and look at a round asks
+    /// for its sample, which costs draws for every client sampled.
     samples: Arc<Mutex<Vec<KeptSample>>>,
 }
 
-/// A round's sample, by its round and base model.
-type KeptSample = ((u32, Cid), Arc<Sample>);
+/// A round's sample, by its round.
+type KeptSample = (u32, Arc<Sample>);
 
-/// Samples [`Terms`] keeps (a round and its rivals' models).
+/// Samples [`Terms`] keeps (the rounds in flight and a few behind).
 const SAMPLES_KEPT: usize = 8;
 
 /// Largest sample count an announcement may claim in any task (more than any single node
@@ -154,21 +154,21 @@ impl Terms {
         Ok(self)
     }
 
-    /// In a task with a population, the members hosting a client of the sample of `round`
-    /// started from `base_model`: the round's announcers, if all are honest and alive.
-    pub fn hosts(&self, round: u32, base_model: &Cid) -> Option<HashSet<PeerId>> {
+    /// In a task with a population, the members hosting a client of round `round`'s
+    /// sample: the round's announcers, if all are honest and alive.
+    pub fn hosts(&self, round: u32) -> Option<HashSet<PeerId>> {
         let population = self.task.population.as_ref()?;
         let members = self.task.members.as_deref().unwrap_or_default();
-        let sample = self.sample(round, base_model)?;
+        let sample = self.sample(round)?;
         Some(population.hosts(&sample, members))
     }
 
-    /// In a task with a population, the clients sampled for `round` started from
-    /// `base_model` ([`Population::sample`](fl_core::records::Population::sample)), kept for
-    /// the next asks.
-    pub fn sample(&self, round: u32, base_model: &Cid) -> Option<Arc<Sample>> {
+    /// In a task with a population, the clients sampled for `round`
+    /// ([`Population::sample`](fl_core::records::Population::sample)), kept for the next
+    /// asks.
+    pub fn sample(&self, round: u32) -> Option<Arc<Sample>> {
         let population = self.task.population.as_ref()?;
-        let key = (round, *base_model);
+        let key = round;
         let mut kept = self
             .samples
             .lock()
@@ -176,7 +176,7 @@ impl Terms {
         if let Some((_, sample)) = kept.iter().find(|(k, _)| *k == key) {
             return Some(sample.clone());
         }
-        let sample = Arc::new(population.sample(&self.cid, round, base_model));
+        let sample = Arc::new(population.sample(&self.cid, round));
         if kept.len() >= SAMPLES_KEPT {
             kept.remove(0);
         }
@@ -184,11 +184,11 @@ impl Terms {
         Some(sample)
     }
 
-    /// Fewest updates the round `round` started from `base_model` may close with: the
-    /// task's minimum, or in a population, fewer when the round's sample has fewer hosts.
-    pub fn min_updates(&self, round: u32, base_model: &Cid) -> u32 {
+    /// Fewest updates round `round` may close with: the task's minimum, or in a
+    /// population, fewer when the round's sample has fewer hosts.
+    pub fn min_updates(&self, round: u32) -> u32 {
         let min = self.task.min_participants;
-        match self.hosts(round, base_model) {
+        match self.hosts(round) {
             Some(hosts) => min
                 .min(u32::try_from(hosts.len()).unwrap_or(u32::MAX))
                 .max(1),

@@ -190,7 +190,7 @@ pub fn check_claims(
         });
     }
     let authors = listed_authors(terms, base, announcements)?;
-    let min = terms.min_updates(base.round, &base.model_cid);
+    let min = terms.min_updates(base.round);
     if manifest.contributions.len() < min as usize {
         return refuted(Refutation::TooFew {
             counted: manifest.contributions.len(),
@@ -345,7 +345,7 @@ pub async fn manifest(inputs: &Inputs, cid: Cid) -> Result<Verified, RoundError>
     let announcements = claims(inputs, &terms, &base, &signed).await?;
     updates(inputs, &base, m, &announcements).await?;
     let counted: HashSet<Cid> = m.contributions.iter().map(|c| c.announcement).collect();
-    let clients = terms.sample(m.round, &m.base_model).map(|sample| {
+    let clients = terms.sample(m.round).map(|sample| {
         let mut counted: Vec<ClientId> = announcements
             .iter()
             .filter(|(cid, _)| counted.contains(cid))

@@ -179,7 +179,8 @@ struct PopulationArgs {
     /// each node is one client that trains every round.
     #[arg(long, value_name = "K")]
     clients: Option<u64>,
-    /// Clients sampled each round, uniformly without replacement (with --clients).
+    /// Clients sampled each round, uniformly without replacement (with --clients; with
+    /// client-level DP, on average: each client is sampled on its own).
     #[arg(
         long,
         value_name = "M",
@@ -187,7 +188,7 @@ struct PopulationArgs {
         conflicts_with = "fraction"
     )]
     per_round: Option<u32>,
-    /// Share of the clients sampled each round, in (0, 1], rounded up (Flower's
+    /// Share of the clients sampled each round, in (0, 1], rounded down, at least one (Flower's
     /// fraction_fit; with --clients).
     #[arg(
         long,

@@ -350,12 +350,12 @@ pub(super) fn verify(v: Verify, repo: &RepoPath) -> anyhow::Result<()> {
             };
             let clients = verified.terms.task.population.as_ref().map_or(0, |p| p.clients);
             println!(
-                "  sampled (recomputed from the task, the round and its model): {} of {clients} clients: {}",
+                "  sampled (recomputed from the task and the round): {} of {clients} clients: {}",
                 sample.len(),
                 list(&mut sample.iter())
             );
             println!(
-                "  counted: {} clients, each sampled and trained by its host: {}",
+                "  counted: {} clients, each sampled and named by its host: {}",
                 counted.len(),
                 list(&mut counted.iter().copied())
             );

@@ -274,9 +274,10 @@ impl Inbox {
         self.admits(signed.body.task, signed.body.round, &signed.signer)?;
         let cid = *block.cid();
         let round = signed.body.round;
+        // Judged before the lock: drawing a round's sample is the costliest check.
+        let claimed = super::claim::check(&self.terms, &signed.signer, &signed.body);
         let mut c = lock(&self.contents);
         let refused = c.refused.get(&round).map_or(0, |r| r.len());
-        let claimed = super::claim::check(&self.terms, &signed.signer, &signed.body);
         let admitted = c.admit_announcement(cid, &signed, claimed);
         if c.refused.get(&round).map_or(0, |r| r.len()) > refused {
             // One author fewer to wait for (once per author and round).

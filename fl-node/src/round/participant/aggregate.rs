@@ -14,7 +14,7 @@ impl Participant {
         base: &RoundBase,
     ) -> Result<Expected, RoundError> {
         // A population's round waits for the hosts of its sample, and only them.
-        if let Some(hosts) = ctx.terms.hosts(base.round, &base.model_cid) {
+        if let Some(hosts) = ctx.terms.hosts(base.round) {
             return Ok(match base.prev {
                 Some(_) => Expected::Peers(hosts),
                 None => Expected::Joined(hosts),
@@ -106,7 +106,7 @@ impl Participant {
         base: &RoundBase,
         refused: &HashSet<libp2p::PeerId>,
     ) -> usize {
-        let hosts = ctx.terms.hosts(base.round, &base.model_cid);
+        let hosts = ctx.terms.hosts(base.round);
         let due = |p: &libp2p::PeerId| hosts.as_ref().is_none_or(|h| h.contains(p));
         let me = self.node.peer_id();
         let Some(head) = base.prev else {
@@ -215,7 +215,7 @@ impl Participant {
         };
         let computed = started.elapsed();
         aggregated.manifest.rank = rank;
-        let needed = ctx.terms.min_updates(base.round, &base.model_cid) as usize;
+        let needed = ctx.terms.min_updates(base.round) as usize;
         let usable = aggregated.manifest.contributions.len();
         if usable < needed {
             return Err(RoundError::TooFew { usable, needed });

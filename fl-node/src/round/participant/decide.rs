@@ -59,7 +59,7 @@ impl Participant {
             awaited: 0,
             closed: None,
             contested: HashSet::new(),
-            min: ctx.terms.min_updates(round, &base.model_cid) as usize,
+            min: ctx.terms.min_updates(round) as usize,
             deadline: opened + Duration::from_millis(task.round_deadline_ms),
             grace: Duration::from_millis(task.grace_ms),
             made: None,

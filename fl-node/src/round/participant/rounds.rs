@@ -159,10 +159,7 @@ impl Participant {
             if let Some(before) = self.confirm(ctx, pending.take(), emit).await? {
                 return Ok(before);
             }
-            let sampled = ctx
-                .terms
-                .sample(round, &base.model_cid)
-                .map_or(0, |s| s.len());
+            let sampled = ctx.terms.sample(round).map_or(0, |s| s.len());
             tracing::info!(round, "none of this node's clients was sampled");
             emit(&Event::NotSampled { round, sampled });
         } else {

@@ -35,7 +35,7 @@ impl Participant {
         let population = ctx.terms.task.population.as_ref()?;
         let members = ctx.terms.task.members.as_deref().unwrap_or_default();
         let me = self.node.peer_id();
-        let sample = ctx.terms.sample(base.round, &base.model_cid)?;
+        let sample = ctx.terms.sample(base.round)?;
         let hosted = population.hosted_by(&sample, &me, members);
         if self.config.attack != Some(Attack::UnsampledClient) {
             return Some(hosted);
@@ -73,20 +73,14 @@ impl Participant {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(self.config.shard.unwrap_or(0) as u64);
-        // Each client's images, cut from the pool before the training runs.
-        let shards: Option<Vec<(ClientId, Images)>> = match (&due, &ctx.terms.clients) {
+        // In a population, the clients due and what deals them their images (each client's
+        // are cut from the pool as it trains, so one client's images are held at a time).
+        let dealt = match (due, &ctx.terms.clients) {
             (None, _) => None,
-            (Some(due), Some(clients)) => Some(
-                due.iter()
-                    .map(|&c| (c, data.train.subset(&clients.images(c).unwrap_or_default())))
-                    .collect(),
-            ),
+            (Some(due), Some(clients)) => Some((clients.clone(), due)),
             (Some(_), None) => return Err(RoundError::NoPool),
         };
-        let images = match shards {
-            Some(_) => Images::default(),
-            None => data.train.clone(),
-        };
+        let images = data.train.clone();
         // Held until the training ends, even one whose result is no longer wanted.
         let slot = self.config.limits.training.clone().acquire_owned().await?;
         // Rounds of a few steps go on with the momentum of the node's last round, as they go
@@ -96,14 +90,21 @@ impl Participant {
             .filter(|(last, _)| last + 1 == round)
             .map(|(_, momentum)| momentum);
         let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
-        let epsilon = sample_epsilon(&task, images.len() as u64, round)?;
+        let epsilon = match dealt {
+            Some(_) => None,
+            None => sample_epsilon(&task, images.len() as u64, round)?,
+        };
         let started = Instant::now();
         // A population's clients are clipped and noised as they are summed.
-        let clip = client_dp(&task).filter(|_| shards.is_some());
+        let clip = client_dp(&task).filter(|_| dealt.is_some());
         let (update, samples, clients) = blocking(move || {
             let _slot = slot;
-            if let Some(shards) = shards {
-                return train_clients(&task, arch, &global, shards, round, &device, clip);
+            if let Some((clients, due)) = dealt {
+                let pool = Pool {
+                    images: &images,
+                    clients: &clients,
+                };
+                return train_clients(&task, arch, &global, &pool, &due, round, &device, clip);
             }
             let config = train_config(&task, round, node_seed);
             let batches = local_batches(&task, arch, images, &config, round, node_seed);
@@ -315,31 +316,58 @@ impl Participant {
     }
 }
 
-/// Trains each client of `shards` (its number and images) from `global` in turn, as the
-/// task sets it, each seeded by its number and the round (a client trains the same
-/// wherever it is hosted); returns the update, its weight and the clients. Without DP: the
+/// A population's pool of images and how its clients are dealt them.
+struct Pool<'a> {
+    images: &'a Images,
+    clients: &'a datasets::population::Clients,
+}
+
+/// Trains each client of `due` from `global` in turn on its images of `pool`, as the task
+/// sets it, each seeded by its number and the round (a client trains the same wherever it
+/// is hosted); returns the update, its weight and the clients it counts. Without DP: the
 /// clients' updates averaged by their samples, weighed by the samples. With client-level
 /// DP (`clip`: C and z): each client's update clipped to C, their sum noised once with
 /// N(0, (zC)²) per value (this host's full share: its update alone is protected), divided
-/// by the clients; every client weighs one.
+/// by the clients; every client weighs one. A client whose training diverges (a NaN loss or
+/// parameter) is left out of the round, not the host; when every one does, the host's
+/// training has diverged.
+#[allow(clippy::too_many_arguments)]
 fn train_clients(
     task: &Task,
     arch: Architecture,
     global: &Bundle,
-    shards: Vec<(ClientId, Images)>,
+    pool: &Pool<'_>,
+    due: &[ClientId],
     round: u32,
     device: &fl_core::model::Device,
     clip: Option<(f64, f64)>,
 ) -> Result<(Bundle, u64, Vec<ClientId>), RoundError> {
     let mut sum: Vec<f64> = Vec::new();
     let mut first: Option<Bundle> = None;
-    let (mut samples, mut clients) = (0u64, Vec::with_capacity(shards.len()));
-    for (client, images) in shards {
+    let mut diverged = None;
+    let (mut samples, mut clients) = (0u64, Vec::with_capacity(due.len()));
+    for &client in due {
+        let indices = pool
+            .clients
+            .images(client)
+            .ok_or(RoundError::NoSuchClient(client))?;
+        let images = pool.images.subset(&indices);
         let seed = task.seed.wrapping_mul(1_000_003).wrapping_add(client.0);
         let config = train_config(task, round, seed);
         let batches = local_batches(task, arch, images, &config, round, seed);
-        let (outcome, _) =
-            fl_core::model::train_carrying(arch, global, &batches, &config, device, None)?;
+        let outcome =
+            match fl_core::model::train_carrying(arch, global, &batches, &config, device, None) {
+                Ok((outcome, _)) => outcome,
+                Err(
+                    e @ (fl_core::model::TrainError::NonFinite { .. }
+                    | fl_core::model::TrainError::NonFiniteParameter { .. }),
+                ) => {
+                    tracing::warn!(client = client.0, "left out of the round: {e}");
+                    diverged = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
         let mut flat = outcome.update.flatten();
         let weight = match clip {
             Some((c, _)) => {
@@ -358,7 +386,9 @@ fn train_clients(
         first.get_or_insert(outcome.update);
     }
     let Some(layout) = first else {
-        return Err(fl_core::model::TrainError::NoData.into());
+        return Err(diverged
+            .unwrap_or(fl_core::model::TrainError::NoData)
+            .into());
     };
     let mut values: Vec<f32> = sum.iter().map(|s| *s as f32).collect();
     if let Some((c, z)) = clip {
