@@ -49,6 +49,19 @@ impl FedRun {
         self.report.rounds.last().and_then(|r| r.accuracy)
     }
 
+    /// Test accuracy (%) by round, as a plot's series named `label`.
+    pub fn accuracy_series(&self, label: String) -> fl_plot::Series {
+        fl_plot::Series {
+            label,
+            points: self
+                .report
+                .rounds
+                .iter()
+                .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
+                .collect(),
+        }
+    }
+
     /// Seconds from the start to the first round whose accuracy reached `target`.
     pub fn time_to(&self, target: f64) -> Option<f64> {
         self.report

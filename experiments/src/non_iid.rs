@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 
 use datasets::partition::Scheme;
-use fl_plot::{Series, line_chart};
+use fl_plot::line_chart;
 use fl_sim::Plan;
 
 use crate::harness::{Anchor, AnchorInputs, Csv, federate, field, pct, run_anchor};
@@ -91,15 +91,7 @@ impl Ctx {
                         self.scale.nodes
                     ),
                 });
-                series.push(Series {
-                    label,
-                    points: run
-                        .report
-                        .rounds
-                        .iter()
-                        .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
-                        .collect(),
-                });
+                series.push(run.accuracy_series(label));
             }
             plan.train.proximal_mu = 0.0;
             finals.push(match self.torch_fedavg(&plan) {

@@ -180,17 +180,11 @@ impl Ctx {
                                 ])?;
                             }
                             if seed == seeds[0] {
-                                series.push(Series {
-                                    label: label.replace(&format!(", seed {seed}"), ""),
-                                    points: run
-                                        .report
-                                        .rounds
-                                        .iter()
-                                        .filter_map(|r| {
-                                            r.accuracy.map(|a| (f64::from(r.round), 100.0 * a))
-                                        })
-                                        .collect(),
-                                });
+                                series.push(
+                                    run.accuracy_series(
+                                        label.replace(&format!(", seed {seed}"), ""),
+                                    ),
+                                );
                             }
                             let f = Figures::of(&run);
                             if mu > 0.0 {
@@ -535,15 +529,7 @@ impl Ctx {
                     r.participants.to_string(),
                 ])?;
             }
-            series.push(Series {
-                label: label.clone(),
-                points: run
-                    .report
-                    .rounds
-                    .iter()
-                    .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
-                    .collect(),
-            });
+            series.push(run.accuracy_series(label.clone()));
             let epsilon = run.report.rounds.last().and_then(|r| r.epsilon);
             // Against an observer who knows a client's number the sample is public: the
             // most-sampled client's epsilon is the Gaussian's over its rounds, unamplified.

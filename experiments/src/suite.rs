@@ -635,15 +635,7 @@ impl Ctx {
                 pct(run.final_accuracy()),
                 run.report.seconds
             ));
-            series.push(Series {
-                label: label.clone(),
-                points: run
-                    .report
-                    .rounds
-                    .iter()
-                    .filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), 100.0 * a)))
-                    .collect(),
-            });
+            series.push(run.accuracy_series(label.clone()));
             times.push((label, run.report.seconds));
         }
         let csv = csv.finish()?;

@@ -302,8 +302,13 @@ impl View {
                 self.minimum_bytes = model_bytes + update_bytes;
                 println!("task {task}: {nodes} nodes, {rounds} rounds, dataset {dataset}");
                 if let Some(per_round) = self.per_round {
+                    // With client-level DP each client is sampled on its own (Poisson).
+                    let how = match noise_multiplier {
+                        Some(_) => "on average",
+                        None => "exactly",
+                    };
                     println!(
-                        "a population of clients hosted by the nodes, {per_round} sampled a round"
+                        "a population of clients hosted by the nodes, {per_round} sampled a round ({how})"
                     );
                 }
                 if let Some(z) = noise_multiplier {
