@@ -3,7 +3,10 @@
 
 Flower's simulation engine (`flwr.simulation.run_simulation`, the Ray backend) runs K virtual
 clients (supernodes), of which the server's FedAvg (or FedProx) strategy samples M a round
-(fraction_train = M / K). Each sampled client trains the reference CNN in PyTorch on exactly
+(fraction_train = M / K), or, given SAMPLE.json, trains the clients a run of ours sampled
+in each round (the strategy still picks M supernodes; each is told which client's data to
+train, so both systems train the same clients in the same rounds and differ only in their
+implementations). Each sampled client trains the reference CNN in PyTorch on exactly
 the images our split gave it (a split file written by `fl data partition --indices` or the
 experiments: {"clients": [[image index, ...], ...]}), with the local training of
 `fedavg_cnn.py fedavg` (fresh SGD with momentum and weight decay each round, augmentation,
@@ -11,13 +14,16 @@ the FedProx term when --mu > 0). The server evaluates the global model on the te
 every round.
 
 Prints a JSON line per round: the round, its test accuracy and loss, the round's wall time
-on the server and the sampled clients' summed training seconds; then a summary line.
+on the server, the sampled clients' summed training seconds and which clients trained; then
+a summary line.
 
 Needs flwr[simulation] and torch (experiments/flower/requirements.txt; the experiments'
 setup script installs them). Run:
 
   python experiments/flower/fedavg_population.py INIT.safetensors CIFAR_DIR SPLIT.json \
-      --rounds 50 --per-round 10 --lr 0.01 --seed 0
+      --rounds 50 --per-round 10 --lr 0.01 --seed 0 [SAMPLE.json]
+
+SAMPLE.json: {"rounds": [[client, ...], ...]}, round 1's clients first.
 """
 
 import argparse
@@ -33,7 +39,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pytorch"))
 import fedavg_cnn as ref  # noqa: E402  (the model, data and training of the PyTorch anchor)
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import (  # noqa: E402
+    ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict,
+)
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, FedProx  # noqa: E402
@@ -90,11 +98,51 @@ client_app = ClientApp()
 
 @client_app.train()
 def train(msg: Message, context: Context):
-    partition = int(context.node_config["partition-id"])
+    config = msg.content["config"]
+    # With a sample schedule the server names the client; otherwise the supernode is it.
+    partition = int(config["client"]) if "client" in config else int(
+        context.node_config["partition-id"])
     model, n, seconds = train_client(msg.content["arrays"], partition, msg.content["config"])
-    metrics = MetricRecord({"num-examples": n, "train-seconds": seconds})
+    metrics = MetricRecord({"num-examples": n, "train-seconds": seconds, "client": partition})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
+
+
+def read_sample(path, rounds, per_round, clients):
+    """The clients of each round from SAMPLE.json, checked against the run's settings."""
+    with open(path) as f:
+        schedule = json.load(f)["rounds"]
+    if len(schedule) < rounds:
+        sys.exit(f"{path} has {len(schedule)} rounds, fewer than --rounds {rounds}")
+    for r, chosen in enumerate(schedule[:rounds], start=1):
+        if len(chosen) != per_round or len(set(chosen)) != per_round:
+            sys.exit(f"{path}: round {r} names {len(chosen)} clients, not {per_round} distinct")
+        if any(not isinstance(c, int) or not 0 <= c < clients for c in chosen):
+            sys.exit(f"{path}: round {r} names a client outside 0..{clients}")
+    return schedule
+
+
+def scheduled(base, schedule):
+    """`base` (FedAvg or FedProx) training the clients `schedule` names each round."""
+
+    class Scheduled(base):
+        def configure_train(self, server_round, arrays, config, grid):
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+            chosen = schedule[server_round - 1]
+            if len(messages) != len(chosen):
+                raise RuntimeError(f"round {server_round}: the strategy sampled "
+                                   f"{len(messages)} supernodes for {len(chosen)} clients")
+            out = []
+            for message, client in zip(messages, chosen):
+                own = ConfigRecord(dict(message.content[self.configrecord_key]))
+                own["client"] = client
+                content = RecordDict({self.arrayrecord_key: arrays,
+                                      self.configrecord_key: own})
+                out.append(Message(content=content, message_type=MessageType.TRAIN,
+                                   dst_node_id=message.metadata.dst_node_id))
+            return out
+
+    return Scheduled
 
 
 server_app = ServerApp()
@@ -110,7 +158,10 @@ def main(grid: Grid, context: Context):
     common = dict(fraction_train=fraction, fraction_evaluate=0.0,
                   min_train_nodes=ARGS.per_round, min_available_nodes=clients,
                   min_evaluate_nodes=0)
-    strategy = FedProx(proximal_mu=ARGS.mu, **common) if ARGS.mu > 0 else FedAvg(**common)
+    base, extra = (FedProx, {"proximal_mu": ARGS.mu}) if ARGS.mu > 0 else (FedAvg, {})
+    if ARGS.sample:
+        base = scheduled(base, read_sample(ARGS.sample, ARGS.rounds, ARGS.per_round, clients))
+    strategy = base(**extra, **common)
     model = ref.load_model(ARGS.model)
     last = {"at": time.perf_counter()}
     train_seconds = {}
@@ -121,6 +172,7 @@ def main(grid: Grid, context: Context):
         total = sum(float(r["metrics"]["train-seconds"]) for r in replies)
         train_seconds["last"] = total
         examples = sum(float(r["metrics"]["num-examples"]) for r in replies)
+        train_seconds["clients"] = sorted(int(r["metrics"]["client"]) for r in replies)
         return MetricRecord({"train-seconds": total, "num-examples": examples})
 
     strategy.train_metrics_aggr_fn = summed_training
@@ -134,7 +186,8 @@ def main(grid: Grid, context: Context):
         loss, accuracy = ref.evaluate(model, test_images, test_labels)
         print(json.dumps({"event": "round", "round": server_round, "test_accuracy": accuracy,
                           "test_loss": loss, "seconds": now - last["at"],
-                          "train_seconds": train_seconds.get("last", 0.0)}), flush=True)
+                          "train_seconds": train_seconds.get("last", 0.0),
+                          "clients": train_seconds.get("clients", [])}), flush=True)
         last["at"] = time.perf_counter()
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
@@ -152,6 +205,8 @@ def parse():
     p.add_argument("model", help="initial model (safetensors)")
     p.add_argument("data", help="CIFAR-10 binary directory (data_batch_*.bin, test_batch.bin)")
     p.add_argument("split", help='JSON {"clients": [[image index, ...], ...]}')
+    p.add_argument("sample", nargs="?", help='JSON {"rounds": [[client, ...], ...]}: the '
+                   "clients each round trains (default: Flower samples them)")
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--per-round", type=int, default=10, help="clients sampled a round")
     p.add_argument("--epochs", type=int, default=1)
@@ -178,6 +233,8 @@ if __name__ == "__main__":
     clients = len(ref.read_split(ARGS.split, 1 << 62))
     if ARGS.per_round > clients:
         sys.exit(f"--per-round {ARGS.per_round} is more than the split's {clients} clients")
+    if ARGS.sample:
+        read_sample(ARGS.sample, ARGS.rounds, ARGS.per_round, clients)  # exits if it is wrong
     torch.set_num_threads(1)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=clients,
                    backend_config={"client_resources": {"num_cpus": ARGS.cpus_per_client,

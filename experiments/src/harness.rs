@@ -366,6 +366,14 @@ pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
+/// The difference of two accuracies in signed points ("+0.32 points"); one that rounds to
+/// zero reads "+0.00", never "-0.00".
+pub fn points(a: f64, b: f64) -> String {
+    let d = 100.0 * (a - b);
+    let d = if d.abs() < 0.005 { 0.0 } else { d };
+    format!("{d:+.2} points")
+}
+
 /// What a Python anchor trains from to compare with a run of `plan` on `data`: the run's
 /// initial model and its split (each node's or client's image indices), written into a
 /// scratch directory that lives as long as the first value.

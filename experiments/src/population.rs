@@ -13,13 +13,14 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use datasets::partition::Scheme;
 use datasets::population::Clients;
 use fl_core::records::{DpLevel, Population, RoundSchedule, Sampling};
 use fl_plot::{Series, line_chart};
 use fl_sim::{Plan, PrivacyTarget};
 
-use crate::harness::{Anchor, AnchorInputs, Csv, FedRun, federate, field, pct, run_anchor};
+use crate::harness::{Anchor, AnchorInputs, Csv, FedRun, federate, field, pct, points, run_anchor};
 use crate::suite::{Ctx, failure};
 
 /// Clients of the benchmark, and how many train a round.
@@ -47,6 +48,8 @@ struct FlowerRound {
     seconds: f64,
     /// The sampled clients' training seconds, summed.
     train_seconds: f64,
+    /// The clients that trained, in increasing order.
+    clients: Vec<u64>,
 }
 
 /// A benchmark run's figures: final accuracy, mean round seconds and mean training seconds a
@@ -83,6 +86,24 @@ fn mean_accuracy(runs: &[Figures]) -> Option<f64> {
     let all: Option<Vec<f64>> = runs.iter().map(|f| f.accuracy).collect();
     all.filter(|a| !a.is_empty())
         .map(|a| a.iter().sum::<f64>() / a.len() as f64)
+}
+
+/// The clients each round of `run` (a run of `plan`) sampled, round 1's first: recomputed
+/// from its task as every node and `fl verify` do.
+fn sampled_clients(plan: &Plan, run: &FedRun) -> anyhow::Result<Vec<Vec<u64>>> {
+    let population = plan
+        .task_population()
+        .context("the plan has no population")?;
+    let task: cid::Cid = run.report.task.parse()?;
+    Ok((1..=plan.rounds)
+        .map(|round| {
+            population
+                .sample(&task, round)
+                .iter()
+                .map(|c| c.0)
+                .collect()
+        })
+        .collect())
 }
 
 impl Ctx {
@@ -156,6 +177,8 @@ impl Ctx {
             let (mut fedavg, mut fedprox, mut flower) = (Vec::new(), Vec::new(), Vec::new());
             for &seed in seeds_here {
                 let mut plan = self.population_plan(CLIENTS, PER_ROUND, scheme, seed);
+                // Flower trains the clients our FedAvg run sampled, round by round.
+                let mut sample = None;
                 for (rule, mu) in [("FedAvg", 0.0), ("FedProx", MU)] {
                     if mu > 0.0 && seed != seeds[0] {
                         continue;
@@ -190,6 +213,7 @@ impl Ctx {
                             if mu > 0.0 {
                                 fedprox.push(f)
                             } else {
+                                sample = Some(sampled_clients(&plan, &run)?);
                                 fedavg.push(f)
                             }
                         }
@@ -211,7 +235,7 @@ impl Ctx {
                     }
                 }
                 plan.train.proximal_mu = 0.0;
-                match self.flower(&plan) {
+                match self.flower(&plan, sample.as_deref()) {
                     Ok(rounds) => {
                         for r in &rounds {
                             csv.row([
@@ -256,7 +280,7 @@ impl Ctx {
                 }
             };
             let gap = match (mean_accuracy(&fedavg), mean_accuracy(&flower)) {
-                (Some(a), Some(b)) => format!("{:+.2} points", 100.0 * (a - b)),
+                (Some(a), Some(b)) => points(a, b),
                 _ => "-".into(),
             };
             table.push_str(&format!(
@@ -295,12 +319,14 @@ impl Ctx {
         let flower_version = "flwr 1.42.0 (`flwr[simulation]`, Ray backend), torch 2.15.0";
         let body = format!(
             "{CLIENTS} clients hosted by {NODES} nodes, {PER_ROUND} sampled a round (uniformly without replacement, \
-             drawn from the task, the round and its model), {} rounds of 1 local epoch (batch {}, learning rate \
+             drawn from the task and the round), {} rounds of 1 local epoch (batch {}, learning rate \
              {LEARNING_RATE} constant, momentum {}, weight decay {}, augmentation); each client's labels drawn by \
              Dirichlet(alpha) over the training images. Flower ({flower_version}) runs {CLIENTS} virtual clients \
              with FedAvg (fraction_train {}), each training the same model in PyTorch on exactly the same images \
-             (the split's index lists exported), from the same initial model; its server evaluates on the same \
-             test set. Seeds {} at alpha {SEEDED_ALPHA}, seed {} elsewhere. Nodes (or clients) whose training \
+             (the split's index lists exported), from the same initial model; each round it trains the clients \
+             our FedAvg run of the same seed sampled in that round (the list exported: its strategy still picks \
+             the supernodes, each told which client's images to train), so the two differ only in their \
+             implementations; its server evaluates on the same test set. Seeds {} at alpha {SEEDED_ALPHA}, seed {} elsewhere. Nodes (or clients) whose training \
              diverged: {diverged}.\n\n{table}\nRound time against training time (the rounds after the first, \
              which also loads the data; both run two trainings at once on this machine's cores):\n\n{timing_table}{}",
             self.population_rounds(),
@@ -328,11 +354,16 @@ impl Ctx {
     }
 
     /// Flower's FedAvg over `plan`'s clients, from the initial model a run of `plan` starts
-    /// with, round by round.
-    fn flower(&self, plan: &Plan) -> anyhow::Result<Vec<FlowerRound>> {
+    /// with, round by round; training the clients `sample` names each round, where given.
+    fn flower(&self, plan: &Plan, sample: Option<&[Vec<u64>]>) -> anyhow::Result<Vec<FlowerRound>> {
         let t = &plan.train;
         let per_round = plan.population.as_ref().map_or(0, |p| p.per_round);
         let inputs = AnchorInputs::write(plan, &self.data)?;
+        let schedule = inputs.split.with_file_name("sample.json");
+        if let Some(rounds) = sample {
+            let json = serde_json::json!({ "rounds": rounds });
+            std::fs::write(&schedule, json.to_string()).context("writing the sample for Flower")?;
+        }
         let flags = [
             ("--rounds", plan.rounds.to_string()),
             ("--per-round", per_round.to_string()),
@@ -345,17 +376,16 @@ impl Ctx {
             ("--mu", t.proximal_mu.to_string()),
             ("--seed", plan.seed.to_string()),
         ];
+        let mut files = vec![
+            (inputs.init.as_os_str(), "init.safetensors"),
+            (self.data_dir.as_os_str(), "DATA"),
+            (inputs.split.as_os_str(), "split.json"),
+        ];
+        if sample.is_some() {
+            files.push((schedule.as_os_str(), "sample.json"));
+        }
         eprintln!("  Flower FedAvg, {}, seed {}:", plan.scheme, plan.seed);
-        let lines = run_anchor(
-            Anchor::Flower,
-            "fedavg_population.py",
-            &[
-                (inputs.init.as_os_str(), "init.safetensors"),
-                (self.data_dir.as_os_str(), "DATA"),
-                (inputs.split.as_os_str(), "split.json"),
-            ],
-            &flags,
-        )?;
+        let lines = run_anchor(Anchor::Flower, "fedavg_population.py", &files, &flags)?;
         let rounds: Vec<FlowerRound> = lines
             .iter()
             .filter(|l| l["event"] == "round")
@@ -365,9 +395,24 @@ impl Ctx {
                     accuracy: l["test_accuracy"].as_f64()?,
                     seconds: l["seconds"].as_f64()?,
                     train_seconds: l["train_seconds"].as_f64()?,
+                    clients: l["clients"]
+                        .as_array()?
+                        .iter()
+                        .map(|c| c.as_u64())
+                        .collect::<Option<_>>()?,
                 })
             })
             .collect();
+        if let Some(sample) = sample {
+            for (r, ours) in rounds.iter().zip(sample) {
+                anyhow::ensure!(
+                    &r.clients == ours,
+                    "Flower trained clients {:?} in round {}, not the sample's {ours:?}",
+                    r.clients,
+                    r.round
+                );
+            }
+        }
         for r in &rounds {
             eprintln!(
                 "    round {} accuracy {:.2}% in {:.1} s",
@@ -533,14 +578,11 @@ impl Ctx {
             let epsilon = run.report.rounds.last().and_then(|r| r.epsilon);
             // Against an observer who knows a client's number the sample is public: the
             // most-sampled client's epsilon is the Gaussian's over its rounds, unamplified.
-            let exposed = match (private, z, plan.task_population()) {
-                (true, Some(z), Some(population)) => {
-                    let task: cid::Cid = run.report.task.parse()?;
+            let exposed = match (private, z) {
+                (true, Some(z)) => {
                     let mut turns = std::collections::HashMap::new();
-                    for round in 1..=plan.rounds {
-                        for c in population.sample(&task, round).iter() {
-                            *turns.entry(c).or_insert(0u64) += 1;
-                        }
+                    for c in sampled_clients(&plan, &run)?.into_iter().flatten() {
+                        *turns.entry(c).or_insert(0u64) += 1;
                     }
                     let most = turns.values().copied().max().unwrap_or(0);
                     let e = fl_core::privacy::accountant::epsilon_for(1.0, z, most, DP_DELTA)?;

@@ -15,7 +15,7 @@ use fl_node::round::attack::{
 };
 use fl_plot::{Series, bar_chart, line_chart};
 
-use crate::harness::{Csv, FedRun, federate, field, pct};
+use crate::harness::{Csv, FedRun, federate, field, pct, points};
 use crate::suite::{Ctx, failure};
 
 /// The model-poisoning attack of the experiment: the update times -10.
@@ -260,7 +260,7 @@ fn row(
     };
     let accuracy = run.final_accuracy();
     let delta = match (accuracy, clean) {
-        (Some(a), Some(c)) => format!("{:+.2} points", 100.0 * (a - c)),
+        (Some(a), Some(c)) => points(a, c),
         _ => "-".into(),
     };
     format!(
