@@ -52,6 +52,7 @@ struct Args {
 const QUICK_IMAGES: usize = 2400;
 
 fn main() -> anyhow::Result<()> {
+    fl_core::model::allocator::keep_freed_memory();
     let args = Args::parse();
     // The nodes' own logs only when asked for (`RUST_LOG=info`): the suite prints its
     // progress itself.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 mod cli;
 
 fn main() -> ExitCode {
+    fl_core::model::allocator::keep_freed_memory();
     let args = match cli::Cli::parse_args() {
         Ok(args) => args,
         Err(e) => {

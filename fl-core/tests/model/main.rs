@@ -1,7 +1,8 @@
-//! The reference CNN: parameters and model files, parity with PyTorch, local training, and
-//! throughput. One test binary, so that burn is linked once.
+//! The reference CNN: parameters and model files, parity with PyTorch, the CPU backend's
+//! convolution gradients, local training, and throughput. One test binary, so that burn is linked once.
 #![cfg(feature = "train")]
 
+mod conv_grad;
 #[cfg(feature = "dp")]
 mod dp_sgd;
 mod params;

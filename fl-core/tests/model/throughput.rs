@@ -114,6 +114,7 @@ fn pytorch_bench(batch: usize, steps: usize, extra: &[&str]) -> Option<f64> {
 #[test]
 #[ignore = "measurement: run in release with --ignored --nocapture"]
 fn training_throughput() {
+    fl_core::model::allocator::keep_freed_memory();
     let steps: usize = env_list("FL_BENCH_STEPS", "20")[0];
     let backends: Vec<Backend> = env_list("FL_BENCH_BACKENDS", "flex");
     let batches: Vec<usize> = env_list("FL_BENCH_BATCHES", "64");
