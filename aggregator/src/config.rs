@@ -61,7 +61,9 @@ pub struct AggregatorConfig {
     /// Divide the weighted sum of the updates by this, not by their total weight:
     /// DP-FedAvg's fixed denominator (McMahan et al. 2018, the expected weight of a round's
     /// sample), so that one client more or less moves the result by its clipped update over
-    /// this, whoever else was sampled. Mean rules only. Default: the total weight.
+    /// this, whoever else was sampled. Mean rules only. Default: the total weight. Left out
+    /// of the record when unset, so configurations written before it keep their CIDs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fixed_total: Option<u64>,
 }
 
