@@ -11,8 +11,9 @@ use fl_core::content::Repo;
 use fl_core::model::{Architecture, Batch, Classifier};
 use fl_core::tensors::{Bundle, Encoding};
 use fl_node::net::{Node, NodeConfig, keys};
+use fl_node::round::checking;
 use fl_plot::{Series, bar_chart, line_chart};
-use fl_sim::{Failure, Plan, Victim};
+use fl_sim::{Checkers, Failure, Plan, Victim};
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{Csv, FedRun, centralize, federate, field, pct};
@@ -20,6 +21,13 @@ use crate::privacy::PrivacyPoint;
 
 /// Nodes that recompute every manifest in the scalability runs (the rest check claims).
 const SCALING_CHECKERS: usize = 2;
+
+/// Federations by node count.
+type Runs<'a> = &'a [(usize, FedRun)];
+
+/// Recomputations a round, on average, in the communication experiment's sampled-checking
+/// runs (each node recomputes each manifest with this over the node count).
+const SAMPLED_CHECK_RATE: f64 = 0.4;
 
 /// Local SGD steps a round in the short-round federation: the main job's.
 const LOCAL_STEPS: u32 = 5;
@@ -185,7 +193,7 @@ impl Ctx {
     pub(crate) fn plan(&self, nodes: usize) -> Plan {
         let mut plan = Plan::new(nodes, self.scale.rounds);
         plan.seed = self.seed;
-        plan.checkers = nodes.min(4);
+        plan.checkers = Checkers::First(nodes.min(4));
         // Rounds take a minute or so here (up to about 200 s under attack at full scale): a
         // run that adopts nothing for this long is ended and its row says so.
         plan.stall_after = Some(Duration::from_secs(if self.scale.quick {
@@ -221,9 +229,13 @@ impl Ctx {
         // Classic FedAvg (a round is one local epoch) and the main job's short rounds, both
         // making the same passes over the data as centralized training.
         let by_epoch = self.plan(self.scale.nodes);
-        let by_steps = self
+        // As the main job runs them: scored once per pass over the data, each manifest
+        // recomputed by one node on average.
+        let mut by_steps = self
             .plan(self.scale.nodes)
-            .in_steps(LOCAL_STEPS, epochs, samples);
+            .in_steps(LOCAL_STEPS, epochs, samples)
+            .scored_each_epoch(samples);
+        by_steps.checkers = Checkers::Rate(1.0);
         let setups = [
             (
                 format!("federated, {} rounds of 1 epoch", by_epoch.rounds),
@@ -355,7 +367,7 @@ impl Ctx {
     /// rather than with their square.
     fn scaling_plan(&self, nodes: usize, update_encoding: Encoding) -> Plan {
         let mut plan = self.plan(nodes);
-        plan.checkers = nodes.min(SCALING_CHECKERS);
+        plan.checkers = Checkers::First(nodes.min(SCALING_CHECKERS));
         plan.update_encoding = update_encoding;
         plan
     }
@@ -461,14 +473,31 @@ impl Ctx {
             let plan = self.scaling_plan(n, Encoding::Int8);
             int8.push((n, federate(&format!("{n} nodes, int8"), &plan, &self.data)?));
         }
-        let runs: Vec<(Encoding, &[(usize, FedRun)])> =
-            vec![(Encoding::F32, float32), (Encoding::Int8, &int8)];
+        // Every node recomputing each manifest with probability rate / N, at 8 and 16 nodes.
+        let mut sampled = Vec::new();
+        for &(n, _) in float32.iter().filter(|(n, _)| [8, 16].contains(n)) {
+            let mut plan = self.scaling_plan(n, Encoding::F32);
+            plan.checkers = Checkers::Rate(SAMPLED_CHECK_RATE);
+            sampled.push((
+                n,
+                federate(&format!("{n} nodes, sampled checking"), &plan, &self.data)?,
+            ));
+        }
+        let full = format!("{SCALING_CHECKERS} checkers");
+        let rate = format!("sampled, {SAMPLED_CHECK_RATE} a round");
+        let runs: Vec<(Encoding, &str, Runs)> = vec![
+            (Encoding::F32, &full, float32),
+            (Encoding::Int8, &full, &int8),
+            (Encoding::F32, &rate, &sampled),
+        ];
         let mut csv = Csv::create(
             &self.out,
             "communication.csv",
             &[
                 "nodes",
                 "encoding",
+                "checking",
+                "detection",
                 "bytes_per_node_round",
                 "steady_bytes_per_node_round",
                 "minimum_bytes_per_node_round",
@@ -477,16 +506,19 @@ impl Ctx {
             ],
         )?;
         let mut table = String::from(
-            "| nodes | updates | MB per node per round (all rounds) | after round 1 | minimum (model down + update up) | ratio after round 1 | final accuracy |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+            "| nodes | updates | recomputed by | a wrong manifest refuted | MB per node per round (all rounds) | after round 1 | minimum (model down + update up) | ratio after round 1 | final accuracy |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
-        for (encoding, runs) in &runs {
+        for (encoding, checking, runs) in &runs {
             for (n, run) in runs.iter() {
                 let minimum = run.minimum_bytes_per_node_round();
                 let steady = run.steady_bytes_per_node_round(*n);
                 let accuracy = run.final_accuracy();
+                let detection = detection(checking == &rate, *n);
                 csv.row([
                     n.to_string(),
                     encoding.to_string(),
+                    checking.to_string(),
+                    format!("{detection:.4}"),
                     format!("{:.0}", run.bytes_per_node_round(*n)),
                     format!("{steady:.0}"),
                     format!("{minimum:.0}"),
@@ -494,7 +526,8 @@ impl Ctx {
                     accuracy.map_or(String::new(), |a| format!("{a:.4}")),
                 ])?;
                 table.push_str(&format!(
-                    "| {n} | {encoding} | {:.1} | {:.1} | {:.1} | {:.2} | {} |\n",
+                    "| {n} | {encoding} | {checking} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} |\n",
+                    pct(Some(detection)),
                     run.bytes_per_node_round(*n) / 1e6,
                     steady / 1e6,
                     minimum / 1e6,
@@ -506,7 +539,7 @@ impl Ctx {
         let csv = csv.finish()?;
         let png = self.path("communication.png");
         let mut series = Vec::new();
-        for (encoding, runs) in &runs {
+        for (encoding, checking, runs) in &runs {
             let line = |label: String, f: &dyn Fn(usize, &FedRun) -> f64| Series {
                 label,
                 points: runs
@@ -515,13 +548,15 @@ impl Ctx {
                     .collect(),
             };
             series.push(line(
-                format!("{encoding} updates: measured after round 1"),
+                format!("{encoding} updates, {checking}: measured after round 1"),
                 &|n, r| r.steady_bytes_per_node_round(n),
             ));
-            series.push(line(
-                format!("{encoding} updates: minimum (model down + update up)"),
-                &|_, r| r.minimum_bytes_per_node_round(),
-            ));
+            if checking == &full {
+                series.push(line(
+                    format!("{encoding} updates: minimum (model down + update up)"),
+                    &|_, r| r.minimum_bytes_per_node_round(),
+                ));
+            }
         }
         line_chart(
             &series,
@@ -539,10 +574,12 @@ impl Ctx {
             "Bitswap bytes sent per node per round in the scalability runs (float32 updates) and in the same federations with \
              int8 updates (`--update-encoding int8`: one float32 scale per tensor), against the minimum a round needs (each node \
              downloads the model and uploads its update once). A model file is {model_mb:.2} MB; an int8 update {update_mb:.2} MB. \
-             The rest is the checking: {} nodes (checkers) fetch every update to recompute the manifest, so int8 shrinks most of \
-             the traffic, not only the minimum. Round 1 also fetches the data shards. Gossip (announcements and manifests, a few \
-             hundred bytes each) is not counted.\n\n{table}",
-            SCALING_CHECKERS
+             The rest is the checking: in the first runs {SCALING_CHECKERS} nodes (checkers) fetch every update to recompute \
+             each manifest, so int8 shrinks most of the traffic, not only the minimum. In the sampled runs every node recomputes \
+             each manifest with probability {SAMPLED_CHECK_RATE} / N, drawn on its own (`--check-rate {SAMPLED_CHECK_RATE}`), \
+             and a wrong manifest is refuted by at least one of the N - 1 honest nodes with the probability in the table \
+             (1 - (1 - {SAMPLED_CHECK_RATE}/N)^(N-1); with fixed checkers, when one of them is honest). Round 1 also fetches the \
+             data shards. Gossip (announcements and manifests, a few hundred bytes each) is not counted.\n\n{table}"
         );
         Ok(("Communication overhead".into(), body, vec![csv, png]))
     }
@@ -848,6 +885,17 @@ pub(crate) fn failure(e: &anyhow::Error) -> String {
 }
 
 /// Relative path of `file` from `dir`, for links in the report.
+/// The chance that a wrong manifest of an N-node communication run is refuted: in a sampled
+/// run, by at least one of the N - 1 honest nodes; with fixed checkers, 1 (two of them, so one
+/// is honest whoever signed it).
+fn detection(sampled: bool, nodes: usize) -> f64 {
+    if !sampled {
+        return 1.0;
+    }
+    let p = checking::probability_for_rate(SAMPLED_CHECK_RATE, nodes);
+    checking::detection(vec![p; nodes.saturating_sub(1)])
+}
+
 pub fn relative(file: &Path, dir: &Path) -> String {
     file.strip_prefix(dir).unwrap_or(file).display().to_string()
 }

@@ -133,6 +133,7 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
         seed: plan.seed,
         update_encoding: plan.update_encoding,
         max_samples: None,
+        evaluate_every: plan.evaluate_every,
         population: plan.task_population(),
     };
     task.validate()?;
@@ -214,7 +215,7 @@ pub(crate) async fn start_nodes(
 /// Runs each member's participant on `task` in a task of its own, until it ends or is
 /// stopped through [`Running::stop`].
 pub(crate) fn spawn(plan: &Plan, task: Cid, members: Vec<Member>) -> Running {
-    let limits = Limits::shared(plan.trainings_at_once, plan.checkers.min(2));
+    let limits = Limits::shared(plan.trainings_at_once, plan.checkers.computations());
     let (tx, events) = mpsc::unbounded_channel::<(usize, Event)>();
     let (stop, _) = broadcast::channel::<usize>(plan.nodes.max(1));
     // Rounds whose aggregator stops as it starts aggregating.
@@ -235,7 +236,7 @@ pub(crate) fn spawn(plan: &Plan, task: Cid, members: Vec<Member>) -> Running {
             backend: plan.backend,
             block_timeout: BLOCK_TIMEOUT,
             linger: plan.linger,
-            recompute: m.index < plan.checkers,
+            checking: plan.checkers.of(m.index, plan.nodes),
             limits: limits.clone(),
             attack: plan.attack_of(m.index),
         };

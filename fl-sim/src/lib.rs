@@ -20,7 +20,7 @@ use libp2p::PeerId;
 use crate::faults::Faults;
 use crate::progress::Book;
 
-pub use plan::{Failure, Plan, PrivacyTarget, Victim};
+pub use plan::{Checkers, Failure, Plan, PrivacyTarget, Victim};
 pub use progress::{Progress, Report, RoundRow, peak_memory};
 
 /// Why a simulation could not run.
@@ -131,6 +131,7 @@ pub async fn run(
         |node, event: &_, book: &mut Book, faults: &mut Faults, emit: &mut dyn FnMut(&Progress)| {
             emit(&Progress::Node {
                 node,
+                at: clock.elapsed().as_secs_f64(),
                 event: Clone::clone(event),
             });
             faults.note(node, event, book.open_round(), emit);

@@ -11,11 +11,43 @@ use fl_core::records::{DpLevel, Population, RoundSchedule, Sampling, TrainParams
 use fl_core::tensors::Encoding;
 
 use fl_node::round::attack::Attack;
+use fl_node::round::{Checking, checking};
 
 use crate::SimulationError;
 
 /// Fewest training images a node may hold.
 pub(crate) const MIN_SHARD: usize = 10;
+
+/// Which nodes of a simulation recompute manifests from their updates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Checkers {
+    /// The first K nodes recompute every manifest; the others check claims only (all nodes
+    /// are run by this process, so a few checkers vouch for everyone).
+    First(usize),
+    /// Every node recomputes each manifest with probability RATE / nodes, drawn on its own
+    /// (`fl node run --check-probability`): RATE recomputations a round on average.
+    Rate(f64),
+}
+
+impl Checkers {
+    /// How node `index` of `nodes` checks.
+    pub fn of(&self, index: usize, nodes: usize) -> Checking {
+        match *self {
+            Checkers::First(k) if index < k => Checking::Every,
+            Checkers::First(_) => Checking::Claims,
+            Checkers::Rate(rate) => Checking::sampled(checking::probability_for_rate(rate, nodes))
+                .unwrap_or(Checking::Every),
+        }
+    }
+
+    /// Recomputations that may run at once in the process (each holds a round's updates).
+    pub fn computations(&self) -> usize {
+        match *self {
+            Checkers::First(k) => k.min(2),
+            Checkers::Rate(_) => 2,
+        }
+    }
+}
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -46,9 +78,9 @@ pub struct Plan {
     pub grace: Duration,
     /// Where nodes train.
     pub backend: Backend,
-    /// Nodes that recompute every manifest from its updates; the others check its claims
-    /// only (all nodes are run by this process, so a few checkers vouch for everyone).
-    pub checkers: usize,
+    /// Which nodes recompute manifests from their updates; the others check their claims
+    /// only.
+    pub checkers: Checkers,
     /// Trainings at once across all nodes (the machine's cores are shared).
     pub trainings_at_once: usize,
     /// Seed of the initial model, the partition, data order and noise.
@@ -62,6 +94,9 @@ pub struct Plan {
     /// Most time the run waits for an honest node to adopt a round before it is ended as
     /// stalled (a harness running many federations must not hang on one); `None`: no limit.
     pub stall_after: Option<Duration>,
+    /// The test set is scored every this many rounds and after the last (`None`: every
+    /// round): the task's `evaluate_every`.
+    pub evaluate_every: Option<u32>,
 }
 
 /// A node that stops (its swarm closes, as if the process were killed) at a moment.
@@ -124,13 +159,14 @@ impl Plan {
             deadline: Duration::from_secs(1800),
             grace: Duration::from_secs(60),
             backend: Backend::default(),
-            checkers: nodes.min(8),
+            checkers: Checkers::First(nodes.min(8)),
             trainings_at_once: std::thread::available_parallelism().map_or(2, |n| n.get()),
             seed: 0,
             linger: Duration::from_secs(120),
             failures: Vec::new(),
             attacks: Vec::new(),
             stall_after: None,
+            evaluate_every: None,
         }
     }
 
@@ -141,6 +177,17 @@ impl Plan {
         let rounds = (u64::from(epochs) * per_epoch).div_ceil(u64::from(steps.max(1)));
         self.rounds = u32::try_from(rounds).unwrap_or(u32::MAX).max(1);
         self.train.steps = Some(steps);
+        self
+    }
+
+    /// Scores the test set once per pass over each node's share of `samples` images (and
+    /// after the last round), as centralized training scores once an epoch: rounds of a
+    /// few steps scoring every round spend on scoring what they could train.
+    pub fn scored_each_epoch(mut self, samples: usize) -> Self {
+        if let Some(steps) = self.train.steps {
+            let per_epoch = self.batches_per_epoch(samples) as f64 / f64::from(steps.max(1));
+            self.evaluate_every = Some((per_epoch.round() as u32).max(1));
+        }
         self
     }
 
@@ -258,11 +305,23 @@ impl Plan {
                 self.min_participants, self.nodes
             ));
         }
-        if self.checkers == 0 || self.checkers > self.nodes {
-            return bad(format!(
-                "--checkers {} must be between 1 and --nodes ({})",
-                self.checkers, self.nodes
-            ));
+        match self.checkers {
+            Checkers::First(k) if k == 0 || k > self.nodes => {
+                return bad(format!(
+                    "--checkers {k} must be between 1 and --nodes ({})",
+                    self.nodes
+                ));
+            }
+            Checkers::Rate(r) if !(r > 0.0 && r <= self.nodes as f64) => {
+                return bad(format!(
+                    "--check-rate {r} must be in (0, --nodes ({})]",
+                    self.nodes
+                ));
+            }
+            _ => {}
+        }
+        if self.evaluate_every == Some(0) {
+            return bad("--evaluate-every must be at least 1".into());
         }
         if let Some(p) = &self.privacy {
             if !(p.epsilon.is_finite() && p.epsilon > 0.0) {

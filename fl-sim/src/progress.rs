@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use fl_core::records::task::scored_round;
 use fl_node::round::Event;
 use libp2p::PeerId;
 use serde::Serialize;
@@ -35,6 +36,8 @@ pub enum Progress {
     Node {
         /// The node's index.
         node: usize,
+        /// Seconds since the run started (for timelines).
+        at: f64,
         /// What.
         #[serde(flatten)]
         event: Event,
@@ -113,6 +116,8 @@ pub struct Report {
 /// The rounds as the nodes report them, folded into one row each.
 pub(crate) struct Book {
     rounds: u32,
+    /// The task's scoring interval ([`fl_core::records::task::scored_round`]).
+    evaluate_every: Option<u32>,
     by_peer: HashMap<PeerId, usize>,
     /// Rounds adopted by some node, waiting for their evaluation.
     open: BTreeMap<u32, RoundRow>,
@@ -127,6 +132,7 @@ impl Book {
     pub(crate) fn new(plan: &Plan, by_peer: HashMap<PeerId, usize>) -> Self {
         Self {
             rounds: plan.rounds,
+            evaluate_every: plan.evaluate_every,
             by_peer,
             open: BTreeMap::new(),
             last: (0.0, 0),
@@ -211,14 +217,15 @@ impl Book {
         }
     }
 
-    /// Rows whose round has its evaluation, or whose round after next is adopted (the
+    /// Rows whose round has its evaluation (or is not scored), or whose round after next is adopted (the
     /// evaluation follows the manifest by seconds; one that has not come by then is not
     /// coming), or every row (`all`).
     pub(crate) fn ready(&mut self, all: bool) -> Vec<RoundRow> {
         let mut done = Vec::new();
         while let Some((&round, row)) = self.open.first_key_value() {
             let later = self.open.keys().any(|r| *r > round + 1);
-            if !(all || row.accuracy.is_some() || later) {
+            let unscored = !scored_round(self.evaluate_every, self.rounds, round);
+            if !(all || row.accuracy.is_some() || later || unscored) {
                 break;
             }
             let Some(mut row) = self.open.remove(&round) else {

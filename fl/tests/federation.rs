@@ -493,13 +493,37 @@ fn the_round_2_aggregator_is_killed_and_the_next_ranked_peer_publishes() {
     let until = Instant::now() + LIMIT;
     let mut nodes = setup.start(5);
     let _logs = setup.logs(5);
-    wait_for(until, "round 1 on every node", || {
-        nodes.iter().all(|n| n.adopted().contains_key(&1))
-    });
-    let m1 = nodes[0].adopted()[&1]["manifest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Round 1 may get two manifests (rank 1 publishing while rank 0 looked quiet, on a
+    // loaded machine) and the nodes switch to the better one: round 2's ranking follows the
+    // manifest they settle on, so the victim is picked once they agree, and still agree a
+    // moment later.
+    let round1 = |nodes: &[NodeProc]| -> Option<String> {
+        let ms: Vec<Option<String>> = nodes
+            .iter()
+            .map(|n| {
+                n.adopted()
+                    .get(&1)
+                    .and_then(|m| m["manifest"].as_str().map(String::from))
+            })
+            .collect();
+        let first = ms.first().cloned().flatten()?;
+        ms.iter()
+            .all(|m| m.as_deref() == Some(&first))
+            .then_some(first)
+    };
+    let mut m1 = None;
+    for _ in 0..40 {
+        wait_for(until, "round 1 on every node, one manifest", || {
+            round1(&nodes).is_some()
+        });
+        let agreed = round1(&nodes);
+        std::thread::sleep(Duration::from_millis(500));
+        if agreed.is_some() && round1(&nodes) == agreed {
+            m1 = agreed;
+            break;
+        }
+    }
+    let m1 = m1.expect("the nodes settle on one round-1 manifest");
     let peers: Vec<String> = nodes.iter().map(|n| n.peer.clone()).collect();
     let order = ranked(&m1, 2, &peers);
     let (victim, heir) = (order[0].clone(), order[1].clone());

@@ -6,9 +6,12 @@
 //! fetches the task and its shard by CID over Bitswap, trains locally, announces its update
 //! signed over gossipsub, and the round's aggregator (ranked by a hash every node computes)
 //! publishes the FedAvg result as a signed manifest, which the others check before they
-//! adopt it. Rounds are short: each node takes 5 local SGD steps a round, going on where it
-//! stopped, for as many rounds as make EPOCHS passes over its data. This is `fl simulate
-//! --steps 5 --rounds R` with its other defaults, written out.
+//! adopt it: each checks its claims, and each recomputes it from the updates with
+//! probability 1/N, so one node a round does on average and none is known ahead. Rounds are
+//! short: each node takes 5 local SGD steps a round, going on where it stopped, for as many
+//! rounds as make EPOCHS passes over its data; the test set is scored once per such pass,
+//! as centralized training scores once an epoch. This is `fl simulate --steps 5 --rounds R
+//! --check-rate 1 --evaluate-every E` with its other defaults, written out.
 //!
 //!     FL_DATA=../shared/datasets/cifar10 cargo run --release -p cifar10 [-- NODES EPOCHS]
 
@@ -16,11 +19,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use datasets::cifar10;
-use fl_sim::{Plan, Progress};
+use fl_sim::{Checkers, Plan, Progress};
 
 /// Local SGD steps per round: short rounds keep federated training within reach of
 /// centralized training at the same epochs (README, "Results").
 const STEPS: u32 = 5;
+
+/// Recomputations of each manifest a round, on average (docs/decisions.md, "Sampled
+/// checking"): every node recomputing every round spent more of the machine on checking
+/// than on training.
+const CHECK_RATE: f64 = 1.0;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -48,7 +56,10 @@ fn main() -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("fl-cifar10-example-")
         .tempdir()?;
-    let plan = Plan::new(nodes, 1).in_steps(STEPS, epochs, data.train.len());
+    let mut plan = Plan::new(nodes, 1)
+        .in_steps(STEPS, epochs, data.train.len())
+        .scored_each_epoch(data.train.len());
+    plan.checkers = Checkers::Rate(CHECK_RATE);
     println!(
         "{nodes} nodes, {} rounds of FedAvg, {STEPS} local steps of batch {} a round: {epochs} epochs of {} training images",
         plan.rounds,
@@ -59,9 +70,11 @@ fn main() -> anyhow::Result<()> {
     let report = runtime.block_on(fl_sim::run(&plan, &data, scratch.path(), |p| match p {
         Progress::Started { task, .. } => println!("task {task}\n round  accuracy  seconds  model"),
         Progress::Round(r) => println!(
-            "{:>6} {:>8.2}% {:>8.1}  {}",
+            "{:>6} {:>9} {:>8.1}  {}",
             r.round,
-            100.0 * r.accuracy.unwrap_or(f64::NAN),
+            // Rounds between scorings show no accuracy.
+            r.accuracy
+                .map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a)),
             r.seconds,
             r.model
         ),

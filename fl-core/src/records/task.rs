@@ -295,6 +295,20 @@ pub struct Task {
     /// it: each member is one client that trains every round).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub population: Option<Population>,
+    /// The round's aggregator scores the new model on the test set every this many rounds
+    /// and after the last (records without it: every round). Scoring shares the machine
+    /// with the next round's training, so short rounds score less often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluate_every: Option<u32>,
+}
+
+/// Whether round `round` of `rounds` is scored when scoring every `every` rounds (and after
+/// the last; `None`: every round).
+pub fn scored_round(every: Option<u32>, rounds: u32, round: u32) -> bool {
+    match every {
+        None | Some(0 | 1) => true,
+        Some(every) => round == rounds || round.is_multiple_of(every),
+    }
 }
 
 /// What is wrong with a task.
@@ -334,6 +348,9 @@ impl Task {
         }
         if self.max_samples == Some(0) {
             return Err(invalid("max_samples", 0, "must be at least 1"));
+        }
+        if self.evaluate_every == Some(0) {
+            return Err(invalid("evaluate_every", 0, "must be at least 1"));
         }
         let t = &self.train;
         if t.epochs == 0 {
@@ -544,6 +561,11 @@ impl Task {
         format!("fl/{cid}/evaluations")
     }
 
+    /// Whether the aggregator of `round` scores its model on the test set.
+    pub fn scores(&self, round: u32) -> bool {
+        scored_round(self.evaluate_every, self.rounds, round)
+    }
+
     /// Credits of one contribution: samples x epochs x training FLOPs per sample.
     pub fn credits(&self, samples: u64) -> u64 {
         samples
@@ -587,6 +609,7 @@ mod tests {
             seed: 0,
             update_encoding: Encoding::F32,
             max_samples: None,
+            evaluate_every: None,
             population: None,
         }
     }
@@ -631,6 +654,7 @@ mod tests {
         let int8 = Task {
             update_encoding: Encoding::Int8,
             max_samples: None,
+            evaluate_every: None,
             ..plain.clone()
         };
         let has = |t: &Task, word: &[u8]| {

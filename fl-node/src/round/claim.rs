@@ -187,6 +187,7 @@ mod tests {
             seed: 7,
             update_encoding: Encoding::F32,
             max_samples: None,
+            evaluate_every: None,
             population: population.then(|| Population {
                 clients: 30,
                 per_round: 6,

@@ -271,6 +271,9 @@ mod tests {
     use crate::round::claim::ClaimError;
     use crate::round::verify::{check_claims, recompute};
 
+    /// Announcements with their CIDs, as a manifest lists them.
+    type Listed = Vec<(Cid, Signed<Announcement>)>;
+
     /// A round of four authors: one good update, one holding a NaN, one file that is not a
     /// tensor bundle and one its author never served.
     struct Round {
@@ -311,6 +314,7 @@ mod tests {
             seed: 0,
             update_encoding: Encoding::F32,
             max_samples: None,
+            evaluate_every: None,
             population: None,
         }
     }
@@ -391,6 +395,12 @@ mod tests {
         }
 
         fn check(&self, manifest: &Manifest) -> Result<(), RoundError> {
+            let (manifest, all) = self.check_claims(manifest)?;
+            recompute(&self.repo, &self.terms, &self.base, &manifest, &all)
+        }
+
+        /// What a node that does not recompute checks: the claims.
+        fn check_claims(&self, manifest: &Manifest) -> Result<(Manifest, Listed), RoundError> {
             let all: Vec<_> = self.present.iter().chain(&self.missing).cloned().collect();
             let signer = all[0].1.signer;
             let rank = fl_core::records::ranking(
@@ -406,8 +416,66 @@ mod tests {
                 ..manifest.clone()
             };
             check_claims(&self.terms, &self.base, &manifest, &signer, &all)?;
-            recompute(&self.repo, &self.terms, &self.base, &manifest, &all)
+            Ok((manifest, all))
         }
+    }
+
+    /// Sampled checking (`fl node run --check-probability`): a manifest whose model has one
+    /// wrong tensor passes a check of its claims, is refuted by every node that recomputes
+    /// it, and a federation of seven honest nodes, each recomputing with probability 0.05
+    /// (0.4 recomputations a round among eight), refuses it at the rate
+    /// [`checking::detection`] states, 1 - 0.95^7 = 0.302, over 400 federations with fresh
+    /// secrets.
+    #[test]
+    fn a_manifest_with_one_wrong_tensor_is_refused_at_the_rate_sampled_checking_states() {
+        use crate::round::checking::{self, Checking};
+        let round = round();
+        let honest = aggregate(
+            &round.repo,
+            &round.terms,
+            &round.base,
+            &round.present,
+            &round.missing,
+        )
+        .unwrap();
+        round.check(&honest.manifest).unwrap();
+        // One tensor off by a little: every value of `fc.weight` plus 0.01.
+        let wrong: Vec<f32> = honest.model.flatten().iter().map(|x| x + 0.01).collect();
+        let wrong = honest.model.with_flat(&wrong).unwrap();
+        let mut manifest = honest.manifest.clone();
+        manifest.model = wrong.store(&round.repo).unwrap();
+        assert!(round.check_claims(&manifest).is_ok(), "its claims hold");
+        match round.check(&manifest) {
+            Err(RoundError::Refuted(Refutation::Model { claimed, .. })) => {
+                assert_eq!(claimed, manifest.model)
+            }
+            other => panic!("{other:?}"),
+        }
+        let cid = *dagcbor::encode(&manifest).unwrap().cid();
+        let (honest_nodes, p, trials) = (7, checking::probability_for_rate(0.4, 8), 400);
+        let mut refused = 0;
+        for _ in 0..trials {
+            let mut any = false;
+            for _ in 0..honest_nodes {
+                let node = Checking::sampled(p).unwrap();
+                let verdict = if node.recomputes(&cid) {
+                    round.check(&manifest)
+                } else {
+                    round.check_claims(&manifest).map(|_| ())
+                };
+                any |= verdict.is_err();
+            }
+            refused += usize::from(any);
+        }
+        let rate = checking::detection(vec![p; honest_nodes]);
+        assert!((rate - (1.0 - 0.95f64.powi(7))).abs() < 1e-12);
+        let expected = trials as f64 * rate;
+        let sigma = (expected * (1.0 - rate)).sqrt();
+        // 5 sigma: a correct implementation fails this about once in 1.7 million runs.
+        assert!(
+            (refused as f64 - expected).abs() < 5.0 * sigma,
+            "refused {refused} of {trials}, expected {expected:.1} +- {sigma:.1}"
+        );
     }
 
     /// The manifest this round gives, as this version wrote it: a round recomputed by any

@@ -19,6 +19,7 @@
 //! | [`terms`] | a task record decoded and checked once, its rule and architecture typed |
 
 pub mod attack;
+pub mod checking;
 pub mod claim;
 pub mod compute;
 pub mod inbox;
@@ -34,6 +35,7 @@ pub mod verify;
 
 use cid::Cid;
 
+pub use checking::Checking;
 pub use inputs::Inputs;
 pub use participant::{Event, Limits, Participant, ParticipantConfig};
 pub use refutation::Refutation;

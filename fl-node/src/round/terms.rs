@@ -284,6 +284,7 @@ mod tests {
             update_encoding: Encoding::F32,
             max_samples,
             population: None,
+            evaluate_every: None,
         }
     }
 

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use fl_core::content::pins::PinMode;
 use fl_core::content::{Cid, Repo};
 use fl_node::net::{self, Node, NodeConfig, keys};
-use fl_node::round::{Event, Limits, Participant, ParticipantConfig, RoundStore};
+use fl_node::round::{Checking, Event, Limits, Participant, ParticipantConfig, RoundStore};
 use libp2p::{Multiaddr, PeerId};
 
 use super::RepoPath;
@@ -43,6 +43,13 @@ pub(super) struct RunArgs {
     /// Seconds each peer gets to send a block before the next is asked.
     #[arg(long, default_value_t = 10)]
     block_timeout: u64,
+    /// The chance of recomputing each round's manifest from its updates before adopting it
+    /// (else its claims are checked and the updates are not fetched), drawn by this node
+    /// alone; 1 recomputes every one. With N nodes at P each, a wrong manifest is refuted by
+    /// at least one honest node with probability 1 - (1 - P)^(honest nodes): see
+    /// docs/decisions.md, "Sampled checking".
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    check_probability: f64,
     #[command(flatten)]
     device: super::model::DeviceArgs,
 }
@@ -129,6 +136,7 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
         None => None,
     };
     let backend = args.device.backend()?;
+    let checking = Checking::sampled(args.check_probability).context("--check-probability")?;
     let key = keys::load_or_create(repo.root())?;
     let store = Arc::new(repo.blocks().clone());
     let config = args
@@ -153,6 +161,7 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
         if !(linger.is_finite() && linger >= 0.0) {
             bail!("--linger must be a number of seconds >= 0, got {linger}");
         }
+
         let participant = Participant::new(
             node.clone(),
             repo.clone(),
@@ -165,7 +174,7 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
                 backend,
                 block_timeout: Duration::from_secs(args.block_timeout.max(1)),
                 linger: Duration::from_secs_f64(linger),
-                recompute: true,
+                checking,
                 limits: Limits::per_node(),
                 attack: None,
             },

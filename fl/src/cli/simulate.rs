@@ -13,7 +13,7 @@ use datasets::partition::Scheme;
 use fl_core::records::RoundSchedule;
 use fl_node::round::Event;
 use fl_node::round::attack::Attack;
-use fl_sim::{Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
+use fl_sim::{Checkers, Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
 
 /// `fl simulate`.
 #[derive(Debug, Args)]
@@ -72,8 +72,17 @@ pub(super) struct Simulate {
     stall_after: Option<f64>,
     /// Nodes that recompute every manifest from its updates (the others check its claims);
     /// default: all nodes up to 8.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check_rate")]
     checkers: Option<usize>,
+    /// Instead of --checkers: every node recomputes each manifest with probability
+    /// RATE / --nodes, drawn on its own (as `fl node run --check-probability`), so RATE
+    /// nodes recompute a round on average and none is known ahead.
+    #[arg(long, value_name = "RATE")]
+    check_rate: Option<f64>,
+    /// Score the test set every N rounds and after the last (default: every round): scoring
+    /// shares the machine with the next round's training.
+    #[arg(long, value_name = "N")]
+    evaluate_every: Option<u32>,
     /// Trainings at once across the nodes; default: the machine's cores.
     #[arg(long)]
     trainings: Option<usize>,
@@ -161,7 +170,11 @@ impl Simulate {
             deadline: seconds("deadline", self.deadline)?,
             grace: seconds("grace", self.grace)?,
             backend: self.device.backend()?,
-            checkers: self.checkers.unwrap_or(defaults.checkers),
+            checkers: match (self.check_rate, self.checkers) {
+                (Some(rate), _) => Checkers::Rate(rate),
+                (None, Some(k)) => Checkers::First(k),
+                (None, None) => defaults.checkers,
+            },
             trainings_at_once: self.trainings.unwrap_or(defaults.trainings_at_once),
             seed: self.seed,
             failures: self.failures.clone(),
@@ -170,6 +183,7 @@ impl Simulate {
                 .stall_after
                 .map(|s| seconds("stall-after", s))
                 .transpose()?,
+            evaluate_every: self.evaluate_every,
             ..defaults
         })
     }

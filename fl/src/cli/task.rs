@@ -68,6 +68,10 @@ pub(super) struct Create {
     /// The aggregation rule (`fedavg`, `median`, `trimmed-mean:0.1`, `fedadam`, ...).
     #[arg(long, default_value = "fedavg")]
     rule: String,
+    /// The round's aggregator scores the test set every N rounds and after the last
+    /// (default: every round).
+    #[arg(long, value_name = "N")]
+    evaluate_every: Option<u32>,
     /// Only these peers may take part (repeatable); default: anyone.
     #[arg(long = "member", value_name = "PEER_ID")]
     members: Vec<PeerId>,
@@ -209,6 +213,7 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         seed: c.seed,
         update_encoding: c.training.update_encoding,
         max_samples: None,
+        evaluate_every: c.evaluate_every,
         population,
     };
     task.validate()?;

@@ -61,6 +61,7 @@ pub fn open_task(name: &str, model: cid::Cid) -> fl_core::records::Task {
         seed: 0,
         update_encoding: fl_core::tensors::Encoding::F32,
         max_samples: None,
+        evaluate_every: None,
         population: None,
     }
 }

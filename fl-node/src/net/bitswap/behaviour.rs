@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::handler::{FromBehaviour, Handler, ToBehaviour};
 use super::jobs::{self, Answer, Received, Store};
 use super::ledger::Ledger;
-use super::message::{Message, PresenceType, Want, WantType};
+use super::message::{MAX_WANTLIST_ENTRIES, Message, PresenceType, Want, WantType};
 use super::{Config, Event, Stats, WantFailure, lock};
 
 /// What a received block costs against the unverified-bytes budget beyond its own bytes.
@@ -199,6 +199,29 @@ impl Behaviour {
         }
         if unsent.len() < self.config.max_queued_messages {
             unsent.push(message);
+        }
+    }
+
+    /// Sends `peer` again the wants still open that were asked of it (but those in `sent`),
+    /// on its newest connection: a want lives in a connection, so one that was replaced or
+    /// closed took ours with it. (Fetches also want again on a timer, rarely: a want sent
+    /// again while its answer is on the way is answered twice.)
+    fn want_again(&mut self, peer: PeerId, sent: &HashSet<Cid>) {
+        let open: Vec<Want> = self
+            .asked
+            .iter()
+            .filter(|(cid, peers)| {
+                peers.contains(&peer) && self.wants.contains_key(*cid) && !sent.contains(*cid)
+            })
+            .map(|(cid, _)| Want {
+                cid: *cid,
+                kind: WantType::Block,
+                cancel: false,
+                send_dont_have: true,
+            })
+            .collect();
+        for chunk in open.chunks(MAX_WANTLIST_ENTRIES) {
+            self.send(peer, Message::with_wants(chunk, false));
         }
     }
 
@@ -529,7 +552,9 @@ impl NetworkBehaviour for Behaviour {
                     .entry(e.peer_id)
                     .or_default()
                     .push(e.connection_id);
+                let mut sent = HashSet::new();
                 for message in self.unsent.remove(&e.peer_id).into_iter().flatten() {
+                    sent.extend(message.wants().iter().map(|w| w.cid));
                     self.events.push_back(ToSwarm::NotifyHandler {
                         peer_id: e.peer_id,
                         handler: NotifyHandler::One(e.connection_id),
@@ -539,6 +564,9 @@ impl NetworkBehaviour for Behaviour {
                         },
                     });
                 }
+                // Wants asked of the peer on a connection it has since replaced (or lost)
+                // went with it: asked again on the new one.
+                self.want_again(e.peer_id, &sent);
             }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(list) = self.connections.get_mut(&e.peer_id) {
@@ -549,8 +577,12 @@ impl NetworkBehaviour for Behaviour {
                 }
                 if e.remaining_established == 0 {
                     self.ledgers.remove(&e.peer_id);
-                } else if let Some(ledger) = self.ledgers.get_mut(&e.peer_id) {
-                    ledger.closed(e.connection_id);
+                } else {
+                    if let Some(ledger) = self.ledgers.get_mut(&e.peer_id) {
+                        ledger.closed(e.connection_id);
+                    }
+                    // Wants written on the closed connection may be lost with it.
+                    self.want_again(e.peer_id, &HashSet::new());
                 }
             }
             FromSwarm::DialFailure(e) => {

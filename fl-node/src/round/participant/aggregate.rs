@@ -72,6 +72,9 @@ impl Participant {
                 .filter(|(u, _)| seen.insert(*u))
                 .collect()
         };
+        if !fresh.is_empty() {
+            tracing::debug!(round, updates = fresh.len(), "fetching updates ahead");
+        }
         for (update, author) in fresh {
             let node = self.node.clone();
             let slots = ctx.prefetching.clone();
@@ -105,21 +108,22 @@ impl Participant {
         ctx: &Ctx,
         base: &RoundBase,
         refused: &HashSet<libp2p::PeerId>,
-    ) -> usize {
+    ) -> Vec<libp2p::PeerId> {
         let hosts = ctx.terms.hosts(base.round);
         let due = |p: &libp2p::PeerId| hosts.as_ref().is_none_or(|h| h.contains(p));
         let me = self.node.peer_id();
+        let mut out: Vec<libp2p::PeerId> = Some(me).filter(due).into_iter().collect();
         let Some(head) = base.prev else {
-            return usize::from(due(&me));
+            return out;
         };
-        usize::from(due(&me))
-            + ctx
-                .inbox
+        out.extend(
+            ctx.inbox
                 .live_peers()
-                .iter()
-                .filter(|p| **p != me && ctx.inbox.head_of(p) == Some(head))
-                .filter(|p| !refused.contains(p) && due(p))
-                .count()
+                .into_iter()
+                .filter(|p| *p != me && ctx.inbox.head_of(p) == Some(head))
+                .filter(|p| !refused.contains(p) && due(p)),
+        );
+        out
     }
 
     /// Live peers whose head is a rival of the manifest this node adopted for its round,
@@ -237,7 +241,11 @@ impl Participant {
             .node
             .publish(&Task::manifests_topic(&ctx.terms.cid), bytes)
             .await;
-        if let Some(test) = &data.test {
+        if let Some(test) = data
+            .test
+            .as_ref()
+            .filter(|_| ctx.terms.task.scores(base.round))
+        {
             let model = (signed.body.model, Arc::new(aggregated.model));
             self.spawn_evaluation(ctx, cid, base.round, model, test.clone());
         }

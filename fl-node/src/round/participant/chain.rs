@@ -31,6 +31,7 @@ impl Participant {
             reorg
                 .chain
                 .iter()
+                .filter(|(_, m)| ctx.terms.task.scores(m.body.round))
                 .map(|(cid, m)| (m.body.round, *cid, m.signer, m.body.model)),
         );
         for (cid, m) in &reorg.chain {

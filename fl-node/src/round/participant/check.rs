@@ -71,7 +71,9 @@ impl Participant {
             seconds: p.seconds,
             train_seconds: p.train_seconds,
         });
-        lock(&ctx.unevaluated).push((round, cid, signed.signer, m.model));
+        if ctx.terms.task.scores(round) {
+            lock(&ctx.unevaluated).push((round, cid, signed.signer, m.model));
+        }
         self.report_evaluations(ctx, emit)
     }
 
@@ -88,10 +90,18 @@ impl Participant {
         if lock(&ctx.verdicts).is_valid(cid) {
             return Verdict::Valid;
         }
-        let checked = self.check(ctx, base, signed).await;
+        let started = Instant::now();
+        let checked = self.check(ctx, base, cid, signed).await;
         if checked.is_ok() {
             lock(&ctx.verdicts).valid(*cid);
         }
+        emit(&Event::Checked {
+            round: signed.body.round,
+            manifest: cid.to_string(),
+            recomputed: self.config.checking.recomputes(cid),
+            valid: checked.is_ok(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
         Self::verdict(ctx, cid, signed.body.round, checked, emit)
     }
 
@@ -148,17 +158,20 @@ impl Participant {
         }
     }
 
-    /// Recomputes a manifest from the announcements it names before it is adopted.
+    /// Checks manifest `cid` before it is adopted: its claims, and, when this node's
+    /// [`Checking`](crate::round::Checking) draws it, a recomputation from the announcements
+    /// it names.
     pub(super) async fn check(
         &self,
         ctx: &Ctx,
         base: &RoundBase,
+        cid: &Cid,
         signed: &Signed<Manifest>,
     ) -> Result<(), RoundError> {
         let started = Instant::now();
         let m = &signed.body;
         let announcements = self.claims(ctx, base, signed).await?;
-        if !self.config.recompute {
+        if !self.config.checking.recomputes(cid) {
             // Not made here, so fetched: the model (the node adopts and serves it) and the
             // server state the next round starts from.
             self.inputs

@@ -357,7 +357,7 @@ impl Participant {
                 |p| ctx.inbox.gone(p) || elsewhere.contains(p),
             )
             .max(waiting.min)
-            .max(self.following(ctx, base, &refused));
+            .max(self.following(ctx, base, &refused).len());
         if waiting.closed.is_none() {
             let now = Instant::now();
             waiting.closed = if announced.len() >= waiting.awaited {
@@ -372,9 +372,12 @@ impl Participant {
 
     /// Whether it is this node's turn to aggregate the round (in the place of the first
     /// peer ranked ahead that is still heard from, when those ahead went quiet or made a
-    /// manifest this node contests): its rank. The first two in line fetch the updates
-    /// while the round fills; the others fetch them to recompute the manifest, while the
-    /// next round trains.
+    /// manifest this node contests): its rank. The first in line among the peers that
+    /// announced or are expected to (live, following the chain) fetches the updates while
+    /// the round fills; the next in line fetches them when its turn comes, and the nodes
+    /// that recompute the manifest while the next round trains. (Ranking those that
+    /// announced so far alone would have each early announcer with a low key fetch every
+    /// update until one with a lower key announced: about 2 ln N nodes a round.)
     fn my_turn(
         &self,
         ctx: &Ctx,
@@ -386,7 +389,16 @@ impl Participant {
         let round = base.round;
         let anchor = base.prev.unwrap_or(ctx.terms.cid);
         let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
-        if order.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
+        let refused = ctx.inbox.refused(round);
+        let expected = ranking(
+            &anchor,
+            round,
+            announced
+                .iter()
+                .map(|(_, a)| a.signer)
+                .chain(self.following(ctx, base, &refused)),
+        );
+        if expected.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
             self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());
         }
         if waiting.said.elapsed() >= STATUS_EVERY {

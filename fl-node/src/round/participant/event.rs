@@ -93,6 +93,20 @@ pub enum Event {
         /// Updates that counted.
         participants: usize,
     },
+    /// A manifest was checked before its adoption: its claims, and, if this node drew it (or
+    /// recomputes every manifest), a recomputation from its updates.
+    Checked {
+        /// The round.
+        round: u32,
+        /// The manifest.
+        manifest: String,
+        /// Whether it was recomputed.
+        recomputed: bool,
+        /// Whether it held up.
+        valid: bool,
+        /// Seconds the check took (fetching the updates included).
+        seconds: f64,
+    },
     /// The round's manifest was checked and adopted.
     Adopted {
         /// The round.

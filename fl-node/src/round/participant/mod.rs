@@ -61,9 +61,10 @@ const JOIN_TRIES: u32 = 5;
 const JOIN_PAUSE: Duration = Duration::from_secs(2);
 /// How often a node waiting for a round's manifest logs where it stands.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
-/// Nodes this early in the round's aggregator ranking fetch its updates ahead of its
-/// manifest.
-const PREFETCH_RANKS: usize = 2;
+/// Nodes this early in the round's aggregator ranking (of the peers that announced or are
+/// expected to) fetch its updates ahead of its manifest: the first only, since every other
+/// node fetching every update doubles what a round sends.
+const PREFETCH_RANKS: usize = 1;
 /// Updates fetched ahead of the round's manifest at once.
 const PREFETCH_AT_ONCE: usize = 4;
 /// Most manifests off this node's chain looked at per pass of the fork choice.
@@ -102,11 +103,10 @@ pub struct ParticipantConfig {
     pub block_timeout: Duration,
     /// How long to keep serving after the last round.
     pub linger: Duration,
-    /// Whether every manifest is recomputed from its updates before it is adopted; without,
-    /// its claims are checked (signatures, entitlement, rank, what it lists, a loadable
-    /// model) and the updates are never fetched. Only for federations whose nodes are all
-    /// run by one party (`fl simulate`, where a few checkers recompute for everyone).
-    pub recompute: bool,
+    /// Which manifests are recomputed from their updates before they are adopted; the others
+    /// have their claims checked (signatures, entitlement, rank, what it lists, a loadable
+    /// model) and their updates are not fetched ([`Checking`](super::Checking)).
+    pub checking: super::Checking,
     /// Trainings and recomputations that may run at once.
     pub limits: Limits,
     /// A deviation from the protocol this node makes (`None` for every honest node): for
