@@ -345,8 +345,9 @@ impl Ctx {
         let body = format!(
             "{nodes} nodes (IID) against centralized training, each making {epochs} passes over the same {samples} training \
              images: classic FedAvg with one local epoch a round, and the main job's rounds of {LOCAL_STEPS} local steps with \
-             each node's momentum carried over (`--steps {LOCAL_STEPS}`). Batch {b}, lr {lr} ({sched} over the run), \
-             momentum {m}, weight decay {wd} in all three.\n\n{table}\n\
+             each node's momentum carried over (`--steps {LOCAL_STEPS}`), scored once per pass and each manifest recomputed \
+             by one node a round on average, as the main job runs them (`--evaluate-every`, `--check-rate 1`). Batch {b}, \
+             lr {lr} ({sched} over the run), momentum {m}, weight decay {wd} in all three.\n\n{table}\n\
              One-epoch rounds average models that have drifted apart for a whole epoch; short rounds keep them together \
              (docs/decisions.md, \"Rounds of local steps\").\n",
             nodes = self.scale.nodes,
