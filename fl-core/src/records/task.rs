@@ -825,4 +825,23 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn scoring_every_n_rounds_scores_those_and_the_last_and_is_left_out_when_unset() {
+        let mut t = task(RoundSchedule::Cosine);
+        t.rounds = 94;
+        let unset = t.to_block().unwrap();
+        assert!(!String::from_utf8_lossy(unset.data()).contains("evaluate_every"));
+        assert!((1..=94).all(|r| t.scores(r)));
+        t.evaluate_every = Some(9);
+        let scored: Vec<u32> = (1..=94).filter(|r| t.scores(*r)).collect();
+        assert_eq!(scored, [9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 94]);
+        assert_ne!(t.to_block().unwrap().cid(), unset.cid());
+        t.validate().unwrap();
+        t.evaluate_every = Some(0);
+        assert_eq!(
+            t.validate().unwrap_err().to_string(),
+            "task: evaluate_every = 0: must be at least 1"
+        );
+    }
 }
