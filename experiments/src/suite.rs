@@ -484,12 +484,12 @@ impl Ctx {
                 federate(&format!("{n} nodes, sampled checking"), &plan, &self.data)?,
             ));
         }
-        let full = format!("{SCALING_CHECKERS} checkers");
-        let rate = format!("sampled, {SAMPLED_CHECK_RATE} a round");
-        let runs: Vec<(Encoding, &str, Runs)> = vec![
-            (Encoding::F32, &full, float32),
-            (Encoding::Int8, &full, &int8),
-            (Encoding::F32, &rate, &sampled),
+        let full = Checkers::First(SCALING_CHECKERS);
+        let rate = Checkers::Rate(SAMPLED_CHECK_RATE);
+        let runs: Vec<(Encoding, Checkers, Runs)> = vec![
+            (Encoding::F32, full, float32),
+            (Encoding::Int8, full, &int8),
+            (Encoding::F32, rate, &sampled),
         ];
         let mut csv = Csv::create(
             &self.out,
@@ -514,11 +514,12 @@ impl Ctx {
                 let minimum = run.minimum_bytes_per_node_round();
                 let steady = run.steady_bytes_per_node_round(*n);
                 let accuracy = run.final_accuracy();
-                let detection = detection(checking == &rate, *n);
+                let detection = detection(checking, *n);
+                let checking = checking_label(checking);
                 csv.row([
                     n.to_string(),
                     encoding.to_string(),
-                    checking.to_string(),
+                    checking.clone(),
                     format!("{detection:.4}"),
                     format!("{:.0}", run.bytes_per_node_round(*n)),
                     format!("{steady:.0}"),
@@ -549,10 +550,13 @@ impl Ctx {
                     .collect(),
             };
             series.push(line(
-                format!("{encoding} updates, {checking}: measured after round 1"),
+                format!(
+                    "{encoding} updates, {}: measured after round 1",
+                    checking_label(checking)
+                ),
                 &|n, r| r.steady_bytes_per_node_round(n),
             ));
-            if checking == &full {
+            if *checking == full {
                 series.push(line(
                     format!("{encoding} updates: minimum (model down + update up)"),
                     &|_, r| r.minimum_bytes_per_node_round(),
@@ -886,15 +890,25 @@ pub(crate) fn failure(e: &anyhow::Error) -> String {
 }
 
 /// Relative path of `file` from `dir`, for links in the report.
-/// The chance that a wrong manifest of an N-node communication run is refuted: in a sampled
-/// run, by at least one of the N - 1 honest nodes; with fixed checkers, 1 (two of them, so one
-/// is honest whoever signed it).
-fn detection(sampled: bool, nodes: usize) -> f64 {
-    if !sampled {
-        return 1.0;
+/// The chance that a wrong manifest of an N-node communication run is refuted: sampled at
+/// rate R, by at least one of the N - 1 honest nodes; with fixed checkers, 1 (two of them, so
+/// one is honest whoever signed it).
+fn detection(checkers: &Checkers, nodes: usize) -> f64 {
+    match *checkers {
+        Checkers::First(_) => 1.0,
+        Checkers::Rate(rate) => {
+            let p = checking::probability_for_rate(rate, nodes);
+            checking::detection(vec![p; nodes.saturating_sub(1)])
+        }
     }
-    let p = checking::probability_for_rate(SAMPLED_CHECK_RATE, nodes);
-    checking::detection(vec![p; nodes.saturating_sub(1)])
+}
+
+/// How a communication run's manifests were checked, for its table and chart.
+fn checking_label(checkers: &Checkers) -> String {
+    match checkers {
+        Checkers::First(k) => format!("{k} checkers"),
+        Checkers::Rate(rate) => format!("sampled, {rate} a round"),
+    }
 }
 
 pub fn relative(file: &Path, dir: &Path) -> String {

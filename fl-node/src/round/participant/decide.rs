@@ -10,6 +10,9 @@ struct Waiting {
     expected: Expected,
     /// Updates its first-ranked aggregator waits for, as of the last look.
     awaited: usize,
+    /// This node and the live peers following the chain that are due to announce, as of
+    /// the last look (`Participant::following`).
+    following: Vec<PeerId>,
     /// When this node's view of the round closed (every awaited update in, or the
     /// deadline), once it has.
     closed: Option<Closed>,
@@ -57,6 +60,7 @@ impl Participant {
         let mut waiting = Waiting {
             expected: self.expected_participants(ctx, task, base).await?,
             awaited: 0,
+            following: Vec::new(),
             closed: None,
             contested: HashSet::new(),
             min: ctx.terms.min_updates(round) as usize,
@@ -348,6 +352,7 @@ impl Participant {
             Expected::Peers(_) => self.elsewhere(ctx, &mut waiting.heads),
             Expected::Joined(_) => HashSet::new(),
         };
+        waiting.following = self.following(ctx, base, &refused);
         waiting.awaited = waiting
             .expected
             .awaited(
@@ -357,7 +362,7 @@ impl Participant {
                 |p| ctx.inbox.gone(p) || elsewhere.contains(p),
             )
             .max(waiting.min)
-            .max(self.following(ctx, base, &refused).len());
+            .max(waiting.following.len());
         if waiting.closed.is_none() {
             let now = Instant::now();
             waiting.closed = if announced.len() >= waiting.awaited {
@@ -389,14 +394,13 @@ impl Participant {
         let round = base.round;
         let anchor = base.prev.unwrap_or(ctx.terms.cid);
         let order = ranking(&anchor, round, announced.iter().map(|(_, a)| a.signer));
-        let refused = ctx.inbox.refused(round);
         let expected = ranking(
             &anchor,
             round,
             announced
                 .iter()
                 .map(|(_, a)| a.signer)
-                .chain(self.following(ctx, base, &refused)),
+                .chain(waiting.following.iter().copied()),
         );
         if expected.iter().take(PREFETCH_RANKS).any(|p| *p == me) {
             self.prefetch(ctx, round, &base.model_cid, base.model.file_limit());
