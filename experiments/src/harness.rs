@@ -36,6 +36,8 @@ pub struct FedRun {
     pub errored: usize,
     /// Seconds of local training each round took, summed over the nodes that announced.
     pub train_seconds: std::collections::BTreeMap<u32, f64>,
+    /// Under capacity load: the local steps a node took in a round, where not the task's.
+    pub local_steps: std::collections::BTreeMap<(u32, usize), u32>,
 }
 
 impl FedRun {
@@ -117,6 +119,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
     let (mut model_bytes, mut update_bytes) = (0, 0);
     let (mut failed, mut errored) = (0, 0);
     let mut train_seconds = std::collections::BTreeMap::new();
+    let mut local_steps = std::collections::BTreeMap::new();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime
         .block_on(fl_sim::run(plan, data, scratch.path(), |p| match p {
@@ -138,14 +141,21 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
                 eprintln!("  {label}: node {node}: {reason}");
             }
             Progress::Node {
+                node,
                 event:
                     fl_node::round::Event::Announced {
                         round,
                         train_seconds: t,
+                        steps,
                         ..
                     },
                 ..
-            } => *train_seconds.entry(*round).or_insert(0.0) += t,
+            } => {
+                *train_seconds.entry(*round).or_insert(0.0) += t;
+                if let Some(steps) = steps {
+                    local_steps.insert((*round, *node), *steps);
+                }
+            }
             Progress::Node { .. } => {}
         }))
         .with_context(|| format!("{label}: simulating"))?;
@@ -158,6 +168,7 @@ pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedR
         failed,
         errored,
         train_seconds,
+        local_steps,
     })
 }
 

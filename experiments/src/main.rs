@@ -3,6 +3,7 @@
 //! PNG plots and its section of `results/REPORT.md` (kept in `results/sections/`).
 
 mod harness;
+mod heterogeneous;
 mod non_iid;
 mod population;
 mod privacy;

@@ -49,6 +49,7 @@ fn dp_recipe(batch: u32) -> TrainParams {
         proximal_mu: 0.0,
         schedule: RoundSchedule::Constant,
         steps: None,
+        load: fl_core::records::Load::Equal,
     }
 }
 

@@ -99,7 +99,7 @@ pub struct Section {
 }
 
 /// The experiments, by name, in report order.
-pub const EXPERIMENTS: [(&str, &str); 12] = [
+pub const EXPERIMENTS: [(&str, &str); 13] = [
     (
         "federated-vs-centralized",
         "accuracy against wall time and rounds, both setups",
@@ -145,6 +145,10 @@ pub const EXPERIMENTS: [(&str, &str); 12] = [
         "population-privacy",
         "client-level DP (DP-FedAvg) on 1,000 clients, 100 a round, at epsilon 8, beside no DP",
     ),
+    (
+        "heterogeneous",
+        "8 nodes, 4 at half speed: equal local steps against steps in proportion to capacity (FedNova)",
+    ),
 ];
 
 impl Ctx {
@@ -179,6 +183,7 @@ impl Ctx {
             "populations" => self.populations()?,
             "population-scale" => self.population_scale()?,
             "population-privacy" => self.population_privacy()?,
+            "heterogeneous" => self.heterogeneous()?,
             other => anyhow::bail!("unknown experiment {other:?}"),
         };
         Ok(Section {

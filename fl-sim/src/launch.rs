@@ -239,6 +239,7 @@ pub(crate) fn spawn(plan: &Plan, task: Cid, members: Vec<Member>) -> Running {
             checking: plan.checkers.of(m.index, plan.nodes),
             limits: limits.clone(),
             attack: plan.attack_of(m.index),
+            pace: plan.pace_of(m.index),
         };
         let index = m.index;
         let tx = tx.clone();

@@ -20,7 +20,7 @@ use libp2p::PeerId;
 use crate::faults::Faults;
 use crate::progress::Book;
 
-pub use plan::{Checkers, Failure, Plan, PrivacyTarget, Victim};
+pub use plan::{Checkers, Failure, Plan, PrivacyTarget, Slow, Victim};
 pub use progress::{Progress, Report, RoundRow, peak_memory};
 
 /// Why a simulation could not run.

@@ -97,6 +97,20 @@ pub struct Plan {
     /// The test set is scored every this many rounds and after the last (`None`: every
     /// round): the task's `evaluate_every`.
     pub evaluate_every: Option<u32>,
+    /// The least time a local step takes on each node (`None`: as fast as the shared cores
+    /// run it): each node then acts as a machine of its own with that speed.
+    pub pace: Option<Duration>,
+    /// Nodes that run slower than the pace (heterogeneous labs).
+    pub slow: Option<Slow>,
+}
+
+/// The last `nodes` nodes of a paced plan take `factor` times the pace for each step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slow {
+    /// How many nodes (the highest indices).
+    pub nodes: usize,
+    /// How many times slower (2: half speed).
+    pub factor: f64,
 }
 
 /// A node that stops (its swarm closes, as if the process were killed) at a moment.
@@ -151,6 +165,7 @@ impl Plan {
                 proximal_mu: 0.0,
                 schedule: RoundSchedule::Cosine,
                 steps: None,
+                load: fl_core::records::Load::Equal,
             },
             rule: "fedavg".into(),
             update_encoding: Encoding::F32,
@@ -167,6 +182,8 @@ impl Plan {
             attacks: Vec::new(),
             stall_after: None,
             evaluate_every: None,
+            pace: None,
+            slow: None,
         }
     }
 
@@ -323,6 +340,34 @@ impl Plan {
         if self.evaluate_every == Some(0) {
             return bad("--evaluate-every must be at least 1".into());
         }
+        if self
+            .pace
+            .is_some_and(|p| p.is_zero() || p > Duration::from_secs(3600))
+        {
+            return bad("--step-ms must be in [1, 3,600,000]".into());
+        }
+        if let Some(slow) = self.slow {
+            if self.pace.is_none() {
+                return bad(
+                    "--slow needs --step-ms: the speed the slow nodes are slower than".into(),
+                );
+            }
+            if slow.nodes == 0 || slow.nodes > self.nodes {
+                return bad(format!(
+                    "--slow {}: must be between 1 and --nodes ({})",
+                    slow.nodes, self.nodes
+                ));
+            }
+            if !(slow.factor.is_finite() && (1.0..=100.0).contains(&slow.factor)) {
+                return bad(format!(
+                    "--slow ...:{}: the factor must be in [1, 100]",
+                    slow.factor
+                ));
+            }
+        }
+        if self.train.load == fl_core::records::Load::Capacity && self.train.steps.is_none() {
+            return bad("--load capacity needs --steps: it shares out local steps".into());
+        }
         if let Some(p) = &self.privacy {
             if !(p.epsilon.is_finite() && p.epsilon > 0.0) {
                 return bad(format!(
@@ -380,6 +425,17 @@ impl Plan {
             .parse()
             .map_err(|e| SimulationError::Plan(format!("--aggregation {}: {e}", self.rule)))?;
         Ok(())
+    }
+
+    /// The least time a local step takes on node `index` (the slow nodes' pace included).
+    pub fn pace_of(&self, index: usize) -> Option<Duration> {
+        let pace = self.pace?;
+        match self.slow {
+            Some(slow) if index >= self.nodes.saturating_sub(slow.nodes) => {
+                Some(pace.mul_f64(slow.factor))
+            }
+            _ => Some(pace),
+        }
     }
 
     /// The attack node `index` makes, if any (its last `--attack`).

@@ -748,6 +748,8 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
                 epochs: 1,
                 epsilon: None,
                 clients: Vec::new(),
+                steps: None,
+                capacity: None,
             },
             &Keypair::generate_ed25519(),
         )
@@ -775,6 +777,8 @@ fn forged_and_unentitled_records_are_rejected_by_every_honest_node() {
                 epochs: 1,
                 epsilon: None,
                 clients: Vec::new(),
+                steps: None,
+                capacity: None,
             },
             &key,
         )

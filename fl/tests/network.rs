@@ -966,6 +966,8 @@ fn a_forged_record_stops_at_the_first_honest_peer_and_costs_its_sender() {
             epochs: 1,
             epsilon: None,
             clients: Vec::new(),
+            steps: None,
+            capacity: None,
         };
         // Signed for 10 samples, then changed to claim a million: the signature fails.
         let mut forged = Signed::sign(announcement(10), &stores[0].0).unwrap();

@@ -130,7 +130,8 @@ pub fn train(
     config: &TrainConfig,
     device: &Device,
 ) -> Result<TrainOutcome, TrainError> {
-    train_carrying(architecture, global, data, config, device, None).map(|(outcome, _)| outcome)
+    train_carrying(architecture, global, data, config, device, None, |_| true)
+        .map(|(outcome, _)| outcome)
 }
 
 /// As [`train`], but starting with the momentum `carried` from this node's previous run (on
@@ -139,7 +140,9 @@ pub fn train(
 /// Rounds of a few local steps that each start with no momentum take those steps at a
 /// fraction of their size (4 steps at momentum 0.9: a quarter); carrying it over makes
 /// each round go on with the node's own optimizer, as local SGD with momentum does (Lin
-/// et al., 2020, "Don't use large mini-batches, use local SGD").
+/// et al., 2020, "Don't use large mini-batches, use local SGD"). `on_step` is called after
+/// every step and says whether to go on: a run it stops counts the images it trained on
+/// as its samples. (DP-SGD takes all its steps: its accounting counts them.)
 pub fn train_carrying(
     architecture: Architecture,
     global: &Bundle,
@@ -147,6 +150,7 @@ pub fn train_carrying(
     config: &TrainConfig,
     device: &Device,
     carried: Option<Momentum>,
+    mut on_step: impl FnMut(StepProgress) -> bool,
 ) -> Result<(TrainOutcome, Momentum), TrainError> {
     config.validate()?;
     let examples = Examples::checked(data, architecture.num_classes())?;
@@ -161,18 +165,29 @@ pub fn train_carrying(
         trainer.optimizer = momentum.0;
     }
     let mut epochs = Vec::with_capacity(config.epochs);
+    let more = std::cell::Cell::new(true);
     for epoch in 0..config.epochs {
         #[cfg(feature = "dp")]
         if config.dp_sgd.is_some() {
-            epochs.push(trainer.private_epoch(data, None, |_| {})?);
+            epochs.push(trainer.private_epoch(data, None, |p| {
+                on_step(p);
+            })?);
             continue;
+        }
+        if !more.get() {
+            break;
         }
         let order = shuffled(examples.len(), config.seed, epoch);
         let batches = order
             .chunks(config.batch_size)
+            .take_while(|_| more.get())
             .map(|chunk| examples.gather(chunk));
-        epochs.push(trainer.epoch(batches, |_| {})?);
+        epochs.push(trainer.epoch(batches, |p| more.set(on_step(p)))?);
     }
+    let samples = match more.get() {
+        true => examples.len(),
+        false => epochs.iter().map(|e| e.samples).sum(),
+    };
     let model = trainer.model()?;
     let mut update = model
         .sub(global)
@@ -180,12 +195,12 @@ pub fn train_carrying(
             architecture,
             source,
         })?;
-    update.set_metadata(META_SAMPLES, examples.len().to_string());
+    update.set_metadata(META_SAMPLES, samples.to_string());
     let outcome = TrainOutcome {
         model,
         update,
         epochs,
-        samples: examples.len(),
+        samples,
     };
     Ok((outcome, Momentum(trainer.optimizer)))
 }

@@ -32,6 +32,15 @@ pub struct Announcement {
     /// of theirs, so the round stays FedAvg over clients (records without it: no population).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<ClientId>,
+    /// Under capacity load: the local steps taken, when not the task's (the update is
+    /// scaled to the task's steps, and `samples` counts those). Records without it: the
+    /// task's steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    /// Under capacity load: the images a second this node trained at this round, for the
+    /// next round's shares. Only ever compared against the median of everyone's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<f64>,
 }
 
 impl Record for Announcement {

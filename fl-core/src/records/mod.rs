@@ -19,7 +19,7 @@ pub use population::{ClientId, Population, PopulationError, Sample, Sampling};
 pub use rank::{rank_key, ranking};
 pub use signed::{Record, Signed, SignedError};
 pub use task::{
-    DataSource, DpLevel, DpParams, Neighbours, RoundSchedule, Task, TaskError, TrainParams,
+    DataSource, DpLevel, DpParams, Load, Neighbours, RoundSchedule, Task, TaskError, TrainParams,
 };
 
 /// Serde for peer ids as their bytes (a multihash), so records carry them compactly.

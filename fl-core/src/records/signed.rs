@@ -149,6 +149,8 @@ mod tests {
             epochs: 1,
             epsilon: None,
             clients: Vec::new(),
+            steps: None,
+            capacity: None,
         }
     }
 

@@ -54,6 +54,93 @@ pub struct TrainParams {
     /// (records without it: `epochs` epochs, momentum from zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u32>,
+    /// How the local steps are shared out (records without it: every node takes `steps`).
+    #[serde(default, skip_serializing_if = "Load::is_equal")]
+    pub load: Load,
+}
+
+/// How much local work each node takes in a round of local steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Load {
+    /// Every node takes the task's `steps`: a round waits for the slowest node.
+    #[default]
+    Equal,
+    /// Each node takes steps in proportion to its measured throughput against the median
+    /// advertised in the last round (a quarter of `steps` to [`Load::MAX_FACTOR`] times
+    /// it), stops early once half the members have announced, and
+    /// scales its update by `steps` over the steps it took (FedNova's normalisation with the
+    /// task's `steps` as the effective count), so its weight stays that of `steps`.
+    Capacity,
+}
+
+impl Load {
+    /// The most local steps a node takes under capacity load, as a multiple of `steps`.
+    pub const MAX_FACTOR: u32 = 4;
+
+    /// Whether every node takes the same steps.
+    pub fn is_equal(&self) -> bool {
+        *self == Load::Equal
+    }
+
+    /// The local steps a node takes in a task of `steps` steps a round, its own throughput
+    /// being `own` and the throughputs advertised in the round before (its own among them)
+    /// `advertised`, in images per second: between a quarter of `steps` and
+    /// [`Load::MAX_FACTOR`] times it, so no update is scaled by more than that. Values that
+    /// are not finite and positive are ignored; without a throughput of its own or any to
+    /// compare with, `steps`. Measured against the median, so a member that lies about its
+    /// throughput moves every other member's share by one rank at most.
+    pub fn local_steps(self, steps: u32, own: Option<f64>, advertised: &[f64]) -> u32 {
+        let usable = |c: &f64| c.is_finite() && *c > 0.0;
+        let (Load::Capacity, Some(own)) = (self, own.filter(usable)) else {
+            return steps;
+        };
+        let mut seen: Vec<f64> = advertised.iter().copied().filter(usable).collect();
+        if seen.is_empty() {
+            return steps;
+        }
+        seen.sort_by(f64::total_cmp);
+        let mid = seen.len() / 2;
+        let median = match seen.len() % 2 {
+            1 => seen[mid],
+            _ => (seen[mid - 1] + seen[mid]) / 2.0,
+        };
+        let steps = steps.max(1);
+        let least = (steps / Self::MAX_FACTOR).max(1);
+        let most = steps.saturating_mul(Self::MAX_FACTOR);
+        let share = (f64::from(steps) * own / median).round();
+        // In range before the cast: `as` saturates, and NaN cannot occur (both positive).
+        share.clamp(f64::from(least), f64::from(most)) as u32
+    }
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Load::Equal => "equal",
+            Load::Capacity => "capacity",
+        })
+    }
+}
+
+/// A load written on a command line that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad load {text:?}: expected equal or capacity")]
+pub struct BadLoad {
+    /// The text given.
+    pub text: String,
+}
+
+impl std::str::FromStr for Load {
+    type Err = BadLoad;
+
+    fn from_str(s: &str) -> Result<Self, BadLoad> {
+        match s {
+            "equal" => Ok(Load::Equal),
+            "capacity" => Ok(Load::Capacity),
+            _ => Err(BadLoad { text: s.into() }),
+        }
+    }
 }
 
 /// How the local learning rate changes from round to round.
@@ -364,6 +451,26 @@ impl Task {
                 return Err(invalid("epochs", t.epochs, "must be 1 when steps is set"));
             }
         }
+        if t.load == Load::Capacity {
+            if t.steps.is_none() {
+                return Err(invalid(
+                    "load",
+                    t.load,
+                    "shares out local steps: the task needs steps",
+                ));
+            }
+            if self
+                .dp
+                .as_ref()
+                .is_some_and(|dp| dp.level() == DpLevel::Sample)
+            {
+                return Err(invalid(
+                    "load",
+                    t.load,
+                    "sample-level DP accounts every node at the task's steps a round",
+                ));
+            }
+        }
         if t.batch_size == 0 {
             return Err(invalid("batch_size", t.batch_size, "must be at least 1"));
         }
@@ -597,6 +704,7 @@ mod tests {
                 proximal_mu: 0.0,
                 schedule,
                 steps: None,
+                load: Load::Equal,
             },
             rounds: 4,
             min_participants: 1,
@@ -694,6 +802,58 @@ mod tests {
                 .to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn capacity_load_shares_steps_by_throughput_against_the_median() {
+        let four_fast_four_slow = [2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0];
+        let load = Load::Capacity;
+        // Median 1.5: fast nodes take 4/3 of the steps, slow ones 2/3, so both finish
+        // together, at 2/3 of the time equal load's slow nodes take.
+        assert_eq!(load.local_steps(30, Some(2.0), &four_fast_four_slow), 40);
+        assert_eq!(load.local_steps(30, Some(1.0), &four_fast_four_slow), 20);
+        // One member lying that it is a million times faster moves the median by one rank.
+        let mut lied = four_fast_four_slow;
+        lied[7] = 1e6;
+        assert_eq!(load.local_steps(30, Some(1.0), &lied), 15);
+        assert_eq!(load.local_steps(30, Some(2.0), &lied), 30);
+        // Bounded: a quarter of the steps at least, MAX_FACTOR times them at most.
+        assert_eq!(load.local_steps(30, Some(1e-9), &four_fast_four_slow), 7);
+        assert_eq!(load.local_steps(2, Some(1e-9), &four_fast_four_slow), 1);
+        assert_eq!(load.local_steps(30, Some(1e9), &four_fast_four_slow), 120);
+        // Nothing usable to go by: the task's steps.
+        for (own, seen) in [
+            (None, &four_fast_four_slow[..]),
+            (Some(f64::NAN), &four_fast_four_slow[..]),
+            (Some(2.0), &[][..]),
+            (Some(2.0), &[f64::NAN, -1.0, 0.0, f64::INFINITY][..]),
+        ] {
+            assert_eq!(load.local_steps(30, own, seen), 30, "{own:?} {seen:?}");
+        }
+        assert_eq!(
+            Load::Equal.local_steps(30, Some(2.0), &four_fast_four_slow),
+            30
+        );
+    }
+
+    #[test]
+    fn capacity_load_is_left_out_when_equal_and_needs_steps_without_sample_dp() {
+        let equal = task(RoundSchedule::Constant);
+        let block = equal.to_block().expect("encodes");
+        assert!(!block.data().windows(4).any(|w| w == b"load"));
+        let mut shared = equal.clone();
+        shared.train.steps = Some(5);
+        shared.train.load = Load::Capacity;
+        let back = Task::from_block(&shared.to_block().expect("encodes")).expect("decodes");
+        assert_eq!(back.train.load, Load::Capacity);
+        let mut no_steps = shared.clone();
+        no_steps.train.steps = None;
+        match no_steps.validate() {
+            Err(TaskError::Invalid { field, .. }) => assert_eq!(field, "load"),
+            other => panic!("capacity load without steps: {other:?}"),
+        }
+        assert_eq!("capacity".parse::<Load>(), Ok(Load::Capacity));
+        assert!("fast".parse::<Load>().is_err());
     }
 
     #[test]

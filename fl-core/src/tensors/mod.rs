@@ -239,6 +239,24 @@ impl Bundle {
         self.with_flat(&diff)
     }
 
+    /// Every value times `factor`, metadata kept (an update of some local steps scaled to
+    /// another count: FedNova's normalisation).
+    pub fn scaled(&self, factor: f32) -> Bundle {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let data = t.data.iter().map(|v| v * factor).collect();
+                let shape = t.shape.clone();
+                (name.clone(), Tensor { shape, data })
+            })
+            .collect();
+        Bundle {
+            tensors,
+            metadata: self.metadata.clone(),
+        }
+    }
+
     /// The safetensors bytes of this bundle in float32 (see [`Bundle::encode`]).
     pub fn to_safetensors(&self) -> Result<Vec<u8>, TensorError> {
         self.encode(Encoding::F32)

@@ -147,6 +147,7 @@ fn carried_momentum_goes_on_as_if_training_had_not_stopped() {
             &config,
             &device,
             carried,
+            |_| true,
         )
         .unwrap()
     };
@@ -263,4 +264,27 @@ fn evaluation_counts_every_image_in_its_class() {
         in_twos.loss
     );
     assert!(whole.loss.is_finite() && whole.loss > 0.0);
+}
+
+#[test]
+fn a_run_its_callback_stops_counts_the_images_it_trained_on() {
+    let device = Backend::Flex.device();
+    let global = ARCH.init(3).unwrap();
+    let data = [synthetic(&[0, 1, 2, 3, 4, 5], 9)];
+    let config = TrainConfig {
+        batch_size: 2,
+        ..TrainConfig::default()
+    };
+    let mut steps = 0;
+    let (stopped, _) = train_carrying(ARCH, &global, &data, &config, &device, None, |_| {
+        steps += 1;
+        steps < 2
+    })
+    .unwrap();
+    assert_eq!(steps, 2, "no step after the one that said stop");
+    assert_eq!(stopped.samples, 4);
+    assert_eq!(stopped.update.metadata()["samples"], "4");
+    let whole = train(ARCH, &global, &data, &config, &device).unwrap();
+    assert_eq!(whole.samples, 6);
+    assert_ne!(stopped.update.flatten(), whole.update.flatten());
 }

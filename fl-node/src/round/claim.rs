@@ -175,6 +175,7 @@ mod tests {
                 proximal_mu: 0.0,
                 schedule: RoundSchedule::Constant,
                 steps: None,
+                load: fl_core::records::Load::Equal,
             },
             rounds: 3,
             min_participants: 1,
@@ -241,6 +242,8 @@ mod tests {
             epochs: 1,
             epsilon: None,
             clients: clients.iter().map(|&c| ClientId(c)).collect(),
+            steps: None,
+            capacity: None,
         }
     }
 

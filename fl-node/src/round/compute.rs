@@ -302,6 +302,7 @@ mod tests {
                 proximal_mu: 0.0,
                 schedule: RoundSchedule::Constant,
                 steps: None,
+                load: fl_core::records::Load::Equal,
             },
             rounds: 1,
             min_participants: 1,
@@ -359,6 +360,8 @@ mod tests {
                     epochs: 1,
                     epsilon: None,
                     clients: Vec::new(),
+                    steps: None,
+                    capacity: None,
                 };
                 let signed = Signed::sign(body, &key).unwrap();
                 (*signed.to_block().unwrap().cid(), signed)

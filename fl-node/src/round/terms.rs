@@ -271,6 +271,7 @@ mod tests {
                 proximal_mu: 0.0,
                 schedule: RoundSchedule::Constant,
                 steps,
+                load: fl_core::records::Load::Equal,
             },
             rounds: 3,
             min_participants: 1,

@@ -284,6 +284,12 @@ struct LocalTraining {
     /// round stopped, with the next batches of its shuffled data and its momentum.
     #[arg(long, conflicts_with = "epochs", value_parser = clap::value_parser!(u32).range(1..))]
     steps: Option<u32>,
+    /// How local steps are shared out: `equal` (every node takes --steps) or `capacity`
+    /// (each node in proportion to its throughput against the median the last round
+    /// advertised, its update scaled back to --steps: FedNova), so a round ends when the
+    /// median node would, not the slowest.
+    #[arg(long, default_value = "equal", requires = "steps")]
+    load: fl_core::records::Load,
     /// Local batch size.
     #[arg(long, default_value_t = 32)]
     batch: u32,
@@ -318,6 +324,7 @@ impl LocalTraining {
             proximal_mu: self.mu,
             schedule,
             steps: self.steps,
+            load: self.load,
         }
     }
 }

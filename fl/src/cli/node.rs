@@ -177,6 +177,7 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
                 checking,
                 limits: Limits::per_node(),
                 attack: None,
+                pace: None,
             },
         );
         let emit = |event: &Event| {

@@ -13,7 +13,7 @@ use datasets::partition::Scheme;
 use fl_core::records::RoundSchedule;
 use fl_node::round::Event;
 use fl_node::round::attack::Attack;
-use fl_sim::{Checkers, Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Victim};
+use fl_sim::{Checkers, Failure, Plan, PrivacyTarget, Progress, Report, RoundRow, Slow, Victim};
 
 /// `fl simulate`.
 #[derive(Debug, Args)]
@@ -83,9 +83,18 @@ pub(super) struct Simulate {
     /// shares the machine with the next round's training.
     #[arg(long, value_name = "N")]
     evaluate_every: Option<u32>,
-    /// Trainings at once across the nodes; default: the machine's cores.
+    /// Trainings at once across the nodes; default: the machine's cores (with --step-ms,
+    /// every node: each acts as a machine of its own).
     #[arg(long)]
     trainings: Option<usize>,
+    /// Each local step takes at least MS milliseconds on every node (a node sleeps out the
+    /// rest): nodes sharing this machine's cores act as machines of their own at that speed,
+    /// if the cores keep up (8 nodes on 2 cores: about 4x a step's time alone).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    step_ms: Option<u64>,
+    /// The last N nodes take FACTOR times --step-ms for each step (default 2: half speed).
+    #[arg(long, value_name = "N[:FACTOR]", value_parser = slow_arg, requires = "step_ms")]
+    slow: Option<Slow>,
     /// Node NODE stops for good in round ROUND, SECONDS into it (repeatable), e.g. 3@2+10;
     /// `aggregator@2` stops whichever node aggregates round 2 as it starts.
     #[arg(long = "fail", value_name = "NODE@ROUND[+SECONDS]", value_parser = failure_arg)]
@@ -126,6 +135,16 @@ fn failure_arg(text: &str) -> Result<Failure, String> {
         },
         round: round.parse().map_err(|_| usage())?,
         after: Duration::from_secs_f64(after),
+    })
+}
+
+/// Parses `N[:FACTOR]`.
+fn slow_arg(text: &str) -> Result<Slow, String> {
+    let usage = || format!("{text:?}: expected N or N:FACTOR, e.g. 4 or 4:2");
+    let (nodes, factor) = text.split_once(':').unwrap_or((text, "2"));
+    Ok(Slow {
+        nodes: nodes.parse().map_err(|_| usage())?,
+        factor: factor.parse().map_err(|_| usage())?,
     })
 }
 
@@ -175,7 +194,13 @@ impl Simulate {
                 (None, Some(k)) => Checkers::First(k),
                 (None, None) => defaults.checkers,
             },
-            trainings_at_once: self.trainings.unwrap_or(defaults.trainings_at_once),
+            trainings_at_once: match (self.trainings, self.step_ms) {
+                (Some(n), _) => n,
+                (None, Some(_)) => self.nodes,
+                (None, None) => defaults.trainings_at_once,
+            },
+            pace: self.step_ms.map(Duration::from_millis),
+            slow: self.slow,
             seed: self.seed,
             failures: self.failures.clone(),
             attacks: self.attacks.clone(),

@@ -49,6 +49,7 @@ pub fn open_task(name: &str, model: cid::Cid) -> fl_core::records::Task {
             proximal_mu: 0.0,
             schedule: RoundSchedule::Constant,
             steps: None,
+            load: fl_core::records::Load::Equal,
         },
         rounds: 3,
         min_participants: 1,

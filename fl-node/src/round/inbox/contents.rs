@@ -273,6 +273,8 @@ mod tests {
             epochs: 1,
             epsilon: None,
             clients: Vec::new(),
+            steps: None,
+            capacity: None,
         };
         unsigned(body, signer, format!("{signer} {round} {update} {samples}"))
     }

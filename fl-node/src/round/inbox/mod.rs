@@ -434,6 +434,14 @@ impl Inbox {
         lock(&self.contents).heads.get(peer).copied()
     }
 
+    /// How many authors announced an update for `round` so far.
+    pub fn announcers(&self, round: u32) -> usize {
+        lock(&self.contents)
+            .announcements
+            .get(&round)
+            .map_or(0, |m| m.len())
+    }
+
     /// The announcements of `round` so far, by author.
     pub fn announcements(&self, round: u32) -> Vec<SignedAnnouncement> {
         lock(&self.contents)

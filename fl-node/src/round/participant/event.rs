@@ -33,6 +33,9 @@ pub enum Event {
         /// In a task with a population: the sampled clients this node trained, in turn.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         clients: Vec<u64>,
+        /// Under capacity load: the local steps this node took, when not the task's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        steps: Option<u32>,
     },
     /// In a task with a population: none of the clients this node hosts was sampled for
     /// the round, so it trains nothing and follows the round's manifest.

@@ -22,9 +22,7 @@ use datasets::pipeline::{Pipeline, PipelineConfig};
 use datasets::shard;
 use fl_core::content::{Blockstore, Repo, pins::PinMode};
 use fl_core::errors::chain;
-use fl_core::model::{
-    Architecture, Backend, Batch, Classifier, DpSgdConfig, Momentum, TrainConfig,
-};
+use fl_core::model::{Architecture, Backend, Batch, Classifier, DpSgdConfig, TrainConfig};
 use fl_core::records::{
     Announcement, ClientId, DataSource, Evaluation, Keypair, Manifest, Metrics, Signed, Task,
     ranking,
@@ -51,6 +49,7 @@ mod event;
 mod fetch;
 mod misbehave;
 mod rounds;
+mod steps;
 mod train;
 
 pub use event::Event;
@@ -112,6 +111,9 @@ pub struct ParticipantConfig {
     /// A deviation from the protocol this node makes (`None` for every honest node): for
     /// measuring what the others withstand (`fl simulate --attack`).
     pub attack: Option<super::attack::Attack>,
+    /// The least time a local step takes (`None`: as fast as it runs): emulates a machine
+    /// of that speed where many nodes share one host (`fl simulate --step-ms`, `--slow`).
+    pub pace: Option<Duration>,
 }
 
 /// Bounds on a node's heavy work, shared by the nodes of one process (`fl simulate`) so that
@@ -180,8 +182,8 @@ struct Ctx {
     prefetching: Arc<tokio::sync::Semaphore>,
     /// Adopted manifests (round, CID, signer, model) whose evaluation has not arrived yet.
     unevaluated: Mutex<Vec<(u32, Cid, libp2p::PeerId, Cid)>>,
-    /// The momentum this node's last training ended with, and its round.
-    momentum: Arc<Mutex<Option<(u32, Momentum)>>>,
+    /// Where this node's last training of local steps ended.
+    carry: Arc<Mutex<Option<steps::Carry>>>,
 }
 
 /// What a look at one manifest concluded.
@@ -228,6 +230,10 @@ struct Trained {
     seconds: f64,
     /// Sample-level DP: the epsilon this node's data has spent, this round included.
     epsilon: Option<f64>,
+    /// Under capacity load: the local steps taken, when not the task's.
+    steps: Option<u32>,
+    /// Under capacity load: images a second this training ran at.
+    capacity: Option<f64>,
 }
 
 /// A better chain: its manifests from round `from` (where it parts from this node's) on.

@@ -84,7 +84,7 @@ impl Participant {
             prefetched: Mutex::default(),
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
             unevaluated: Mutex::default(),
-            momentum: Arc::default(),
+            carry: Arc::default(),
         };
         let data = self.local_data(&terms).await?;
         Ok((ctx, data))
@@ -173,6 +173,7 @@ impl Participant {
             train_seconds = trained.seconds;
             let epsilon = trained.epsilon;
             let clients = trained.clients.iter().map(|c| c.0).collect();
+            let steps = trained.steps;
             let (update, samples) = self.announce(ctx, &base, trained).await?;
             self.misbehave(ctx, &base);
             emit(&Event::Announced {
@@ -182,6 +183,7 @@ impl Participant {
                 train_seconds,
                 epsilon,
                 clients,
+                steps,
             });
         }
         let (cid, signed, checked) = match self.decide(ctx, &base, done, data, opened, emit).await?

@@ -1,6 +1,7 @@
 //! Training a round's update on the local data, and announcing it (once per round, even
 //! across restarts).
 
+use super::steps::{Carry, Span, paced};
 use super::*;
 
 impl Participant {
@@ -83,39 +84,109 @@ impl Participant {
         let images = data.train.clone();
         // Held until the training ends, even one whose result is no longer wanted.
         let slot = self.config.limits.training.clone().acquire_owned().await?;
-        // Rounds of a few steps go on with the momentum of the node's last round, as they go
-        // on with its data; only the previous round's still points where the model is going.
-        let carried = lock(&ctx.momentum)
-            .take()
-            .filter(|(last, _)| last + 1 == round)
-            .map(|(_, momentum)| momentum);
-        let momentum = task.train.steps.is_some().then(|| ctx.momentum.clone());
+        // Rounds of a few steps go on from where the node's last round ended: its momentum,
+        // its place in its data and its throughput. Only the previous round's momentum still
+        // points where the model is going.
+        let carry = lock(&ctx.carry).take().filter(|c| c.round + 1 == round);
+        let span = task.train.steps.map(|steps| {
+            let advertised: Vec<f64> = ctx
+                .inbox
+                .announcements(round.saturating_sub(1))
+                .iter()
+                .filter_map(|(_, a)| a.body.capacity)
+                .collect();
+            let own = carry.as_ref().map(|c| c.capacity);
+            Span {
+                first: carry
+                    .as_ref()
+                    .map_or(u64::from(round.saturating_sub(1)) * u64::from(steps), |c| {
+                        c.next_batch
+                    }),
+                steps: task.train.load.local_steps(steps, own, &advertised),
+                nominal: steps,
+            }
+        });
+        let carried = carry.map(|c| c.momentum);
+        let keep = span.map(|_| ctx.carry.clone());
         let epsilon = match dealt {
             Some(_) => None,
             None => sample_epsilon(&task, images.len() as u64, round)?,
         };
+        let pace = self.config.pace;
+        let capacity_load = task.train.load == fl_core::records::Load::Capacity;
+        let stop = span
+            .filter(|_| capacity_load)
+            .map(|span| self.early_stop(ctx, round, span.nominal));
         let started = Instant::now();
         // A population's clients are clipped and noised as they are summed.
         let clip = client_dp(&task).filter(|_| dealt.is_some());
-        let (update, samples, clients) = blocking(move || {
+        let (update, samples, clients, capacity, span) = blocking(move || {
             let _slot = slot;
             if let Some((clients, due)) = dealt {
                 let pool = Pool {
                     images: &images,
                     clients: &clients,
                 };
-                return train_clients(&task, arch, &global, &pool, &due, round, &device, clip);
+                let (update, samples, clients) =
+                    train_clients(&task, arch, &global, &pool, &due, round, &device, clip)?;
+                return Ok((update, samples, clients, None, None));
             }
             let config = train_config(&task, round, node_seed);
-            let batches = local_batches(&task, arch, images, &config, round, node_seed);
-            let (outcome, ended) =
-                fl_core::model::train_carrying(arch, &global, &batches, &config, &device, carried)?;
-            if let Some(momentum) = momentum {
-                *lock(&momentum) = Some((round, ended));
+            let shard_images = images.len() as u64;
+            let batches = local_batches(arch, images, &config, round, node_seed, span);
+            let began = Instant::now();
+            let mut pacer = paced(pace, began);
+            let taken = std::cell::Cell::new(0u32);
+            let stopped = std::cell::Cell::new(false);
+            let (outcome, ended) = fl_core::model::train_carrying(
+                arch,
+                &global,
+                &batches,
+                &config,
+                &device,
+                carried,
+                |progress| {
+                    pacer(progress);
+                    taken.set(taken.get().saturating_add(1));
+                    let now = stop.as_ref().is_some_and(|s| s.now(taken.get()));
+                    stopped.set(now);
+                    !now
+                },
+            )?;
+            // Images a second over the steps (the model's build left out).
+            let (images, seconds) = outcome.epochs.iter().fold((0.0, 0.0), |(n, t), e| {
+                (n + e.samples as f64, t + e.seconds)
+            });
+            let capacity = images / f64::max(seconds, 1e-9);
+            // The steps taken, where the median member's announcement cut them short.
+            let span = span.map(|s| match stopped.get() {
+                true => Span {
+                    steps: taken.get().clamp(1, s.steps.max(1)),
+                    ..s
+                },
+                false => s,
+            });
+            if let (Some(carry), Some(span)) = (keep, span) {
+                *lock(&carry) = Some(Carry {
+                    round,
+                    momentum: ended,
+                    next_batch: span.first + u64::from(span.steps),
+                    capacity,
+                });
             }
-            Ok::<_, RoundError>((outcome.update, outcome.samples as u64, Vec::new()))
+            let (update, samples) = match span {
+                Some(span) => {
+                    let most = u64::from(span.nominal)
+                        .saturating_mul(u64::from(task.train.batch_size))
+                        .min(shard_images);
+                    span.normalise(outcome.update, outcome.samples as u64, most)
+                }
+                None => (outcome.update, outcome.samples as u64),
+            };
+            Ok::<_, RoundError>((update, samples, Vec::new(), Some(capacity), span))
         })
         .await??;
+        tracing::debug!(round, ?span, ?capacity, "trained");
         let update = match clip {
             Some(_) => update,
             None => privatize_client(&ctx.terms.task, update)?,
@@ -129,6 +200,8 @@ impl Participant {
             clients,
             seconds: started.elapsed().as_secs_f64(),
             epsilon,
+            steps: span.filter(|s| s.steps != s.nominal).map(|s| s.steps),
+            capacity: capacity.filter(|_| capacity_load),
         })
     }
 
@@ -176,6 +249,8 @@ impl Participant {
                 epochs: ctx.terms.task.train.epochs,
                 epsilon: trained.epsilon,
                 clients: trained.clients,
+                steps: trained.steps,
+                capacity: trained.capacity,
             },
             &self.key,
         )?;
@@ -354,20 +429,19 @@ fn train_clients(
         let images = pool.images.subset(&indices);
         let seed = task.seed.wrapping_mul(1_000_003).wrapping_add(client.0);
         let config = train_config(task, round, seed);
-        let batches = local_batches(task, arch, images, &config, round, seed);
-        let outcome =
-            match fl_core::model::train_carrying(arch, global, &batches, &config, device, None) {
-                Ok((outcome, _)) => outcome,
-                Err(
-                    e @ (fl_core::model::TrainError::NonFinite { .. }
-                    | fl_core::model::TrainError::NonFiniteParameter { .. }),
-                ) => {
-                    tracing::warn!(client = client.0, "left out of the round: {e}");
-                    diverged = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let batches = local_batches(arch, images, &config, round, seed, None);
+        let outcome = match fl_core::model::train(arch, global, &batches, &config, device) {
+            Ok(outcome) => outcome,
+            Err(
+                e @ (fl_core::model::TrainError::NonFinite { .. }
+                | fl_core::model::TrainError::NonFiniteParameter { .. }),
+            ) => {
+                tracing::warn!(client = client.0, "left out of the round: {e}");
+                diverged = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut flat = outcome.update.flatten();
         let weight = match clip {
             Some((c, _)) => {
@@ -459,29 +533,28 @@ fn train_config(task: &Task, round: u32, node_seed: u64) -> TrainConfig {
 }
 
 /// The batches `round` trains on: an epoch (or, with DP-SGD, every example as it is, for it
-/// draws its own batches), or the steps after the last round's in one stream of epochs for
-/// the node's whole run.
+/// draws its own batches), or, in a task of local steps, `span`'s steps of one stream of
+/// epochs for the node's whole run.
 fn local_batches(
-    task: &Task,
     arch: Architecture,
     images: Images,
     config: &TrainConfig,
     round: u32,
     node_seed: u64,
+    span: Option<Span>,
 ) -> Vec<Batch> {
     let mut pipeline = PipelineConfig::training(config.batch_size, config.seed);
     pipeline.normalization = arch.normalization();
-    match task.train.steps {
+    match span {
         _ if config.dp_sgd.is_some() => {
             pipeline.augment = false;
             pipeline.shuffle = false;
             Pipeline::new(images, pipeline).collect_epoch(0)
         }
         None => Pipeline::new(images, pipeline).collect_epoch(u64::from(round)),
-        Some(steps) => {
+        Some(span) => {
             pipeline.seed = node_seed;
-            let first = u64::from(round.saturating_sub(1)) * u64::from(steps);
-            Pipeline::new(images, pipeline).steps(first, steps as usize)
+            Pipeline::new(images, pipeline).steps(span.first, span.steps as usize)
         }
     }
 }
