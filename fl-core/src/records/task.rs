@@ -83,6 +83,12 @@ impl Load {
         *self == Load::Equal
     }
 
+    /// The fewest local steps a node takes under capacity load in a task of `steps`: a
+    /// quarter of them, one at least.
+    pub fn least_steps(steps: u32) -> u32 {
+        (steps / Self::MAX_FACTOR).max(1)
+    }
+
     /// The local steps a node takes in a task of `steps` steps a round, its own throughput
     /// being `own` and the throughputs advertised in the round before (its own among them)
     /// `advertised`, in images per second: between a quarter of `steps` and
@@ -106,7 +112,7 @@ impl Load {
             _ => (seen[mid - 1] + seen[mid]) / 2.0,
         };
         let steps = steps.max(1);
-        let least = (steps / Self::MAX_FACTOR).max(1);
+        let least = Self::least_steps(steps);
         let most = steps.saturating_mul(Self::MAX_FACTOR);
         let share = (f64::from(steps) * own / median).round();
         // In range before the cast: `as` saturates, and NaN cannot occur (both positive).

@@ -23,7 +23,7 @@ impl Participant {
             me: self.node.peer_id(),
             round,
             least_expected,
-            least: (steps / fl_core::records::Load::MAX_FACTOR).max(1),
+            least: fl_core::records::Load::least_steps(steps),
         }
     }
 }
@@ -41,8 +41,8 @@ impl Span {
     /// The update of `self.steps` steps over `samples` images, as the task's steps would
     /// have made it (FedNova, with the task's steps as the effective count): scaled by
     /// nominal / steps, its samples too, so the weight it claims is that of the task's
-    /// steps whatever this node's share was; at most `most` (the task's steps of full
-    /// batches, or the whole shard where that is less: what an honest update may claim).
+    /// steps whatever this node's share was; at most `most`, what an honest update of this
+    /// node may claim ([`Terms::sample_bound`] for its shard).
     /// An update of the task's steps within that bound stays as trained, bit for bit.
     pub(super) fn normalise(&self, update: Bundle, samples: u64, most: u64) -> (Bundle, u64) {
         let most = most.max(1);
@@ -106,21 +106,13 @@ pub(super) struct Carry {
     pub(super) capacity: f64,
 }
 
-/// Called after each local step: with a pace, sleeps out what is left of that step's time
-/// from `began` (a machine of that speed, emulated on a shared host).
-pub(super) fn paced(
-    pace: Option<Duration>,
-    began: Instant,
-) -> impl FnMut(fl_core::model::StepProgress) {
-    let mut done = 0u32;
-    move |_| {
-        let Some(pace) = pace else { return };
-        done = done.saturating_add(1);
-        let due = began + pace.saturating_mul(done);
-        let left = due.saturating_duration_since(Instant::now());
-        if !left.is_zero() {
-            std::thread::sleep(left);
-        }
+/// After `done` local steps begun at `began`: with a pace, sleeps out what is left of their
+/// time (a machine of that speed, emulated on a shared host).
+pub(super) fn sleep_out(pace: Option<Duration>, began: Instant, done: u32) {
+    let Some(pace) = pace else { return };
+    let left = (began + pace.saturating_mul(done)).saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        std::thread::sleep(left);
     }
 }
 
@@ -171,19 +163,12 @@ mod tests {
     #[test]
     fn a_paced_step_takes_at_least_the_pace_and_an_unpaced_one_does_not_wait() {
         let began = Instant::now();
-        let mut step = paced(Some(Duration::from_millis(30)), began);
-        let progress = fl_core::model::StepProgress {
-            epoch: 0,
-            steps: 1,
-            images: 32,
-        };
-        step(progress);
-        step(progress);
+        sleep_out(Some(Duration::from_millis(30)), began, 1);
+        sleep_out(Some(Duration::from_millis(30)), began, 2);
         assert!(began.elapsed() >= Duration::from_millis(60));
         let began = Instant::now();
-        let mut step = paced(None, began);
-        for _ in 0..1000 {
-            step(progress);
+        for done in 1..=1000 {
+            sleep_out(None, began, done);
         }
         assert!(began.elapsed() < Duration::from_millis(60));
     }

@@ -1,7 +1,7 @@
 //! Training a round's update on the local data, and announcing it (once per round, even
 //! across restarts).
 
-use super::steps::{Carry, Span, paced};
+use super::steps::{Carry, Span, sleep_out};
 use super::*;
 
 impl Participant {
@@ -135,7 +135,6 @@ impl Participant {
             let shard_images = images.len() as u64;
             let batches = local_batches(arch, images, &config, round, node_seed, span);
             let began = Instant::now();
-            let mut pacer = paced(pace, began);
             let taken = std::cell::Cell::new(0u32);
             let stopped = std::cell::Cell::new(false);
             let (outcome, ended) = fl_core::model::train_carrying(
@@ -145,9 +144,9 @@ impl Participant {
                 &config,
                 &device,
                 carried,
-                |progress| {
-                    pacer(progress);
+                |_| {
                     taken.set(taken.get().saturating_add(1));
+                    sleep_out(pace, began, taken.get());
                     let now = stop.as_ref().is_some_and(|s| s.now(taken.get()));
                     stopped.set(now);
                     !now
@@ -176,9 +175,7 @@ impl Participant {
             }
             let (update, samples) = match span {
                 Some(span) => {
-                    let most = u64::from(span.nominal)
-                        .saturating_mul(u64::from(task.train.batch_size))
-                        .min(shard_images);
+                    let most = Terms::sample_bound(&task, Some(shard_images));
                     span.normalise(outcome.update, outcome.samples as u64, most)
                 }
                 None => (outcome.update, outcome.samples as u64),
