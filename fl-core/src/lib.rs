@@ -17,6 +17,7 @@
 //! | [`privacy`] | the Rényi-DP accountant; clipping and noise (feature `dp`) |
 //! | [`tensors`] | models and updates as named float32 tensors in safetensors files (updates optionally int8) |
 //! | [`records`] | the task, signed update announcements and round manifests; aggregator ranking |
+//! | [`secagg`] | secure aggregation: masked updates whose round reveals only their sum, verifiably |
 //! | `model` | reference models, local training, evaluation and inference (feature `train`) |
 //!
 //! Tensors, models, privacy and round records follow in later modules; this crate knows
@@ -40,4 +41,5 @@ pub mod errors;
 pub mod model;
 pub mod privacy;
 pub mod records;
+pub mod secagg;
 pub mod tensors;

@@ -8,6 +8,7 @@ pub mod evaluation;
 pub mod manifest;
 pub mod population;
 pub mod rank;
+pub mod secure;
 pub mod signed;
 pub mod task;
 
@@ -17,6 +18,7 @@ pub use libp2p_identity::{Keypair, PeerId, PublicKey};
 pub use manifest::{Contribution, Manifest, Metrics, RejectReason, Rejected};
 pub use population::{ClientId, Population, PopulationError, Sample, Sampling};
 pub use rank::{rank_key, ranking};
+pub use secure::{SecureMembers, SecureStep, SecureStepError, Step};
 pub use signed::{Record, Signed, SignedError};
 pub use task::{
     DataSource, DpLevel, DpParams, Load, Neighbours, RoundSchedule, Task, TaskError, TrainParams,

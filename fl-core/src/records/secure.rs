@@ -1,0 +1,234 @@
+//! The messages of a secure round ([`crate::secagg`]) as signed records: small enough to
+//! gossip whole, bound to their task and round, and checked against the signer's place in
+//! the round's member list before anything in them is used.
+
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+use super::signed::Record;
+use crate::content::Cid;
+use crate::secagg::{Advert, Dealing, Params, Reveal, Session, Slot, Survivors};
+
+/// One step of a secure round, from one member (or, for the survivor list, the round's
+/// aggregator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureStep {
+    /// The task.
+    pub task: Cid,
+    /// The round (1-based).
+    pub round: u32,
+    /// The message.
+    pub step: Step,
+}
+
+/// The messages of a secure round, in protocol order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// A member's public keys and seed commitment.
+    Keys(Advert),
+    /// A member's sealed shares for the others.
+    Shares(Dealing),
+    /// The aggregator's list of the masked updates it sums.
+    Survivors(Survivors),
+    /// A member's answer to a survivor list.
+    Answer(Reveal),
+}
+
+impl Record for SecureStep {
+    const DOMAIN: &'static str = "fl/secure-step/1:";
+}
+
+/// Why a signed secure step cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SecureStepError {
+    /// The signer is not a member of the round.
+    #[error("{signer} is not a member of this secure round")]
+    NotMember {
+        /// The signer.
+        signer: PeerId,
+    },
+    /// The step names a slot other than the signer's.
+    #[error("{signer} holds {actual} but signed a step for {claimed}")]
+    WrongSlot {
+        /// The signer.
+        signer: PeerId,
+        /// The slot the step names.
+        claimed: Slot,
+        /// The signer's slot.
+        actual: Slot,
+    },
+    /// The step is for another task or round.
+    #[error("a step of round {round} of task {task}, not of this round")]
+    OtherRound {
+        /// Its task.
+        task: Cid,
+        /// Its round.
+        round: u32,
+    },
+    /// The step itself is malformed.
+    #[error(transparent)]
+    Protocol(#[from] crate::secagg::SecAggError),
+}
+
+/// A round's members, in slot order: the sorted peer ids of those who may deal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureMembers(Vec<PeerId>);
+
+impl SecureMembers {
+    /// The members of a round, sorted and deduplicated; at most 255.
+    pub fn new(mut peers: Vec<PeerId>) -> Result<Self, crate::secagg::SecAggError> {
+        peers.sort();
+        peers.dedup();
+        if peers.len() > usize::from(crate::secagg::MAX_MEMBERS) || peers.len() < 2 {
+            return Err(crate::secagg::SecAggError::Members {
+                members: peers.len().min(usize::from(u16::MAX)) as u16,
+            });
+        }
+        Ok(Self(peers))
+    }
+
+    /// A peer's slot.
+    pub fn slot(&self, peer: &PeerId) -> Option<Slot> {
+        self.0.binary_search(peer).ok().map(|i| Slot(i as u8))
+    }
+
+    /// The peer at a slot.
+    pub fn peer(&self, slot: Slot) -> Option<&PeerId> {
+        self.0.get(usize::from(slot.0))
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a round has at least two members.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl SecureStep {
+    /// The session its keys and masks are bound to.
+    pub fn session(task: &Cid, round: u32) -> Session {
+        Session::new(&task.to_bytes(), round)
+    }
+
+    /// Checks a step verified as signed by `signer` against the round: its task and round,
+    /// the signer's membership and slot, and the step's shape. Whether the signer of a
+    /// survivor list is the round's aggregator is the round's rule, not checked here.
+    pub fn check(
+        &self,
+        signer: &PeerId,
+        task: &Cid,
+        round: u32,
+        members: &SecureMembers,
+        params: &Params,
+    ) -> Result<(), SecureStepError> {
+        if self.task != *task || self.round != round {
+            return Err(SecureStepError::OtherRound {
+                task: self.task,
+                round: self.round,
+            });
+        }
+        let actual = members
+            .slot(signer)
+            .ok_or(SecureStepError::NotMember { signer: *signer })?;
+        let claimed = match &self.step {
+            Step::Keys(advert) => Some(advert.member),
+            Step::Shares(dealing) => {
+                dealing.check(params)?;
+                Some(dealing.dealer)
+            }
+            Step::Answer(reveal) => {
+                if reveal.seeds.len() + reveal.mask_keys.len() > usize::from(params.members) {
+                    return Err(crate::secagg::SecAggError::Survivors {
+                        reason: "an answer with more shares than members",
+                    }
+                    .into());
+                }
+                Some(reveal.responder)
+            }
+            Step::Survivors(survivors) => {
+                survivors.check(params)?;
+                None
+            }
+        };
+        match claimed {
+            Some(claimed) if claimed != actual => Err(SecureStepError::WrongSlot {
+                signer: *signer,
+                claimed,
+                actual,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Keypair, Signed};
+    use crate::secagg::Member;
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn task() -> Cid {
+        crate::content::dagcbor::encode(&"task")
+            .unwrap()
+            .cid()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_signed_step_is_checked_against_the_signers_slot_task_and_round() {
+        let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+        let members =
+            SecureMembers::new(keys.iter().map(|k| k.public().to_peer_id()).collect()).unwrap();
+        let params = Params::new(4, 3, 1.0, 16).unwrap();
+        let task = task();
+        let session = SecureStep::session(&task, 2);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let key = &keys[1];
+        let peer = key.public().to_peer_id();
+        let slot = members.slot(&peer).unwrap();
+        let (_, advert) = Member::new(params, session, slot, &mut rng).unwrap();
+        let step = SecureStep {
+            task,
+            round: 2,
+            step: Step::Keys(advert.clone()),
+        };
+        let signed = Signed::sign(step.clone(), key).unwrap();
+        let block = signed.to_block().unwrap();
+        let back = Signed::<SecureStep>::from_block(&block).unwrap();
+        assert_eq!(back.body, step);
+        back.body
+            .check(&back.signer, &task, 2, &members, &params)
+            .unwrap();
+        assert!(matches!(
+            back.body.check(&back.signer, &task, 3, &members, &params),
+            Err(SecureStepError::OtherRound { round: 2, .. })
+        ));
+        // Another member's keys under this signer: refused.
+        let other = Slot((slot.0 + 1) % 4);
+        let mut wrong = step.clone();
+        wrong.step = Step::Keys(Advert {
+            member: other,
+            ..advert
+        });
+        assert!(matches!(
+            wrong.check(&peer, &task, 2, &members, &params),
+            Err(SecureStepError::WrongSlot { .. })
+        ));
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(matches!(
+            step.check(&stranger, &task, 2, &members, &params),
+            Err(SecureStepError::NotMember { .. })
+        ));
+        // A forged signature does not verify.
+        let mut forged = signed.clone();
+        forged.body.round = 3;
+        assert!(forged.verify().is_err());
+    }
+}
