@@ -92,8 +92,7 @@ impl Round {
                 .offer(&self.params, &self.session, input.clone(), PARAMS)
                 .expect("valid input");
         }
-        let pairs: Vec<Slot> = self.dealings.iter().map(|d| d.dealer).collect();
-        collector.survivors(&self.session, &pairs)
+        collector.survivors(&self.session)
     }
 
     fn answers(&mut self, survivors: &Survivors, silent: usize) -> Vec<Reveal> {

@@ -134,6 +134,7 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
         update_encoding: plan.update_encoding,
         max_samples: None,
         evaluate_every: plan.evaluate_every,
+        secure: plan.secure,
         population: plan.task_population(),
     };
     task.validate()?;

@@ -97,6 +97,8 @@ pub struct Plan {
     /// The test set is scored every this many rounds and after the last (`None`: every
     /// round): the task's `evaluate_every`.
     pub evaluate_every: Option<u32>,
+    /// Secure aggregation (`None`: updates are public files).
+    pub secure: Option<fl_core::records::SecureAggregation>,
     /// The least time a local step takes on each node (`None`: as fast as the shared cores
     /// run it): each node then acts as a machine of its own with that speed.
     pub pace: Option<Duration>,
@@ -182,6 +184,7 @@ impl Plan {
             attacks: Vec::new(),
             stall_after: None,
             evaluate_every: None,
+            secure: None,
             pace: None,
             slow: None,
         }

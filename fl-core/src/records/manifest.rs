@@ -68,6 +68,9 @@ pub enum RejectReason {
     TooLarge,
     /// Its author did not serve it in time.
     Unavailable,
+    /// Under secure aggregation: its masked update is not in the sum (masked against other
+    /// members than the round's, not its author's, or not of the model's size and ring).
+    Unmasked,
     /// A reason this version has no code for: the free text of a manifest made before reasons
     /// were codes, or a code of a newer version. Kept as written, so the record still loads
     /// and its signature verifies, but such a manifest cannot be recomputed here.
@@ -76,7 +79,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason this version has a code for.
-    pub const KNOWN: [RejectReason; 9] = [
+    pub const KNOWN: [RejectReason; 10] = [
         RejectReason::DuplicateSender,
         RejectReason::WrongBase,
         RejectReason::ZeroSamples,
@@ -86,6 +89,7 @@ impl RejectReason {
         RejectReason::Unreadable,
         RejectReason::TooLarge,
         RejectReason::Unavailable,
+        RejectReason::Unmasked,
     ];
 
     /// Its code in manifests (`"non-finite"`), or the text of an unknown reason.
@@ -100,6 +104,7 @@ impl RejectReason {
             RejectReason::Unreadable => "unreadable",
             RejectReason::TooLarge => "too-large",
             RejectReason::Unavailable => "unavailable",
+            RejectReason::Unmasked => "unmasked",
             RejectReason::Unknown(text) => text,
         }
     }
@@ -124,6 +129,7 @@ impl RejectReason {
             RejectReason::Unreadable => "its file is not a tensor bundle",
             RejectReason::TooLarge => "its file is larger than any update of the model",
             RejectReason::Unavailable => "its author did not serve it in time",
+            RejectReason::Unmasked => "its masked update is not one the secure sum can take",
             RejectReason::Unknown(_) => "a reason this version does not know",
         }
     }
@@ -188,6 +194,11 @@ pub struct Manifest {
     pub metrics: Option<Metrics>,
     /// The aggregator's rank for this round (0 unless it took over).
     pub rank: u32,
+    /// Under secure aggregation: the [`SecureRecord`](super::SecureRecord) file, which
+    /// with the contributions' masked updates gives the round's sum (records without it:
+    /// the updates are public files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<Cid>,
 }
 
 impl Manifest {
@@ -231,6 +242,7 @@ impl Manifest {
             delta: None,
             metrics: None,
             rank,
+            secure: None,
         }
     }
 

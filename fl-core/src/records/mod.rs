@@ -18,7 +18,9 @@ pub use libp2p_identity::{Keypair, PeerId, PublicKey};
 pub use manifest::{Contribution, Manifest, Metrics, RejectReason, Rejected};
 pub use population::{ClientId, Population, PopulationError, Sample, Sampling};
 pub use rank::{rank_key, ranking};
-pub use secure::{SecureMembers, SecureStep, SecureStepError, Step};
+pub use secure::{
+    SecureAggregation, SecureMembers, SecureRecord, SecureStep, SecureStepError, Step,
+};
 pub use signed::{Record, Signed, SignedError};
 pub use task::{
     DataSource, DpLevel, DpParams, Load, Neighbours, RoundSchedule, Task, TaskError, TrainParams,

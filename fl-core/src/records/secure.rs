@@ -5,9 +5,47 @@
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::signed::Record;
+use super::signed::{Record, Signed};
 use crate::content::Cid;
-use crate::secagg::{Advert, Dealing, Params, Reveal, Session, Slot, Survivors};
+use crate::secagg::{
+    Advert, Dealing, Params, Reveal, SecAggError, SecureSum, Session, Slot, Survivors,
+};
+
+/// A task's secure-aggregation settings (the task's `secure` field).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregation {
+    /// Shares needed to unmask, and the fewest survivors a round closes with.
+    pub threshold: u16,
+    /// Each coordinate of an update is clamped to `[-range, range]` before quantising.
+    pub range: f64,
+    /// Quantisation bits of one coordinate of one member's update.
+    pub bits: u8,
+}
+
+impl SecureAggregation {
+    /// The protocol's settings for a round of `members`.
+    pub fn params(&self, members: usize) -> Result<Params, SecAggError> {
+        let members =
+            u16::try_from(members).map_err(|_| SecAggError::Members { members: u16::MAX })?;
+        let range = self.range as f32;
+        if !(self.range.is_finite() && f64::from(range) == self.range) {
+            return Err(SecAggError::Range { range });
+        }
+        Params::new(members, self.threshold, range, self.bits)
+    }
+}
+
+/// What a secure round publishes beside its manifest: the sum with the secrets that unmask
+/// it, and every member's signed keys, so the sum can be checked from this file and the
+/// masked updates alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureRecord {
+    /// The survivor list, the revealed secrets and the sum.
+    pub sum: SecureSum,
+    /// The members' signed keys (steps `Keys`), in slot order.
+    pub keys: Vec<Signed<SecureStep>>,
+}
 
 /// One step of a secure round, from one member (or, for the survivor list, the round's
 /// aggregator).
@@ -106,6 +144,24 @@ impl SecureMembers {
     /// Never true: a round has at least two members.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl SecureRecord {
+    /// The record as its file's bytes (DAG-CBOR).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SecAggError> {
+        serde_ipld_dagcbor::to_vec(self).map_err(|e| SecAggError::Decode {
+            what: "secure record",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads a record from its file's bytes (bounded by the caller).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecAggError> {
+        serde_ipld_dagcbor::from_slice(bytes).map_err(|e| SecAggError::Decode {
+            what: "secure record",
+            reason: e.to_string(),
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
 use super::population::{Population, PopulationError, Sampling};
+use super::secure::SecureAggregation;
 use crate::content::dagcbor::{self, DagCborError};
 use crate::content::{Block, Cid};
 use crate::privacy::accountant::{self, AccountantError};
@@ -393,6 +394,10 @@ pub struct Task {
     /// with the next round's training, so short rounds score less often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluate_every: Option<u32>,
+    /// Secure aggregation: members publish masked updates and a round reveals only their
+    /// sum (records without it: updates are public files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureAggregation>,
 }
 
 /// Whether round `round` of `rounds` is scored when scoring every `every` rounds (and after
@@ -420,6 +425,9 @@ pub enum TaskError {
     /// Its population of clients cannot be run.
     #[error("task: population: {0}")]
     Population(#[from] PopulationError),
+    /// Its secure aggregation cannot keep its guarantees.
+    #[error("task: secure aggregation: {0}")]
+    Secure(#[from] crate::secagg::SecAggError),
     /// The record could not be encoded or decoded.
     #[error(transparent)]
     DagCbor(#[from] DagCborError),
@@ -524,6 +532,9 @@ impl Task {
         }
         if let Some(population) = &self.population {
             self.validate_population(population)?;
+        }
+        if let Some(secure) = &self.secure {
+            self.validate_secure(secure)?;
         }
         if let Some(dp) = &self.dp {
             if !(dp.clip_norm.is_finite() && dp.clip_norm > 0.0) {
@@ -633,6 +644,45 @@ impl Task {
         Ok(())
     }
 
+    /// Secure aggregation needs a fixed list of members (their slots), sums that nothing
+    /// else has to see apart (no population hosts, no int8 files) and noise it can split.
+    fn validate_secure(&self, secure: &SecureAggregation) -> Result<(), TaskError> {
+        let Some(members) = self.members.as_ref() else {
+            return Err(invalid(
+                "secure",
+                "on",
+                "members mask against each other by their places in a fixed list: name them (--members)",
+            ));
+        };
+        secure.params(members.len())?;
+        if self.population.is_some() {
+            return Err(invalid(
+                "secure",
+                "on",
+                "a host's update averages its sampled clients by their samples, which a masked sum cannot weigh: not built for populations",
+            ));
+        }
+        if !self.update_encoding.is_f32() {
+            return Err(invalid(
+                "update_encoding",
+                self.update_encoding,
+                "secure aggregation quantises updates itself: set its bits (8 for int8's precision)",
+            ));
+        }
+        if self
+            .dp
+            .as_ref()
+            .is_some_and(|dp| dp.level() == DpLevel::Client)
+        {
+            return Err(invalid(
+                "dp.level",
+                "client",
+                "client-level DP under secure aggregation needs each member's share of the noise and a clip the masked sum cannot check: not built yet (sample-level DP works)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The chance a client takes part in a round, for the client-level accountant: a
     /// population's Poisson rate `per_round / clients`, else 1 (every member every round).
     pub fn client_rate(&self) -> f64 {
@@ -667,6 +717,12 @@ impl Task {
     /// The gossip topic of manifests and chain heads for the task `cid`.
     pub fn manifests_topic(cid: &Cid) -> String {
         format!("fl/{cid}/manifests")
+    }
+
+    /// The gossip topic of the steps of secure rounds (keys, shares, survivor lists and
+    /// answers) for the task `cid`.
+    pub fn secure_topic(cid: &Cid) -> String {
+        format!("fl/{cid}/secure")
     }
 
     /// The gossip topic of the aggregators' evaluations for the task `cid`.
@@ -724,6 +780,7 @@ mod tests {
             update_encoding: Encoding::F32,
             max_samples: None,
             evaluate_every: None,
+            secure: None,
             population: None,
         }
     }

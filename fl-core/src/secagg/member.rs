@@ -120,6 +120,16 @@ impl Member {
         self.slot
     }
 
+    /// The round's session.
+    pub fn session(&self) -> Session {
+        self.session
+    }
+
+    /// The digest of the survivor list this member answered this round, if any.
+    pub fn answered(&self) -> Option<Digest> {
+        self.answered
+    }
+
     /// Deals shares to every member whose advert is usable; returns the dealing and why
     /// other adverts were left out.
     pub fn deal(&mut self, adverts: &[Advert]) -> Result<(Dealing, Vec<SecAggError>), SecAggError> {
@@ -247,6 +257,48 @@ impl Member {
         }
         self.pairs = self.held.keys().copied().collect();
         Ok(faults)
+    }
+
+    /// Opens shares dealt to this member that came after it opened the others (with the
+    /// keys of their dealers, also late if need be), so that it can answer for those
+    /// dealers too; what it masks against does not change. Returns why some were left out.
+    pub fn hold(&mut self, adverts: &[Advert], dealings: &[Dealing]) -> Vec<SecAggError> {
+        if self.pairs.is_empty() {
+            return vec![SecAggError::Order(
+                "a member holds late shares after opening its own",
+            )];
+        }
+        let mut faults = Vec::new();
+        for dealing in dealings {
+            if self.held.contains_key(&dealing.dealer) {
+                continue;
+            }
+            let advert = self
+                .advert(dealing.dealer)
+                .or_else(|| adverts.iter().find(|a| a.member == dealing.dealer));
+            let opened = match advert {
+                Some(advert) => dealing.check(&self.params).and_then(|()| {
+                    shares::open(
+                        &self.session,
+                        self.slot,
+                        &self.secrets.cipher,
+                        dealing,
+                        advert,
+                    )
+                }),
+                None => Err(SecAggError::Dealing {
+                    dealer: dealing.dealer,
+                    reason: "no keys of its dealer",
+                }),
+            };
+            match opened {
+                Ok(held) => {
+                    self.held.insert(dealing.dealer, held);
+                }
+                Err(e) => faults.push(e),
+            }
+        }
+        faults
     }
 
     /// Quantises and masks an update.

@@ -5,8 +5,8 @@
 //! `Δ = 2c / (2^b - 1)`, so `q` lies in `[0, 2^b - 1]`. With `k = b + ⌈log2 n⌉` the sum of
 //! `m ≤ n` inputs is below `2^k` and never wraps, so the unmasked sum is the exact integer
 //! sum; the mean is read back as `Σq · Δ / m - c`. Rounding is to nearest, so for values
-//! within the range the mean read back is within `Δ / 2` of the true mean (plus float32
-//! rounding of the result). Values outside the range are clamped, which is a change the
+//! within the range the mean read back is within `Δ / 2` of the true mean (the mean is
+//! read back in `f64`, whose rounding is far below `Δ`). Values outside the range are clamped, which is a change the
 //! bound does not cover: choose the range to hold every update (under client-level DP, the
 //! clip norm does: no coordinate exceeds the L2 norm).
 
@@ -36,7 +36,7 @@ impl Quantiser {
     }
 
     /// The most a coordinate of the mean read back differs from the true mean of inputs
-    /// within the range: `Δ / 2`, before float32 rounding of the result.
+    /// within the range: `Δ / 2` (read back in `f64`).
     pub fn bound(&self) -> f64 {
         self.step() / 2.0
     }
@@ -65,12 +65,13 @@ impl Quantiser {
             .collect()
     }
 
-    /// The mean of `count` inputs from their unmasked sum.
-    pub fn mean(&self, sum: &[u32], count: usize) -> Vec<f32> {
+    /// The mean of `count` inputs from their unmasked sum, in `f64` (what a mean rule's
+    /// server step takes).
+    pub fn mean(&self, sum: &[u32], count: usize) -> Vec<f64> {
         let step = self.step();
         let count = count.max(1) as f64;
         sum.iter()
-            .map(|&s| (f64::from(s) * step / count - self.range) as f32)
+            .map(|&s| f64::from(s) * step / count - self.range)
             .collect()
     }
 }
@@ -195,7 +196,7 @@ mod tests {
         for (i, m) in mean.iter().enumerate() {
             let truth = inputs.iter().map(|x| f64::from(x[i])).sum::<f64>() / 3.0;
             assert!(
-                (f64::from(*m) - truth).abs() <= q.bound() + 1e-7,
+                (m - truth).abs() <= q.bound() * (1.0 + 1e-9),
                 "{m} vs {truth}"
             );
         }

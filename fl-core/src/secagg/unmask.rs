@@ -13,9 +13,15 @@ use super::shares::{Dealing, recover};
 use super::{Digest, Kind, Params, SecAggError, Session, Slot, digest};
 
 /// The members whose masked updates a round sums, and the members they masked against.
+///
+/// Members may have masked against different sets (each against the dealings that reached
+/// it in time). A list is consistent when any two survivors either both masked against
+/// each other or neither did: then their pairwise masks cancel, and every other mask a
+/// survivor added is with a member outside the list, whose mask key is recovered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Survivors {
-    /// The members every survivor masked against, in increasing order: those that dealt.
+    /// Every member some survivor masked against, the survivors included, in increasing
+    /// order: those not summed are the dropped members.
     pub pairs: Vec<Slot>,
     /// Each survivor and the digest of the masked update summed, in increasing order.
     pub inputs: Vec<Survivor>,
@@ -69,7 +75,7 @@ impl Survivors {
         self.inputs.iter().map(|s| s.member)
     }
 
-    /// The members that dealt but are not summed: their mask keys are recovered.
+    /// The members masked against but not summed: their mask keys are recovered.
     pub fn dropped(&self) -> Vec<Slot> {
         let survivors: BTreeSet<Slot> = self.members().collect();
         self.pairs
@@ -139,6 +145,24 @@ pub struct Unmasked {
     pub faults: Vec<SecAggError>,
 }
 
+/// Checks a masked update's shape: its member and pairs are of the round (pairs in
+/// increasing order), its values of the update's length and within the ring.
+pub fn check_input(params: &Params, input: &MaskedInput, len: usize) -> Result<(), SecAggError> {
+    let member = params.slot(input.member)?;
+    if input.pairs.len() > usize::from(params.members)
+        || input.pairs.windows(2).any(|w| w[0] >= w[1])
+        || input.pairs.binary_search(&member).is_err()
+    {
+        return Err(SecAggError::Survivors {
+            reason: "a masked update's members masked against are not in order, or lack its own",
+        });
+    }
+    for slot in &input.pairs {
+        params.slot(*slot)?;
+    }
+    ring::check(member, &input.values, len, params.ring_bits())
+}
+
 /// Gathers masked updates as they arrive, spotting a member that sends two.
 #[derive(Debug, Clone, Default)]
 pub struct Collector {
@@ -156,8 +180,8 @@ impl Collector {
         input: MaskedInput,
         len: usize,
     ) -> Result<(), SecAggError> {
-        let member = params.slot(input.member)?;
-        ring::check(member, &input.values, len, params.ring_bits())?;
+        check_input(params, &input, len)?;
+        let member = input.member;
         if let Some(first) = self.inputs.get(&member) {
             let (first, second) = (first.digest(session), input.digest(session));
             if first == second {
@@ -174,15 +198,41 @@ impl Collector {
         Ok(())
     }
 
-    /// The survivor list over `pairs` (the members that dealt): every member with one
-    /// masked update, masked against exactly `pairs`.
-    pub fn survivors(&self, session: &Session, pairs: &[Slot]) -> Survivors {
+    /// The survivor list: the masked updates of members that sent one, less the fewest
+    /// (by a fixed rule, so anyone recomputes the same list) that leave the rest
+    /// consistent: while two survivors disagree on whether they masked against each other,
+    /// the one in the most such disagreements (the higher slot on a tie) is left out.
+    pub fn survivors(&self, session: &Session) -> Survivors {
+        let mut kept: Vec<&MaskedInput> = self
+            .inputs
+            .values()
+            .filter(|i| !self.equivocators.contains(&i.member))
+            .collect();
+        loop {
+            let conflicts = |u: &MaskedInput| {
+                kept.iter()
+                    .filter(|v| {
+                        v.member != u.member
+                            && (u.pairs.binary_search(&v.member).is_ok()
+                                != v.pairs.binary_search(&u.member).is_ok())
+                    })
+                    .count()
+            };
+            let worst = kept
+                .iter()
+                .map(|u| (conflicts(u), u.member))
+                .filter(|(c, _)| *c > 0)
+                .max();
+            match worst {
+                Some((_, member)) => kept.retain(|i| i.member != member),
+                None => break,
+            }
+        }
+        let pairs: BTreeSet<Slot> = kept.iter().flat_map(|i| i.pairs.iter().copied()).collect();
         Survivors {
-            pairs: pairs.to_vec(),
-            inputs: self
-                .inputs
-                .values()
-                .filter(|i| !self.equivocators.contains(&i.member) && i.pairs == pairs)
+            pairs: pairs.into_iter().collect(),
+            inputs: kept
+                .iter()
                 .map(|i| Survivor {
                     member: i.member,
                     input: i.digest(session),
@@ -241,15 +291,36 @@ impl Public<'_> {
                     .ok_or(SecAggError::Survivors {
                         reason: "a survivor's masked update is missing",
                     })?;
-                if input.pairs != survivors.pairs {
+                if input.pairs.iter().any(|p| survivors.pairs.binary_search(p).is_err()) {
                     return Err(SecAggError::Survivors {
-                        reason: "a survivor masked against other members than the list's",
+                        reason: "a survivor masked against a member the list does not name",
                     });
                 }
                 ring::check(s.member, &input.values, self.len, self.params.ring_bits())?;
                 Ok(input)
             })
-            .collect()
+            .collect::<Result<Vec<_>, SecAggError>>()
+            .and_then(|inputs| {
+                let named: BTreeSet<Slot> =
+                    inputs.iter().flat_map(|i| i.pairs.iter().copied()).collect();
+                if named.len() != survivors.pairs.len() {
+                    return Err(SecAggError::Survivors {
+                        reason: "the list names members no survivor masked against",
+                    });
+                }
+                for u in &inputs {
+                    for v in &inputs {
+                        if u.pairs.binary_search(&v.member).is_ok()
+                            != v.pairs.binary_search(&u.member).is_ok()
+                        {
+                            return Err(SecAggError::Survivors {
+                                reason: "two survivors disagree on whether they masked against each other",
+                            });
+                        }
+                    }
+                }
+                Ok(inputs)
+            })
     }
 
     /// The sum of the survivors' masked updates less every mask that does not cancel.
@@ -270,7 +341,11 @@ impl Public<'_> {
         }
         for dropped in mask_keys {
             let secret = StaticSecret::from(dropped.share);
-            for survivor in survivors.members() {
+            for input in &inputs {
+                if input.pairs.binary_search(&dropped.dealer).is_err() {
+                    continue;
+                }
+                let survivor = input.member;
                 let advert = self.advert(survivor)?;
                 let seed = pair_seed(
                     self.session,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 mod quantise;
 mod stored;
 pub use quantise::{BadEncoding, Encoding, Quantised, SCALE_SUFFIX, dequantise, quantise};
-pub use stored::{HEADER_ROOM, MAX_BUNDLE_BYTES, StoredError};
+pub use stored::{HEADER_ROOM, MAX_BUNDLE_BYTES, StoredError, read_at_most};
 
 use safetensors::{Dtype, SafeTensors};
 

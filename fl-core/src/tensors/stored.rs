@@ -82,23 +82,8 @@ impl Bundle {
     /// blocks many times expands to any size, and a peer's update is not trusted to be
     /// what it says.
     pub fn load_at_most(repo: &Repo, cid: &Cid, limit: u64) -> Result<Bundle, StoredError> {
-        let limit = limit.min(MAX_BUNDLE_BYTES);
-        let mut out = Limited {
-            bytes: Vec::new(),
-            limit,
-            exceeded: false,
-        };
-        if let Err(source) = repo.cat(cid, &mut out) {
-            if out.exceeded {
-                return Err(StoredError::TooLarge { cid: *cid, limit });
-            }
-            return Err(StoredError::Repo {
-                cid: cid.to_string(),
-                source,
-            });
-        }
-        Bundle::from_safetensors(&out.bytes)
-            .map_err(|source| StoredError::Format { cid: *cid, source })
+        let bytes = read_at_most(repo, cid, limit.min(MAX_BUNDLE_BYTES))?;
+        Bundle::from_safetensors(&bytes).map_err(|source| StoredError::Format { cid: *cid, source })
     }
 
     /// The largest file a bundle with this one's tensors may take: their values as float32
@@ -110,6 +95,27 @@ impl Bundle {
 }
 
 /// A byte buffer that refuses to grow past `limit`.
+/// Reads the file `cid` names from `repo`, every block verified, refusing a file of more
+/// than `limit` bytes as soon as its output passes that size (a DAG that links a few blocks
+/// many times expands to any size).
+pub fn read_at_most(repo: &Repo, cid: &Cid, limit: u64) -> Result<Vec<u8>, StoredError> {
+    let mut out = Limited {
+        bytes: Vec::new(),
+        limit,
+        exceeded: false,
+    };
+    if let Err(source) = repo.cat(cid, &mut out) {
+        if out.exceeded {
+            return Err(StoredError::TooLarge { cid: *cid, limit });
+        }
+        return Err(StoredError::Repo {
+            cid: cid.to_string(),
+            source,
+        });
+    }
+    Ok(out.bytes)
+}
+
 struct Limited {
     bytes: Vec<u8>,
     limit: u64,

@@ -42,6 +42,10 @@ pub enum Attack {
     /// In a task with a population: trains and announces, every round, a client it hosts
     /// that the round did not sample: a say in rounds its client was not drawn for.
     UnsampledClient,
+    /// In a secure task: sends its keys, shares and masked update, then never answers a
+    /// survivor list, as a member that vanishes after masking: the dropouts a round's
+    /// threshold must tolerate.
+    Mute,
 }
 
 /// Bytes a second a `slow-serve` node sends each peer: a 256 KiB block a minute, far below
@@ -77,7 +81,7 @@ impl Attack {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown attack {0:?}: expected inflate-samples[:FACTOR], scale:FACTOR, sign-flip, copy-update, censor, \
-     dag-bomb, have-flood, slow-serve, manifest-flood or unsampled-client"
+     dag-bomb, have-flood, slow-serve, manifest-flood, unsampled-client or mute"
 )]
 pub struct UnknownAttack(String);
 
@@ -107,6 +111,7 @@ impl FromStr for Attack {
             ("have-flood", None) => Ok(Attack::HaveFlood),
             ("slow-serve", None) => Ok(Attack::SlowServe),
             ("manifest-flood", None) => Ok(Attack::ManifestFlood),
+            ("mute", None) => Ok(Attack::Mute),
             ("unsampled-client", None) => Ok(Attack::UnsampledClient),
             _ => Err(bad()),
         }
@@ -126,6 +131,7 @@ impl fmt::Display for Attack {
             Attack::SlowServe => write!(f, "slow-serve"),
             Attack::ManifestFlood => write!(f, "manifest-flood"),
             Attack::UnsampledClient => write!(f, "unsampled-client"),
+            Attack::Mute => write!(f, "mute"),
         }
     }
 }
@@ -148,6 +154,7 @@ mod tests {
             "slow-serve",
             "manifest-flood",
             "unsampled-client",
+            "mute",
         ] {
             let attack: Attack = text.parse().unwrap();
             assert_eq!(attack.to_string(), text);

@@ -189,6 +189,7 @@ mod tests {
             update_encoding: Encoding::F32,
             max_samples: None,
             evaluate_every: None,
+            secure: None,
             population: population.then(|| Population {
                 clients: 30,
                 per_round: 6,

@@ -109,6 +109,7 @@ pub fn aggregate(
             delta,
             metrics: None,
             rank: 0,
+            secure: None,
         },
         model: outcome.model,
         state: outcome.state,
@@ -200,22 +201,27 @@ fn load_updates(repo: &Repo, announcements: &[(Cid, Signed<Announcement>)], limi
 }
 
 /// Stores the round's new model and (for stateful rules) server state; returns their CIDs.
-fn store_outcome(
+pub(super) fn store_outcome(
     repo: &Repo,
     outcome: &aggregator::Outcome,
 ) -> Result<(Cid, Option<Cid>), RoundError> {
-    let model = outcome
-        .model
-        .store(repo)
-        .map_err(|source| RoundError::Store {
-            what: "model",
-            source,
-        })?;
-    if outcome.state.is_empty() {
+    store_model(repo, &outcome.model, &outcome.state)
+}
+
+/// Stores a round's new model and, for rules that carry one, its server state.
+pub(super) fn store_model(
+    repo: &Repo,
+    model: &Bundle,
+    state: &ServerState,
+) -> Result<(Cid, Option<Cid>), RoundError> {
+    let model = model.store(repo).map_err(|source| RoundError::Store {
+        what: "model",
+        source,
+    })?;
+    if state.is_empty() {
         return Ok((model, None));
     }
-    let state = outcome
-        .state
+    let state = state
         .as_bundle()
         .store(repo)
         .map_err(|source| RoundError::Store {
@@ -228,7 +234,7 @@ fn store_outcome(
 /// The privacy the round's manifest states: epsilon spent through `round` and delta.
 /// Client level: the task's; sample level: each node's own, so the round states the
 /// weakest guarantee among its contributors.
-fn round_privacy(
+pub(super) fn round_privacy(
     task: &Task,
     round: u32,
     contributions: &[Contribution],
@@ -316,6 +322,7 @@ mod tests {
             update_encoding: Encoding::F32,
             max_samples: None,
             evaluate_every: None,
+            secure: None,
             population: None,
         }
     }

@@ -491,6 +491,7 @@ mod tests {
             delta: None,
             metrics: None,
             rank,
+            secure: None,
         };
         let signed = Signed::sign(manifest, key).unwrap();
         (*signed.to_block().unwrap().cid(), signed)

@@ -15,6 +15,7 @@
 //! | [`refutation`] | why a manifest does not hold up, as data |
 //! | [`inbox`] | announcements and manifests arriving over gossip, verified and sorted by round |
 //! | [`republish`] | a node's latest records sent again, at pauses that grow, for peers that missed them |
+//! | [`secure`] | a secure round's aggregation as a function of its masked updates and its secure record |
 //! | [`store`] | what a node remembers across restarts |
 //! | [`terms`] | a task record decoded and checked once, its rule and architecture typed |
 
@@ -29,6 +30,7 @@ pub mod machine;
 pub mod participant;
 pub mod refutation;
 pub mod republish;
+pub mod secure;
 pub mod store;
 pub mod terms;
 pub mod verify;
@@ -208,6 +210,9 @@ pub enum RoundError {
         /// The task's budget.
         budget: f64,
     },
+    /// A step of secure aggregation failed.
+    #[error("secure aggregation")]
+    Secure(#[from] fl_core::secagg::SecAggError),
     /// A manifest does not hold up.
     #[error("manifest refuted")]
     Refuted(#[from] Refutation),

@@ -35,6 +35,19 @@ pub enum Refutation {
         /// The chain's.
         chain: Cid,
     },
+    /// A secure round's sum does not hold up against the public material (the members'
+    /// keys, the masked updates and the revealed secrets), or its survivor list is not
+    /// the one the round's masked updates give.
+    #[error("its secure sum does not hold up: {0}")]
+    SecureSum(fl_core::secagg::SecAggError),
+    /// It names a secure record in a task without secure aggregation, or none in one with.
+    #[error(
+        "a secure task's manifest names its secure record, and only a secure task's (named: {named})"
+    )]
+    SecureRecord {
+        /// Whether it names one.
+        named: bool,
+    },
     /// Its rule is not the task's.
     #[error("its rule is {claimed}, the task's {task}")]
     OtherRule {

@@ -37,6 +37,9 @@ pub struct Records {
     pub head: Option<Vec<u8>>,
     /// The last evaluation it made as an aggregator.
     pub evaluation: Option<Vec<u8>>,
+    /// In a secure task, its latest steps with their round: keys, shares, survivor list (as
+    /// aggregator) and answer.
+    pub secure: [Option<(u32, Vec<u8>)>; 4],
 }
 
 /// When one record goes out next.
@@ -95,13 +98,18 @@ pub fn liveness(peers: usize) -> Duration {
 
 /// Starts re-publishing `records` for the task; it stops once nothing else holds them.
 pub fn spawn(node: Node, task: &Cid, records: Arc<Mutex<Records>>) {
+    let secure = Task::secure_topic(task);
     let topics = [
         Task::updates_topic(task),
         Task::manifests_topic(task),
         Task::evaluations_topic(task),
+        secure.clone(),
+        secure.clone(),
+        secure.clone(),
+        secure,
     ];
     tokio::spawn(async move {
-        let mut pacers = [Pacer::new(), Pacer::new(), Pacer::new()];
+        let mut pacers = [(); 7].map(|()| Pacer::new());
         let mut known: HashSet<PeerId> = HashSet::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -120,7 +128,16 @@ pub fn spawn(node: Node, task: &Cid, records: Arc<Mutex<Records>>) {
                 let r = records
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                [r.announcement.clone(), r.head.clone(), r.evaluation.clone()]
+                let [keys, shares, list, answer] = r.secure.clone().map(|s| s.map(|(_, b)| b));
+                [
+                    r.announcement.clone(),
+                    r.head.clone(),
+                    r.evaluation.clone(),
+                    keys,
+                    shares,
+                    list,
+                    answer,
+                ]
             };
             let now = Instant::now();
             for ((topic, pacer), bytes) in topics.iter().zip(&mut pacers).zip(current) {

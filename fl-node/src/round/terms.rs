@@ -12,7 +12,8 @@ use datasets::population::{Clients, ClientsError};
 use fl_core::content::Block;
 use fl_core::model::{Architecture, ModelError};
 use fl_core::records::task::TaskError;
-use fl_core::records::{PeerId, Sample, Task};
+use fl_core::records::{PeerId, Sample, SecureMembers, Task};
+use fl_core::secagg::Params;
 
 /// A task every node of it agreed to by its CID, checked once.
 #[derive(Debug, Clone)]
@@ -36,6 +37,17 @@ pub struct Terms {
     /// The last few rounds' samples, by round: every announcement and look at a round asks
     /// for its sample, which costs draws for every client sampled.
     samples: Arc<Mutex<Vec<KeptSample>>>,
+    /// Under secure aggregation: the protocol's settings and the members in slot order.
+    pub secure: Option<Arc<Secure>>,
+}
+
+/// A secure task's protocol settings and its members by slot.
+#[derive(Debug)]
+pub struct Secure {
+    /// The protocol's settings.
+    pub params: Params,
+    /// The members, in slot order.
+    pub members: SecureMembers,
 }
 
 /// A round's sample, by its round.
@@ -89,6 +101,14 @@ pub enum TermsError {
         /// The rule as written.
         rule: String,
     },
+    /// Secure aggregation with a rule that needs individual updates or their norms.
+    #[error(
+        "the task's rule {rule:?}: a secure round reveals only the sum of the updates, so its rule must be a mean with a server step and no clipping (fedavg, fedavgm, fedadam, fedyogi)"
+    )]
+    SecureRule {
+        /// The rule as written.
+        rule: String,
+    },
     /// Its population's partition does not parse.
     #[error("the task's population")]
     Partition(#[source] SchemeError),
@@ -122,6 +142,26 @@ impl Terms {
                 rule: task.rule.clone(),
             });
         }
+        let secure = match &task.secure {
+            Some(settings) => {
+                if rule.as_mean_rule().is_none_or(|r| r.clip().is_some()) {
+                    return Err(TermsError::SecureRule {
+                        rule: task.rule.clone(),
+                    });
+                }
+                let members = SecureMembers::new(task.members.clone().unwrap_or_default())
+                    .and_then(|m| Ok((settings.params(m.len())?, m)))
+                    .map_err(|e| TermsError::Record {
+                        cid,
+                        source: TaskError::Secure(e),
+                    })?;
+                Some(Arc::new(Secure {
+                    params: members.0,
+                    members: members.1,
+                }))
+            }
+            None => None,
+        };
         let max_samples = Self::sample_bound(&task, None);
         let scheme = task
             .population
@@ -138,6 +178,7 @@ impl Terms {
             scheme,
             clients: None,
             samples: Arc::default(),
+            secure,
         })
     }
 
@@ -286,6 +327,7 @@ mod tests {
             max_samples,
             population: None,
             evaluate_every: None,
+            secure: None,
         }
     }
 

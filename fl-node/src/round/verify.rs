@@ -145,6 +145,22 @@ pub async fn updates(
     Ok(())
 }
 
+/// Fetches the secure record `signed` names, if it names one, from its signer first and
+/// none past the size a record of the round's model can have.
+pub async fn record(
+    inputs: &Inputs,
+    base: &RoundBase,
+    signed: &Signed<Manifest>,
+) -> Result<(), RoundError> {
+    if let Some(cid) = signed.body.secure {
+        let limit = super::secure::record_limit(base.model.num_values());
+        inputs
+            .dag(cid, "the secure record", Some(signed.signer), limit)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The cheap checks of a manifest, before anything is fetched or recomputed: it continues the
 /// chain at `base`, lists each announcement once, every listed announcement is for this task,
 /// round and base model, from a member, with a sane sample count; it counts at least the
@@ -175,6 +191,11 @@ pub fn check_claims(
     }
     if manifest.metrics.is_some() {
         return refuted(Refutation::Metrics);
+    }
+    if manifest.secure.is_some() != terms.secure.is_some() {
+        return refuted(Refutation::SecureRecord {
+            named: manifest.secure.is_some(),
+        });
     }
     if manifest.rule != task.rule {
         return refuted(Refutation::OtherRule {
@@ -242,7 +263,13 @@ pub fn recompute(
         .iter()
         .cloned()
         .partition(|(cid, _)| unavailable.contains(cid));
-    let again = aggregate(repo, terms, base, &present, &missing)?;
+    let again = match &manifest.secure {
+        Some(cid) => {
+            let record = super::secure::load_record(repo, cid, base.model.num_values())?;
+            super::secure::aggregate_secure(repo, terms, base, &present, &missing, &record)?
+        }
+        None => aggregate(repo, terms, base, &present, &missing)?,
+    };
     if again.manifest.model != manifest.model {
         return refuted(Refutation::Model {
             claimed: manifest.model,
@@ -254,6 +281,7 @@ pub fn recompute(
         || again.manifest.server_state != manifest.server_state
         || again.manifest.epsilon != manifest.epsilon
         || again.manifest.delta != manifest.delta
+        || again.manifest.secure != manifest.secure
     {
         return refuted(Refutation::Listing);
     }
@@ -344,6 +372,7 @@ pub async fn manifest(inputs: &Inputs, cid: Cid) -> Result<Verified, RoundError>
     let base = base(inputs, &terms, m.round, prev.as_ref().map(|(c, p)| (*c, p))).await?;
     let announcements = claims(inputs, &terms, &base, &signed).await?;
     updates(inputs, &base, m, &announcements).await?;
+    record(inputs, &base, &signed).await?;
     let counted: HashSet<Cid> = m.contributions.iter().map(|c| c.announcement).collect();
     let clients = terms.sample(m.round).map(|sample| {
         let mut counted: Vec<ClientId> = announcements

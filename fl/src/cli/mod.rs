@@ -234,6 +234,53 @@ impl PopulationArgs {
     }
 }
 
+/// Secure aggregation; shared by `fl simulate` and `fl task create`.
+#[derive(Debug, clap::Args)]
+struct SecureArgs {
+    /// Secure aggregation (SecAgg): each member publishes its update masked, and a round
+    /// reveals only the sum of the updates, which anyone can check. Needs a fixed member
+    /// list and a mean rule (fedavg, fedavgm, fedadam, fedyogi); updates count equally.
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// Members whose shares unmask a round, and the fewest it sums: up to the members less
+    /// this many may vanish after dealing; default 2n/3 + 1 (private against fewer than n/3
+    /// colluding members).
+    #[arg(long, value_name = "T", requires = "secure_aggregation")]
+    secure_threshold: Option<u16>,
+    /// Each coordinate of an update is clamped to [-R, R] before it is quantised.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 1.0,
+        requires = "secure_aggregation"
+    )]
+    secure_range: f64,
+    /// Quantisation bits of a coordinate (8 for int8's precision); the mean is within
+    /// R / (2^BITS - 1) of the true mean.
+    #[arg(
+        long,
+        value_name = "BITS",
+        default_value_t = 20,
+        requires = "secure_aggregation"
+    )]
+    secure_bits: u8,
+}
+
+impl SecureArgs {
+    /// The task's secure settings for `members` members, if asked for.
+    fn settings(&self, members: usize) -> Option<fl_core::records::SecureAggregation> {
+        let members = u16::try_from(members).unwrap_or(u16::MAX);
+        self.secure_aggregation
+            .then(|| fl_core::records::SecureAggregation {
+                threshold: self
+                    .secure_threshold
+                    .unwrap_or_else(|| fl_core::secagg::Params::default_threshold(members)),
+                range: self.secure_range,
+                bits: self.secure_bits,
+            })
+    }
+}
+
 /// A target epsilon with its clip norm and delta, shared by `fl baseline` (DP-SGD) and `fl
 /// simulate` (either level).
 #[derive(Debug, clap::Args)]

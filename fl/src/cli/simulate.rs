@@ -32,6 +32,8 @@ pub(super) struct Simulate {
     #[command(flatten)]
     population: super::PopulationArgs,
     #[command(flatten)]
+    secure: super::SecureArgs,
+    #[command(flatten)]
     dp: super::DpTarget,
     /// What DP protects: `client` (DP-FedAvg: each node's update clipped and noised once a
     /// round) or `sample` (DP-SGD on every node: each example's gradient clipped, noise at
@@ -209,6 +211,7 @@ impl Simulate {
                 .map(|s| seconds("stall-after", s))
                 .transpose()?,
             evaluate_every: self.evaluate_every,
+            secure: self.secure.settings(self.nodes),
             ..defaults
         })
     }

@@ -103,6 +103,8 @@ pub(super) struct Create {
     seed: u64,
     #[command(flatten)]
     population: super::PopulationArgs,
+    #[command(flatten)]
+    secure: super::SecureArgs,
     /// How the dataset's images, all its shards in order, are dealt to the clients (with
     /// --clients): iid, dirichlet:ALPHA, shards:K, quantity:ALPHA, draw:N.
     #[arg(long, default_value = "iid", requires = "clients")]
@@ -208,12 +210,13 @@ fn create(c: Create, repo: &Repo) -> anyhow::Result<()> {
         grace_ms: seconds("grace", c.grace)?,
         dp,
         rule: format!("{rule:#}"),
-        members: (!c.members.is_empty()).then_some(c.members),
+        members: (!c.members.is_empty()).then_some(c.members.clone()),
         flops_per_sample: arch.training_flops_per_sample(),
         seed: c.seed,
         update_encoding: c.training.update_encoding,
         max_samples: None,
         evaluate_every: c.evaluate_every,
+        secure: c.secure.settings(c.members.len()),
         population,
     };
     task.validate()?;

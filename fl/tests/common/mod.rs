@@ -63,6 +63,7 @@ pub fn open_task(name: &str, model: cid::Cid) -> fl_core::records::Task {
         update_encoding: fl_core::tensors::Encoding::F32,
         max_samples: None,
         evaluate_every: None,
+        secure: None,
         population: None,
     }
 }

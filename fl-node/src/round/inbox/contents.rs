@@ -44,6 +44,8 @@ pub(super) struct Contents {
     pub(super) heard: HashMap<PeerId, Instant>,
     /// Round -> announcement or manifest -> when it was filed (fair inclusion compares them).
     pub(super) arrived: BTreeMap<u32, HashMap<Cid, Instant>>,
+    /// The steps of secure rounds in flight.
+    pub(super) secure: super::secure::SecureSteps,
 }
 
 impl Contents {

@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use cid::Cid;
 use fl_core::content::{Block, Blockstore, DAG_CBOR, FsBlockstore, StoreError};
-use fl_core::records::{Announcement, Evaluation, Manifest, PeerId, Signed, SignedError, Task};
+use fl_core::records::{
+    Announcement, Evaluation, Manifest, PeerId, SecureStep, Signed, SignedError, Task,
+};
 use tokio::sync::Notify;
 
 use super::Terms;
@@ -105,6 +107,28 @@ pub enum FileError {
     /// This node's store failed.
     #[error("storing the record: {0}")]
     Store(#[from] StoreError),
+    /// A secure round's step in a task without secure aggregation.
+    #[error("a secure round's step in a task without secure aggregation")]
+    NotSecure,
+    /// A secure round's step that does not fit its round (its signer's slot, its shape).
+    #[error("a secure round's step: {0}")]
+    Secure(#[from] fl_core::records::SecureStepError),
+    /// A second, different step of one kind from one member for one round.
+    #[error("{author} sent a second, different {kind} for round {round}")]
+    SecondStep {
+        /// Its author.
+        author: PeerId,
+        /// The round.
+        round: u32,
+        /// Which step.
+        kind: &'static str,
+    },
+    /// A secure round's step for a round not in flight here.
+    #[error("a secure round's step for round {round}, not in flight here")]
+    SecureWindow {
+        /// Its round.
+        round: u32,
+    },
 }
 
 impl FileError {
@@ -117,10 +141,15 @@ impl FileError {
     /// failing store is this node's state, not anyone's fault.
     pub fn acceptance(&self, via: &PeerId) -> MessageAcceptance {
         match self {
-            FileError::Full { .. } | FileError::Store(_) | FileError::SharedUpdate { .. } => {
+            FileError::Full { .. }
+            | FileError::Store(_)
+            | FileError::SharedUpdate { .. }
+            | FileError::SecureWindow { .. } => MessageAcceptance::Ignore,
+            FileError::SecondUpdate { author, .. } | FileError::SecondStep { author, .. }
+                if author != via =>
+            {
                 MessageAcceptance::Ignore
             }
-            FileError::SecondUpdate { author, .. } if author != via => MessageAcceptance::Ignore,
             _ => MessageAcceptance::Reject,
         }
     }
@@ -134,8 +163,10 @@ pub type SignedAnnouncement = (Cid, Signed<Announcement>);
 pub type SignedManifest = (Cid, Arc<Signed<Manifest>>);
 
 mod contents;
+pub mod secure;
 
 use contents::Contents;
+pub use secure::RoundSteps;
 
 /// The task's gossip, sorted by round.
 #[derive(Clone)]
@@ -172,10 +203,14 @@ impl Inbox {
         let updates = Task::updates_topic(&task_cid);
         let manifests = Task::manifests_topic(&task_cid);
         let evaluations = Task::evaluations_topic(&task_cid);
+        let secure = Task::secure_topic(&task_cid);
         let mut gossip = node.gossip();
         node.subscribe_validated(&updates).await?;
         node.subscribe_validated(&manifests).await?;
         node.subscribe_validated(&evaluations).await?;
+        if inbox.terms.secure.is_some() {
+            node.subscribe_validated(&secure).await?;
+        }
         let this = inbox.clone();
         // A weak handle: the inbox must not keep a node running whose participant stopped.
         let reporter = node.reporter();
@@ -189,7 +224,7 @@ impl Inbox {
                     }
                     Err(_) => return,
                 };
-                if ![&updates, &manifests, &evaluations].contains(&&message.topic) {
+                if ![&updates, &manifests, &evaluations, &secure].contains(&&message.topic) {
                     continue;
                 }
                 // The record's bytes move into the inbox; reporting needs only the id. Decoding,
@@ -202,12 +237,15 @@ impl Inbox {
                     message.topic.clone(),
                     message.source,
                 );
-                let (updates, manifests) = (updates.clone(), manifests.clone());
+                let (updates, manifests, secure) =
+                    (updates.clone(), manifests.clone(), secure.clone());
                 let filed = tokio::task::spawn_blocking(move || {
                     if data.len() > MAX_RECORD_BYTES {
                         Err(FileError::TooLarge(data.len()))
                     } else if topic == updates {
                         filer.file_announcement(&store, data)
+                    } else if topic == secure {
+                        filer.file_secure_step(data)
                     } else if topic == manifests {
                         filer.file_manifest(&store, data).map(|cid| {
                             if let Some(from) = source.filter(|p| filer.terms.task.admits(p)) {
@@ -319,6 +357,35 @@ impl Inbox {
         Ok(cid)
     }
 
+    /// Files a secure round's step (ours, or one that came over gossip), checked against
+    /// the signer's slot among the task's members.
+    pub fn file_secure_step(&self, bytes: Vec<u8>) -> Result<(), FileError> {
+        let secure = self.terms.secure.as_ref().ok_or(FileError::NotSecure)?;
+        let block = Block::hashed(DAG_CBOR, bytes);
+        let signed = Signed::<SecureStep>::from_block(&block)?;
+        let step = &signed.body;
+        self.admits(step.task, step.round, &signed.signer)?;
+        step.check(
+            &signed.signer,
+            &self.terms.cid,
+            step.round,
+            &secure.members,
+            &secure.params,
+        )?;
+        let mut c = lock(&self.contents);
+        let closed = c.closed_through;
+        if c.secure.admit(closed, signed)? {
+            drop(c);
+            self.changed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// The steps of secure round `round` that arrived so far.
+    pub fn secure_round(&self, round: u32) -> RoundSteps {
+        lock(&self.contents).secure.round(round)
+    }
+
     /// Files an evaluation (ours, or one that came over gossip); whether its signer made the
     /// manifest it names is checked when it is looked up.
     pub fn file_evaluation(&self, store: &FsBlockstore, bytes: Vec<u8>) -> Result<(), FileError> {
@@ -413,6 +480,12 @@ impl Inbox {
             None => self.listening_since,
         };
         since.elapsed() > window
+    }
+
+    /// Whether a valid record from `peer` ever arrived here: a peer never heard from may be
+    /// slow to join rather than gone.
+    pub fn ever_heard(&self, peer: &PeerId) -> bool {
+        lock(&self.contents).heard.contains_key(peer)
     }
 
     /// Notes that `peer` gossiped manifest `cid` (peers re-publish the head they follow).
@@ -526,6 +599,7 @@ impl Inbox {
         c.evaluations = c.evaluations.split_off(&oldest);
         c.late = c.late.split_off(&oldest);
         c.arrived = c.arrived.split_off(&oldest);
+        c.secure.close_through(round);
         let kept = c.manifest_bytes.split_off(&oldest);
         let dropped: usize = c.manifest_bytes.values().flat_map(|m| m.values()).sum();
         c.manifest_bytes = kept;

@@ -208,12 +208,21 @@ impl Participant {
             }
         }
         let fetched = started.elapsed();
+        let record = match ctx.terms.secure {
+            Some(_) => Some(self.unmask_round(ctx, base, &present).await?),
+            None => None,
+        };
         let mut aggregated = {
             let (repo, terms, base) = (self.repo.clone(), ctx.terms.clone(), base.clone());
             let slot = self.computing().await?;
             blocking(move || {
                 let _slot = slot;
-                compute::aggregate(&repo, &terms, &base, &present, &missing)
+                match record {
+                    Some(record) => crate::round::secure::aggregate_secure(
+                        &repo, &terms, &base, &present, &missing, &record,
+                    ),
+                    None => compute::aggregate(&repo, &terms, &base, &present, &missing),
+                }
             })
             .await??
         };

@@ -54,6 +54,13 @@ impl Participant {
             let mut r = lock(&ctx.republish);
             r.head = Some(self.block_bytes(&cid)?);
             r.announcement = None;
+            // A decided round's secure steps are of no use to anyone (the next round's,
+            // sent while this one was checked, stay).
+            for step in &mut r.secure {
+                if step.as_ref().is_some_and(|(r, _)| *r <= round) {
+                    *step = None;
+                }
+            }
         }
         let _ = self.node.provide(signed.body.model).await;
         tracing::info!(round, %cid, "adopted the round's manifest");
@@ -185,6 +192,7 @@ impl Participant {
             return Ok(());
         }
         verify::updates(&self.inputs, base, m, &announcements).await?;
+        verify::record(&self.inputs, base, signed).await?;
         let fetched = started.elapsed();
         let (repo, terms, base, manifest) = (
             self.repo.clone(),

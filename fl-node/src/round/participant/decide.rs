@@ -79,6 +79,8 @@ impl Participant {
             // Manifests filed from here on are new to this look.
             let look = Instant::now();
             self.report_evaluations(ctx, emit)?;
+            self.answer_list(ctx, base, waiting.deadline, waiting.grace)
+                .await;
             if let Some(reorg) = self.better_chain(ctx, done, emit).await? {
                 return Ok(Decision::Switch(reorg));
             }

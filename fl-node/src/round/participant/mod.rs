@@ -49,6 +49,7 @@ mod event;
 mod fetch;
 mod misbehave;
 mod rounds;
+mod secure;
 mod steps;
 mod train;
 
@@ -184,6 +185,8 @@ struct Ctx {
     unevaluated: Mutex<Vec<(u32, Cid, libp2p::PeerId, Cid)>>,
     /// Where this node's last training of local steps ended.
     carry: Arc<Mutex<Option<steps::Carry>>>,
+    /// In a secure task: the member this node plays in the round in flight, and its round.
+    secure: Mutex<Option<(u32, fl_core::secagg::Member)>>,
 }
 
 /// What a look at one manifest concluded.

@@ -85,6 +85,7 @@ impl Participant {
             prefetching: Arc::new(tokio::sync::Semaphore::new(PREFETCH_AT_ONCE)),
             unevaluated: Mutex::default(),
             carry: Arc::default(),
+            secure: Mutex::default(),
         };
         let data = self.local_data(&terms).await?;
         Ok((ctx, data))
@@ -163,6 +164,8 @@ impl Participant {
             tracing::info!(round, "none of this node's clients was sampled");
             emit(&Event::NotSampled { round, sampled });
         } else {
+            // A secure round's keys and shares go out while the node trains.
+            let setup = self.start_secure(ctx, round);
             let trained = match self
                 .train_confirming(ctx, &base, data, due, pending.take(), emit)
                 .await?
@@ -171,20 +174,22 @@ impl Participant {
                 ControlFlow::Break(before) => return Ok(before),
             };
             train_seconds = trained.seconds;
-            let epsilon = trained.epsilon;
-            let clients = trained.clients.iter().map(|c| c.0).collect();
-            let steps = trained.steps;
-            let (update, samples) = self.announce(ctx, &base, trained).await?;
-            self.misbehave(ctx, &base);
-            emit(&Event::Announced {
-                round,
-                update: update.to_string(),
-                samples,
-                train_seconds,
-                epsilon,
-                clients,
-                steps,
-            });
+            if self.set_up(ctx, round, setup).await {
+                let epsilon = trained.epsilon;
+                let clients = trained.clients.iter().map(|c| c.0).collect();
+                let steps = trained.steps;
+                let (update, samples) = self.announce(ctx, &base, trained).await?;
+                self.misbehave(ctx, &base);
+                emit(&Event::Announced {
+                    round,
+                    update: update.to_string(),
+                    samples,
+                    train_seconds,
+                    epsilon,
+                    clients,
+                    steps,
+                });
+            }
         }
         let (cid, signed, checked) = match self.decide(ctx, &base, done, data, opened, emit).await?
         {

@@ -227,6 +227,7 @@ impl Participant {
                     },
                 )?
             }
+            None if ctx.terms.secure.is_some() => self.store_masked(ctx, round, &trained.update)?,
             None => trained
                 .update
                 .store_encoded(&self.repo, ctx.terms.task.update_encoding)
