@@ -23,7 +23,7 @@ use rand_chacha::rand_core::SeedableRng;
 
 const PARAMS: usize = 1_756_426;
 const MEMBERS: [u16; 2] = [8, 16];
-const RANGE: f32 = 0.01;
+const RANGE: f64 = 0.01;
 
 fn group_name(n: u16) -> String {
     format!("secagg_{n}x{PARAMS}")
@@ -55,7 +55,7 @@ fn round(n: u16, vanish: usize) -> Round {
         m.open(&dealings).expect("shares");
     }
     let updates: Vec<Vec<f32>> = (0..u64::from(n))
-        .map(|s| benches::pseudo_random(PARAMS, s + 1, RANGE))
+        .map(|s| benches::pseudo_random(PARAMS, s + 1, RANGE as f32))
         .collect();
     let inputs = members
         .iter()

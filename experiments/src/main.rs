@@ -8,6 +8,7 @@ mod non_iid;
 mod population;
 mod privacy;
 mod robustness;
+mod secure;
 mod suite;
 
 use std::path::PathBuf;

@@ -99,7 +99,7 @@ pub struct Section {
 }
 
 /// The experiments, by name, in report order.
-pub const EXPERIMENTS: [(&str, &str); 13] = [
+pub const EXPERIMENTS: [(&str, &str); 14] = [
     (
         "federated-vs-centralized",
         "accuracy against wall time and rounds, both setups",
@@ -149,6 +149,10 @@ pub const EXPERIMENTS: [(&str, &str); 13] = [
         "heterogeneous",
         "8 nodes, 4 at half speed: equal local steps against steps in proportion to capacity (FedNova)",
     ),
+    (
+        "secure-aggregation",
+        "plain FedAvg against secure aggregation (SecAgg) at 8 and 16 nodes: round time, bytes, accuracy",
+    ),
 ];
 
 impl Ctx {
@@ -184,6 +188,7 @@ impl Ctx {
             "population-scale" => self.population_scale()?,
             "population-privacy" => self.population_privacy()?,
             "heterogeneous" => self.heterogeneous()?,
+            "secure-aggregation" => self.secure_aggregation()?,
             other => anyhow::bail!("unknown experiment {other:?}"),
         };
         Ok(Section {

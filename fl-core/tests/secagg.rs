@@ -506,7 +506,7 @@ fn settings_that_cannot_keep_the_guarantees_are_refused() {
         Err(SecAggError::Members { .. })
     ));
     assert!(matches!(
-        Params::new(10, 7, f32::NAN, 16),
+        Params::new(10, 7, f64::NAN, 16),
         Err(SecAggError::Range { .. })
     ));
     assert!(matches!(

@@ -28,11 +28,7 @@ impl SecureAggregation {
     pub fn params(&self, members: usize) -> Result<Params, SecAggError> {
         let members =
             u16::try_from(members).map_err(|_| SecAggError::Members { members: u16::MAX })?;
-        let range = self.range as f32;
-        if !(self.range.is_finite() && f64::from(range) == self.range) {
-            return Err(SecAggError::Range { range });
-        }
-        Params::new(members, self.threshold, range, self.bits)
+        Params::new(members, self.threshold, self.range, self.bits)
     }
 }
 

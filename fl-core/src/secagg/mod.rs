@@ -131,14 +131,14 @@ pub struct Params {
     /// Shares needed to recover a secret: also the fewest survivors a round unmasks.
     pub threshold: u16,
     /// Each coordinate of an update is clamped to `[-range, range]` before quantising.
-    pub range: f32,
+    pub range: f64,
     /// Quantisation bits of one member's input, `1..=24`.
     pub bits: u8,
 }
 
 impl Params {
     /// Checked settings.
-    pub fn new(members: u16, threshold: u16, range: f32, bits: u8) -> Result<Self, SecAggError> {
+    pub fn new(members: u16, threshold: u16, range: f64, bits: u8) -> Result<Self, SecAggError> {
         let params = Self {
             members,
             threshold,
@@ -234,7 +234,7 @@ pub enum SecAggError {
     #[error("quantisation range {range} must be finite and positive")]
     Range {
         /// Range asked for.
-        range: f32,
+        range: f64,
     },
     /// Too many bits for a 32-bit ring.
     #[error(

@@ -24,7 +24,7 @@ impl Quantiser {
     /// The quantiser of checked settings.
     pub fn new(params: &Params) -> Self {
         Self {
-            range: f64::from(params.range),
+            range: params.range,
             levels: (1u32 << params.bits) - 1,
             ring_bits: params.ring_bits(),
         }

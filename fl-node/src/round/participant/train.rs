@@ -565,12 +565,18 @@ fn client_dp(task: &Task) -> Option<(f64, f64)> {
         .map(|dp| (dp.clip_norm, dp.noise_multiplier))
 }
 
-/// Client-level DP: the update clipped and noised as the task sets it (as it is without).
+/// Client-level DP: the update clipped and noised as the task sets it (as it is without);
+/// under secure aggregation with this member's share of the noise.
 fn privatize_client(task: &Task, update: Bundle) -> Result<Bundle, RoundError> {
     let Some((clip_norm, z)) = client_dp(task) else {
         return Ok(update);
     };
-    let noise = fl_core::privacy::NoiseConfig::new(clip_norm, z);
+    let mut noise = fl_core::privacy::NoiseConfig::new(clip_norm, z);
+    // Under secure aggregation only the sum is seen: each member adds its share, so that
+    // the sum of any threshold of members (the fewest a round unmasks) carries z·C.
+    if let Some(secure) = &task.secure {
+        noise = noise.distributed(u32::from(secure.threshold));
+    }
     fl_core::privacy::privatize(&update, &noise)
         .map(|(private, _)| private)
         .map_err(RoundError::from)
