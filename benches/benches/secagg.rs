@@ -92,7 +92,7 @@ impl Round {
                 .offer(&self.params, &self.session, input.clone(), PARAMS)
                 .expect("valid input");
         }
-        collector.survivors(&self.session)
+        collector.survivors(&self.session, |_| true)
     }
 
     fn answers(&mut self, survivors: &Survivors, silent: usize) -> Vec<Reveal> {

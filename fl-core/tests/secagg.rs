@@ -106,7 +106,7 @@ impl Round {
     }
 
     fn survivors(&self) -> Survivors {
-        self.collect().survivors(&self.session)
+        self.collect().survivors(&self.session, |_| true)
     }
 
     /// Answers from every member not in `silent`.
@@ -460,7 +460,7 @@ fn malformed_or_equivocating_masked_updates_are_refused_and_the_sum_holds() {
         .unwrap();
     // The equivocator is left out, its pairwise masks removed with its recovered key, and
     // the sum is exactly the other nine's.
-    let survivors = collector.survivors(&r.session);
+    let survivors = collector.survivors(&r.session, |_| true);
     assert_eq!(survivors.dropped(), vec![Slot(4)]);
     let reveals = r.answers(&survivors, &[]);
     let unmasked = unmask(&r.public(), &r.dealings, &survivors, &reveals).unwrap();
@@ -582,6 +582,65 @@ fn members_that_opened_different_dealings_are_summed_where_they_agree() {
             &r.public(),
             &SecureSum {
                 survivors: forced,
+                ..unmasked.sum.clone()
+            }
+        ),
+        Err(SecAggError::Survivors { .. } | SecAggError::Secrets { .. })
+    ));
+}
+
+#[test]
+fn two_members_that_never_masked_against_each_other_are_not_both_summed() {
+    // Members 0 and 1 each miss the other's dealing: neither masks against the other. A
+    // survivor must be masked against every other survivor (else, where its only other
+    // masks are with dropped members, one curious survivor could strip it), so one of the
+    // two is left out: the higher slot, on a tie.
+    let mut r = dealt(5, 4, 15);
+    let all = r.dealings.clone();
+    for m in &mut r.members {
+        let skip = match m.slot().0 {
+            0 => Some(Slot(1)),
+            1 => Some(Slot(0)),
+            _ => None,
+        };
+        let seen: Vec<Dealing> = all
+            .iter()
+            .filter(|d| Some(d.dealer) != skip)
+            .cloned()
+            .collect();
+        assert!(m.open(&seen).unwrap().is_empty());
+    }
+    r.inputs = r
+        .members
+        .iter()
+        .zip(&r.updates)
+        .map(|(m, u)| m.mask(u).unwrap())
+        .collect();
+    let survivors = r.survivors();
+    let summed: Vec<Slot> = survivors.members().collect();
+    assert_eq!(summed, [Slot(0), Slot(2), Slot(3), Slot(4)]);
+    assert_eq!(survivors.considered.len(), 5);
+    for m in &mut r.members {
+        assert!(m.hold(&r.adverts, &all).is_empty());
+    }
+    let reveals = r.answers(&survivors, &[]);
+    let unmasked = unmask(&r.public(), &r.dealings, &survivors, &reveals).unwrap();
+    assert_eq!(unmasked.sum.values, r.plain_sum(&survivors));
+    verify(&r.public(), &unmasked.sum).unwrap();
+    // A list summing both is refused by anyone who checks it.
+    let mut both = survivors.clone();
+    both.inputs.insert(
+        1,
+        fl_core::secagg::Survivor {
+            member: Slot(1),
+            input: r.inputs[1].digest(&r.session),
+        },
+    );
+    assert!(matches!(
+        verify(
+            &r.public(),
+            &SecureSum {
+                survivors: both,
                 ..unmasked.sum.clone()
             }
         ),

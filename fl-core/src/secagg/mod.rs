@@ -68,7 +68,8 @@ pub use member::{MaskedInput, Member};
 pub use ring::Quantiser;
 pub use shares::{Dealing, Kind};
 pub use unmask::{
-    Collector, Public, Reveal, Revealed, SecureSum, Survivor, Survivors, Unmasked, unmask, verify,
+    Collector, Public, Reveal, Revealed, SecureSum, Survivor, Survivors, Unmasked, survivors_among,
+    unmask, verify,
 };
 
 /// A SHA-256 digest: of a commitment, of a masked update, of a survivor list.
@@ -120,6 +121,10 @@ pub(crate) fn digest(label: &str, session: &Session, parts: &[&[u8]]) -> Digest 
 /// Most members a round may have: GF(256) Shamir shares have 255 non-zero x values.
 pub const MAX_MEMBERS: u16 = 255;
 
+/// Largest quantisation range: far beyond any update, and small enough that `2·range`
+/// and the quantisation scale stay finite.
+pub const MAX_RANGE: f64 = 1e12;
+
 /// Most quantisation bits a member's input may have.
 pub const MAX_BITS: u8 = 24;
 
@@ -168,7 +173,7 @@ impl Params {
                 members: self.members,
             });
         }
-        if !(self.range.is_finite() && self.range > 0.0) {
+        if !(self.range.is_finite() && self.range > 0.0 && self.range <= MAX_RANGE) {
             return Err(SecAggError::Range { range: self.range });
         }
         if !(1..=MAX_BITS).contains(&self.bits) || self.ring_bits() > 32 {
@@ -231,7 +236,7 @@ pub enum SecAggError {
         members: u16,
     },
     /// A range that is not a positive finite number.
-    #[error("quantisation range {range} must be finite and positive")]
+    #[error("quantisation range {range} must be positive and at most {MAX_RANGE:e}")]
     Range {
         /// Range asked for.
         range: f64,

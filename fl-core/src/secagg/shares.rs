@@ -82,6 +82,11 @@ impl Dealing {
         if self.sealed.len() > usize::from(params.members) {
             return Err(malformed("more holders than members"));
         }
+        if self.sealed.len() < usize::from(params.threshold) {
+            return Err(malformed(
+                "fewer holders than the threshold: its secrets could never be recovered",
+            ));
+        }
         for pair in self.sealed.windows(2) {
             if pair[0].holder >= pair[1].holder {
                 return Err(malformed("holders not in increasing order"));

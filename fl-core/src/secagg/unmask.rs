@@ -15,9 +15,11 @@ use super::{Digest, Kind, Params, SecAggError, Session, Slot, digest};
 /// The members whose masked updates a round sums, and the members they masked against.
 ///
 /// Members may have masked against different sets (each against the dealings that reached
-/// it in time). A list is consistent when any two survivors either both masked against
-/// each other or neither did: then their pairwise masks cancel, and every other mask a
-/// survivor added is with a member outside the list, whose mask key is recovered.
+/// it in time). Every two survivors must have masked against each other: their pairwise
+/// masks then cancel, every other mask a survivor added is with a member outside the list
+/// (whose mask key is recovered), and each survivor's update stays hidden under its masks
+/// with all the others. [`survivors_among`] picks such a list from the masked updates
+/// considered, by a fixed rule anyone can rerun.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Survivors {
     /// Every member some survivor masked against, the survivors included, in increasing
@@ -25,6 +27,9 @@ pub struct Survivors {
     pub pairs: Vec<Slot>,
     /// Each survivor and the digest of the masked update summed, in increasing order.
     pub inputs: Vec<Survivor>,
+    /// The masked updates the list was chosen from, in increasing order: the survivors and
+    /// those left out by the rule.
+    pub considered: Vec<Survivor>,
 }
 
 /// A survivor and the masked update of it that is summed.
@@ -53,6 +58,19 @@ impl Survivors {
         }
         if self.inputs.windows(2).any(|w| w[0].member >= w[1].member) {
             return Err(malformed("survivors not in increasing order"));
+        }
+        if self.considered.len() > usize::from(params.members)
+            || self
+                .considered
+                .windows(2)
+                .any(|w| w[0].member >= w[1].member)
+        {
+            return Err(malformed(
+                "masked updates considered not in increasing order",
+            ));
+        }
+        if self.inputs.iter().any(|s| !self.considered.contains(s)) {
+            return Err(malformed("a survivor that was not considered"));
         }
         if self
             .inputs
@@ -88,12 +106,16 @@ impl Survivors {
     /// The digest a member's answer names.
     pub fn digest(&self, session: &Session) -> Digest {
         let pairs: Vec<u8> = self.pairs.iter().map(|s| s.0).collect();
-        let inputs: Vec<u8> = self
-            .inputs
-            .iter()
-            .flat_map(|s| std::iter::once(s.member.0).chain(s.input))
-            .collect();
-        digest("survivors", session, &[&pairs, &inputs])
+        let list = |of: &[Survivor]| -> Vec<u8> {
+            of.iter()
+                .flat_map(|s| std::iter::once(s.member.0).chain(s.input))
+                .collect()
+        };
+        digest(
+            "survivors",
+            session,
+            &[&pairs, &list(&self.inputs), &list(&self.considered)],
+        )
     }
 }
 
@@ -198,52 +220,63 @@ impl Collector {
         Ok(())
     }
 
-    /// The survivor list: the masked updates of members that sent one, less the fewest
-    /// (by a fixed rule, so anyone recomputes the same list) that leave the rest
-    /// consistent: while two survivors disagree on whether they masked against each other,
-    /// the one in the most such disagreements (the higher slot on a tie) is left out.
-    pub fn survivors(&self, session: &Session) -> Survivors {
-        let mut kept: Vec<&MaskedInput> = self
+    /// The survivor list ([`survivors_among`]) over the masked updates that `admit`
+    /// takes, equivocators left out.
+    pub fn survivors(&self, session: &Session, admit: impl Fn(&MaskedInput) -> bool) -> Survivors {
+        let considered: Vec<&MaskedInput> = self
             .inputs
             .values()
-            .filter(|i| !self.equivocators.contains(&i.member))
+            .filter(|i| !self.equivocators.contains(&i.member) && admit(i))
             .collect();
-        loop {
-            let conflicts = |u: &MaskedInput| {
-                kept.iter()
-                    .filter(|v| {
-                        v.member != u.member
-                            && (u.pairs.binary_search(&v.member).is_ok()
-                                != v.pairs.binary_search(&u.member).is_ok())
-                    })
-                    .count()
-            };
-            let worst = kept
-                .iter()
-                .map(|u| (conflicts(u), u.member))
-                .filter(|(c, _)| *c > 0)
-                .max();
-            match worst {
-                Some((_, member)) => kept.retain(|i| i.member != member),
-                None => break,
-            }
-        }
-        let pairs: BTreeSet<Slot> = kept.iter().flat_map(|i| i.pairs.iter().copied()).collect();
-        Survivors {
-            pairs: pairs.into_iter().collect(),
-            inputs: kept
-                .iter()
-                .map(|i| Survivor {
-                    member: i.member,
-                    input: i.digest(session),
-                })
-                .collect(),
-        }
+        survivors_among(session, &considered)
     }
 
     /// The masked updates collected.
     pub fn inputs(&self) -> impl Iterator<Item = &MaskedInput> {
         self.inputs.values()
+    }
+}
+
+/// Whether two masked updates' members masked against each other, both ways.
+fn joined(u: &MaskedInput, v: &MaskedInput) -> bool {
+    u.pairs.binary_search(&v.member).is_ok() && v.pairs.binary_search(&u.member).is_ok()
+}
+
+/// The survivor list over `considered` masked updates (one a member, in any order): all of
+/// them less the fewest, by a fixed rule, that leave every two survivors masked against
+/// each other. While some are not, the one missing the most others (the higher slot on a
+/// tie) is left out.
+pub fn survivors_among(session: &Session, considered: &[&MaskedInput]) -> Survivors {
+    let mut kept: Vec<&MaskedInput> = considered.to_vec();
+    kept.sort_by_key(|i| i.member);
+    loop {
+        let worst = kept
+            .iter()
+            .map(|u| {
+                let missing = kept
+                    .iter()
+                    .filter(|v| v.member != u.member && !joined(u, v))
+                    .count();
+                (missing, u.member)
+            })
+            .filter(|(missing, _)| *missing > 0)
+            .max();
+        match worst {
+            Some((_, member)) => kept.retain(|i| i.member != member),
+            None => break,
+        }
+    }
+    let pairs: BTreeSet<Slot> = kept.iter().flat_map(|i| i.pairs.iter().copied()).collect();
+    let named = |i: &&MaskedInput| Survivor {
+        member: i.member,
+        input: i.digest(session),
+    };
+    let mut considered: Vec<Survivor> = considered.iter().map(named).collect();
+    considered.sort_by_key(|s| s.member);
+    Survivors {
+        pairs: pairs.into_iter().collect(),
+        inputs: kept.iter().map(named).collect(),
+        considered,
     }
 }
 
@@ -291,7 +324,11 @@ impl Public<'_> {
                     .ok_or(SecAggError::Survivors {
                         reason: "a survivor's masked update is missing",
                     })?;
-                if input.pairs.iter().any(|p| survivors.pairs.binary_search(p).is_err()) {
+                if input
+                    .pairs
+                    .iter()
+                    .any(|p| survivors.pairs.binary_search(p).is_err())
+                {
                     return Err(SecAggError::Survivors {
                         reason: "a survivor masked against a member the list does not name",
                     });
@@ -301,8 +338,10 @@ impl Public<'_> {
             })
             .collect::<Result<Vec<_>, SecAggError>>()
             .and_then(|inputs| {
-                let named: BTreeSet<Slot> =
-                    inputs.iter().flat_map(|i| i.pairs.iter().copied()).collect();
+                let named: BTreeSet<Slot> = inputs
+                    .iter()
+                    .flat_map(|i| i.pairs.iter().copied())
+                    .collect();
                 if named.len() != survivors.pairs.len() {
                     return Err(SecAggError::Survivors {
                         reason: "the list names members no survivor masked against",
@@ -310,11 +349,9 @@ impl Public<'_> {
                 }
                 for u in &inputs {
                     for v in &inputs {
-                        if u.pairs.binary_search(&v.member).is_ok()
-                            != v.pairs.binary_search(&u.member).is_ok()
-                        {
+                        if u.member != v.member && !joined(u, v) {
                             return Err(SecAggError::Survivors {
-                                reason: "two survivors disagree on whether they masked against each other",
+                                reason: "two survivors did not both mask against each other",
                             });
                         }
                     }

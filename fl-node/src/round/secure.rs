@@ -9,7 +9,9 @@ use fl_core::content::unixfs::ImportOptions;
 use fl_core::records::{
     Contribution, Manifest, PeerId, RejectReason, Rejected, SecureRecord, SecureStep, Signed, Step,
 };
-use fl_core::secagg::{self, Advert, Collector, MaskedInput, Public, SecAggError, Survivors};
+use std::collections::BTreeSet;
+
+use fl_core::secagg::{self, Advert, MaskedInput, Public, SecAggError, Slot, Survivors};
 use fl_core::tensors::read_at_most;
 
 use super::compute::{Aggregated, RoundBase, round_privacy, sample_epsilon, store_model};
@@ -113,17 +115,22 @@ pub fn masked_inputs(
     Ok((inputs, rejected))
 }
 
-/// The survivor list of a round's masked updates ([`Collector::survivors`]): every one
-/// but the fewest that leave the rest consistent, in slot order.
-pub fn survivors_of(terms: &Terms, round: u32, inputs: &[Masked]) -> Result<Survivors, RoundError> {
-    let secure = settings(terms)?;
+/// The survivor list of a round's masked updates ([`secagg::survivors_among`]) over those
+/// whose members masked only against members in `known` (whose keys the list's maker has).
+pub fn survivors_of(
+    terms: &Terms,
+    round: u32,
+    inputs: &[Masked],
+    known: &BTreeSet<Slot>,
+) -> Result<Survivors, RoundError> {
+    settings(terms)?;
     let session = SecureStep::session(&terms.cid, round);
-    let mut collector = Collector::default();
-    for (_, input) in inputs {
-        // Inputs are already checked, one per author: nothing here is refused.
-        let _ = collector.offer(&secure.params, &session, input.clone(), input.values.len());
-    }
-    Ok(collector.survivors(&session))
+    let considered: Vec<&MaskedInput> = inputs
+        .iter()
+        .map(|(_, i)| i)
+        .filter(|i| i.pairs.iter().all(|p| known.contains(p)))
+        .collect();
+    Ok(secagg::survivors_among(&session, &considered))
 }
 
 /// The members' adverts from their signed keys, each checked against its signer's slot.
@@ -182,20 +189,38 @@ pub fn aggregate_secure(
     let len = base.model.num_values();
     let session = SecureStep::session(&terms.cid, round);
     let adverts = adverts(terms, round, &record.keys)?;
+    let known: BTreeSet<Slot> = adverts.iter().map(|a| a.member).collect();
     let (inputs, mut rejected) = masked_inputs(repo, terms, base, present)?;
     let list = &record.sum.survivors;
-    let expected = survivors_of(terms, round, &inputs)?;
-    if expected != *list {
-        return Err(Refutation::SecureSum(SecAggError::Survivors {
-            reason: "not the survivor list the round's masked updates give",
-        })
-        .into());
+    let refuted =
+        |reason| RoundError::from(Refutation::SecureSum(SecAggError::Survivors { reason }));
+    // The masked updates the list was chosen from must be the ones announced; those it did
+    // not consider (announced after it was made) are left out.
+    let (considered, late): (Vec<Masked>, Vec<Masked>) = inputs
+        .into_iter()
+        .partition(|(_, i)| list.considered.iter().any(|s| s.member == i.member));
+    if considered.len() != list.considered.len() {
+        return Err(refuted(
+            "a masked update it considered is not among the announcements",
+        ));
     }
-    let summed: Vec<&Masked> = inputs
+    if considered
+        .iter()
+        .any(|(_, i)| !i.pairs.iter().all(|p| known.contains(p)))
+    {
+        return Err(refuted(
+            "a masked update it considered names a member without keys in it",
+        ));
+    }
+    let expected = survivors_of(terms, round, &considered, &known)?;
+    if expected != *list {
+        return Err(refuted("not the survivor list its masked updates give"));
+    }
+    let summed: Vec<&Masked> = considered
         .iter()
         .filter(|(_, i)| list.inputs.iter().any(|s| s.member == i.member))
         .collect();
-    for ((cid, a), input) in &inputs {
+    for ((cid, a), input) in considered.iter().chain(&late) {
         if !summed.iter().any(|(_, i)| i.member == input.member) {
             rejected.push(Rejected {
                 peer: a.signer,
@@ -424,7 +449,8 @@ mod tests {
         };
         let (inputs, rejected) = masked_inputs(&repo, &terms, &base, &announced).unwrap();
         assert!(rejected.is_empty());
-        let list = survivors_of(&terms, 1, &inputs).unwrap();
+        let known = adverts.iter().map(|a| a.member).collect();
+        let list = survivors_of(&terms, 1, &inputs, &known).unwrap();
         let answers: Vec<Reveal> = members
             .iter_mut()
             .map(|(_, m)| m.answer(&list).unwrap())

@@ -123,6 +123,15 @@ pub enum FileError {
         /// Which step.
         kind: &'static str,
     },
+    /// A survivor list from a member whose announcement for the round is not here: only
+    /// an announcer can be the round's aggregator (it may come later, and be re-sent).
+    #[error("a survivor list for round {round} from {signer}, who has not announced here")]
+    Unannounced {
+        /// The list's signer.
+        signer: PeerId,
+        /// The round.
+        round: u32,
+    },
     /// A secure round's step for a round not in flight here.
     #[error("a secure round's step for round {round}, not in flight here")]
     SecureWindow {
@@ -144,7 +153,8 @@ impl FileError {
             FileError::Full { .. }
             | FileError::Store(_)
             | FileError::SharedUpdate { .. }
-            | FileError::SecureWindow { .. } => MessageAcceptance::Ignore,
+            | FileError::SecureWindow { .. }
+            | FileError::Unannounced { .. } => MessageAcceptance::Ignore,
             FileError::SecondUpdate { author, .. } | FileError::SecondStep { author, .. }
                 if author != via =>
             {
@@ -373,6 +383,17 @@ impl Inbox {
             &secure.params,
         )?;
         let mut c = lock(&self.contents);
+        if matches!(step.step, fl_core::records::Step::Survivors(_))
+            && !c
+                .announcements
+                .get(&step.round)
+                .is_some_and(|a| a.contains_key(&signed.signer))
+        {
+            return Err(FileError::Unannounced {
+                signer: signed.signer,
+                round: step.round,
+            });
+        }
         let closed = c.closed_through;
         if c.secure.admit(closed, signed)? {
             drop(c);

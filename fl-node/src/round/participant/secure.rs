@@ -181,23 +181,30 @@ impl Participant {
         }
     }
 
-    /// Masks this node's update with the member it set up for `round` and stores the
-    /// masked file (pinned); returns its CID.
-    pub(super) fn store_masked(
+    /// Masks this node's update with the member it set up for `round` (on the blocking
+    /// pool: one mask a member of the round) and stores the masked file (pinned); returns
+    /// its CID.
+    pub(super) async fn store_masked(
         &self,
         ctx: &Ctx,
         round: u32,
         update: &Bundle,
     ) -> Result<Cid, RoundError> {
-        let masked = {
-            let kept = lock(&ctx.secure);
-            let (_, member) = kept
-                .as_ref()
-                .filter(|(r, _)| *r == round)
-                .ok_or(SecAggError::Order("no keys and shares for this round"))?;
-            member.mask(&update.flatten())?
+        let member = match lock(&ctx.secure).take() {
+            Some((r, member)) if r == round => member,
+            other => {
+                *lock(&ctx.secure) = other;
+                return Err(SecAggError::Order("no keys and shares for this round").into());
+            }
         };
-        let bytes = masked.to_bytes()?;
+        let flat = update.flatten();
+        let (member, masked) = blocking(move || {
+            let masked = member.mask(&flat);
+            (member, masked)
+        })
+        .await?;
+        *lock(&ctx.secure) = Some((round, member));
+        let bytes = masked?.to_bytes()?;
         Ok(self.repo.add(&bytes[..], &ImportOptions::default())?.root)
     }
 
@@ -254,8 +261,10 @@ impl Participant {
             let Some((_, member)) = kept.as_mut().filter(|(r, _)| *r == round) else {
                 return Ok(());
             };
-            if member.answered() == Some(list.digest(&member.session())) {
-                return Ok(());
+            match member.answered() {
+                Some(answered) if answered == list.digest(&member.session()) => return Ok(()),
+                Some(_) => return Err(SecAggError::SecondSurvivorList.into()),
+                None => {}
             }
             // Shares that came after this member masked still let it answer for their dealers.
             let steps = ctx.inbox.secure_round(round);
@@ -316,17 +325,47 @@ impl Participant {
             .map(|(_, i)| (i.member, i.digest(&session)))
             .collect();
         let steps = ctx.inbox.secure_round(round);
-        let earlier = steps.lists.iter().find(|(signer, list)| {
-            *signer != me
-                && list
-                    .inputs
+        // A list an announcer ranked ahead of this node published this round, which members
+        // may have answered already: reused when this node holds every masked update it
+        // considered.
+        let anchor = base.prev.unwrap_or(ctx.terms.cid);
+        let announcers = ctx
+            .inbox
+            .announcements(round)
+            .into_iter()
+            .filter(|(_, a)| a.body.base == base.model_cid)
+            .map(|(_, a)| a.signer);
+        let order = ranking(&anchor, round, announcers);
+        let mine = order.iter().position(|p| *p == me);
+        let earlier = steps
+            .lists
+            .iter()
+            .filter(|(signer, _)| {
+                *signer != me
+                    && order
+                        .iter()
+                        .position(|p| p == signer)
+                        .is_some_and(|rank| mine.is_none_or(|m| rank < m))
+            })
+            .find(|(_, list)| {
+                list.considered
                     .iter()
                     .all(|s| digests.get(&s.member) == Some(&s.input))
-        });
+            });
         let list = match earlier {
             Some((_, list)) => list.clone(),
-            None => secure_round::survivors_of(&ctx.terms, round, &inputs)?,
+            None => {
+                let known: BTreeSet<Slot> = steps.keys.keys().copied().collect();
+                secure_round::survivors_of(&ctx.terms, round, &inputs, &known)?
+            }
         };
+        // Keys of every member a considered masked update names: what checkers need to
+        // rerun the list's rule and to check the sum.
+        let named: BTreeSet<Slot> = inputs
+            .iter()
+            .filter(|(_, i)| list.considered.iter().any(|s| s.member == i.member))
+            .flat_map(|(_, i)| i.pairs.iter().copied())
+            .collect();
         if list.inputs.len() < threshold {
             return Err(RoundError::TooFew {
                 usable: list.inputs.len(),
@@ -360,12 +399,11 @@ impl Participant {
                 .collect();
             if answers.len() >= threshold && answers.len() > tried {
                 tried = answers.len();
-                let keys: Vec<Signed<SecureStep>> = list
-                    .pairs
+                let keys: Vec<Signed<SecureStep>> = named
                     .iter()
                     .filter_map(|slot| steps.keys.get(slot).cloned())
                     .collect();
-                if keys.len() != list.pairs.len() {
+                if keys.len() != named.len() {
                     return Err(SecAggError::Survivors {
                         reason: "a member masked against has no keys here",
                     }

@@ -227,7 +227,9 @@ impl Participant {
                     },
                 )?
             }
-            None if ctx.terms.secure.is_some() => self.store_masked(ctx, round, &trained.update)?,
+            None if ctx.terms.secure.is_some() => {
+                self.store_masked(ctx, round, &trained.update).await?
+            }
             None => trained
                 .update
                 .store_encoded(&self.repo, ctx.terms.task.update_encoding)
