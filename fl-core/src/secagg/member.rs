@@ -230,13 +230,7 @@ impl Member {
                         what: "dealings",
                     });
                 }
-                shares::open(
-                    &self.session,
-                    self.slot,
-                    &self.secrets.cipher,
-                    dealing,
-                    advert,
-                )
+                self.open_one(dealing, advert)
             });
             match opened {
                 Ok(held) => {
@@ -277,15 +271,9 @@ impl Member {
                 .advert(dealing.dealer)
                 .or_else(|| adverts.iter().find(|a| a.member == dealing.dealer));
             let opened = match advert {
-                Some(advert) => dealing.check(&self.params).and_then(|()| {
-                    shares::open(
-                        &self.session,
-                        self.slot,
-                        &self.secrets.cipher,
-                        dealing,
-                        advert,
-                    )
-                }),
+                Some(advert) => dealing
+                    .check(&self.params)
+                    .and_then(|()| self.open_one(dealing, advert)),
                 None => Err(SecAggError::Dealing {
                     dealer: dealing.dealer,
                     reason: "no keys of its dealer",
@@ -377,6 +365,17 @@ impl Member {
             self.slot,
             &advert.mask_key,
             other,
+        )
+    }
+
+    /// Opens this member's shares of a checked dealing whose dealer's keys are `advert`.
+    fn open_one(&self, dealing: &Dealing, advert: &Advert) -> Result<Held, SecAggError> {
+        shares::open(
+            &self.session,
+            self.slot,
+            &self.secrets.cipher,
+            dealing,
+            advert,
         )
     }
 

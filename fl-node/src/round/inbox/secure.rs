@@ -30,6 +30,19 @@ pub struct RoundSteps {
     pub lists: Vec<(PeerId, Survivors)>,
 }
 
+impl RoundSteps {
+    /// The members' adverts, from their signed keys.
+    pub fn adverts(&self) -> Vec<fl_core::secagg::Advert> {
+        self.keys
+            .values()
+            .filter_map(|s| match &s.body.step {
+                Step::Keys(advert) => Some(advert.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// The steps of the rounds in flight.
 #[derive(Default)]
 pub(super) struct SecureSteps {

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use fl_core::content::unixfs::ImportOptions;
 use fl_core::records::{SecureRecord, SecureStep, Step};
 use fl_core::secagg::{
-    self, Advert, Dealing, MaskedInput, Member, Public, Reveal, SecAggError, Slot, Survivors,
+    self, Dealing, MaskedInput, Member, Public, Reveal, SecAggError, Slot, Survivors,
 };
 
 use super::*;
@@ -114,14 +114,7 @@ async fn setup(sender: Sender, secure: Arc<Secure>, round: u32) -> Result<Member
         s.keys.keys().copied().collect()
     })
     .await;
-    let adverts: Vec<Advert> = steps
-        .keys
-        .values()
-        .filter_map(|s| match &s.body.step {
-            Step::Keys(advert) => Some(advert.clone()),
-            _ => None,
-        })
-        .collect();
+    let adverts = steps.adverts();
     let advertised: Vec<(Slot, PeerId)> = everyone
         .iter()
         .filter(|(slot, _)| steps.keys.contains_key(slot))
@@ -268,14 +261,7 @@ impl Participant {
             }
             // Shares that came after this member masked still let it answer for their dealers.
             let steps = ctx.inbox.secure_round(round);
-            let adverts: Vec<Advert> = steps
-                .keys
-                .values()
-                .filter_map(|s| match &s.body.step {
-                    Step::Keys(advert) => Some(advert.clone()),
-                    _ => None,
-                })
-                .collect();
+            let adverts = steps.adverts();
             let dealings: Vec<Dealing> = steps.dealings.into_values().collect();
             for fault in member.hold(&adverts, &dealings) {
                 tracing::debug!(round, "secure round: late shares left out: {fault}");
