@@ -69,9 +69,20 @@ fn dealt(members: u16, threshold: u16, seed: u64) -> Round {
 /// Runs keys, dealing, opening and masking; members in `no_input` vanish after dealing
 /// (they send no masked update).
 fn round(members: u16, threshold: u16, no_input: &[u8], seed: u64) -> Round {
-    let mut r = dealt(members, threshold, seed);
+    open_and_mask(dealt(members, threshold, seed), |_, _| false, no_input)
+}
+
+/// Each member opens its shares of every dealing but those that `missed(member, dealer)`
+/// says reached it too late, then masks its update, but the members in `no_input`.
+fn open_and_mask(mut r: Round, missed: impl Fn(Slot, Slot) -> bool, no_input: &[u8]) -> Round {
     for m in &mut r.members {
-        let faults = m.open(&r.dealings).unwrap();
+        let seen: Vec<Dealing> = r
+            .dealings
+            .iter()
+            .filter(|d| !missed(m.slot(), d.dealer))
+            .cloned()
+            .collect();
+        let faults = m.open(&seen).unwrap();
         assert!(faults.is_empty(), "{faults:?}");
     }
     r.inputs = r
@@ -116,6 +127,14 @@ impl Round {
             .filter(|m| !silent.contains(&m.slot().0))
             .map(|m| m.answer(survivors).unwrap())
             .collect()
+    }
+
+    /// Every member opens the dealings that reached it after it masked, for answering.
+    fn hold_late(&mut self) {
+        for m in &mut self.members {
+            let faults = m.hold(&self.adverts, &self.dealings);
+            assert!(faults.is_empty(), "{faults:?}");
+        }
     }
 
     /// The exact integer sum of the survivors' quantised updates.
@@ -537,25 +556,10 @@ fn a_masked_update_file_reads_back_and_an_oversized_one_is_refused_unread() {
 
 #[test]
 fn members_that_opened_different_dealings_are_summed_where_they_agree() {
-    let mut r = dealt(5, 4, 14);
     // Member 4's dealing reaches members 0 and 1 too late: they mask without it, while
     // members 2, 3 and 4 mask against all five.
-    let all = r.dealings.clone();
-    let early: Vec<Dealing> = all
-        .iter()
-        .filter(|d| d.dealer != Slot(4))
-        .cloned()
-        .collect();
-    for m in &mut r.members {
-        let seen = if m.slot().0 < 2 { &early } else { &all };
-        assert!(m.open(seen).unwrap().is_empty());
-    }
-    r.inputs = r
-        .members
-        .iter()
-        .zip(&r.updates)
-        .map(|(m, u)| m.mask(u).unwrap())
-        .collect();
+    let missed = |member: Slot, dealer: Slot| member.0 < 2 && dealer == Slot(4);
+    let mut r = open_and_mask(dealt(5, 4, 14), missed, &[]);
     // Member 4 disagrees with two members, the others with one each: it is left out, its
     // masks with members 2 and 3 removed with its recovered mask key.
     let survivors = r.survivors();
@@ -563,9 +567,7 @@ fn members_that_opened_different_dealings_are_summed_where_they_agree() {
     assert_eq!(summed, [Slot(0), Slot(1), Slot(2), Slot(3)]);
     assert_eq!(survivors.dropped(), vec![Slot(4)]);
     // Answering, members 0 and 1 open the late shares: five holders of member 4's key.
-    for m in &mut r.members {
-        assert!(m.hold(&r.adverts, &all).is_empty());
-    }
+    r.hold_late();
     let reveals = r.answers(&survivors, &[]);
     let unmasked = unmask(&r.public(), &r.dealings, &survivors, &reveals).unwrap();
     assert_eq!(unmasked.sum.values, r.plain_sum(&survivors));
@@ -595,34 +597,15 @@ fn two_members_that_never_masked_against_each_other_are_not_both_summed() {
     // survivor must be masked against every other survivor (else, where its only other
     // masks are with dropped members, one curious survivor could strip it), so one of the
     // two is left out: the higher slot, on a tie.
-    let mut r = dealt(5, 4, 15);
-    let all = r.dealings.clone();
-    for m in &mut r.members {
-        let skip = match m.slot().0 {
-            0 => Some(Slot(1)),
-            1 => Some(Slot(0)),
-            _ => None,
-        };
-        let seen: Vec<Dealing> = all
-            .iter()
-            .filter(|d| Some(d.dealer) != skip)
-            .cloned()
-            .collect();
-        assert!(m.open(&seen).unwrap().is_empty());
-    }
-    r.inputs = r
-        .members
-        .iter()
-        .zip(&r.updates)
-        .map(|(m, u)| m.mask(u).unwrap())
-        .collect();
+    let missed = |member: Slot, dealer: Slot| {
+        (member, dealer) == (Slot(0), Slot(1)) || (member, dealer) == (Slot(1), Slot(0))
+    };
+    let mut r = open_and_mask(dealt(5, 4, 15), missed, &[]);
     let survivors = r.survivors();
     let summed: Vec<Slot> = survivors.members().collect();
     assert_eq!(summed, [Slot(0), Slot(2), Slot(3), Slot(4)]);
     assert_eq!(survivors.considered.len(), 5);
-    for m in &mut r.members {
-        assert!(m.hold(&r.adverts, &all).is_empty());
-    }
+    r.hold_late();
     let reveals = r.answers(&survivors, &[]);
     let unmasked = unmask(&r.public(), &r.dealings, &survivors, &reveals).unwrap();
     assert_eq!(unmasked.sum.values, r.plain_sum(&survivors));

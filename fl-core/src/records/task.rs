@@ -433,7 +433,11 @@ pub enum TaskError {
     DagCbor(#[from] DagCborError),
 }
 
-fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> TaskError {
+pub(super) fn invalid(
+    field: &'static str,
+    value: impl ToString,
+    reason: &'static str,
+) -> TaskError {
     TaskError::Invalid {
         field,
         value: value.to_string(),
@@ -644,48 +648,6 @@ impl Task {
         Ok(())
     }
 
-    /// Secure aggregation needs a fixed list of members (their slots), sums that nothing
-    /// else has to see apart (no population hosts, no int8 files), and under client-level
-    /// DP a range that holds each member's noised update.
-    fn validate_secure(&self, secure: &SecureAggregation) -> Result<(), TaskError> {
-        let Some(members) = self.members.as_ref() else {
-            return Err(invalid(
-                "secure",
-                "on",
-                "members mask against each other by their places in a fixed list: name them (--members)",
-            ));
-        };
-        secure.params(members.len())?;
-        if self.population.is_some() {
-            return Err(invalid(
-                "secure",
-                "on",
-                "a host's update averages its sampled clients by their samples, which a masked sum cannot weigh: not built for populations",
-            ));
-        }
-        if !self.update_encoding.is_f32() {
-            return Err(invalid(
-                "update_encoding",
-                self.update_encoding,
-                "secure aggregation quantises updates itself: set its bits (8 for int8's precision)",
-            ));
-        }
-        if let Some(dp) = self.dp.as_ref().filter(|dp| dp.level() == DpLevel::Client) {
-            // Each member adds its share of the noise, z·C/√t: the range must hold a
-            // clipped update plus four of those standard deviations (a coordinate in
-            // 16,000 clamped), or clamping biases the sum.
-            let share = dp.noise_multiplier * dp.clip_norm / f64::from(secure.threshold).sqrt();
-            if secure.range < dp.clip_norm + 4.0 * share {
-                return Err(invalid(
-                    "secure.range",
-                    secure.range,
-                    "must hold the clip norm plus 4 standard deviations of a member's share of the noise (C + 4·z·C/√threshold)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The chance a client takes part in a round, for the client-level accountant: a
     /// population's Poisson rate `per_round / clients`, else 1 (every member every round).
     pub fn client_rate(&self) -> f64 {
@@ -747,10 +709,10 @@ impl Task {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn task(schedule: RoundSchedule) -> Task {
+    pub(in crate::records) fn task(schedule: RoundSchedule) -> Task {
         let cid: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
             .parse()
             .expect("a CID");
@@ -920,80 +882,6 @@ mod tests {
         }
         assert_eq!("capacity".parse::<Load>(), Ok(Load::Capacity));
         assert!("fast".parse::<Load>().is_err());
-    }
-
-    #[test]
-    fn secure_aggregation_is_left_out_when_off_and_needs_members_and_room_for_the_noise() {
-        let plain = task(RoundSchedule::Constant);
-        assert!(
-            !plain
-                .to_block()
-                .expect("encodes")
-                .data()
-                .windows(6)
-                .any(|w| w == b"secure")
-        );
-        let members: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
-        let secure = Task {
-            members: Some(members),
-            secure: Some(SecureAggregation {
-                threshold: 7,
-                range: 1.0,
-                bits: 20,
-            }),
-            ..plain.clone()
-        };
-        let back = Task::from_block(&secure.to_block().expect("encodes")).expect("decodes");
-        assert_eq!(back, secure);
-        let field = |t: &Task| match t.validate() {
-            Err(TaskError::Invalid { field, .. }) => Some(field),
-            Err(TaskError::Secure(_)) => Some("secure settings"),
-            _ => None,
-        };
-        let open = Task {
-            members: None,
-            ..secure.clone()
-        };
-        assert_eq!(field(&open), Some("secure"));
-        let int8 = Task {
-            update_encoding: Encoding::Int8,
-            ..secure.clone()
-        };
-        assert_eq!(field(&int8), Some("update_encoding"));
-        let low = Task {
-            secure: Some(SecureAggregation {
-                threshold: 5,
-                range: 1.0,
-                bits: 20,
-            }),
-            ..secure.clone()
-        };
-        assert_eq!(field(&low), Some("secure settings"));
-        // Client-level DP: each of at least 7 members adds z·C/√7; C = 1, z = 1 needs a
-        // range of 1 + 4/√7 = 2.51 at least.
-        let dp = DpParams {
-            clip_norm: 1.0,
-            noise_multiplier: 1.0,
-            delta: 1e-5,
-            level: Some(DpLevel::Client),
-            neighbours: None,
-            epsilon_budget: None,
-        };
-        let narrow = Task {
-            dp: Some(dp.clone()),
-            ..secure.clone()
-        };
-        assert_eq!(field(&narrow), Some("secure.range"));
-        let wide = Task {
-            dp: Some(dp),
-            secure: Some(SecureAggregation {
-                threshold: 7,
-                range: 2.6,
-                bits: 20,
-            }),
-            ..secure
-        };
-        assert_eq!(field(&wide), None);
     }
 
     #[test]

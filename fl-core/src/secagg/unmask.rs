@@ -230,11 +230,6 @@ impl Collector {
             .collect();
         survivors_among(session, &considered)
     }
-
-    /// The masked updates collected.
-    pub fn inputs(&self) -> impl Iterator<Item = &MaskedInput> {
-        self.inputs.values()
-    }
 }
 
 /// Whether two masked updates' members masked against each other, both ways.

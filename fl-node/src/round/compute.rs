@@ -265,7 +265,7 @@ pub fn sample_epsilon(task: &Task, samples: u64, round: u32) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use fl_core::content::dagcbor;
     use fl_core::content::unixfs::ImportOptions;
     use fl_core::records::task::TASK_FORMAT;
@@ -292,7 +292,7 @@ mod tests {
     }
 
     /// A one-round FedAvg task on `model` with no data of its own.
-    fn one_round_task(model: Cid) -> Task {
+    pub(in crate::round) fn one_round_task(model: Cid) -> Task {
         Task {
             format: TASK_FORMAT.into(),
             name: "typed reasons".into(),

@@ -7,7 +7,7 @@ use cid::Cid;
 use fl_core::content::Repo;
 use fl_core::content::unixfs::ImportOptions;
 use fl_core::records::{
-    Contribution, Manifest, PeerId, RejectReason, Rejected, SecureRecord, SecureStep, Signed, Step,
+    Contribution, Manifest, RejectReason, Rejected, SecureRecord, SecureStep, Signed, Step,
 };
 use std::collections::BTreeSet;
 
@@ -299,32 +299,19 @@ pub fn aggregate_secure(
     })
 }
 
-/// The peers whose keys a record must carry: every member the survivor list masked against.
-pub fn key_holders<'a>(terms: &'a Terms, list: &'a Survivors) -> impl Iterator<Item = PeerId> + 'a {
-    list.pairs.iter().filter_map(move |slot| {
-        terms
-            .secure
-            .as_ref()
-            .and_then(|s| s.members.peer(*slot).copied())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use aggregator::ServerState;
     use fl_core::content::dagcbor;
-    use fl_core::records::task::TASK_FORMAT;
-    use fl_core::records::{
-        Announcement, DataSource, Keypair, Load, RoundSchedule, SecureAggregation, Task,
-        TrainParams,
-    };
+    use fl_core::records::{Announcement, Keypair, SecureAggregation, Task};
     use fl_core::secagg::{Dealing, Member, Reveal, unmask};
-    use fl_core::tensors::{Bundle, Encoding};
+    use fl_core::tensors::Bundle;
     use rand::SeedableRng;
 
     use super::*;
+    use crate::round::compute::tests::one_round_task;
     use crate::round::verify::recompute;
 
     /// A secure round of four members on a model of three values, run through every step
@@ -351,40 +338,14 @@ mod tests {
             .map(|i| Keypair::ed25519_from_bytes([i; 32]).unwrap())
             .collect();
         let task = Task {
-            format: TASK_FORMAT.into(),
             name: "secure".into(),
-            architecture: "fedavg-cnn".into(),
-            initial_model: model_cid,
-            data: DataSource::OwnData,
-            train: TrainParams {
-                epochs: 1,
-                batch_size: 32,
-                learning_rate: 0.1,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                proximal_mu: 0.0,
-                schedule: RoundSchedule::Constant,
-                steps: None,
-                load: Load::Equal,
-            },
-            rounds: 1,
-            min_participants: 1,
-            round_deadline_ms: 1000,
-            grace_ms: 1000,
-            dp: None,
-            rule: "fedavg".into(),
             members: Some(keys.iter().map(|k| k.public().to_peer_id()).collect()),
-            flops_per_sample: 1,
-            seed: 0,
-            update_encoding: Encoding::F32,
-            max_samples: None,
-            evaluate_every: None,
             secure: Some(SecureAggregation {
                 threshold: 3,
                 range: 1.0,
                 bits: 16,
             }),
-            population: None,
+            ..one_round_task(model_cid)
         };
         let task_cid = *dagcbor::encode(&task).unwrap().cid();
         let terms = Terms::new(task_cid, task).unwrap();

@@ -331,7 +331,7 @@ impl Participant {
     }
 
     /// The announcements for the round on its base so far.
-    fn announced_on(&self, ctx: &Ctx, base: &RoundBase) -> Vec<SignedAnnouncement> {
+    pub(super) fn announced_on(&self, ctx: &Ctx, base: &RoundBase) -> Vec<SignedAnnouncement> {
         ctx.inbox
             .announcements(base.round)
             .into_iter()

@@ -201,6 +201,13 @@ impl Participant {
         Ok(self.repo.add(&bytes[..], &ImportOptions::default())?.root)
     }
 
+    /// The round's announcers on its base in their turn order as aggregators.
+    fn turn_order(&self, ctx: &Ctx, base: &RoundBase) -> Vec<PeerId> {
+        let anchor = base.prev.unwrap_or(ctx.terms.cid);
+        let announced = self.announced_on(ctx, base);
+        ranking(&anchor, base.round, announced.iter().map(|(_, a)| a.signer))
+    }
+
     /// Answers the round's survivor list once one has come from the announcer whose turn
     /// it is to aggregate (the best ranked, or one ranked after it once the turns before
     /// its own have passed): once a round, the member refuses any other list.
@@ -211,22 +218,20 @@ impl Participant {
         deadline: Instant,
         grace: Duration,
     ) {
-        if ctx.terms.secure.is_none() {
+        let round = base.round;
+        // Once a list is answered there is nothing more to do this round (a member answers
+        // one); nor in a task without secure aggregation.
+        let pending = lock(&ctx.secure)
+            .as_ref()
+            .is_some_and(|(r, member)| *r == round && member.answered().is_none());
+        if !pending {
             return;
         }
-        let round = base.round;
         let steps = ctx.inbox.secure_round(round);
         if steps.lists.is_empty() {
             return;
         }
-        let anchor = base.prev.unwrap_or(ctx.terms.cid);
-        let announcers = ctx
-            .inbox
-            .announcements(round)
-            .into_iter()
-            .filter(|(_, a)| a.body.base == base.model_cid)
-            .map(|(_, a)| a.signer);
-        let order = ranking(&anchor, round, announcers);
+        let order = self.turn_order(ctx, base);
         let now = Instant::now();
         let Some(list) = steps
             .lists
@@ -314,14 +319,7 @@ impl Participant {
         // A list an announcer ranked ahead of this node published this round, which members
         // may have answered already: reused when this node holds every masked update it
         // considered.
-        let anchor = base.prev.unwrap_or(ctx.terms.cid);
-        let announcers = ctx
-            .inbox
-            .announcements(round)
-            .into_iter()
-            .filter(|(_, a)| a.body.base == base.model_cid)
-            .map(|(_, a)| a.signer);
-        let order = ranking(&anchor, round, announcers);
+        let order = self.turn_order(ctx, base);
         let mine = order.iter().position(|p| *p == me);
         let earlier = steps
             .lists
