@@ -75,7 +75,7 @@ pub(crate) fn publish(plan: &Plan, data: &Cifar10, root: &Path) -> Result<Setup,
             Ok(keys::load_or_create(d)?)
         })
         .collect::<Result<Vec<_>, SimulationError>>()?;
-    let seed_repo = Repo::open(&dirs[0])?;
+    let seed_repo = Repo::open(&dirs[0])?.without_sync();
     let labels = data.train.labels();
     let split = match &plan.population {
         // One pool, in order, that every node deals the clients from (and can deal them).
@@ -172,7 +172,8 @@ pub(crate) async fn start_nodes(
     let mut started = Vec::with_capacity(setup.nodes.len());
     let mut bootstrap: Vec<Multiaddr> = Vec::new();
     for (index, (dir, key)) in setup.nodes.iter().enumerate() {
-        let repo = Arc::new(Repo::open(dir)?);
+        // The run's repos are its scratch (docs/decisions.md, "Trainings side by side").
+        let repo = Arc::new(Repo::open(dir)?.without_sync());
         let rounds = RoundStore::open(dir)?;
         // Every node is on this host: its address may hold every node's connections.
         let per_host = (setup.nodes.len() as u32).saturating_mul(MAX_CONNECTIONS_PER_PEER);

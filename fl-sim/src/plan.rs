@@ -81,7 +81,7 @@ pub struct Plan {
     /// Which nodes recompute manifests from their updates; the others check their claims
     /// only.
     pub checkers: Checkers,
-    /// Trainings at once across all nodes (the machine's cores are shared).
+    /// Trainings at once across all nodes, each on its share of the machine's cores.
     pub trainings_at_once: usize,
     /// Seed of the initial model, the partition, data order and noise.
     pub seed: u64,

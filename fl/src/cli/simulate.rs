@@ -85,8 +85,9 @@ pub(super) struct Simulate {
     /// shares the machine with the next round's training.
     #[arg(long, value_name = "N")]
     evaluate_every: Option<u32>,
-    /// Trainings at once across the nodes; default: the machine's cores (with --step-ms,
-    /// every node: each acts as a machine of its own).
+    /// Trainings at once across the nodes, each on its share of the cores (one: every core
+    /// for it); default: the machine's cores (with --step-ms, every node: each acts as a
+    /// machine of its own).
     #[arg(long)]
     trainings: Option<usize>,
     /// Each local step takes at least MS milliseconds on every node (a node sleeps out the

@@ -50,6 +50,11 @@ impl FsBlockstore {
         self
     }
 
+    /// Whether each write is flushed to the disk before it counts.
+    pub fn syncs(&self) -> bool {
+        self.sync
+    }
+
     /// The directory holding the blocks.
     pub fn root(&self) -> &Path {
         &self.root

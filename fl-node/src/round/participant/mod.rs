@@ -47,6 +47,7 @@ mod decide;
 mod evaluate;
 mod event;
 mod fetch;
+mod limits;
 mod misbehave;
 mod rounds;
 mod secure;
@@ -54,6 +55,7 @@ mod steps;
 mod train;
 
 pub use event::Event;
+pub use limits::Limits;
 
 /// Tries beyond the first at fetching the task record when joining.
 const JOIN_TRIES: u32 = 5;
@@ -115,31 +117,6 @@ pub struct ParticipantConfig {
     /// The least time a local step takes (`None`: as fast as it runs): emulates a machine
     /// of that speed where many nodes share one host (`fl simulate --step-ms`, `--slow`).
     pub pace: Option<Duration>,
-}
-
-/// Bounds on a node's heavy work, shared by the nodes of one process (`fl simulate`) so that
-/// many nodes on one machine neither thrash its cores nor hold every update in memory at once.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Trainings at once (one left running after its base was refuted included).
-    pub training: Arc<tokio::sync::Semaphore>,
-    /// Aggregations and recomputations at once (each holds a round's updates in memory).
-    pub computing: Arc<tokio::sync::Semaphore>,
-}
-
-impl Limits {
-    /// One node alone in its process: one training at a time, two computations.
-    pub fn per_node() -> Self {
-        Self::shared(1, 2)
-    }
-
-    /// Limits to share among the nodes of one process.
-    pub fn shared(trainings: usize, computations: usize) -> Self {
-        Self {
-            training: Arc::new(tokio::sync::Semaphore::new(trainings.max(1))),
-            computing: Arc::new(tokio::sync::Semaphore::new(computations.max(1))),
-        }
-    }
 }
 
 /// The training data a node holds.

@@ -83,7 +83,7 @@ impl Participant {
         };
         let images = data.train.clone();
         // Held until the training ends, even one whose result is no longer wanted.
-        let slot = self.config.limits.training.clone().acquire_owned().await?;
+        let slot = self.config.limits.training_slot().await?;
         // Rounds of a few steps go on from where the node's last round ended: its momentum,
         // its place in its data and its throughput. Only the previous round's momentum still
         // points where the model is going.
@@ -121,66 +121,67 @@ impl Participant {
         // A population's clients are clipped and noised as they are summed.
         let clip = client_dp(&task).filter(|_| dealt.is_some());
         let (update, samples, clients, capacity, span) = blocking(move || {
-            let _slot = slot;
-            if let Some((clients, due)) = dealt {
-                let pool = Pool {
-                    images: &images,
-                    clients: &clients,
-                };
-                let (update, samples, clients) =
-                    train_clients(&task, arch, &global, &pool, &due, round, &device, clip)?;
-                return Ok((update, samples, clients, None, None));
-            }
-            let config = train_config(&task, round, node_seed);
-            let shard_images = images.len() as u64;
-            let batches = local_batches(arch, images, &config, round, node_seed, span);
-            let began = Instant::now();
-            let taken = std::cell::Cell::new(0u32);
-            let stopped = std::cell::Cell::new(false);
-            let (outcome, ended) = fl_core::model::train_carrying(
-                arch,
-                &global,
-                &batches,
-                &config,
-                &device,
-                carried,
-                |_| {
-                    taken.set(taken.get().saturating_add(1));
-                    sleep_out(pace, began, taken.get());
-                    let now = stop.as_ref().is_some_and(|s| s.now(taken.get()));
-                    stopped.set(now);
-                    !now
-                },
-            )?;
-            // Images a second over the steps (the model's build left out).
-            let (images, seconds) = outcome.epochs.iter().fold((0.0, 0.0), |(n, t), e| {
-                (n + e.samples as f64, t + e.seconds)
-            });
-            let capacity = images / f64::max(seconds, 1e-9);
-            // The steps taken, where the median member's announcement cut them short.
-            let span = span.map(|s| match stopped.get() {
-                true => Span {
-                    steps: taken.get().clamp(1, s.steps.max(1)),
-                    ..s
-                },
-                false => s,
-            });
-            if let (Some(carry), Some(span)) = (keep, span) {
-                *lock(&carry) = Some(Carry {
-                    round,
-                    momentum: ended,
-                    next_batch: span.first + u64::from(span.steps),
-                    capacity,
-                });
-            }
-            let (update, samples) = match span {
-                Some(span) => {
-                    let most = Terms::sample_bound(&task, Some(shard_images));
-                    span.normalise(outcome.update, outcome.samples as u64, most)
+            slot.run(|| {
+                if let Some((clients, due)) = dealt {
+                    let pool = Pool {
+                        images: &images,
+                        clients: &clients,
+                    };
+                    let (update, samples, clients) =
+                        train_clients(&task, arch, &global, &pool, &due, round, &device, clip)?;
+                    return Ok((update, samples, clients, None, None));
                 }
-                None => (outcome.update, outcome.samples as u64),
-            };
-            Ok::<_, RoundError>((update, samples, Vec::new(), Some(capacity), span))
+                let config = train_config(&task, round, node_seed);
+                let shard_images = images.len() as u64;
+                let batches = local_batches(arch, images, &config, round, node_seed, span);
+                let began = Instant::now();
+                let taken = std::cell::Cell::new(0u32);
+                let stopped = std::cell::Cell::new(false);
+                let (outcome, ended) = fl_core::model::train_carrying(
+                    arch,
+                    &global,
+                    &batches,
+                    &config,
+                    &device,
+                    carried,
+                    |_| {
+                        taken.set(taken.get().saturating_add(1));
+                        sleep_out(pace, began, taken.get());
+                        let now = stop.as_ref().is_some_and(|s| s.now(taken.get()));
+                        stopped.set(now);
+                        !now
+                    },
+                )?;
+                // Images a second over the steps (the model's build left out).
+                let (images, seconds) = outcome.epochs.iter().fold((0.0, 0.0), |(n, t), e| {
+                    (n + e.samples as f64, t + e.seconds)
+                });
+                let capacity = images / f64::max(seconds, 1e-9);
+                // The steps taken, where the median member's announcement cut them short.
+                let span = span.map(|s| match stopped.get() {
+                    true => Span {
+                        steps: taken.get().clamp(1, s.steps.max(1)),
+                        ..s
+                    },
+                    false => s,
+                });
+                if let (Some(carry), Some(span)) = (keep, span) {
+                    *lock(&carry) = Some(Carry {
+                        round,
+                        momentum: ended,
+                        next_batch: span.first + u64::from(span.steps),
+                        capacity,
+                    });
+                }
+                let (update, samples) = match span {
+                    Some(span) => {
+                        let most = Terms::sample_bound(&task, Some(shard_images));
+                        span.normalise(outcome.update, outcome.samples as u64, most)
+                    }
+                    None => (outcome.update, outcome.samples as u64),
+                };
+                Ok::<_, RoundError>((update, samples, Vec::new(), Some(capacity), span))
+            })
         })
         .await??;
         tracing::debug!(round, ?span, ?capacity, "trained");

@@ -227,6 +227,32 @@ fn valid_range_maxpool(
     (start as usize, end as usize)
 }
 
+/// The maximum of a K x K window of a plane whose first element is at `corner`, and its
+/// index, chosen as the general path chooses (the first maximum; the last NaN, which always
+/// wins), with the window unrolled so that the choices compile to selects, not branches.
+#[inline(always)]
+fn max_in_window<T: Copy + PartialOrd + num_traits::Float, const K: usize>(
+    plane: &[T],
+    corner: usize,
+    in_w: usize,
+) -> (T, i64) {
+    let mut max_val = plane[corner];
+    let mut max_idx = corner;
+    for kh in 0..K {
+        for kw in 0..K {
+            if kh == 0 && kw == 0 {
+                continue;
+            }
+            let at = corner + kh * in_w + kw;
+            let val = plane[at];
+            let take = (val > max_val) | val.is_nan();
+            max_val = if take { val } else { max_val };
+            max_idx = if take { at } else { max_idx };
+        }
+    }
+    (max_val, max_idx as i64)
+}
+
 /// Generic 3D max pooling with indices implementation.
 #[allow(clippy::too_many_arguments)]
 fn max_pool3d_with_indices_impl<T>(
@@ -261,107 +287,98 @@ where
     let out_w = pool_output_size(in_w, kernel_w, pad_w, stride_w, dilation_w, ceil_mode);
 
     let spatial_out = out_d * out_h * out_w;
+    let plane_in = in_d * in_h * in_w;
     let x_data: &[T] = x.storage();
-    let kernel = |od: usize, oh: usize, ow: usize, x_offset: usize| {
-        let (kd_start, kd_end) =
-            valid_range_maxpool(od, kernel_d, stride_d, pad_d, dilation_d, in_d);
-        let (kh_start, kh_end) =
-            valid_range_maxpool(oh, kernel_h, stride_h, pad_h, dilation_h, in_h);
-        let (kw_start, kw_end) =
-            valid_range_maxpool(ow, kernel_w, stride_w, pad_w, dilation_w, in_w);
-
-        let mut max_val = neg_inf;
-        let mut max_idx: i64 = -1;
-
-        for kd in kd_start..kd_end {
-            // These subtractions are safe because valid_range guarantees no underflow.
-            let id = od * stride_d + kd * dilation_d - pad_d;
-            let id_base = id * in_h * in_w;
-
-            for kh in kh_start..kh_end {
-                let ih = oh * stride_h + kh * dilation_h - pad_h;
-                let ih_base = ih * in_w;
-
-                for kw in kw_start..kw_end {
-                    let iw = ow * stride_w + kw * dilation_w - pad_w;
-
-                    let x_idx = x_offset + id_base + ih_base + iw;
-                    let val = x_data[x_idx];
-
-                    // NaN always wins, so it propagates like in PyTorch, which also
-                    // reports the index of the last NaN in the window.
-                    if max_idx < 0 || val > max_val || val.is_nan() {
-                        max_val = val;
-                        max_idx = (id_base + ih_base + iw) as i64;
-                    }
+    // Each output position's window along each axis, computed once per call: computed for
+    // every output, as before, the divisions in `valid_range_maxpool` took most of the
+    // pooling's time (third_party/README.md).
+    let windows = |out: usize, kernel: usize, stride: usize, pad: usize, dilation: usize, input: usize| {
+        (0..out)
+            .map(|o| valid_range_maxpool(o, kernel, stride, pad, dilation, input))
+            .collect::<Vec<_>>()
+    };
+    let rd = windows(out_d, kernel_d, stride_d, pad_d, dilation_d, in_d);
+    let rh = windows(out_h, kernel_h, stride_h, pad_h, dilation_h, in_h);
+    let rw = windows(out_w, kernel_w, stride_w, pad_w, dilation_w, in_w);
+    // 2x2 and 3x3 windows without dilation, wholly inside the input, take a path whose
+    // window is unrolled (its choices compile to selects): over loops of run-time length the
+    // comparisons' branches, mispredicted on most windows, took most of the time.
+    let unrolled = kernel_d == 1
+        && dilation_h == 1
+        && dilation_w == 1
+        && matches!((kernel_h, kernel_w), (2, 2) | (3, 3));
+    // One (batch, channel) plane: its input, and its outputs and their indices.
+    let pool_plane = |plane: &[T], out: &mut [T], idx: &mut [i64]| {
+        for (od, &(kd_start, kd_end)) in rd.iter().enumerate() {
+            for (oh, &(kh_start, kh_end)) in rh.iter().enumerate() {
+                let row = (od * out_h + oh) * out_w;
+                for (ow, &(kw_start, kw_end)) in rw.iter().enumerate() {
+                    let whole = (kd_end - kd_start, kh_end - kh_start, kw_end - kw_start)
+                        == (1, kernel_h, kernel_w);
+                    let (max_val, max_idx) = if unrolled && whole {
+                        // The window's first element (the subtractions are safe because the
+                        // window is wholly inside the input).
+                        let id = od * stride_d - pad_d;
+                        let corner = (id * in_h + oh * stride_h - pad_h) * in_w + ow * stride_w
+                            - pad_w;
+                        match kernel_h {
+                            2 => max_in_window::<T, 2>(plane, corner, in_w),
+                            _ => max_in_window::<T, 3>(plane, corner, in_w),
+                        }
+                    } else {
+                        let mut max_val = neg_inf;
+                        let mut max_idx: i64 = -1;
+                        for kd in kd_start..kd_end {
+                            // These subtractions are safe because valid_range guarantees no
+                            // underflow.
+                            let id = od * stride_d + kd * dilation_d - pad_d;
+                            for kh in kh_start..kh_end {
+                                let ih = oh * stride_h + kh * dilation_h - pad_h;
+                                let base = (id * in_h + ih) * in_w;
+                                for kw in kw_start..kw_end {
+                                    let at = base + ow * stride_w + kw * dilation_w - pad_w;
+                                    let val = plane[at];
+                                    // NaN always wins, so it propagates like in PyTorch,
+                                    // which also reports the index of the last NaN in the
+                                    // window.
+                                    if max_idx < 0 || val > max_val || val.is_nan() {
+                                        max_val = val;
+                                        max_idx = at as i64;
+                                    }
+                                }
+                            }
+                        }
+                        (max_val, max_idx)
+                    };
+                    out[row + ow] = max_val;
+                    idx[row + ow] = max_idx;
                 }
             }
         }
-
-        (max_val, max_idx)
     };
 
-    let (output, indices) = {
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-
-            let mut output = vec![neg_inf; batch_size * channels * spatial_out];
-            let mut indices = vec![-1i64; batch_size * channels * spatial_out];
-            let out_ptr = crate::ops::SendMutPtr::new(output.as_mut_ptr());
-            let idx_ptr = crate::ops::SendMutPtr::new(indices.as_mut_ptr());
-
-            // Flatten batch*channels into a single par_iter so rayon chooses
-            // the right granularity instead of creating one task per channel.
-            let bc_total = batch_size * channels;
-            (0..bc_total).into_par_iter().for_each(|bc| {
-                let b = bc / channels;
-                let c = bc % channels;
-                let x_offset = b * channels * in_d * in_h * in_w + c * in_d * in_h * in_w;
-                let out_offset = bc * spatial_out;
-
-                for od in 0..out_d {
-                    for oh in 0..out_h {
-                        for ow in 0..out_w {
-                            let out_idx = out_offset + od * out_h * out_w + oh * out_w + ow;
-                            let (max_val, max_idx) = kernel(od, oh, ow, x_offset);
-
-                            unsafe {
-                                out_ptr.write(out_idx, max_val);
-                                idx_ptr.write(out_idx, max_idx);
-                            }
-                        }
-                    }
-                }
-            });
-            (output, indices)
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            let mut output = vec![neg_inf; batch_size * channels * spatial_out];
-            let mut indices = vec![-1i64; batch_size * channels * spatial_out];
-
-            for b in 0..batch_size {
-                for c in 0..channels {
-                    let x_offset = b * channels * in_d * in_h * in_w + c * in_d * in_h * in_w;
-                    let out_offset = b * channels * spatial_out + c * spatial_out;
-
-                    for od in 0..out_d {
-                        for oh in 0..out_h {
-                            for ow in 0..out_w {
-                                let out_idx = out_offset + od * out_h * out_w + oh * out_w + ow;
-                                let (max_val, max_idx) = kernel(od, oh, ow, x_offset);
-
-                                output[out_idx] = max_val;
-                                indices[out_idx] = max_idx;
-                            }
-                        }
-                    }
-                }
-            }
-            (output, indices)
-        }
-    };
+    let mut output = vec![neg_inf; batch_size * channels * spatial_out];
+    let mut indices = vec![-1i64; batch_size * channels * spatial_out];
+    let chunk = spatial_out.max(1);
+    let plane_of = |bc: usize| &x_data[bc * plane_in..(bc + 1) * plane_in];
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        // One task per (batch, channel) plane; rayon chooses the granularity.
+        output
+            .par_chunks_mut(chunk)
+            .zip(indices.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(bc, (out, idx))| pool_plane(plane_of(bc), out, idx));
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        output
+            .chunks_mut(chunk)
+            .zip(indices.chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(bc, (out, idx))| pool_plane(plane_of(bc), out, idx));
+    }
 
     let out_shape = Shape::from(vec![batch_size, channels, out_d, out_h, out_w]);
     let output_tensor = FlexTensor::new(
