@@ -172,7 +172,8 @@ pub(crate) async fn start_nodes(
     let mut started = Vec::with_capacity(setup.nodes.len());
     let mut bootstrap: Vec<Multiaddr> = Vec::new();
     for (index, (dir, key)) in setup.nodes.iter().enumerate() {
-        // The run's repos are its scratch (docs/decisions.md, "Trainings side by side").
+        // The run's repos are its scratch (docs/decisions.md, "No flush per block in a
+        // simulation's repos").
         let repo = Arc::new(Repo::open(dir)?.without_sync());
         let rounds = RoundStore::open(dir)?;
         // Every node is on this host: its address may hold every node's connections.

@@ -115,8 +115,9 @@ impl Repo {
 
     /// Stops flushing each block to the disk before it counts: for scratch repos that a
     /// run makes and removes (`fl simulate`'s nodes), where a lost write can only follow a
-    /// crash of the whole machine, which ends the run anyway. A flush per block was a tenth
-    /// of the main job's round time (docs/decisions.md, "Trainings side by side").
+    /// crash of the whole machine, which ends the run anyway. A flush per block was 4-8% of
+    /// the main job's round time (docs/decisions.md, "No flush per block in a simulation's
+    /// repos").
     pub fn without_sync(mut self) -> Self {
         self.blocks = self.blocks.with_sync(false);
         self

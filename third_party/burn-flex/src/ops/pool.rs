@@ -289,20 +289,21 @@ where
     let spatial_out = out_d * out_h * out_w;
     let plane_in = in_d * in_h * in_w;
     let x_data: &[T] = x.storage();
-    // Each output position's window along each axis, computed once per call: computed for
-    // every output, as before, the divisions in `valid_range_maxpool` took most of the
+    // Each output position's window along each axis, worked out once a call rather than
+    // once an output: the divisions in `valid_range_maxpool` were about a quarter of the
     // pooling's time (third_party/README.md).
-    let windows = |out: usize, kernel: usize, stride: usize, pad: usize, dilation: usize, input: usize| {
-        (0..out)
-            .map(|o| valid_range_maxpool(o, kernel, stride, pad, dilation, input))
-            .collect::<Vec<_>>()
-    };
+    let windows =
+        |out: usize, kernel: usize, stride: usize, pad: usize, dilation: usize, input: usize| {
+            (0..out)
+                .map(|o| valid_range_maxpool(o, kernel, stride, pad, dilation, input))
+                .collect::<Vec<_>>()
+        };
     let rd = windows(out_d, kernel_d, stride_d, pad_d, dilation_d, in_d);
     let rh = windows(out_h, kernel_h, stride_h, pad_h, dilation_h, in_h);
     let rw = windows(out_w, kernel_w, stride_w, pad_w, dilation_w, in_w);
     // 2x2 and 3x3 windows without dilation, wholly inside the input, take a path whose
     // window is unrolled (its choices compile to selects): over loops of run-time length the
-    // comparisons' branches, mispredicted on most windows, took most of the time.
+    // comparisons compile to branches, mispredicted on most windows.
     let unrolled = kernel_d == 1
         && dilation_h == 1
         && dilation_w == 1
@@ -319,8 +320,8 @@ where
                         // The window's first element (the subtractions are safe because the
                         // window is wholly inside the input).
                         let id = od * stride_d - pad_d;
-                        let corner = (id * in_h + oh * stride_h - pad_h) * in_w + ow * stride_w
-                            - pad_w;
+                        let corner =
+                            (id * in_h + oh * stride_h - pad_h) * in_w + ow * stride_w - pad_w;
                         match kernel_h {
                             2 => max_in_window::<T, 2>(plane, corner, in_w),
                             _ => max_in_window::<T, 3>(plane, corner, in_w),
