@@ -62,8 +62,21 @@ fn a_secure_round_sums_every_masked_update_though_a_member_never_answers() {
     for row in &rows {
         assert_eq!(row["participants"], 5, "{row}");
     }
+    // The four honest members end on one model. The mute one is an attacker, which the run
+    // stops once the honest members are done, possibly while it still lingers after the last
+    // round; so its agreement is read from what it adopted, not from how it ended.
     let summary = lines.last().expect("a summary");
-    assert_eq!(summary["agreeing"], 5, "{summary}");
+    assert!(summary["agreeing"].as_u64() >= Some(4), "{summary}");
+    let mute_adopted: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "node" && l["node"] == 4 && l["event"] == "adopted")
+        .map(|l| &l["manifest"])
+        .collect();
+    let manifests: Vec<&serde_json::Value> = rows.iter().map(|r| &r["manifest"]).collect();
+    assert_eq!(
+        mute_adopted, manifests,
+        "the mute member adopted every round: {stdout}"
+    );
     let answered = lines
         .iter()
         .filter(|l| l["type"] == "node" && l["event"] == "announced")

@@ -38,7 +38,7 @@ impl Participant {
     }
 
     /// Adopts a checked manifest: recorded (it survives restarts), re-published as this
-    /// node's head, its model provided, and said.
+    /// node's head, said, and its model provided.
     pub(super) async fn commit(
         &self,
         ctx: &Ctx,
@@ -62,7 +62,6 @@ impl Participant {
                 }
             }
         }
-        let _ = self.node.provide(signed.body.model).await;
         tracing::info!(round, %cid, "adopted the round's manifest");
         let m = &signed.body;
         emit(&Event::Adopted {
@@ -78,6 +77,9 @@ impl Participant {
             seconds: p.seconds,
             train_seconds: p.train_seconds,
         });
+        // Said before anything else is awaited: peers may end the run as soon as they see
+        // the new head, and the event must not be lost with it.
+        let _ = self.node.provide(m.model).await;
         if ctx.terms.task.scores(round) {
             lock(&ctx.unevaluated).push((round, cid, signed.signer, m.model));
         }
