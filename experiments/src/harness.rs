@@ -110,10 +110,8 @@ impl FedRun {
 
 /// Runs `plan` on `data` in a fresh scratch directory, printing one line per round.
 pub fn federate(label: &str, plan: &Plan, data: &Cifar10) -> anyhow::Result<FedRun> {
-    let scratch = tempfile::Builder::new()
-        .prefix("fl-experiment-")
-        .tempdir()
-        .context("making a scratch directory")?;
+    let scratch =
+        fl_sim::scratch_dir(plan, data, "fl-experiment-").context("making a scratch directory")?;
     reset_peak_memory();
     let cpu = cpu_seconds();
     let (mut model_bytes, mut update_bytes) = (0, 0);

@@ -239,6 +239,7 @@ pub(crate) fn spawn(plan: &Plan, task: Cid, members: Vec<Member>) -> Running {
             backend: plan.backend,
             block_timeout: BLOCK_TIMEOUT,
             linger: plan.linger,
+            keep_rounds: plan.keep_rounds,
             checking: plan.checkers.of(m.index, plan.nodes),
             limits: limits.clone(),
             attack: plan.attack_of(m.index),

@@ -7,6 +7,7 @@ mod faults;
 mod launch;
 mod plan;
 mod progress;
+mod scratch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::progress::Book;
 
 pub use plan::{Checkers, Failure, Plan, PrivacyTarget, Slow, Victim};
 pub use progress::{Progress, Report, RoundRow, peak_memory};
+pub use scratch::scratch_dir;
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]

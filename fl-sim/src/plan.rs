@@ -1,6 +1,7 @@
 //! What a simulation runs: the federation's size, its task's settings and the failures to
 //! inject, checked before anything starts.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use datasets::partition::{Partition, Scheme, partition};
@@ -14,6 +15,10 @@ use fl_node::round::attack::Attack;
 use fl_node::round::{Checking, checking};
 
 use crate::SimulationError;
+
+/// Rounds whose models and updates a node of a run keeps by default: a round's manifest is
+/// checked while the next one trains, and its model scored soon after, so four is ample.
+pub const KEEP_ROUNDS: u32 = 4;
 
 /// Fewest training images a node may hold.
 pub(crate) const MIN_SHARD: usize = 10;
@@ -87,6 +92,9 @@ pub struct Plan {
     pub seed: u64,
     /// Most time to keep serving after the last round, for nodes still catching up.
     pub linger: Duration,
+    /// Rounds whose models and updates each node keeps (`None`: all, for `fl verify` of any
+    /// round in repos kept after the run); a run's scratch repos need only the last few.
+    pub keep_rounds: Option<NonZeroU32>,
     /// Nodes that stop for good at some moment (fault injection).
     pub failures: Vec<Failure>,
     /// Nodes that depart from the protocol (attack injection), by index.
@@ -180,6 +188,7 @@ impl Plan {
             trainings_at_once: std::thread::available_parallelism().map_or(2, |n| n.get()),
             seed: 0,
             linger: Duration::from_secs(120),
+            keep_rounds: NonZeroU32::new(KEEP_ROUNDS),
             failures: Vec::new(),
             attacks: Vec::new(),
             stall_after: None,

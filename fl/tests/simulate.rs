@@ -279,6 +279,78 @@ fn rounds_of_a_few_local_steps_train_that_many_batches_each() {
     assert_eq!(summary["agreeing"], 2, "{summary}");
 }
 
+/// `--keep-rounds 2`: once round 4 is adopted each node holds the models of rounds 3 and 4
+/// and the one round 3 started from (round 2's), the updates of rounds 3 and 4, and nothing
+/// older; what it kept still verifies the last round.
+#[test]
+fn a_node_keeps_only_its_last_rounds_files_and_the_last_round_still_verifies() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let keep = dir.path().join("run");
+    let Some((stdout, lines)) = simulate(&[
+        "--nodes",
+        "2",
+        "--rounds",
+        "4",
+        "--steps",
+        "2",
+        "--images",
+        "600",
+        "--deadline",
+        "120",
+        "--grace",
+        "10",
+        "--keep",
+        keep.to_str().expect("utf-8 path"),
+        "--keep-rounds",
+        "2",
+    ]) else {
+        return;
+    };
+    let rows: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "round").collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    let cid = |v: &serde_json::Value| -> cid::Cid {
+        v.as_str().and_then(|s| s.parse().ok()).expect("a CID")
+    };
+    let models: Vec<cid::Cid> = rows.iter().map(|r| cid(&r["model"])).collect();
+    let updates = |round: u64| -> Vec<cid::Cid> {
+        lines
+            .iter()
+            .filter(|l| l["type"] == "node" && l["event"] == "announced" && l["round"] == round)
+            .map(|l| cid(&l["update"]))
+            .collect()
+    };
+    for node in ["node-000", "node-001"] {
+        let repo = fl_core::content::Repo::open(keep.join(node)).expect("the node's repo");
+        let has = |c: &cid::Cid| fl_core::content::Blockstore::has(repo.blocks(), c).expect("has");
+        let held: Vec<bool> = models.iter().map(has).collect();
+        assert_eq!(
+            held,
+            [false, true, true, true],
+            "{node}: models of rounds 1-4"
+        );
+        for round in 1..=4 {
+            let ups = updates(round);
+            assert_eq!(ups.len(), 2, "{stdout}");
+            for u in &ups {
+                assert_eq!(has(u), round >= 3, "{node}: update {u} of round {round}");
+            }
+        }
+    }
+    let last = rows[3]["manifest"].as_str().expect("a manifest");
+    let out = fl(&[
+        "verify",
+        last,
+        "--repo",
+        keep.join("node-001").to_str().expect("utf-8 path"),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("valid"), "{text}");
+}
+
 #[test]
 fn under_capacity_load_a_half_speed_node_takes_fewer_steps_at_the_same_weight_from_round_1() {
     // 500 images a node: 15 full batches of 32, more than any node takes in 3 rounds.

@@ -52,14 +52,12 @@ fn main() -> anyhow::Result<()> {
     let data = cifar10::load(&data_dir)
         .with_context(|| format!("reading CIFAR-10 from {}", data_dir.display()))?;
 
-    // Every node's repo lives here while the federation runs.
-    let scratch = tempfile::Builder::new()
-        .prefix("fl-cifar10-example-")
-        .tempdir()?;
     let mut plan = Plan::new(nodes, 1)
         .in_steps(STEPS, epochs, data.train.len())
         .scored_each_epoch(data.train.len());
     plan.checkers = Checkers::Rate(CHECK_RATE);
+    // Every node's repo lives here while the federation runs.
+    let scratch = fl_sim::scratch_dir(&plan, &data, "fl-cifar10-example-")?;
     println!(
         "{nodes} nodes, {} rounds of FedAvg, {STEPS} local steps of batch {} a round: {epochs} epochs of {} training images",
         plan.rounds,

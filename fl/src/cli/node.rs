@@ -40,6 +40,10 @@ pub(super) struct RunArgs {
     /// contributor to it follows the same final manifest).
     #[arg(long, default_value_t = 60.0)]
     linger: f64,
+    /// Keep the models and updates of only the last N rounds in the repo (and the model the
+    /// oldest started from); older ones are dropped as rounds are adopted. Default: all.
+    #[arg(long, value_name = "N", requires = "task")]
+    keep_rounds: Option<std::num::NonZeroU32>,
     /// Seconds each peer gets to send a block before the next is asked.
     #[arg(long, default_value_t = 10)]
     block_timeout: u64,
@@ -174,6 +178,7 @@ async fn serve(args: RunArgs, repo: &RepoPath) -> anyhow::Result<()> {
                 backend,
                 block_timeout: Duration::from_secs(args.block_timeout.max(1)),
                 linger: Duration::from_secs_f64(linger),
+                keep_rounds: args.keep_rounds,
                 checking,
                 limits: Limits::per_node(),
                 attack: None,

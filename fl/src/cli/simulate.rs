@@ -110,9 +110,15 @@ pub(super) struct Simulate {
     /// Seed of the initial model, the partition, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Keep every node's repo under DIR (default: a scratch directory, removed at the end).
+    /// Keep every node's repo under DIR, with every round's models and updates for `fl
+    /// verify` (default: a scratch directory, removed at the end).
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Each node keeps the models and updates of only its last N rounds (and the model the
+    /// oldest started from), dropping older ones as rounds are adopted. Default: 4, or all
+    /// with --keep.
+    #[arg(long, value_name = "N")]
+    keep_rounds: Option<std::num::NonZeroU32>,
     /// JSON lines on stdout: every node's events, a row per round, then the summary.
     #[arg(long)]
     json: bool,
@@ -213,6 +219,11 @@ impl Simulate {
                 .transpose()?,
             evaluate_every: self.evaluate_every,
             secure: self.secure.settings(self.nodes),
+            keep_rounds: match (self.keep_rounds, &self.keep) {
+                (Some(n), _) => Some(n),
+                (None, Some(_)) => None,
+                (None, None) => defaults.keep_rounds,
+            },
             ..defaults
         })
     }
@@ -251,9 +262,7 @@ pub(super) fn run(args: Simulate, quiet: bool) -> anyhow::Result<()> {
     let root = match &args.keep {
         Some(dir) => dir.clone(),
         None => {
-            scratch = tempfile::Builder::new()
-                .prefix("fl-simulate-")
-                .tempdir()
+            scratch = fl_sim::scratch_dir(&plan, &data, "fl-simulate-")
                 .context("making a scratch directory")?;
             scratch.path().to_owned()
         }

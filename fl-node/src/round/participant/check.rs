@@ -38,7 +38,8 @@ impl Participant {
     }
 
     /// Adopts a checked manifest: recorded (it survives restarts), re-published as this
-    /// node's head, said, and its model provided.
+    /// node's head, said, and its model provided; the round that falls out of what the node
+    /// keeps is dropped.
     pub(super) async fn commit(
         &self,
         ctx: &Ctx,
@@ -80,6 +81,7 @@ impl Participant {
         // Said before anything else is awaited: peers may end the run as soon as they see
         // the new head, and the event must not be lost with it.
         let _ = self.node.provide(m.model).await;
+        self.forget_old_round(ctx, round);
         if ctx.terms.task.scores(round) {
             lock(&ctx.unevaluated).push((round, cid, signed.signer, m.model));
         }

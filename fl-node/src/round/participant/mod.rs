@@ -49,6 +49,7 @@ mod event;
 mod fetch;
 mod limits;
 mod misbehave;
+mod retain;
 mod rounds;
 mod secure;
 mod steps;
@@ -105,6 +106,10 @@ pub struct ParticipantConfig {
     pub block_timeout: Duration,
     /// How long to keep serving after the last round.
     pub linger: Duration,
+    /// Rounds whose models and updates stay in the repo (`None`: all); older ones are
+    /// dropped as later rounds are adopted, so a long task's disk use stays flat. Each kept
+    /// round also keeps the model it started from.
+    pub keep_rounds: Option<std::num::NonZeroU32>,
     /// Which manifests are recomputed from their updates before they are adopted; the others
     /// have their claims checked (signatures, entitlement, rank, what it lists, a loadable
     /// model) and their updates are not fetched ([`Checking`](super::Checking)).
