@@ -121,8 +121,7 @@ impl Inputs {
 }
 
 /// Checks that the DAG under `cid` is whole in `repo` and holds at most `max_bytes`, each
-/// distinct block read once (a DAG may link one block many times; raw blocks, which link
-/// nowhere, are only looked up: reading them checks them, when they are used).
+/// distinct block read once (a DAG may link one block many times).
 pub(crate) fn local_dag(
     repo: &Repo,
     cid: Cid,
@@ -133,21 +132,6 @@ pub(crate) fn local_dag(
     let mut queue = vec![cid];
     let mut held = 0u64;
     while let Some(next) = queue.pop() {
-        if next.codec() == fl_core::content::RAW {
-            match repo.blocks().size(&next) {
-                Ok(Some(bytes)) => held = held.saturating_add(bytes),
-                Ok(None) => return Err(RoundError::Missing { what, cid }),
-                Err(e) => return Err(RoundError::Repo(e.into())),
-            }
-            if held > max_bytes {
-                return Err(RoundError::TooLarge {
-                    what,
-                    cid,
-                    limit: max_bytes,
-                });
-            }
-            continue;
-        }
         let block = match repo.blocks().get(&next) {
             Ok(block) => block,
             Err(StoreError::NotFound { .. }) => return Err(RoundError::Missing { what, cid }),

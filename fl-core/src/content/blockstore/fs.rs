@@ -144,15 +144,6 @@ impl Blockstore for FsBlockstore {
         Ok(self.path_of(cid.hash()).exists())
     }
 
-    fn size(&self, cid: &Cid) -> Result<Option<u64>, StoreError> {
-        let path = self.path_of(cid.hash());
-        match fs::metadata(&path) {
-            Ok(meta) => Ok(Some(meta.len())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(io("reading the size of block file", &path, source)),
-        }
-    }
-
     fn delete(&self, hash: &Multihash<64>) -> Result<(), StoreError> {
         let path = self.path_of(hash);
         match fs::remove_file(&path) {
@@ -242,10 +233,8 @@ mod tests {
         store.put(block.clone()).unwrap();
         store.put(block.clone()).unwrap();
         assert_eq!(store.get(&cid).unwrap(), block);
-        assert_eq!(store.size(&cid).unwrap(), Some(3));
         assert_eq!(store.hashes().unwrap(), vec![*cid.hash()]);
         store.delete(cid.hash()).unwrap();
         assert!(matches!(store.get(&cid), Err(StoreError::NotFound { .. })));
-        assert_eq!(store.size(&cid).unwrap(), None);
     }
 }

@@ -70,15 +70,6 @@ impl Blockstore for MemBlockstore {
             .contains_key(cid.hash()))
     }
 
-    fn size(&self, cid: &Cid) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .blocks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(cid.hash())
-            .map(|b| b.len() as u64))
-    }
-
     fn delete(&self, hash: &Multihash<64>) -> Result<(), StoreError> {
         self.blocks
             .lock()

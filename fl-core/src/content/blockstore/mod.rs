@@ -54,15 +54,6 @@ pub trait Blockstore {
     fn put(&self, block: Block) -> Result<(), StoreError>;
     /// Whether the store holds a block with `cid`'s multihash.
     fn has(&self, cid: &Cid) -> Result<bool, StoreError>;
-    /// The stored size of the block with `cid`'s multihash, if held, without reading or
-    /// checking it: what a DAG already here weighs. Reading the block still checks it.
-    fn size(&self, cid: &Cid) -> Result<Option<u64>, StoreError> {
-        match self.get(cid) {
-            Ok(block) => Ok(Some(block.len() as u64)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
     /// Removes the block with this multihash, if present.
     fn delete(&self, hash: &Multihash<64>) -> Result<(), StoreError>;
     /// The multihashes of all stored blocks, for garbage collection.
@@ -78,9 +69,6 @@ impl<T: Blockstore + ?Sized> Blockstore for &T {
     }
     fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
         (**self).has(cid)
-    }
-    fn size(&self, cid: &Cid) -> Result<Option<u64>, StoreError> {
-        (**self).size(cid)
     }
     fn delete(&self, hash: &Multihash<64>) -> Result<(), StoreError> {
         (**self).delete(hash)

@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use cid::Cid;
-use fl_core::content::{RAW, StoreError};
+use fl_core::content::{Block, StoreError};
 use futures::StreamExt;
 use libp2p::PeerId;
 
@@ -35,8 +35,8 @@ pub async fn fetch_dag_at_most(
     max_bytes: u64,
 ) -> Result<u64, DagError> {
     let mut held = 0u64;
-    let mut hold = |bytes: u64| {
-        held = held.saturating_add(bytes);
+    let mut hold = |block: &Block| {
+        held = held.saturating_add(block.len() as u64);
         if held > max_bytes {
             return Err(DagError::TooLarge {
                 root,
@@ -55,15 +55,8 @@ pub async fn fetch_dag_at_most(
     loop {
         while in_flight.len() < window.max(1) {
             let Some(cid) = queue.pop_front() else { break };
-            // A raw block here links nowhere: its size is all a walk needs, and reading it
-            // (and hashing it again) waits for whoever uses it.
-            if cid.codec() == RAW {
-                if let Some(bytes) = bitswap.held_size(cid).await.map_err(DagError::from_fetch)? {
-                    hold(bytes)?;
-                    continue;
-                }
-            } else if let Some(block) = bitswap.held(cid).await.map_err(DagError::from_fetch)? {
-                hold(block.len() as u64)?;
+            if let Some(block) = bitswap.held(cid).await.map_err(DagError::from_fetch)? {
+                hold(&block)?;
                 let links = fl_core::content::links::links(&block)?;
                 queue.extend(links.into_iter().filter(|c| seen.insert(*c)));
                 continue;
@@ -77,7 +70,7 @@ pub async fn fetch_dag_at_most(
             return Ok(fetched);
         };
         let block = result?;
-        hold(block.len() as u64)?;
+        hold(&block)?;
         fetched += 1;
         let links = fl_core::content::links::links(&block)?;
         queue.extend(links.into_iter().filter(|c| seen.insert(*c)));

@@ -302,17 +302,6 @@ impl Bitswap {
         }
     }
 
-    /// The stored size of the block `cid` names if the store holds it, without reading it,
-    /// on the blocking pool.
-    pub async fn held_size(&self, cid: Cid) -> Result<Option<u64>, FetchError> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.size(&cid)).await {
-            Ok(result) => Ok(result?),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(FetchError::Stopped),
-        }
-    }
-
     /// Fetches `cid` from `peers`, one after the other starting at `first`, each given
     /// `per_peer` to answer; stores and returns the verified block.
     pub async fn fetch(
