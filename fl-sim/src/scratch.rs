@@ -17,58 +17,74 @@ const IMAGE_BYTES: u64 = 3073;
 
 /// A fresh scratch directory for the repos of `plan` on `data`, named `prefix...`; in memory
 /// where the run fits (and `TMPDIR` does not name a place), removed when dropped. What a
-/// killed run left in memory under the same prefix goes first.
+/// killed run of this process's pid namespace left in memory under the same prefix goes
+/// first.
 pub fn scratch_dir(
     plan: &Plan,
     data: &Cifar10,
     prefix: &str,
 ) -> std::io::Result<tempfile::TempDir> {
-    match in_memory(footprint(plan, data.train.len(), data.test.len())) {
-        Some(dir) => {
-            remove_leftovers(&dir, prefix);
+    let place = in_memory(footprint(plan, data.train.len(), data.test.len()));
+    match (place, pid_namespace()) {
+        (Some(dir), Some(namespace)) => {
+            remove_leftovers(&dir, prefix, namespace);
             tempfile::Builder::new()
-                .prefix(&format!("{prefix}{}-", std::process::id()))
+                .prefix(&format!("{prefix}{namespace}-{}-", std::process::id()))
                 .tempdir_in(dir)
         }
-        None => tempfile::Builder::new().prefix(prefix).tempdir(),
+        _ => tempfile::Builder::new().prefix(prefix).tempdir(),
     }
 }
 
-/// Removes the directories `prefix<pid>-...` in `dir` whose process is gone: a run killed
-/// before it could remove its own would otherwise hold memory until the machine restarts.
-fn remove_leftovers(dir: &Path, prefix: &str) {
+/// Removes the directories `prefix<namespace>-<pid>-...` in `dir` whose process, in this
+/// process's pid `namespace`, is gone: a run killed before it could remove its own would
+/// otherwise hold memory until the machine restarts. Those of other namespaces (containers
+/// sharing `/dev/shm`) are left alone: their pids mean nothing here.
+fn remove_leftovers(dir: &Path, prefix: &str, namespace: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| owner(n, prefix)) else {
+        let Some((ns, pid)) = name.to_str().and_then(|n| owner(n, prefix)) else {
             continue;
         };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
+        if ns == namespace && !Path::new("/proc").join(pid.to_string()).exists() {
             tracing::info!(dir = %entry.path().display(), "removing a killed run's scratch");
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
 
-/// The process that made the scratch directory `name` (`prefix<pid>-...`).
-fn owner(name: &str, prefix: &str) -> Option<u32> {
-    let (pid, _) = name.strip_prefix(prefix)?.split_once('-')?;
-    pid.parse().ok()
+/// The pid namespace and process that made the scratch directory `name`
+/// (`prefix<namespace>-<pid>-...`).
+fn owner(name: &str, prefix: &str) -> Option<(u64, u32)> {
+    let mut parts = name.strip_prefix(prefix)?.splitn(3, '-');
+    let namespace = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some((namespace, pid))
 }
 
-/// Bytes the run's repos may reach, generously: per node its kept rounds' models (each with
-/// the model it started from), its own updates and, as an aggregator or checker, everyone
-/// else's; the `train` images twice (published, then fetched) and the `test` ones once a
+/// The inode of this process's pid namespace (`/proc/self/ns/pid` reads `pid:[N]`).
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let text = link.to_str()?;
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Bytes the run's repos may reach, generously: per node and kept round (and the one the
+/// oldest started from) a model, a server state, a secure record and every node's update
+/// (an aggregator or checker holds them all); the `train` images once a node besides the
+/// published copy (a population's nodes each hold the whole pool), the `test` ones once a
 /// node.
 fn footprint(plan: &Plan, train: usize, test: usize) -> u64 {
     let model = Architecture::FedAvgCnn.num_params() as u64 * 4;
-    let rounds = u64::from(plan.keep_rounds.map_or(plan.rounds, |k| k.get()));
+    let rounds = u64::from(plan.keep_rounds.map_or(plan.rounds, |k| k.get())) + 1;
     let nodes = plan.nodes as u64;
-    let per_node = model * (rounds + 1) + model * rounds * 3;
+    let per_node = model.saturating_mul(rounds).saturating_mul(3 + nodes);
     let images = |n: usize| n as u64 * IMAGE_BYTES;
-    nodes * per_node + 2 * images(train) + nodes * images(test)
+    nodes.saturating_mul(per_node) + (nodes + 1) * images(train) + nodes * images(test)
 }
 
 /// `/dev/shm`, where `bytes` fit in half of its free space and a quarter of the memory
@@ -81,7 +97,15 @@ fn in_memory(bytes: u64) -> Option<PathBuf> {
     let stat = rustix::fs::statvfs(shm).ok()?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    fits(bytes, free, mem_available(&meminfo)?).then(|| shm.to_owned())
+    let mut available = mem_available(&meminfo)?;
+    // tmpfs pages count against this process's cgroup, whose limit may be lower.
+    let cgroup = |f: &str| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(f)).ok();
+    if let (Some(max), Some(current)) = (cgroup("memory.max"), cgroup("memory.current"))
+        && let (Ok(max), Ok(current)) = (max.trim().parse::<u64>(), current.trim().parse::<u64>())
+    {
+        available = available.min(max.saturating_sub(current));
+    }
+    fits(bytes, free, available).then(|| shm.to_owned())
 }
 
 /// Whether `bytes` fit in half of `free` and a quarter of `available` memory.
@@ -111,30 +135,33 @@ mod tests {
     }
 
     #[test]
-    fn a_scratch_directory_names_the_process_that_made_it() {
-        assert_eq!(owner("fl-simulate-4242-Xy3k", "fl-simulate-"), Some(4242));
-        assert_eq!(
-            owner("fl-simulate-Xy3k", "fl-simulate-"),
-            None,
-            "made before pids"
-        );
-        assert_eq!(owner("fl-experiment-4242-Xy3k", "fl-simulate-"), None);
-        assert_eq!(owner("fl-simulate-42x-Xy3k", "fl-simulate-"), None);
+    fn a_scratch_directory_names_the_namespace_and_process_that_made_it() {
+        let name = "fl-simulate-4026531836-4242-Xy3k";
+        assert_eq!(owner(name, "fl-simulate-"), Some((4026531836, 4242)));
+        assert_eq!(owner("fl-simulate-4242-Xy3k", "fl-simulate-"), None);
+        assert_eq!(owner("fl-simulate-Xy3k", "fl-simulate-"), None);
+        assert_eq!(owner("fl-experiment-1-4242-Xy3k", "fl-simulate-"), None);
+        assert_eq!(owner("fl-simulate-1-42x-Xy3k", "fl-simulate-"), None);
+        assert!(pid_namespace().is_some(), "Linux names the pid namespace");
     }
 
     #[test]
-    fn only_a_gone_process_loses_its_scratch() {
+    fn only_a_gone_process_of_this_namespace_loses_its_scratch() {
         let dir = tempfile::tempdir().unwrap();
-        let mine = dir.path().join(format!("fl-t-{}-a", std::process::id()));
+        let ns = pid_namespace().unwrap();
+        let mine = dir
+            .path()
+            .join(format!("fl-t-{ns}-{}-a", std::process::id()));
         // Above any pid Linux hands out (pid_max is at most 2^22).
-        let gone = dir.path().join("fl-t-4294967295-b");
-        let other = dir.path().join("fl-u-4294967295-c");
-        for d in [&mine, &gone, &other] {
+        let gone = dir.path().join(format!("fl-t-{ns}-4294967295-b"));
+        let other_prefix = dir.path().join(format!("fl-u-{ns}-4294967295-c"));
+        let other_namespace = dir.path().join(format!("fl-t-{}-4294967295-d", ns + 1));
+        for d in [&mine, &gone, &other_prefix, &other_namespace] {
             std::fs::create_dir(d).unwrap();
             std::fs::write(d.join("block"), b"x").unwrap();
         }
-        remove_leftovers(dir.path(), "fl-t-");
-        assert!(mine.exists() && other.exists());
+        remove_leftovers(dir.path(), "fl-t-", ns);
+        assert!(mine.exists() && other_prefix.exists() && other_namespace.exists());
         assert!(!gone.exists());
     }
 
@@ -153,15 +180,15 @@ mod tests {
     }
 
     #[test]
-    fn the_main_jobs_eight_nodes_need_about_a_gigabyte_and_a_population_many() {
+    fn the_main_jobs_eight_nodes_need_a_few_gigabytes_and_sixty_four_many_more() {
         let eight = footprint(&Plan::new(8, 94), 12_000, 2_000);
-        assert!((500 << 20..2 << 30).contains(&eight), "{eight}");
+        assert!((2 << 30..4 << 30).contains(&eight), "{eight}");
         let mut kept = Plan::new(8, 94);
         kept.keep_rounds = None;
         assert!(
             footprint(&kept, 12_000, 2_000) > 10 * eight,
             "every round kept"
         );
-        assert!(footprint(&Plan::new(64, 94), 12_000, 2_000) > 6 << 30);
+        assert!(footprint(&Plan::new(64, 94), 12_000, 2_000) > 100 << 30);
     }
 }

@@ -319,9 +319,23 @@ fn a_node_keeps_only_its_last_rounds_files_and_the_last_round_still_verifies() {
             .map(|l| cid(&l["update"]))
             .collect()
     };
+    let started = lines.first().expect("a started line");
+    let (task, dataset) = (cid(&started["task"]), cid(&started["dataset"]));
     for node in ["node-000", "node-001"] {
         let repo = fl_core::content::Repo::open(keep.join(node)).expect("the node's repo");
         let has = |c: &cid::Cid| fl_core::content::Blockstore::has(repo.blocks(), c).expect("has");
+        assert!(has(&task), "{node} kept the task");
+        if node == "node-000" {
+            // The publisher's copy of the data, every block of it.
+            let data = fl_core::content::links::held(repo.blocks(), &[dataset]).expect("held");
+            let mut all = 0;
+            fl_core::content::links::walk(repo.blocks(), &[dataset], |_| {
+                all += 1;
+                Ok(())
+            })
+            .expect("the whole dataset is still here");
+            assert_eq!(data.len(), all);
+        }
         let held: Vec<bool> = models.iter().map(has).collect();
         assert_eq!(
             held,
