@@ -5,15 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use datasets::cifar10::Cifar10;
+use datasets::cifar10::{Cifar10, RECORD_BYTES};
 use fl_core::model::Architecture;
 
 use crate::Plan;
 
 /// The memory-backed directory tried first.
 const SHM: &str = "/dev/shm";
-/// Bytes of one CIFAR-10 image as stored (label and pixels).
-const IMAGE_BYTES: u64 = 3073;
 
 /// A fresh scratch directory for the repos of `plan` on `data`, named `prefix...`; in memory
 /// where the run fits (and `TMPDIR` does not name a place), removed when dropped. What a
@@ -83,7 +81,7 @@ fn footprint(plan: &Plan, train: usize, test: usize) -> u64 {
     let rounds = u64::from(plan.keep_rounds.map_or(plan.rounds, |k| k.get())) + 1;
     let nodes = plan.nodes as u64;
     let per_node = model.saturating_mul(rounds).saturating_mul(3 + nodes);
-    let images = |n: usize| n as u64 * IMAGE_BYTES;
+    let images = |n: usize| n as u64 * RECORD_BYTES as u64;
     nodes.saturating_mul(per_node) + (nodes + 1) * images(train) + nodes * images(test)
 }
 
